@@ -1,0 +1,83 @@
+//! Cache keys (RFC 9111 §2): the target URI. GET and HEAD share a key (a HEAD is answered from a
+//! stored GET); `Vary` selection happens within the key's slot.
+
+use actix_web::http::header;
+use actix_web::HttpRequest;
+
+/// The authority a request was made to, lower-cased: `Host`, or the URI's authority.
+pub fn request_host(req: &HttpRequest) -> String {
+    let raw = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.as_bytes())
+        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default();
+    String::from_utf8_lossy(raw).to_ascii_lowercase()
+}
+
+/// The key for a request: `host` + path + `?query`.
+pub fn for_request(req: &HttpRequest) -> String {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.as_bytes())
+        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default();
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let mut key = String::with_capacity(host.len() + pq.len());
+    for &b in host {
+        key.push(char::from(b.to_ascii_lowercase()));
+    }
+    key.push_str(pq);
+    key
+}
+
+/// The key for `path_and_query` on `host` (already lower-cased).
+pub fn for_path(host: &str, path_and_query: &str) -> String {
+    let mut key = String::with_capacity(host.len() + path_and_query.len());
+    key.push_str(host);
+    key.push_str(path_and_query);
+    key
+}
+
+/// The key a `Location` / `Content-Location` value refers to, when it is on the same origin
+/// (RFC 9111 §4.4): a path, or an absolute URI whose authority is `host`.
+pub fn for_location(host: &str, value: &[u8]) -> Option<String> {
+    let s = std::str::from_utf8(value).ok()?.trim();
+    if s.starts_with('/') && !s.starts_with("//") {
+        return Some(for_path(host, s));
+    }
+    let uri: actix_web::http::Uri = s.parse().ok()?;
+    let authority = uri.authority()?;
+    if !authority.as_str().eq_ignore_ascii_case(host) {
+        return None;
+    }
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Some(for_path(host, pq))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 9111 §4.4: only same-origin Location / Content-Location are invalidated.
+    #[test]
+    fn location_same_origin_only() {
+        assert_eq!(
+            for_location("api.test", b"/a/1").as_deref(),
+            Some("api.test/a/1")
+        );
+        assert_eq!(
+            for_location("api.test", b"http://API.test/a?x=1").as_deref(),
+            Some("api.test/a?x=1")
+        );
+        assert_eq!(for_location("api.test", b"http://evil.test/a"), None);
+        assert_eq!(for_location("api.test", b"//evil.test/a"), None);
+        assert_eq!(for_location("api.test", b"\xff"), None);
+        assert_eq!(for_location("api.test", b"relative"), None);
+    }
+}

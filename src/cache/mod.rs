@@ -1,0 +1,16 @@
+//! The caching middleware stack.
+//!
+//! [`CacheHeaders`] (outer) answers client preconditions with 304/412 and adds ETags;
+//! [`ResponseCache`] (inner) serves from and fills the tiered store. Wrap both around any
+//! actix-web service: the gateway wraps its upstream proxy, an application wraps its handlers.
+
+mod cache_headers;
+pub mod entry;
+pub mod key;
+mod response_cache;
+pub mod single_flight;
+
+pub use cache_headers::CacheHeaders;
+pub use response_cache::{
+    cache_status_header, opaque, CachePolicy, CacheState, ResponseCache, UpstreamFailure,
+};

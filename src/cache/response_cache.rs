@@ -1,0 +1,859 @@
+//! The `ResponseCache` middleware: looks requests up in storage, serves fresh or stale-while-
+//! revalidate hits, fills misses through one coalesced origin fetch per key, revalidates stale
+//! entries, serves stale on error, and invalidates on unsafe methods.
+//!
+//! The fetch that fills a key runs in its own task: a client that disconnects does not cancel it
+//! for the requests waiting on it, and a background refresh outlives the request that started it.
+
+use std::future::{ready, Ready};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use actix_web::body::{BodySize, BodyStream, BoxBody, MessageBody};
+use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{Error, HttpRequest, HttpResponse};
+use bytes::{Bytes, BytesMut};
+use futures_util::future::LocalBoxFuture;
+use futures_util::stream::{self, Stream, StreamExt};
+use tokio::sync::oneshot;
+
+use super::entry::{CachedResponse, Slot};
+use super::key;
+use super::single_flight::{self, FlightGuard, FlightOutcome, Flights, Join};
+use crate::clock::Clock;
+use crate::http::cache_status::{CacheStatus, Fwd};
+use crate::http::storable::{self, RequestFacts, Reuse, StoreOptions};
+use crate::metrics::{Metrics, OriginError, Outcome};
+use crate::store::{TierName, TieredStore};
+
+/// The `Cache-Status` header name (RFC 9211).
+pub fn cache_status_header() -> HeaderName {
+    HeaderName::from_static("cache-status")
+}
+
+/// Marks a response that tierd generated because the origin failed (set by the upstream proxy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamFailure(pub OriginError);
+
+/// The cache's tunables.
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    /// When false every request passes through untouched (headers middleware still applies).
+    pub enabled: bool,
+    /// Responses with larger bodies stream through without being stored.
+    pub max_body_bytes: usize,
+    /// How long a request waits on another request's fetch before going to the origin itself.
+    pub coalesce_timeout: Duration,
+    pub store: StoreOptions,
+    /// How long past its stale windows an entry with validators is kept for revalidation.
+    pub keep_stale: Duration,
+    /// Variants kept per URI when the origin sends `Vary`.
+    pub max_variants: usize,
+}
+
+impl Default for CachePolicy {
+    fn default() -> Self {
+        CachePolicy {
+            enabled: true,
+            max_body_bytes: 8 * 1024 * 1024,
+            coalesce_timeout: Duration::from_secs(10),
+            store: StoreOptions::default(),
+            keep_stale: Duration::from_secs(3600),
+            max_variants: 16,
+        }
+    }
+}
+
+/// Shared state of the cache: storage, in-flight fetches, clock, policy and metrics.
+pub struct CacheState {
+    pub store: TieredStore,
+    pub flights: Flights,
+    pub clock: Arc<dyn Clock>,
+    pub policy: CachePolicy,
+    pub metrics: Arc<Metrics>,
+}
+
+impl CacheState {
+    /// Stores `entry` in its URI's slot, next to the variants it does not replace.
+    fn store_entry(&self, key: &str, entry: Arc<CachedResponse>) {
+        let now = self.clock.now();
+        let (max, keep) = (self.policy.max_variants, self.policy.keep_stale);
+        self.store.update(key, |current| {
+            Some(Arc::new(match current {
+                Some(slot) => slot.with(entry, max, now, keep),
+                None => Slot::single(entry, now, keep),
+            }))
+        });
+    }
+
+    /// Removes the variant `request` selects from the slot under `key`.
+    fn remove_selected(&self, key: &str, request: &HeaderMap) {
+        let now = self.clock.now();
+        let keep = self.policy.keep_stale;
+        self.store.update(key, |current| {
+            current.and_then(|slot| slot.without_selected(request, now, keep).map(Arc::new))
+        });
+    }
+}
+
+/// The middleware. Wrap it inside [`CacheHeaders`](super::CacheHeaders):
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use actix_web::{web, App, HttpResponse};
+/// # fn state() -> Arc<tierd::cache::CacheState> { unimplemented!() }
+/// let app = App::new()
+///     .wrap(tierd::cache::ResponseCache::new(state()))
+///     .wrap(tierd::cache::CacheHeaders::new(state().clock.clone()))
+///     .route("/", web::get().to(|| async { HttpResponse::Ok().body("hi") }));
+/// ```
+#[derive(Clone)]
+pub struct ResponseCache {
+    state: Arc<CacheState>,
+}
+
+impl ResponseCache {
+    pub fn new(state: Arc<CacheState>) -> Self {
+        ResponseCache { state }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for ResponseCache
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Transform = ResponseCacheService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(ResponseCacheService {
+            inner: Rc::new(service),
+            state: self.state.clone(),
+        }))
+    }
+}
+
+pub struct ResponseCacheService<S> {
+    inner: Rc<S>,
+    state: Arc<CacheState>,
+}
+
+impl<S, B> Service<ServiceRequest> for ResponseCacheService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(inner);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let ctx = Ctx {
+            state: self.state.clone(),
+            inner: self.inner.clone(),
+        };
+        Box::pin(ctx.handle(req))
+    }
+}
+
+struct Ctx<S> {
+    state: Arc<CacheState>,
+    inner: Rc<S>,
+}
+
+impl<S> Clone for Ctx<S> {
+    fn clone(&self) -> Self {
+        Ctx {
+            state: self.state.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+fn status_value(s: CacheStatus) -> HeaderValue {
+    HeaderValue::try_from(s.render()).unwrap_or_else(|_| HeaderValue::from_static("tierd"))
+}
+
+/// Builds the response for a stored entry.
+fn respond(entry: &CachedResponse, age: u64, status: CacheStatus) -> HttpResponse {
+    let mut res = HttpResponse::with_body(entry.status, entry.body.clone()).map_into_boxed_body();
+    let h = res.headers_mut();
+    for (n, v) in entry.headers.iter() {
+        h.append(n.clone(), v.clone());
+    }
+    h.insert(header::AGE, HeaderValue::from(age));
+    h.append(cache_status_header(), status_value(status));
+    res
+}
+
+fn with_status(mut res: HttpResponse, status: CacheStatus) -> HttpResponse {
+    append_status(res.headers_mut(), status);
+    res
+}
+
+fn append_status(h: &mut HeaderMap, status: CacheStatus) {
+    h.append(cache_status_header(), status_value(status));
+}
+
+/// An opaque error generated by tierd (no internal detail in the body).
+pub fn opaque(status: StatusCode) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, "text/plain; charset=utf-8"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(format!(
+            "{}\n",
+            status.canonical_reason().unwrap_or("Error")
+        ))
+}
+
+fn is_unsafe(m: &Method) -> bool {
+    !matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Request headers that make the origin answer conditionally; tierd removes the client's and
+/// answers the client's condition itself (RFC-CHECKLIST: misses forward without conditionals).
+const CONDITIONALS: [HeaderName; 5] = [
+    header::IF_NONE_MATCH,
+    header::IF_MODIFIED_SINCE,
+    header::IF_MATCH,
+    header::IF_UNMODIFIED_SINCE,
+    header::IF_RANGE,
+];
+
+/// What a lookup found.
+struct Found {
+    entry: Arc<CachedResponse>,
+    tier: TierName,
+}
+
+impl<S, B> Ctx<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    async fn handle(self, req: ServiceRequest) -> Result<ServiceResponse<BoxBody>, Error> {
+        let st = &self.state;
+        let method = req.method().clone();
+        let is_head = method == Method::HEAD;
+        if !st.policy.enabled {
+            return Ok(self.inner.call(req).await?.map_into_boxed_body());
+        }
+        if method != Method::GET && !is_head {
+            return self.forward_other(req).await;
+        }
+        if req.headers().contains_key(header::RANGE) {
+            // Partial content is not stored; range requests go to the origin untouched.
+            st.metrics.request(Outcome::Pass);
+            let mut res = self.inner.call(req).await?.map_into_boxed_body();
+            append_status(res.headers_mut(), CacheStatus::forward(Fwd::Bypass));
+            return Ok(res);
+        }
+
+        let facts = RequestFacts::from_headers(req.headers());
+        let key = key::for_request(req.request());
+        let now = st.clock.now();
+        let mut slot_seen = false;
+        let mut found = None;
+        if let Some(slot) = st.store.get_l1(&key) {
+            slot_seen = true;
+            if let Some(e) = slot.select(req.headers()) {
+                found = Some(Found {
+                    entry: e.clone(),
+                    tier: TierName::L1,
+                });
+            }
+        }
+        if found.is_none() && st.store.has_lower() {
+            if let Some((slot, tier)) = st.store.get_lower(&key).await {
+                slot_seen = true;
+                if let Some(e) = slot.select(req.headers()) {
+                    found = Some(Found {
+                        entry: e.clone(),
+                        tier,
+                    });
+                }
+            }
+        }
+
+        if let Some(Found { entry, tier }) = &found {
+            let age = entry.age(now);
+            match storable::reuse(&facts, entry.facts(age)) {
+                Reuse::Fresh => {
+                    st.metrics.request(Outcome::Hit);
+                    let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
+                    return Ok(req.into_response(respond(entry, age, cs)));
+                }
+                Reuse::StaleWhileRevalidate => {
+                    st.metrics.request(Outcome::StaleWhileRevalidate);
+                    let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
+                    let res = respond(entry, age, cs);
+                    let mut req = req;
+                    if !is_head {
+                        upstream_conditionals(req.headers_mut(), Some(entry));
+                    }
+                    let http_req = req.request().clone();
+                    if !is_head {
+                        self.clone()
+                            .refresh_in_background(req, key, entry.clone(), *tier, facts);
+                    }
+                    return Ok(ServiceResponse::new(http_req, res));
+                }
+                Reuse::Forward => {}
+            }
+        }
+        if facts.cc.only_if_cached {
+            // RFC 9111 §5.2.1.7: nothing usable in storage.
+            st.metrics.request(Outcome::Error);
+            return Ok(req.into_response(opaque(StatusCode::GATEWAY_TIMEOUT)));
+        }
+        let fwd = match &found {
+            Some(_) if facts.requires_validation() => Fwd::Request,
+            Some(_) => Fwd::Stale,
+            None if slot_seen => Fwd::VaryMiss,
+            None => Fwd::UriMiss,
+        };
+        let stale = found.map(|f| (f.entry, f.tier));
+        if is_head {
+            return self.forward_head(req, key, stale, facts, fwd).await;
+        }
+        self.fetch(req, key, stale, facts, fwd).await
+    }
+
+    /// Fills or revalidates `key` through a coalesced fetch.
+    async fn fetch(
+        self,
+        mut req: ServiceRequest,
+        key: String,
+        stale: Option<(Arc<CachedResponse>, TierName)>,
+        facts: RequestFacts,
+        fwd: Fwd,
+    ) -> Result<ServiceResponse<BoxBody>, Error> {
+        // Must happen before the request is shared (actix panics on mutating a shared head).
+        upstream_conditionals(req.headers_mut(), stale.as_ref().map(|(e, _)| &**e));
+        let http_req = req.request().clone();
+        match self.state.flights.join(&key) {
+            Join::Leader(guard) => {
+                let (tx, rx) = oneshot::channel();
+                let job = Fetch {
+                    ctx: self,
+                    req: Some(req),
+                    key,
+                    stale,
+                    facts,
+                    fwd,
+                    guard: Some(guard),
+                };
+                actix_web::rt::spawn(async move {
+                    let res = job.run().await;
+                    // The client may be gone; the store and the waiters were served already.
+                    let _ = tx.send(res);
+                });
+                let res = rx.await.unwrap_or_else(|_| opaque(StatusCode::BAD_GATEWAY));
+                Ok(ServiceResponse::new(http_req, res))
+            }
+            Join::Waiter(rx) => {
+                let st = &self.state;
+                st.metrics.coalesced_waiters.inc();
+                let outcome =
+                    tokio::time::timeout(st.policy.coalesce_timeout, single_flight::wait(rx))
+                        .await
+                        .ok()
+                        .flatten();
+                match outcome {
+                    Some(FlightOutcome::Stored(entry)) if entry.vary_matches(req.headers()) => {
+                        st.metrics.request(Outcome::Collapsed);
+                        let age = entry.age(st.clock.now());
+                        let cs = CacheStatus {
+                            hit: true,
+                            collapsed: true,
+                            ..Default::default()
+                        };
+                        Ok(req.into_response(respond(&entry, age, cs)))
+                    }
+                    Some(FlightOutcome::Failed { status }) => {
+                        let now = st.clock.now();
+                        if let Some((entry, tier)) = &stale {
+                            let age = entry.age(now);
+                            if storable::may_serve_stale_on_error(
+                                entry.stale_if_error,
+                                entry.no_stale,
+                                entry.lifetime,
+                                age,
+                            ) {
+                                st.metrics.request(Outcome::StaleIfError);
+                                let cs = stale_if_error_status(entry, age, status, *tier);
+                                return Ok(req.into_response(respond(entry, age, cs)));
+                            }
+                        }
+                        st.metrics.request(Outcome::Error);
+                        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                        Ok(req.into_response(opaque(code)))
+                    }
+                    // Not shareable, the leader vanished, or the wait timed out: fetch directly.
+                    _ => {
+                        let job = Fetch {
+                            ctx: self,
+                            req: Some(req),
+                            key,
+                            stale,
+                            facts,
+                            fwd,
+                            guard: None,
+                        };
+                        Ok(ServiceResponse::new(http_req, job.run().await))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts one background refresh of `key` unless one is already running (RFC 5861 §3).
+    fn refresh_in_background(
+        self,
+        mut req: ServiceRequest,
+        key: String,
+        entry: Arc<CachedResponse>,
+        tier: TierName,
+        facts: RequestFacts,
+    ) {
+        let Join::Leader(guard) = self.state.flights.join(&key) else {
+            return;
+        };
+        self.state.metrics.background_refreshes.inc();
+        req.set_payload(Payload::None);
+        let job = Fetch {
+            ctx: self,
+            req: Some(req),
+            key,
+            stale: Some((entry, tier)),
+            facts,
+            fwd: Fwd::Stale,
+            guard: Some(guard),
+        };
+        actix_web::rt::spawn(async move {
+            let _ = job.run().await;
+        });
+    }
+
+    /// HEAD that storage could not answer: forwarded as HEAD, never stored; a matching response
+    /// freshens a stale stored GET (RFC 9111 §4.3.5).
+    async fn forward_head(
+        self,
+        mut req: ServiceRequest,
+        key: String,
+        stale: Option<(Arc<CachedResponse>, TierName)>,
+        facts: RequestFacts,
+        fwd: Fwd,
+    ) -> Result<ServiceResponse<BoxBody>, Error> {
+        let st = self.state.clone();
+        st.metrics.request(Outcome::Pass);
+        upstream_conditionals(req.headers_mut(), None);
+        let http_req = req.request().clone();
+        let request_time = st.clock.now();
+        let res = self.inner.call(req).await?.map_into_boxed_body();
+        let response_time = st.clock.now();
+        if let Some((entry, _)) = &stale {
+            if res.status() == entry.status {
+                let same_validator = match (&entry.etag, res.headers().get(header::ETAG)) {
+                    (Some(a), Some(b)) if entry.origin_etag => a == b,
+                    _ => false,
+                };
+                if same_validator {
+                    if let Ok(updated) = entry.freshen(
+                        res.headers(),
+                        &facts,
+                        http_req.headers(),
+                        request_time,
+                        response_time,
+                        st.policy.store,
+                    ) {
+                        st.store_entry(&key, Arc::new(updated));
+                    }
+                } else if res.status().is_success() {
+                    // The representation changed: the stored GET is outdated.
+                    st.remove_selected(&key, http_req.headers());
+                }
+            }
+        }
+        let status = res.status().as_u16();
+        let mut res = res;
+        append_status(
+            res.headers_mut(),
+            CacheStatus {
+                fwd: Some(fwd),
+                fwd_status: Some(status),
+                ..Default::default()
+            },
+        );
+        Ok(res)
+    }
+
+    /// Methods other than GET/HEAD go straight to the origin; a non-error answer to an unsafe
+    /// method invalidates the URI and same-origin `Location` / `Content-Location` (§4.4).
+    async fn forward_other(self, req: ServiceRequest) -> Result<ServiceResponse<BoxBody>, Error> {
+        let st = self.state.clone();
+        st.metrics.request(Outcome::Pass);
+        let http_req = req.request().clone();
+        let res = self.inner.call(req).await?.map_into_boxed_body();
+        let status = res.status();
+        if is_unsafe(http_req.method())
+            && !status.is_client_error()
+            && !status.is_server_error()
+            && res
+                .response()
+                .extensions()
+                .get::<UpstreamFailure>()
+                .is_none()
+        {
+            let host = key::request_host(&http_req);
+            let mut keys = vec![key::for_request(&http_req)];
+            for name in [header::LOCATION, header::CONTENT_LOCATION] {
+                if let Some(k) = res
+                    .headers()
+                    .get(&name)
+                    .and_then(|v| key::for_location(&host, v.as_bytes()))
+                {
+                    keys.push(k);
+                }
+            }
+            for k in keys {
+                st.store.delete(&k).await;
+                st.metrics.invalidations.inc();
+            }
+        }
+        let code = status.as_u16();
+        let mut res = res;
+        append_status(
+            res.headers_mut(),
+            CacheStatus {
+                fwd: Some(Fwd::Method),
+                fwd_status: Some(code),
+                ..Default::default()
+            },
+        );
+        Ok(res)
+    }
+}
+
+/// Replaces the client's conditional headers with tierd's own: the stored response's origin
+/// validators when revalidating, none otherwise.
+fn upstream_conditionals(h: &mut HeaderMap, stale: Option<&CachedResponse>) {
+    for name in CONDITIONALS {
+        h.remove(name);
+    }
+    if let Some(entry) = stale {
+        if entry.origin_etag {
+            if let Some(etag) = &entry.etag {
+                h.insert(header::IF_NONE_MATCH, etag.clone());
+            }
+        }
+        if let Some(lm) = &entry.last_modified {
+            h.insert(header::IF_MODIFIED_SINCE, lm.clone());
+        }
+    }
+}
+
+fn storable_ttl(entry: &CachedResponse, age: u64) -> i64 {
+    crate::http::freshness::ttl(entry.lifetime, age)
+}
+
+fn stale_if_error_status(
+    entry: &CachedResponse,
+    age: u64,
+    status: u16,
+    tier: TierName,
+) -> CacheStatus {
+    CacheStatus {
+        fwd: Some(Fwd::Stale),
+        fwd_status: Some(status),
+        ttl: Some(storable_ttl(entry, age)),
+        detail: Some(tier.as_str()),
+        ..Default::default()
+    }
+}
+
+/// One origin fetch for a key: a fill, a revalidation or a background refresh.
+struct Fetch<S> {
+    ctx: Ctx<S>,
+    req: Option<ServiceRequest>,
+    key: String,
+    stale: Option<(Arc<CachedResponse>, TierName)>,
+    facts: RequestFacts,
+    fwd: Fwd,
+    guard: Option<FlightGuard>,
+}
+
+/// The result of reading a body up to a limit.
+enum Collected {
+    Full(Bytes),
+    /// Over the limit: what was read, and the rest still to stream.
+    TooLarge(Bytes, BoxBody),
+    Failed,
+}
+
+async fn collect(mut body: BoxBody, limit: usize) -> Collected {
+    if let BodySize::Sized(n) = body.size() {
+        if n > limit as u64 {
+            return Collected::TooLarge(Bytes::new(), body);
+        }
+    }
+    let mut buf = BytesMut::new();
+    loop {
+        let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await;
+        match next {
+            None => return Collected::Full(buf.freeze()),
+            Some(Ok(chunk)) => {
+                buf.extend_from_slice(&chunk);
+                if buf.len() > limit {
+                    return Collected::TooLarge(buf.freeze(), body);
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "origin body failed mid-stream; nothing stored");
+                return Collected::Failed;
+            }
+        }
+    }
+}
+
+/// A body as a stream of chunks.
+struct BodyChunks(BoxBody);
+
+impl Stream for BodyChunks {
+    type Item = Result<Bytes, Box<dyn std::error::Error>>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.0).poll_next(cx)
+    }
+}
+
+impl<S, B> Fetch<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    fn complete(&mut self, outcome: FlightOutcome) {
+        if let Some(g) = self.guard.take() {
+            g.complete(outcome);
+        }
+    }
+
+    async fn run(mut self) -> HttpResponse {
+        let st = self.ctx.state.clone();
+        let Some(req) = self.req.take() else {
+            return opaque(StatusCode::INTERNAL_SERVER_ERROR);
+        };
+        let http_req: HttpRequest = req.request().clone();
+        let request_time = st.clock.now();
+        let res = match self.ctx.inner.call(req).await {
+            Ok(r) => r.into_parts().1.map_into_boxed_body(),
+            Err(e) => e.error_response(),
+        };
+        let response_time = st.clock.now();
+        let status = res.status();
+        let failure = res.extensions().get::<UpstreamFailure>().copied();
+
+        // A 304 to our own conditional request: freshen the stored response (§4.3.4).
+        if status == StatusCode::NOT_MODIFIED {
+            if let Some((entry, _)) = self.stale.clone() {
+                return self.freshen(
+                    &entry,
+                    res.headers(),
+                    &http_req,
+                    request_time,
+                    response_time,
+                );
+            }
+        }
+
+        if failure.is_some() || storable::is_stale_if_error_status(status.as_u16()) {
+            if let Some(res) =
+                self.stale_on_error(status.as_u16(), failure.is_some(), response_time)
+            {
+                return res;
+            }
+            if failure.is_some() {
+                self.complete(FlightOutcome::Failed {
+                    status: status.as_u16(),
+                });
+                st.metrics.request(Outcome::Error);
+                return res;
+            }
+        }
+
+        let plan = match storable::plan_store(
+            &self.facts,
+            status.as_u16(),
+            res.headers(),
+            request_time,
+            response_time,
+            st.policy.store,
+        ) {
+            Ok(p) => p,
+            Err(reason) => {
+                st.metrics.not_stored(reason.as_str());
+                if self.stale.is_some() {
+                    st.remove_selected(&self.key, http_req.headers());
+                }
+                self.complete(FlightOutcome::Uncacheable);
+                st.metrics.request(Outcome::Pass);
+                return with_status(res, self.forward_status(status, false));
+            }
+        };
+
+        let (head, body) = res.into_parts();
+        match collect(body, st.policy.max_body_bytes).await {
+            Collected::Full(bytes) => {
+                let entry = Arc::new(CachedResponse::from_origin(
+                    status,
+                    head.headers(),
+                    bytes,
+                    &plan,
+                    http_req.headers(),
+                    response_time,
+                ));
+                st.store_entry(&self.key, entry.clone());
+                self.complete(FlightOutcome::Stored(entry.clone()));
+                st.metrics.request(Outcome::Miss);
+                let age = entry.age(st.clock.now());
+                respond(&entry, age, self.forward_status(status, true))
+            }
+            Collected::TooLarge(prefix, rest) => {
+                st.metrics
+                    .not_stored(storable::NotStorable::TooLarge.as_str());
+                self.complete(FlightOutcome::Uncacheable);
+                st.metrics.request(Outcome::Pass);
+                let chained =
+                    stream::once(async move { Ok::<_, Box<dyn std::error::Error>>(prefix) })
+                        .chain(BodyChunks(rest));
+                let size = content_length(head.headers());
+                let mut res = match size {
+                    Some(n) => {
+                        head.set_body(BoxBody::new(actix_web::body::SizedStream::new(n, chained)))
+                    }
+                    None => head.set_body(BoxBody::new(BodyStream::new(chained))),
+                };
+                res.headers_mut().append(
+                    cache_status_header(),
+                    status_value(self.forward_status(status, false)),
+                );
+                res
+            }
+            Collected::Failed => {
+                st.metrics.origin_error(OriginError::Body);
+                st.metrics
+                    .not_stored(storable::NotStorable::Incomplete.as_str());
+                if let Some(res) = self.stale_on_error(502, true, st.clock.now()) {
+                    return res;
+                }
+                self.complete(FlightOutcome::Failed { status: 502 });
+                st.metrics.request(Outcome::Error);
+                opaque(StatusCode::BAD_GATEWAY)
+            }
+        }
+    }
+
+    fn forward_status(&self, status: StatusCode, stored: bool) -> CacheStatus {
+        CacheStatus {
+            fwd: Some(self.fwd),
+            fwd_status: Some(status.as_u16()),
+            stored,
+            ..Default::default()
+        }
+    }
+
+    fn freshen(
+        mut self,
+        entry: &CachedResponse,
+        not_modified: &HeaderMap,
+        http_req: &HttpRequest,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> HttpResponse {
+        let st = self.ctx.state.clone();
+        let cs = CacheStatus {
+            fwd: Some(self.fwd),
+            fwd_status: Some(304),
+            ..Default::default()
+        };
+        match entry.freshen(
+            not_modified,
+            &self.facts,
+            http_req.headers(),
+            request_time,
+            response_time,
+            st.policy.store,
+        ) {
+            Ok(updated) => {
+                let updated = Arc::new(updated);
+                st.store_entry(&self.key, updated.clone());
+                self.complete(FlightOutcome::Stored(updated.clone()));
+                st.metrics.request(Outcome::Revalidated);
+                respond(&updated, updated.age(st.clock.now()), cs)
+            }
+            Err(reason) => {
+                // The 304 made the response unstorable: serve it this once, then forget it.
+                st.metrics.not_stored(reason.as_str());
+                st.remove_selected(&self.key, http_req.headers());
+                self.complete(FlightOutcome::Uncacheable);
+                st.metrics.request(Outcome::Revalidated);
+                respond(entry, 0, cs)
+            }
+        }
+    }
+
+    /// Serves the stale entry for an origin error when its `stale-if-error` window allows; for a
+    /// `must-revalidate` entry with the origin unreachable, answers 504 (§4.2.4).
+    fn stale_on_error(
+        &mut self,
+        status: u16,
+        unreachable: bool,
+        now: SystemTime,
+    ) -> Option<HttpResponse> {
+        let (entry, tier) = self.stale.clone()?;
+        let st = self.ctx.state.clone();
+        let age = entry.age(now);
+        if storable::may_serve_stale_on_error(
+            entry.stale_if_error,
+            entry.no_stale,
+            entry.lifetime,
+            age,
+        ) {
+            self.complete(FlightOutcome::Failed { status });
+            st.metrics.request(Outcome::StaleIfError);
+            return Some(respond(
+                &entry,
+                age,
+                stale_if_error_status(&entry, age, status, tier),
+            ));
+        }
+        if entry.no_stale && unreachable {
+            self.complete(FlightOutcome::Failed { status: 504 });
+            st.metrics.request(Outcome::Error);
+            return Some(opaque(StatusCode::GATEWAY_TIMEOUT));
+        }
+        None
+    }
+}
+
+fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

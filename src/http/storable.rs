@@ -1,0 +1,608 @@
+//! Whether, and how, a response may be stored by a shared cache (RFC 9111 §3), and the request
+//! directives that decide whether a stored response may be reused (§4).
+
+use std::time::SystemTime;
+
+use actix_web::http::header::{self, HeaderMap, HeaderName};
+
+use super::cache_control::{CacheControl, Delta, FieldList};
+use super::freshness::{self, Expires, FreshnessInputs, Heuristic, Lifetime};
+use super::vary::Vary;
+
+/// Why a response was not stored. The string feeds logs and metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStorable {
+    Status,
+    RequestNoStore,
+    NoStore,
+    Private,
+    Authorization,
+    SetCookie,
+    VaryStar,
+    VaryMalformed,
+    NoFreshness,
+    TooLarge,
+    Incomplete,
+}
+
+impl NotStorable {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotStorable::Status => "status",
+            NotStorable::RequestNoStore => "request_no_store",
+            NotStorable::NoStore => "no_store",
+            NotStorable::Private => "private",
+            NotStorable::Authorization => "authorization",
+            NotStorable::SetCookie => "set_cookie",
+            NotStorable::VaryStar => "vary_star",
+            NotStorable::VaryMalformed => "vary_malformed",
+            NotStorable::NoFreshness => "no_freshness",
+            NotStorable::TooLarge => "too_large",
+            NotStorable::Incomplete => "incomplete",
+        }
+    }
+}
+
+/// The request facts that storing and reuse depend on.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    pub cc: CacheControl,
+    pub has_authorization: bool,
+    /// `Pragma: no-cache` without `Cache-Control` (§5.4).
+    pub pragma_no_cache: bool,
+}
+
+impl RequestFacts {
+    pub fn from_headers(h: &HeaderMap) -> Self {
+        let has_cc = h.contains_key(header::CACHE_CONTROL);
+        let cc = if has_cc {
+            CacheControl::parse(h.get_all(header::CACHE_CONTROL).map(|v| v.as_bytes()))
+        } else {
+            CacheControl::default()
+        };
+        let pragma_no_cache = !has_cc
+            && h.get_all(header::PRAGMA).any(|v| {
+                v.as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"no-cache"))
+            });
+        RequestFacts {
+            cc,
+            has_authorization: h.contains_key(header::AUTHORIZATION),
+            pragma_no_cache,
+        }
+    }
+
+    /// The request forbids answering from storage without validation (§5.2.1.4, §5.4).
+    pub fn requires_validation(&self) -> bool {
+        self.pragma_no_cache
+            || self.cc.no_cache.is_some()
+            || matches!(
+                self.cc.max_age,
+                Some(Delta::Valid(0)) | Some(Delta::Invalid)
+            )
+    }
+}
+
+/// What the cache keeps about a storable response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorePlan {
+    pub lifetime: Lifetime,
+    pub initial_age: u64,
+    pub stale_while_revalidate: u64,
+    pub stale_if_error: u64,
+    /// Unqualified `no-cache`: validate before every reuse.
+    pub no_cache: bool,
+    /// `must-revalidate`, `proxy-revalidate` or `s-maxage`: never serve stale (§4.2.4).
+    pub no_stale: bool,
+    /// Fields named by qualified `no-cache` / `private`, not stored.
+    pub strip_fields: Vec<HeaderName>,
+    pub vary: Vec<HeaderName>,
+}
+
+/// The directives that govern this cache: `Surrogate-Control`, then `CDN-Cache-Control`
+/// (RFC 9213), then `Cache-Control`, the first one present winning whole.
+pub fn effective_cache_control(h: &HeaderMap) -> CacheControl {
+    for name in ["surrogate-control", "cdn-cache-control"] {
+        if h.contains_key(name) {
+            let cc = CacheControl::parse(h.get_all(name).map(|v| v.as_bytes()));
+            if !cc.is_empty() {
+                return cc;
+            }
+        }
+    }
+    CacheControl::parse(h.get_all(header::CACHE_CONTROL).map(|v| v.as_bytes()))
+}
+
+/// Options that widen or narrow the RFC defaults.
+#[derive(Debug, Clone, Copy)]
+pub struct StoreOptions {
+    pub heuristic: Heuristic,
+    /// Store responses carrying `Set-Cookie` (the cookie is stored and replayed). Off by default.
+    pub store_set_cookie: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            heuristic: Heuristic::default(),
+            store_set_cookie: false,
+        }
+    }
+}
+
+fn has_validator(h: &HeaderMap) -> bool {
+    h.contains_key(header::ETAG) || h.contains_key(header::LAST_MODIFIED)
+}
+
+fn single_date(h: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
+    let mut it = h.get_all(name);
+    let v = it.next()?;
+    freshness::parse_http_date(v.as_bytes())
+}
+
+/// Decides whether a response to a GET may be stored (§3), and how.
+pub fn plan_store(
+    req: &RequestFacts,
+    status: u16,
+    h: &HeaderMap,
+    request_time: SystemTime,
+    response_time: SystemTime,
+    opts: StoreOptions,
+) -> Result<StorePlan, NotStorable> {
+    // §3: a final status the cache understands; partial content and 304 are not stored as-is.
+    if status < 200 || status == 206 || status == 304 {
+        return Err(NotStorable::Status);
+    }
+    if req.cc.no_store {
+        return Err(NotStorable::RequestNoStore);
+    }
+    let cc = effective_cache_control(h);
+    if cc.no_store {
+        return Err(NotStorable::NoStore);
+    }
+    let mut strip_fields = Vec::new();
+    match &cc.private {
+        Some(FieldList::All) => return Err(NotStorable::Private),
+        Some(FieldList::Fields(f)) => push_names(&mut strip_fields, f),
+        None => {}
+    }
+    if let Some(FieldList::Fields(f)) = &cc.no_cache {
+        push_names(&mut strip_fields, f);
+    }
+    // §3.5: a request with Authorization only if the response explicitly allows it.
+    if req.has_authorization && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+        return Err(NotStorable::Authorization);
+    }
+    if !opts.store_set_cookie
+        && h.contains_key(header::SET_COOKIE)
+        && !strip_fields.contains(&header::SET_COOKIE)
+    {
+        return Err(NotStorable::SetCookie);
+    }
+    let vary = match Vary::parse(h) {
+        Vary::None => Vec::new(),
+        Vary::Headers(v) => v,
+        Vary::Star => return Err(NotStorable::VaryStar),
+        Vary::Malformed => return Err(NotStorable::VaryMalformed),
+    };
+
+    let date = single_date(h, &header::DATE);
+    let input = FreshnessInputs {
+        cc: &cc,
+        expires: freshness::parse_expires(h.get_all(header::EXPIRES).map(|v| v.as_bytes())),
+        date,
+        last_modified: single_date(h, &header::LAST_MODIFIED),
+        status,
+    };
+    let lifetime = freshness::freshness_lifetime(&input, opts.heuristic, response_time);
+    let explicit = lifetime.is_explicit() || input.expires != Expires::Absent;
+    // §3: explicit freshness, `public`, or a heuristically cacheable status.
+    if !(explicit || cc.public || freshness::is_heuristically_cacheable(status)) {
+        return Err(NotStorable::NoFreshness);
+    }
+    let no_cache = matches!(cc.no_cache, Some(FieldList::All));
+    let stale_if_error = cc.stale_if_error.map(Delta::secs_or_zero).unwrap_or(0);
+    // Storing something that can never be reused (no lifetime, nothing to validate with, no
+    // stale-if-error window) only costs memory.
+    let usable = (lifetime.secs() > 0 && !no_cache) || has_validator(h) || stale_if_error > 0;
+    if !usable {
+        return Err(NotStorable::NoFreshness);
+    }
+    let age = h
+        .get(header::AGE)
+        .and_then(|v| freshness::parse_age(v.as_bytes()));
+    Ok(StorePlan {
+        lifetime,
+        initial_age: freshness::corrected_initial_age(age, date, request_time, response_time),
+        stale_while_revalidate: cc
+            .stale_while_revalidate
+            .map(Delta::secs_or_zero)
+            .unwrap_or(0),
+        stale_if_error,
+        no_cache,
+        no_stale: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
+        strip_fields,
+        vary,
+    })
+}
+
+fn push_names(out: &mut Vec<HeaderName>, fields: &[String]) {
+    for f in fields {
+        if let Ok(n) = HeaderName::from_bytes(f.as_bytes()) {
+            if !out.contains(&n) {
+                out.push(n);
+            }
+        }
+    }
+}
+
+/// How a stored response relates to a request's freshness requirements (§4.2, §5.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    /// Serve it as it is.
+    Fresh,
+    /// Stale, but may be served while one background refresh runs (RFC 5861 §3).
+    StaleWhileRevalidate,
+    /// Must go forward (validate or refetch) before use.
+    Forward,
+}
+
+/// The stored-response facts reuse depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredFacts {
+    pub lifetime: u64,
+    pub age: u64,
+    pub stale_while_revalidate: u64,
+    pub no_cache: bool,
+    pub no_stale: bool,
+}
+
+/// Decides whether a stored response can answer a request now.
+pub fn reuse(req: &RequestFacts, s: StoredFacts) -> Reuse {
+    if s.no_cache || req.requires_validation() {
+        return Reuse::Forward;
+    }
+    let ttl = freshness::ttl(s.lifetime, s.age);
+    // Request max-age: the response must be no older than that (§5.2.1.1).
+    if let Some(Delta::Valid(max_age)) = req.cc.max_age {
+        if s.age > max_age {
+            return Reuse::Forward;
+        }
+    }
+    // min-fresh: must stay fresh for at least that long (§5.2.1.3).
+    if let Some(Delta::Valid(min_fresh)) = req.cc.min_fresh {
+        if ttl < min_fresh as i64 {
+            return Reuse::Forward;
+        }
+    }
+    if ttl > 0 {
+        return Reuse::Fresh;
+    }
+    if s.no_stale {
+        return Reuse::Forward;
+    }
+    let staleness = (-ttl) as u64;
+    // max-stale: the client accepts stale responses outright (§5.2.1.2).
+    match req.cc.max_stale {
+        Some(None) => return Reuse::Fresh,
+        Some(Some(Delta::Valid(ms))) if staleness <= ms => return Reuse::Fresh,
+        _ => {}
+    }
+    if staleness <= s.stale_while_revalidate {
+        return Reuse::StaleWhileRevalidate;
+    }
+    Reuse::Forward
+}
+
+/// Whether a stale response may stand in for an error (RFC 5861 §4, RFC 9111 §4.2.4).
+pub fn may_serve_stale_on_error(
+    stale_if_error: u64,
+    no_stale: bool,
+    lifetime: u64,
+    age: u64,
+) -> bool {
+    let ttl = freshness::ttl(lifetime, age);
+    !no_stale && ttl <= 0 && (-ttl) as u64 <= stale_if_error
+}
+
+/// Origin statuses that count as errors for `stale-if-error` (RFC 5861 §4).
+pub fn is_stale_if_error_status(status: u16) -> bool {
+    matches!(status, 500 | 502 | 503 | 504)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::http::header::HeaderValue;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn t(s: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(1_700_000_000 + s)
+    }
+
+    fn hm(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn plan(
+        req: &[(&str, &str)],
+        status: u16,
+        resp: &[(&str, &str)],
+    ) -> Result<StorePlan, NotStorable> {
+        plan_store(
+            &RequestFacts::from_headers(&hm(req)),
+            status,
+            &hm(resp),
+            t(0),
+            t(0),
+            StoreOptions::default(),
+        )
+    }
+
+    // RFC 9111 §3: the storing rules, one row each.
+    #[test]
+    fn storing_table() {
+        use NotStorable::*;
+        let table: &[(
+            &[(&str, &str)],
+            u16,
+            &[(&str, &str)],
+            Result<(), NotStorable>,
+        )] = &[
+            (&[], 200, &[("cache-control", "max-age=60")], Ok(())),
+            (&[], 200, &[("cache-control", "public")], Err(NoFreshness)), // public but no lifetime nor validator
+            (
+                &[],
+                200,
+                &[("cache-control", "public"), ("etag", "\"a\"")],
+                Ok(()),
+            ),
+            (&[], 200, &[], Err(NoFreshness)),
+            (
+                &[],
+                200,
+                &[("last-modified", "Thu, 01 Jan 1970 00:00:00 GMT")],
+                Ok(()),
+            ),
+            (
+                &[],
+                500,
+                &[("last-modified", "Thu, 01 Jan 1970 00:00:00 GMT")],
+                Err(NoFreshness),
+            ),
+            (&[], 500, &[("cache-control", "max-age=5")], Ok(())),
+            (&[], 206, &[("cache-control", "max-age=60")], Err(Status)),
+            (&[], 304, &[("cache-control", "max-age=60")], Err(Status)),
+            (
+                &[("cache-control", "no-store")],
+                200,
+                &[("cache-control", "max-age=60")],
+                Err(RequestNoStore),
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "max-age=60, no-store")],
+                Err(NoStore),
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "max-age=60, private")],
+                Err(Private),
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "max-age=60, private=\"x-user\"")],
+                Ok(()),
+            ),
+            (
+                &[("authorization", "Bearer x")],
+                200,
+                &[("cache-control", "max-age=60")],
+                Err(Authorization),
+            ),
+            (
+                &[("authorization", "Bearer x")],
+                200,
+                &[("cache-control", "public, max-age=60")],
+                Ok(()),
+            ),
+            (
+                &[("authorization", "Bearer x")],
+                200,
+                &[("cache-control", "s-maxage=60")],
+                Ok(()),
+            ),
+            (
+                &[("authorization", "Bearer x")],
+                200,
+                &[("cache-control", "max-age=60, must-revalidate")],
+                Ok(()),
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "a=b")],
+                Err(SetCookie),
+            ),
+            (
+                &[],
+                200,
+                &[
+                    ("cache-control", "max-age=60, no-cache=\"set-cookie\""),
+                    ("set-cookie", "a=b"),
+                ],
+                Ok(()),
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "*")],
+                Err(VaryStar),
+            ),
+            (
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("vary", "bad name")],
+                Err(VaryMalformed),
+            ),
+            (&[], 200, &[("cache-control", "no-cache")], Err(NoFreshness)),
+            (
+                &[],
+                200,
+                &[("cache-control", "no-cache"), ("etag", "\"a\"")],
+                Ok(()),
+            ),
+            (&[], 200, &[("expires", "0")], Err(NoFreshness)),
+            // Surrogate-Control and CDN-Cache-Control override Cache-Control for tierd.
+            (
+                &[],
+                200,
+                &[
+                    ("cache-control", "private"),
+                    ("surrogate-control", "max-age=60"),
+                ],
+                Ok(()),
+            ),
+            (
+                &[],
+                200,
+                &[
+                    ("cache-control", "max-age=60"),
+                    ("cdn-cache-control", "no-store"),
+                ],
+                Err(NoStore),
+            ),
+            (
+                &[],
+                200,
+                &[
+                    ("cache-control", "no-store"),
+                    ("cdn-cache-control", "max-age=60"),
+                ],
+                Ok(()),
+            ),
+        ];
+        for (req, status, resp, want) in table {
+            assert_eq!(
+                plan(req, *status, resp).map(|_| ()),
+                *want,
+                "{req:?} {status} {resp:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn plan_details() {
+        let p = plan(
+            &[],
+            200,
+            &[
+                (
+                    "cache-control",
+                    "max-age=60, stale-while-revalidate=30, stale-if-error=300, must-revalidate",
+                ),
+                ("vary", "Accept-Encoding"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(p.lifetime, Lifetime::Explicit(60));
+        assert_eq!((p.stale_while_revalidate, p.stale_if_error), (30, 300));
+        assert!(p.no_stale);
+        assert_eq!(p.vary, vec![header::ACCEPT_ENCODING]);
+        let s = plan(&[], 200, &[("cache-control", "s-maxage=60")]).unwrap();
+        assert!(s.no_stale, "s-maxage implies proxy-revalidate (§5.2.2.10)");
+        let stripped = plan(
+            &[],
+            200,
+            &[(
+                "cache-control",
+                "max-age=1, private=\"X-User\", no-cache=\"set-cookie\"",
+            )],
+        )
+        .unwrap();
+        assert_eq!(
+            stripped.strip_fields,
+            vec![HeaderName::from_static("x-user"), header::SET_COOKIE]
+        );
+    }
+
+    fn stored(lifetime: u64, age: u64) -> StoredFacts {
+        StoredFacts {
+            lifetime,
+            age,
+            stale_while_revalidate: 10,
+            no_cache: false,
+            no_stale: false,
+        }
+    }
+
+    // RFC 9111 §4.2 and §5.2.1, RFC 5861 §3: reuse decisions.
+    #[test]
+    fn reuse_table() {
+        let r = |h: &[(&str, &str)]| RequestFacts::from_headers(&hm(h));
+        assert_eq!(reuse(&r(&[]), stored(60, 10)), Reuse::Fresh);
+        assert_eq!(reuse(&r(&[]), stored(60, 60)), Reuse::StaleWhileRevalidate);
+        assert_eq!(reuse(&r(&[]), stored(60, 70)), Reuse::StaleWhileRevalidate);
+        assert_eq!(reuse(&r(&[]), stored(60, 71)), Reuse::Forward);
+        assert_eq!(
+            reuse(&r(&[("cache-control", "no-cache")]), stored(60, 10)),
+            Reuse::Forward
+        );
+        assert_eq!(
+            reuse(&r(&[("pragma", "no-cache")]), stored(60, 10)),
+            Reuse::Forward
+        );
+        assert_eq!(
+            reuse(&r(&[("cache-control", "max-age=0")]), stored(60, 10)),
+            Reuse::Forward
+        );
+        assert_eq!(
+            reuse(&r(&[("cache-control", "max-age=5")]), stored(60, 10)),
+            Reuse::Forward
+        );
+        assert_eq!(
+            reuse(&r(&[("cache-control", "min-fresh=55")]), stored(60, 10)),
+            Reuse::Forward
+        );
+        assert_eq!(
+            reuse(&r(&[("cache-control", "max-stale")]), stored(60, 500)),
+            Reuse::Fresh
+        );
+        assert_eq!(
+            reuse(&r(&[("cache-control", "max-stale=5")]), stored(60, 64)),
+            Reuse::Fresh
+        );
+        let mut must = stored(60, 61);
+        must.no_stale = true;
+        assert_eq!(
+            reuse(&r(&[("cache-control", "max-stale")]), must),
+            Reuse::Forward
+        );
+        let mut nc = stored(60, 1);
+        nc.no_cache = true;
+        assert_eq!(reuse(&r(&[]), nc), Reuse::Forward);
+    }
+
+    // RFC 5861 §4 and RFC 9111 §4.2.4.
+    #[test]
+    fn stale_if_error_window() {
+        assert!(may_serve_stale_on_error(30, false, 60, 90));
+        assert!(!may_serve_stale_on_error(30, false, 60, 91));
+        assert!(!may_serve_stale_on_error(30, true, 60, 70));
+        assert!(
+            !may_serve_stale_on_error(30, false, 60, 50),
+            "fresh is not stale-if-error"
+        );
+    }
+}

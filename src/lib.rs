@@ -1,0 +1,22 @@
+//! tierd: an observability-first HTTP cache.
+//!
+//! Two things from one code base: a caching gateway (`tierd serve`, a reverse proxy in front of
+//! any HTTP API, tuned from a config file), and the same middleware stack as a library for
+//! actix-web applications ([`cache::CacheHeaders`] and [`cache::ResponseCache`] over a
+//! [`store::TieredStore`]).
+//!
+//! The caching rules are those of an RFC 9111 shared cache; the pure decision functions live in
+//! [`http`], each with table tests citing its section.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod cache;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod http;
+pub mod metrics;
+pub mod server;
+pub mod store;
+pub mod upstream;

@@ -1,0 +1,301 @@
+//! Prometheus metrics: one [`Metrics`] struct per app state, registered into its own registry
+//! (no globals, so tests can build many gateways in one process).
+//!
+//! Label values are bounded enums; the hot path touches pre-resolved children only.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// What the cache did with a request; feeds the `cache_status` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Fresh response from storage.
+    Hit,
+    /// Stale response from storage while a background refresh runs.
+    StaleWhileRevalidate,
+    /// Stale response from storage because the origin failed.
+    StaleIfError,
+    /// Waited for another request's fetch and shared its stored response.
+    Collapsed,
+    /// Fetched from the origin and stored.
+    Miss,
+    /// Stale entry validated by the origin with a 304.
+    Revalidated,
+    /// Fetched from the origin, not stored (uncacheable, bypass, method).
+    Pass,
+    /// tierd answered with an error of its own (502, 504).
+    Error,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 8] = [
+        Outcome::Hit,
+        Outcome::StaleWhileRevalidate,
+        Outcome::StaleIfError,
+        Outcome::Collapsed,
+        Outcome::Miss,
+        Outcome::Revalidated,
+        Outcome::Pass,
+        Outcome::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::StaleWhileRevalidate => "stale_while_revalidate",
+            Outcome::StaleIfError => "stale_if_error",
+            Outcome::Collapsed => "collapsed",
+            Outcome::Miss => "miss",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Pass => "pass",
+            Outcome::Error => "error",
+        }
+    }
+}
+
+/// Why an entry left a tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionCause {
+    Expired,
+    Size,
+    Explicit,
+    Replaced,
+}
+
+impl EvictionCause {
+    pub const ALL: [EvictionCause; 4] = [
+        EvictionCause::Expired,
+        EvictionCause::Size,
+        EvictionCause::Explicit,
+        EvictionCause::Replaced,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionCause::Expired => "expired",
+            EvictionCause::Size => "size",
+            EvictionCause::Explicit => "explicit",
+            EvictionCause::Replaced => "replaced",
+        }
+    }
+}
+
+/// Kinds of origin failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginError {
+    Connect,
+    Timeout,
+    Protocol,
+    Body,
+}
+
+impl OriginError {
+    pub const ALL: [OriginError; 4] = [
+        OriginError::Connect,
+        OriginError::Timeout,
+        OriginError::Protocol,
+        OriginError::Body,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginError::Connect => "connect",
+            OriginError::Timeout => "timeout",
+            OriginError::Protocol => "protocol",
+            OriginError::Body => "body",
+        }
+    }
+}
+
+/// All of tierd's metrics.
+pub struct Metrics {
+    registry: Registry,
+    requests: Vec<IntCounter>,
+    pub not_modified: IntCounter,
+    evictions_l1: Vec<IntCounter>,
+    pub l1_entries: IntGauge,
+    pub l1_bytes: IntGauge,
+    pub origin_requests: IntCounter,
+    origin_errors: Vec<IntCounter>,
+    pub origin_latency: Histogram,
+    pub coalesced_waiters: IntCounter,
+    pub background_refreshes: IntCounter,
+    not_stored: IntCounterVec,
+    pub invalidations: IntCounter,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are static and unique, so registration cannot fail; keep going if it somehow does.
+    if let Err(e) = r.register(Box::new(c.clone())) {
+        tracing::error!(error = %e, "metric registration failed");
+    }
+    c
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let requests_vec = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tierd_requests_total",
+                    "Requests answered by the cache layer, by cache status",
+                ),
+                &["cache_status"],
+            )
+            .expect("static metric definition"),
+        );
+        let requests = Outcome::ALL
+            .iter()
+            .map(|o| requests_vec.with_label_values(&[o.as_str()]))
+            .collect();
+        let evictions = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tierd_tier_evictions_total",
+                    "Entries removed from a tier, by cause",
+                ),
+                &["tier", "cause"],
+            )
+            .expect("static metric definition"),
+        );
+        let evictions_l1 = EvictionCause::ALL
+            .iter()
+            .map(|c| evictions.with_label_values(&["l1", c.as_str()]))
+            .collect();
+        let entries = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("tierd_tier_entries", "Entries held by a tier"),
+                &["tier"],
+            )
+            .expect("static metric definition"),
+        );
+        let bytes = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new("tierd_tier_bytes", "Bytes held by a tier"),
+                &["tier"],
+            )
+            .expect("static metric definition"),
+        );
+        let origin_errors_vec = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tierd_origin_errors_total",
+                    "Origin requests that failed, by kind",
+                ),
+                &["kind"],
+            )
+            .expect("static metric definition"),
+        );
+        let origin_errors = OriginError::ALL
+            .iter()
+            .map(|k| origin_errors_vec.with_label_values(&[k.as_str()]))
+            .collect();
+        let not_stored = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tierd_not_stored_total",
+                    "Origin responses not stored, by reason",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+        );
+        Metrics {
+            requests,
+            not_modified: reg(
+                &r,
+                IntCounter::new("tierd_not_modified_total", "304 responses sent to clients")
+                    .expect("static metric definition"),
+            ),
+            evictions_l1,
+            l1_entries: entries.with_label_values(&["l1"]),
+            l1_bytes: bytes.with_label_values(&["l1"]),
+            origin_requests: reg(
+                &r,
+                IntCounter::new("tierd_origin_requests_total", "Requests sent to the origin")
+                    .expect("static metric definition"),
+            ),
+            origin_errors,
+            origin_latency: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tierd_origin_latency_seconds",
+                        "Time to the origin's response head",
+                    )
+                    .buckets(vec![
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    ]),
+                )
+                .expect("static metric definition"),
+            ),
+            coalesced_waiters: reg(
+                &r,
+                IntCounter::new(
+                    "tierd_coalesced_waiters_total",
+                    "Requests that waited on another request's origin fetch",
+                )
+                .expect("static metric definition"),
+            ),
+            background_refreshes: reg(
+                &r,
+                IntCounter::new(
+                    "tierd_background_refreshes_total",
+                    "Background refreshes started for stale-while-revalidate",
+                )
+                .expect("static metric definition"),
+            ),
+            not_stored,
+            invalidations: reg(
+                &r,
+                IntCounter::new(
+                    "tierd_invalidations_total",
+                    "URIs invalidated by unsafe methods",
+                )
+                .expect("static metric definition"),
+            ),
+            registry: r,
+        }
+    }
+
+    #[inline]
+    pub fn request(&self, o: Outcome) {
+        self.requests[o as usize].inc();
+    }
+
+    #[inline]
+    pub fn l1_eviction(&self, c: EvictionCause) {
+        self.evictions_l1[c as usize].inc();
+    }
+
+    pub fn origin_error(&self, k: OriginError) {
+        self.origin_errors[k as usize].inc();
+    }
+
+    pub fn not_stored(&self, reason: &'static str) {
+        self.not_stored.with_label_values(&[reason]).inc();
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,134 @@
+//! Starting and stopping the listeners: gateway, admin and (optionally) the demo origin.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpServer};
+
+use crate::app::{gateway_app, GatewayParts};
+use crate::cache::{single_flight::Flights, CacheState};
+use crate::clock::Clock;
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::store::{MemoryTier, TieredStore};
+use crate::upstream::Target;
+
+/// A running gateway.
+pub struct Gateway {
+    pub state: Arc<CacheState>,
+    /// The gateway's bound address (useful with port 0).
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub demo_addr: Option<SocketAddr>,
+    main: ServerHandle,
+    others: Vec<ServerHandle>,
+    main_task: tokio::task::JoinHandle<io::Result<()>>,
+}
+
+/// Builds the shared cache state from settings.
+pub fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Arc<CacheState> {
+    let metrics = Arc::new(Metrics::new());
+    let l1 = MemoryTier::new(settings.tiers.l1.max_bytes, metrics.clone());
+    Arc::new(CacheState {
+        store: TieredStore::new(l1),
+        flights: Flights::new(),
+        clock,
+        policy: settings.cache_policy(),
+        metrics,
+    })
+}
+
+fn spawn(server: Server) -> (ServerHandle, tokio::task::JoinHandle<io::Result<()>>) {
+    let handle = server.handle();
+    (handle, actix_web::rt::spawn(server))
+}
+
+impl Gateway {
+    /// Binds every listener and starts serving. Must run inside an actix system.
+    pub async fn start(settings: &Settings, clock: Arc<dyn Clock>) -> io::Result<Gateway> {
+        let state = build_state(settings, clock);
+        let mut others = Vec::new();
+
+        let mut demo_addr = None;
+        if settings.demo_origin.enabled {
+            let demo_state = web::Data::new(crate::demo::DemoState::default());
+            let srv = HttpServer::new(move || {
+                App::new().configure(crate::demo::configure(demo_state.clone()))
+            })
+            .workers(1)
+            .disable_signals()
+            .bind(&settings.demo_origin.listen)?;
+            demo_addr = srv.addrs().first().copied();
+            others.push(spawn(srv.run()).0);
+        }
+
+        let admin_state = state.clone();
+        let admin = HttpServer::new(move || {
+            App::new().configure(crate::admin::configure(admin_state.clone()))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(&settings.admin.listen)?;
+        let admin_addr = admin
+            .addrs()
+            .first()
+            .copied()
+            .ok_or_else(|| io::Error::other("admin listener has no address"))?;
+        others.push(spawn(admin.run()).0);
+
+        let target = Target::parse(&settings.upstream.url).map_err(io::Error::other)?;
+        let parts = GatewayParts {
+            state: state.clone(),
+            upstream: settings.upstream.clone(),
+            target,
+            max_header_bytes: settings.server.max_header_bytes,
+        };
+        let mut server = HttpServer::new(move || gateway_app(&parts))
+            .keep_alive(Duration::from_secs(settings.server.keep_alive_seconds))
+            .client_request_timeout(Duration::from_millis(
+                settings.server.client_request_timeout_ms,
+            ))
+            .shutdown_timeout(settings.server.shutdown_timeout_seconds)
+            .backlog(4096);
+        if settings.server.workers > 0 {
+            server = server.workers(settings.server.workers);
+        }
+        let server = server.bind(&settings.server.listen)?;
+        let addr = server
+            .addrs()
+            .first()
+            .copied()
+            .ok_or_else(|| io::Error::other("gateway listener has no address"))?;
+        let (main, main_task) = spawn(server.run());
+        Ok(Gateway {
+            state,
+            addr,
+            admin_addr,
+            demo_addr,
+            main,
+            others,
+            main_task,
+        })
+    }
+
+    /// Runs until the gateway stops (SIGINT/SIGTERM: graceful), then stops the other listeners.
+    pub async fn wait(self) -> io::Result<()> {
+        let result = self.main_task.await.map_err(io::Error::other)?;
+        for h in &self.others {
+            h.stop(true).await;
+        }
+        result
+    }
+
+    /// Stops every listener.
+    pub async fn stop(self, graceful: bool) {
+        self.main.stop(graceful).await;
+        for h in &self.others {
+            h.stop(graceful).await;
+        }
+        let _ = self.main_task.await;
+    }
+}

@@ -1,0 +1,249 @@
+//! The gateway's inner service: a reverse proxy to one origin over a pooled HTTP/1.1 client.
+//!
+//! Every method and body passes through; hop-by-hop headers are dropped in both directions;
+//! `X-Forwarded-For/Proto/Host` and `Via` are added. Failures become opaque 502/504 responses
+//! marked with [`UpstreamFailure`] so the cache can serve stale on error.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BodyStream, BoxBody, SizedStream};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::HttpResponse;
+use awc::error::{ConnectError, SendRequestError};
+use futures_util::stream;
+
+use crate::cache::{opaque, UpstreamFailure};
+use crate::config::UpstreamConfig;
+use crate::http::headers::HopByHop;
+use crate::metrics::{Metrics, OriginError};
+
+/// Where requests go, parsed from `upstream.url`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `http://host:port`
+    pub origin: String,
+    /// Path prefix prepended to every request path (no trailing slash).
+    pub prefix: String,
+}
+
+impl Target {
+    /// Parses an `http://host[:port][/prefix]` URL.
+    pub fn parse(url: &str) -> Result<Target, String> {
+        let uri: awc::http::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
+        match uri.scheme_str() {
+            Some("http") => {}
+            Some(other) => return Err(format!("scheme '{other}' is not supported; use http://")),
+            None => return Err("missing scheme; use http://host:port".into()),
+        }
+        let authority = uri.authority().ok_or("missing host")?;
+        if uri.query().is_some() {
+            return Err("must not have a query string".into());
+        }
+        Ok(Target {
+            origin: format!("http://{authority}"),
+            prefix: uri.path().trim_end_matches('/').to_owned(),
+        })
+    }
+}
+
+/// One worker's proxy: the client (not `Send`, so one per worker thread) and its settings.
+pub struct Upstream {
+    client: awc::Client,
+    target: Target,
+    preserve_host: bool,
+    max_header_bytes: usize,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+fn x_forwarded_for() -> HeaderName {
+    HeaderName::from_static("x-forwarded-for")
+}
+fn x_forwarded_proto() -> HeaderName {
+    HeaderName::from_static("x-forwarded-proto")
+}
+fn x_forwarded_host() -> HeaderName {
+    HeaderName::from_static("x-forwarded-host")
+}
+
+impl Upstream {
+    /// Builds the proxy for one worker.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        target: Target,
+        max_header_bytes: usize,
+        metrics: std::sync::Arc<Metrics>,
+    ) -> Self {
+        let connector = awc::Connector::new()
+            .timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .limit(cfg.max_connections)
+            .conn_keep_alive(Duration::from_secs(15))
+            .conn_lifetime(Duration::from_secs(300));
+        let client = awc::Client::builder()
+            .connector(connector)
+            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .disable_redirects()
+            .no_default_headers()
+            .finish();
+        Upstream {
+            client,
+            target,
+            preserve_host: cfg.preserve_host,
+            max_header_bytes,
+            metrics,
+        }
+    }
+
+    /// Forwards one request and converts the answer (or the failure) into a response.
+    pub async fn forward(&self, req: ServiceRequest) -> ServiceResponse<BoxBody> {
+        let (http_req, payload) = req.into_parts();
+        let header_bytes: usize = http_req
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum();
+        if header_bytes > self.max_header_bytes {
+            tracing::warn!(
+                header_bytes,
+                limit = self.max_header_bytes,
+                "request headers too large"
+            );
+            return ServiceResponse::new(
+                http_req,
+                opaque(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            );
+        }
+        let pq = http_req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let url = format!("{}{}{}", self.target.origin, self.target.prefix, pq);
+        let method = http_req.method().clone();
+        let mut creq = self.client.request(method.clone(), url);
+        {
+            let hop = HopByHop::of(http_req.headers());
+            let h = creq.headers_mut();
+            let (xff, xfp, xfh) = (x_forwarded_for(), x_forwarded_proto(), x_forwarded_host());
+            for (name, value) in http_req.headers().iter() {
+                if hop.drops(name)
+                    || *name == header::HOST
+                    || *name == xfp
+                    || *name == xfh
+                    || *name == xff
+                {
+                    continue;
+                }
+                h.append(name.clone(), value.clone());
+            }
+            let peer = http_req.peer_addr().map(|a: SocketAddr| a.ip().to_string());
+            let prior: Vec<&[u8]> = http_req
+                .headers()
+                .get_all(&xff)
+                .map(|v| v.as_bytes())
+                .collect();
+            let mut xff_value = prior.join(&b", "[..]);
+            if let Some(ip) = peer {
+                if !xff_value.is_empty() {
+                    xff_value.extend_from_slice(b", ");
+                }
+                xff_value.extend_from_slice(ip.as_bytes());
+            }
+            if let Ok(v) = HeaderValue::from_bytes(&xff_value) {
+                if !xff_value.is_empty() {
+                    h.insert(xff, v);
+                }
+            }
+            h.insert(xfp, HeaderValue::from_static("http"));
+            if let Some(host) = http_req.headers().get(header::HOST) {
+                h.insert(xfh, host.clone());
+                if self.preserve_host {
+                    h.insert(header::HOST, host.clone());
+                }
+            }
+            h.append(header::VIA, HeaderValue::from_static("1.1 tierd"));
+        }
+        self.metrics.origin_requests.inc();
+        let started = Instant::now();
+        let has_body = http_req.headers().contains_key(header::TRANSFER_ENCODING)
+            || http_req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0");
+        let sent = if has_body {
+            creq.send_stream(payload).await
+        } else {
+            creq.send().await
+        };
+        self.metrics
+            .origin_latency
+            .observe(started.elapsed().as_secs_f64());
+        let response = match sent {
+            Ok(cres) => convert(cres, &method),
+            Err(e) => {
+                let (kind, status) = classify(&e);
+                self.metrics.origin_error(kind);
+                tracing::warn!(error = %e, kind = kind.as_str(), path = http_req.path(), "origin request failed");
+                let mut res = opaque(status);
+                res.extensions_mut().insert(UpstreamFailure(kind));
+                res
+            }
+        };
+        ServiceResponse::new(http_req, response)
+    }
+}
+
+fn classify(e: &SendRequestError) -> (OriginError, StatusCode) {
+    match e {
+        SendRequestError::Timeout | SendRequestError::Connect(ConnectError::Timeout) => {
+            (OriginError::Timeout, StatusCode::GATEWAY_TIMEOUT)
+        }
+        SendRequestError::Connect(_) => (OriginError::Connect, StatusCode::BAD_GATEWAY),
+        _ => (OriginError::Protocol, StatusCode::BAD_GATEWAY),
+    }
+}
+
+fn convert<S>(cres: awc::ClientResponse<S>, method: &Method) -> HttpResponse
+where
+    S: futures_util::Stream<Item = Result<bytes::Bytes, awc::error::PayloadError>>
+        + Unpin
+        + 'static,
+{
+    let status = cres.status();
+    let mut builder = HttpResponse::build(status);
+    let hop = HopByHop::of(cres.headers());
+    let mut length = None;
+    for (name, value) in cres.headers().iter() {
+        if *name == header::CONTENT_LENGTH {
+            length = value
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok());
+            continue;
+        }
+        if hop.drops(name) {
+            continue;
+        }
+        builder.append_header((name.clone(), value.clone()));
+    }
+    let bodiless = *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED;
+    if bodiless {
+        // Keep the origin's Content-Length on HEAD (the encoder writes it, and sends no body).
+        return match length {
+            Some(n) if *method == Method::HEAD => builder.body(BoxBody::new(SizedStream::new(
+                n,
+                stream::empty::<Result<bytes::Bytes, awc::error::PayloadError>>(),
+            ))),
+            _ => builder.finish(),
+        };
+    }
+    match length {
+        Some(n) => builder.body(BoxBody::new(SizedStream::new(n, cres))),
+        None => builder.body(BoxBody::new(BodyStream::new(cres))),
+    }
+}
