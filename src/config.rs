@@ -268,7 +268,7 @@ impl Settings {
                 );
             }
         }
-        if self.server.listen == self.admin.listen {
+        if self.server.listen == self.admin.listen && !self.server.listen.ends_with(":0") {
             return err("admin.listen", "must differ from server.listen (the admin API is never exposed on the gateway port)".into());
         }
         if let Err(e) = Target::parse(&self.upstream.url) {

@@ -1,0 +1,316 @@
+//! Test fixtures: a programmable origin on loopback, a gateway started in-process on port 0
+//! with a manual clock, an HTTP client, and raw-TCP helpers for malformed traffic.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::dev::ServerHandle;
+use actix_web::http::header::HeaderMap;
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use tierd::clock::{Clock, ManualClock};
+use tierd::config::Settings;
+use tierd::server::Gateway;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// What the test origin answers.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub delay: Duration,
+    /// Send a `Date` from the shared clock (default), so ages are consistent under a manual clock.
+    pub date: bool,
+}
+
+impl Reply {
+    pub fn ok(body: impl Into<Vec<u8>>) -> Self {
+        Reply { status: 200, headers: vec![], body: body.into(), delay: Duration::ZERO, date: true }
+    }
+    pub fn status(mut self, s: u16) -> Self {
+        self.status = s;
+        self
+    }
+    pub fn header(mut self, k: &str, v: &str) -> Self {
+        self.headers.push((k.into(), v.into()));
+        self
+    }
+    pub fn cc(self, v: &str) -> Self {
+        self.header("cache-control", v)
+    }
+    pub fn delay_ms(mut self, ms: u64) -> Self {
+        self.delay = Duration::from_millis(ms);
+        self
+    }
+    pub fn no_date(mut self) -> Self {
+        self.date = false;
+        self
+    }
+}
+
+type Handler = dyn Fn(&HttpRequest, u64) -> Reply + Send + Sync;
+
+/// A programmable origin that counts requests and records their headers.
+pub struct Origin {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicU64>,
+    pub in_flight: Arc<AtomicU64>,
+    pub peak_in_flight: Arc<AtomicU64>,
+    pub requests: Arc<Mutex<Vec<(String, String, HeaderMap)>>>,
+    handle: ServerHandle,
+}
+
+struct OriginState {
+    handler: Arc<Handler>,
+    clock: Arc<ManualClock>,
+    hits: Arc<AtomicU64>,
+    in_flight: Arc<AtomicU64>,
+    peak: Arc<AtomicU64>,
+    requests: Arc<Mutex<Vec<(String, String, HeaderMap)>>>,
+}
+
+async fn origin_handler(req: HttpRequest, _body: web::Bytes, st: web::Data<OriginState>) -> HttpResponse {
+    let n = st.hits.fetch_add(1, Ordering::SeqCst) + 1;
+    let now_in = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    st.peak.fetch_max(now_in, Ordering::SeqCst);
+    st.requests.lock().unwrap().push((
+        req.method().to_string(),
+        req.uri().to_string(),
+        req.headers().clone(),
+    ));
+    let reply = (st.handler)(&req, n);
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    st.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let mut b = HttpResponse::build(actix_web::http::StatusCode::from_u16(reply.status).unwrap());
+    if reply.date {
+        b.insert_header(("date", httpdate::fmt_http_date(st.clock.now())));
+    }
+    for (k, v) in &reply.headers {
+        b.append_header((k.as_str(), v.as_str()));
+    }
+    b.body(reply.body)
+}
+
+impl Origin {
+    /// Starts an origin answering with `f(request, hit_number)`.
+    pub async fn start(clock: Arc<ManualClock>, f: impl Fn(&HttpRequest, u64) -> Reply + Send + Sync + 'static) -> Origin {
+        let hits = Arc::new(AtomicU64::new(0));
+        let in_flight = Arc::new(AtomicU64::new(0));
+        let peak = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let state = web::Data::new(OriginState {
+            handler: Arc::new(f),
+            clock,
+            hits: hits.clone(),
+            in_flight: in_flight.clone(),
+            peak: peak.clone(),
+            requests: requests.clone(),
+        });
+        let srv = HttpServer::new(move || App::new().app_data(state.clone()).default_service(web::to(origin_handler)))
+            .workers(1)
+            .max_connections(100_000)
+            .backlog(4096)
+            .disable_signals()
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let addr = srv.addrs()[0];
+        let server = srv.run();
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        Origin { addr, hits, in_flight, peak_in_flight: peak, requests, handle }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    /// Headers of the n-th request (1-based).
+    pub fn request_headers(&self, n: usize) -> HeaderMap {
+        self.requests.lock().unwrap()[n - 1].2.clone()
+    }
+
+    pub fn last_request(&self) -> (String, String, HeaderMap) {
+        self.requests.lock().unwrap().last().cloned().unwrap()
+    }
+
+    pub async fn stop(self) {
+        self.handle.stop(false).await;
+    }
+}
+
+/// Settings for a gateway on loopback port 0 in front of `upstream`.
+pub fn settings_for(upstream: SocketAddr) -> Settings {
+    let mut s = Settings::default();
+    s.server.listen = "127.0.0.1:0".into();
+    s.server.workers = 2;
+    s.admin.listen = "127.0.0.1:0".into();
+    s.upstream.url = format!("http://{upstream}");
+    s.upstream.timeout_ms = 3_000;
+    s.upstream.connect_timeout_ms = 1_000;
+    s
+}
+
+/// A gateway in front of an origin, sharing one manual clock.
+pub struct Harness {
+    pub clock: Arc<ManualClock>,
+    pub origin: Origin,
+    pub gw: Gateway,
+    pub client: awc::Client,
+}
+
+impl Harness {
+    pub async fn new(f: impl Fn(&HttpRequest, u64) -> Reply + Send + Sync + 'static) -> Harness {
+        Self::with(f, |_| {}).await
+    }
+
+    pub async fn with(
+        f: impl Fn(&HttpRequest, u64) -> Reply + Send + Sync + 'static,
+        tweak: impl FnOnce(&mut Settings),
+    ) -> Harness {
+        let clock = Arc::new(ManualClock::new());
+        let origin = Origin::start(clock.clone(), f).await;
+        let mut s = settings_for(origin.addr);
+        tweak(&mut s);
+        let gw = Gateway::start(&s, clock.clone()).await.unwrap();
+        Harness { clock, origin, gw, client: client() }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gw.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.gw.admin_addr, path)
+    }
+
+    pub async fn get(&self, path: &str) -> Resp {
+        self.send(self.client.get(self.url(path))).await
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut r = self.client.get(self.url(path));
+        for (k, v) in headers {
+            r = r.append_header((*k, *v));
+        }
+        self.send(r).await
+    }
+
+    pub async fn send(&self, r: awc::ClientRequest) -> Resp {
+        send(r).await
+    }
+
+    pub fn advance(&self, secs: u64) {
+        self.clock.advance(Duration::from_secs(secs));
+    }
+
+    pub async fn stop(self) {
+        self.gw.stop(false).await;
+        self.origin.stop().await;
+    }
+}
+
+/// A client with room for many concurrent connections and a generous timeout.
+pub fn client() -> awc::Client {
+    awc::Client::builder()
+        .connector(awc::Connector::new().limit(1000))
+        .timeout(Duration::from_secs(15))
+        .disable_redirects()
+        .finish()
+}
+
+/// A received response, fully read.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    }
+    /// The `tierd` member of Cache-Status.
+    pub fn cache_status(&self) -> String {
+        self.headers
+            .get_all("cache-status")
+            .map(|v| v.to_str().unwrap_or("").to_owned())
+            .flat_map(|v| v.split(',').map(|m| m.trim().to_owned()).collect::<Vec<_>>())
+            .find(|m| m.starts_with("tierd"))
+            .unwrap_or_default()
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn age(&self) -> Option<u64> {
+        self.header("age").and_then(|a| a.parse().ok())
+    }
+}
+
+pub async fn send(r: awc::ClientRequest) -> Resp {
+    let mut res = r.send().await.expect("request failed");
+    let body = res.body().limit(64 * 1024 * 1024).await.expect("body failed");
+    Resp { status: res.status().as_u16(), headers: res.headers().clone(), body: body.to_vec() }
+}
+
+/// Sends raw bytes and reads the whole answer (until the server closes or `wait` passes).
+pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A TCP origin that answers each connection with `script` (raw bytes), then behaves per `then`.
+pub enum Then {
+    Close,
+    Hang,
+}
+
+pub async fn raw_origin(script: Vec<u8>, then: Then) -> (SocketAddr, Arc<AtomicU64>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let count = Arc::new(AtomicU64::new(0));
+    let c = count.clone();
+    let then = Arc::new(then);
+    actix_web::rt::spawn(async move {
+        loop {
+            let Ok((mut sock, _)) = l.accept().await else { return };
+            c.fetch_add(1, Ordering::SeqCst);
+            let script = script.clone();
+            let then = then.clone();
+            actix_web::rt::spawn(async move {
+                let mut buf = [0u8; 65536];
+                let _ = sock.read(&mut buf).await;
+                let _ = sock.write_all(&script).await;
+                match *then {
+                    Then::Close => {
+                        let _ = sock.shutdown().await;
+                    }
+                    Then::Hang => {
+                        tokio::time::sleep(Duration::from_secs(60)).await;
+                    }
+                }
+            });
+        }
+    });
+    (addr, count)
+}
+
+/// Polls `cond` until it holds or `within` passes; for effects that happen in background tasks.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
