@@ -606,15 +606,20 @@ enum Collected {
 }
 
 async fn collect(mut body: BoxBody, limit: usize) -> Collected {
-    if let BodySize::Sized(n) = body.size() {
-        if n > limit as u64 {
-            return Collected::TooLarge(Bytes::new(), body);
-        }
-    }
+    let declared = match body.size() {
+        BodySize::Sized(n) if n > limit as u64 => return Collected::TooLarge(Bytes::new(), body),
+        BodySize::Sized(n) => Some(n),
+        _ => None,
+    };
     let mut buf = BytesMut::new();
     loop {
         let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await;
         match next {
+            // A body shorter than its Content-Length was cut off: never store a truncated entry.
+            None if declared.is_some_and(|n| n != buf.len() as u64) => {
+                tracing::warn!(declared = ?declared, received = buf.len(), "origin body ended early; nothing stored");
+                return Collected::Failed;
+            }
             None => return Collected::Full(buf.freeze()),
             Some(Ok(chunk)) => {
                 buf.extend_from_slice(&chunk);

@@ -1,0 +1,115 @@
+//! The `tierd` binary: configuration from the environment alone, and startup failures.
+
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn bin() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_tierd"));
+    c.current_dir(std::env::temp_dir());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TIERD__") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("[server]\nlissten = \"0.0.0.0:1\"\n", "lissten"),
+        ("[upstream]\nurl = \"ftp://x\"\n", "upstream.url"),
+        ("[upstream]\ntimeout_ms = -5\n", "timeout_ms"),
+        ("[server]\nlisten = \"nope\"\n", "server.listen"),
+        ("[tiers.l1]\nmax_bytes = 10\n", "tiers.l1.max_bytes"),
+        ("[cache\n", "TOML"),
+    ];
+    for (toml, needle) in cases {
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, toml).unwrap();
+        let out = bin().arg("check-config").arg(&f).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
+        assert!(err.contains(needle) || err.to_lowercase().contains(&needle.to_lowercase()), "{toml}: message should name {needle}: {err}");
+    }
+    let out = bin().arg("serve").env("TIERD__SERVER__NOPE", "1").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+}
+
+#[test]
+fn the_shipped_config_is_valid() {
+    let f = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tierd.toml");
+    let out = bin().arg("check-config").arg(f).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn help_lists_the_commands() {
+    let out = bin().arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for cmd in ["serve", "check-config", "demo-origin"] {
+        assert!(text.contains(cmd), "{text}");
+    }
+}
+
+/// Waits for a TCP port to accept connections.
+fn wait_port(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn environment_alone_configures_a_working_gateway() {
+    let (origin_port, gw_port, admin_port) = (free_port(), free_port(), free_port());
+    let mut origin = bin()
+        .args(["demo-origin", "--listen", &format!("127.0.0.1:{origin_port}")])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gw = bin()
+        .arg("serve")
+        .env("TIERD__UPSTREAM__URL", format!("http://127.0.0.1:{origin_port}"))
+        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{gw_port}"))
+        .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ok = wait_port(origin_port) && wait_port(gw_port) && wait_port(admin_port);
+    let first = if ok { http_get(gw_port, "/api/assessments/7") } else { String::new() };
+    let second = if ok { http_get(gw_port, "/api/assessments/7") } else { String::new() };
+    let metrics = if ok { http_get(admin_port, "/metrics") } else { String::new() };
+    let _ = gw.kill();
+    let _ = origin.kill();
+    let _ = gw.wait();
+    let _ = origin.wait();
+    assert!(ok, "listeners did not come up");
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(first.contains("cache-status: tierd; fwd=uri-miss; fwd-status=200; stored"), "{first}");
+    assert!(second.contains("cache-status: tierd; hit;"), "{second}");
+    assert!(metrics.contains("tierd_requests_total{cache_status=\"hit\"} 1"), "{metrics}");
+}

@@ -1,0 +1,147 @@
+//! Bad input from clients and origins: clear statuses, no panic, no poisoned entry.
+
+mod common;
+
+use common::{raw, raw_origin, Harness, Reply, Then};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use tierd::clock::SystemClock;
+use tierd::server::Gateway;
+
+async fn gateway_for(addr: std::net::SocketAddr, tweak: impl FnOnce(&mut tierd::config::Settings)) -> Gateway {
+    let mut s = common::settings_for(addr);
+    s.upstream.timeout_ms = 500;
+    tweak(&mut s);
+    Gateway::start(&s, Arc::new(SystemClock)).await.unwrap()
+}
+
+#[actix_web::test]
+async fn an_origin_refusing_connections_gives_502_with_an_opaque_body() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    let gw = gateway_for(addr, |_| {}).await;
+    let r = common::send(common::client().get(format!("http://{}/x", gw.addr))).await;
+    assert_eq!((r.status, r.text().as_str()), (502, "Bad Gateway\n"));
+    assert!(r.header("cache-status").is_none());
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn an_origin_that_hangs_gives_504() {
+    let (addr, _) = raw_origin(Vec::new(), Then::Hang).await;
+    let gw = gateway_for(addr, |_| {}).await;
+    let r = common::send(common::client().get(format!("http://{}/x", gw.addr))).await;
+    assert_eq!((r.status, r.text().as_str()), (504, "Gateway Timeout\n"));
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn an_origin_closing_mid_body_stores_nothing() {
+    let script = b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 1000\r\n\r\nonly-part".to_vec();
+    let (addr, count) = raw_origin(script, Then::Close).await;
+    let gw = gateway_for(addr, |_| {}).await;
+    let c = common::client();
+    for expected_hits in 1..=2 {
+        let r = common::send(c.get(format!("http://{}/x", gw.addr))).await;
+        assert_eq!(r.status, 502);
+        assert_eq!(count.load(Ordering::SeqCst), expected_hits, "nothing stored, so the origin is asked again");
+    }
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn malformed_origin_headers_never_panic_or_poison() {
+    let h = Harness::new(|req, n| {
+        let r = Reply::ok(format!("v{n}"));
+        match req.path() {
+            "/cc" => r.cc("max-age=\"unterminated, ,,=, public=, s-maxage=-5"),
+            "/exp" => r.header("expires", "not a date").header("etag", "\"e\""),
+            "/vary" => r.cc("max-age=60").header("vary", "Accept, bad header name"),
+            _ => r.cc("max-age=60").header("x-bytes", "caf\u{e9}"),
+        }
+    })
+    .await;
+    for p in ["/cc", "/exp", "/vary", "/utf"] {
+        let a = h.get(p).await;
+        assert_eq!(a.status, 200, "{p}");
+    }
+    assert!(h.get("/cc").await.cache_status().contains("fwd="), "invalid s-maxage is stale");
+    assert!(h.get("/vary").await.cache_status().contains("fwd=uri-miss"), "malformed Vary is not stored");
+    let utf = h.get("/utf").await;
+    assert!(utf.cache_status().contains("hit"));
+    assert_eq!(utf.headers.get("x-bytes").unwrap().as_bytes(), "caf\u{e9}".as_bytes());
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn non_utf8_header_bytes_pass_through() {
+    let script = b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\nx-raw: \xff\xfe\r\ncontent-length: 2\r\n\r\nok".to_vec();
+    let (addr, count) = raw_origin(script, Then::Close).await;
+    let gw = gateway_for(addr, |_| {}).await;
+    let out = raw(gw.addr, b"GET /r HTTP/1.1\r\nhost: t\r\nx-client: \xff\xfe\r\nif-none-match: \xff\r\nconnection: close\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let again = raw(gw.addr, b"GET /r HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n", Duration::from_secs(5)).await;
+    assert!(again.contains("tierd; hit"), "{again}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    gw.stop(false).await;
+}
+
+#[actix_web::test]
+async fn a_64_kib_request_header_gets_431_and_other_clients_are_unaffected() {
+    let h = Harness::new(|_, _| Reply::ok("fine").cc("max-age=60")).await;
+    let big = "a".repeat(64 * 1024);
+    let r = h.get_with("/big", &[("x-big", &big)]).await;
+    assert_eq!(r.status, 431);
+    assert_eq!(h.origin.hits(), 0);
+    assert_eq!(h.get("/big").await.status, 200);
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn x_forwarded_host_cannot_poison_the_entry_other_clients_get() {
+    let h = Harness::new(|req, _| {
+        let xfh = req.headers().get("x-forwarded-host").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        Reply::ok(format!("link=https://{xfh}/x")).cc("max-age=60")
+    })
+    .await;
+    let evil = h.get_with("/p", &[("x-forwarded-host", "evil.test")]).await;
+    assert!(!evil.text().contains("evil.test"), "client X-Forwarded-Host reached the origin");
+    let normal = h.get("/p").await;
+    assert!(!normal.text().contains("evil"));
+    // A different Host is a different key.
+    let other = h.get_with("/p", &[("host", "evil.test")]).await;
+    assert!(other.cache_status().contains("fwd=uri-miss"));
+    assert!(!h.get("/p").await.text().contains("evil"));
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn bodies_over_the_limit_stream_through_uncached() {
+    let big = vec![b'z'; 300_000];
+    let body = big.clone();
+    let h = Harness::with(move |_, _| Reply::ok(body.clone()).cc("max-age=60"), |s| s.cache.max_body_bytes = 100_000).await;
+    let r = h.get("/big").await;
+    assert_eq!((r.status, r.body.len()), (200, big.len()));
+    assert_eq!(r.body, big);
+    assert_eq!(r.cache_status(), "tierd; fwd=uri-miss; fwd-status=200");
+    h.get("/big").await;
+    assert_eq!(h.origin.hits(), 2);
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn every_method_and_body_passes_through() {
+    let h = Harness::new(|req, _| Reply::ok(format!("{} {}", req.method(), req.uri()))).await;
+    let r = common::send(h.client.patch(h.url("/x?q=1")).insert_header(("content-type", "text/plain"))).await;
+    assert_eq!(r.text(), "PATCH /x?q=1");
+    let c = common::client();
+    let mut res = c.post(h.url("/echo")).send_body("payload-bytes").await.unwrap();
+    assert_eq!(res.status(), 200);
+    let _ = res.body().await;
+    let (_, _, headers) = h.origin.last_request();
+    assert_eq!(headers.get("x-forwarded-proto").unwrap(), "http");
+    assert!(headers.get("x-forwarded-for").unwrap().to_str().unwrap().contains("127.0.0.1"));
+    h.stop().await;
+}
