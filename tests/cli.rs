@@ -16,7 +16,11 @@ fn bin() -> Command {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 #[test]
@@ -36,9 +40,16 @@ fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
         let out = bin().arg("check-config").arg(&f).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{toml}: {err}");
-        assert!(err.contains(needle) || err.to_lowercase().contains(&needle.to_lowercase()), "{toml}: message should name {needle}: {err}");
+        assert!(
+            err.contains(needle) || err.to_lowercase().contains(&needle.to_lowercase()),
+            "{toml}: message should name {needle}: {err}"
+        );
     }
-    let out = bin().arg("serve").env("TIERD__SERVER__NOPE", "1").output().unwrap();
+    let out = bin()
+        .arg("serve")
+        .env("TIERD__SERVER__NOPE", "1")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
 }
@@ -47,7 +58,11 @@ fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
 fn the_shipped_config_is_valid() {
     let f = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tierd.toml");
     let out = bin().arg("check-config").arg(f).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]
@@ -75,7 +90,11 @@ fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
     out
@@ -85,14 +104,21 @@ fn http_get(port: u16, path: &str) -> String {
 fn environment_alone_configures_a_working_gateway() {
     let (origin_port, gw_port, admin_port) = (free_port(), free_port(), free_port());
     let mut origin = bin()
-        .args(["demo-origin", "--listen", &format!("127.0.0.1:{origin_port}")])
+        .args([
+            "demo-origin",
+            "--listen",
+            &format!("127.0.0.1:{origin_port}"),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut gw = bin()
         .arg("serve")
-        .env("TIERD__UPSTREAM__URL", format!("http://127.0.0.1:{origin_port}"))
+        .env(
+            "TIERD__UPSTREAM__URL",
+            format!("http://127.0.0.1:{origin_port}"),
+        )
         .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{gw_port}"))
         .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
         .stdout(Stdio::null())
@@ -100,16 +126,34 @@ fn environment_alone_configures_a_working_gateway() {
         .spawn()
         .unwrap();
     let ok = wait_port(origin_port) && wait_port(gw_port) && wait_port(admin_port);
-    let first = if ok { http_get(gw_port, "/api/assessments/7") } else { String::new() };
-    let second = if ok { http_get(gw_port, "/api/assessments/7") } else { String::new() };
-    let metrics = if ok { http_get(admin_port, "/metrics") } else { String::new() };
+    let first = if ok {
+        http_get(gw_port, "/api/assessments/7")
+    } else {
+        String::new()
+    };
+    let second = if ok {
+        http_get(gw_port, "/api/assessments/7")
+    } else {
+        String::new()
+    };
+    let metrics = if ok {
+        http_get(admin_port, "/metrics")
+    } else {
+        String::new()
+    };
     let _ = gw.kill();
     let _ = origin.kill();
     let _ = gw.wait();
     let _ = origin.wait();
     assert!(ok, "listeners did not come up");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    assert!(first.contains("cache-status: tierd; fwd=uri-miss; fwd-status=200; stored"), "{first}");
+    assert!(
+        first.contains("cache-status: tierd; fwd=uri-miss; fwd-status=200; stored"),
+        "{first}"
+    );
     assert!(second.contains("cache-status: tierd; hit;"), "{second}");
-    assert!(metrics.contains("tierd_requests_total{cache_status=\"hit\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("tierd_requests_total{cache_status=\"hit\"} 1"),
+        "{metrics}"
+    );
 }

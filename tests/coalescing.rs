@@ -12,8 +12,14 @@ async fn two_hundred_concurrent_cold_requests_reach_the_origin_once() {
     let results = futures_util::future::join_all(reqs).await;
     assert!(results.iter().all(|r| r.status == 200 && r.text() == "v1"));
     assert_eq!(h.origin.hits(), 1);
-    let collapsed = results.iter().filter(|r| r.cache_status() == "tierd; hit; collapsed").count();
-    let stored = results.iter().filter(|r| r.cache_status().ends_with("stored")).count();
+    let collapsed = results
+        .iter()
+        .filter(|r| r.cache_status() == "tierd; hit; collapsed")
+        .count();
+    let stored = results
+        .iter()
+        .filter(|r| r.cache_status().ends_with("stored"))
+        .count();
     assert_eq!(stored, 1, "one leader");
     // Requests that arrived after the fill completed are plain hits; the rest waited.
     assert!(collapsed > 0);
@@ -26,19 +32,33 @@ async fn the_leader_disconnecting_does_not_fail_the_waiters() {
     // The leader: a raw client that sends the request and goes away.
     let mut s = tokio::net::TcpStream::connect(h.gw.addr).await.unwrap();
     let req = format!("GET /k HTTP/1.1\r\nhost: {}\r\n\r\n", h.gw.addr);
-    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+        .await
+        .unwrap();
     assert!(eventually(Duration::from_secs(5), || h.origin.hits() == 1).await);
     drop(s);
     let reqs: Vec<_> = (0..20).map(|_| h.get("/k")).collect();
     let results = futures_util::future::join_all(reqs).await;
-    assert!(results.iter().all(|r| r.status == 200 && r.text() == "v1"), "waiters failed");
-    assert_eq!(h.origin.hits(), 1, "the fetch was not cancelled with its client");
+    assert!(
+        results.iter().all(|r| r.status == 200 && r.text() == "v1"),
+        "waiters failed"
+    );
+    assert_eq!(
+        h.origin.hits(),
+        1,
+        "the fetch was not cancelled with its client"
+    );
     h.stop().await;
 }
 
 #[actix_web::test]
 async fn an_uncacheable_answer_releases_every_waiter_at_once() {
-    let h = Harness::new(|_, n| Reply::ok(format!("private-{n}")).cc("private").delay_ms(300)).await;
+    let h = Harness::new(|_, n| {
+        Reply::ok(format!("private-{n}"))
+            .cc("private")
+            .delay_ms(300)
+    })
+    .await;
     let reqs: Vec<_> = (0..10).map(|_| h.get("/p")).collect();
     let results = futures_util::future::join_all(reqs).await;
     assert!(results.iter().all(|r| r.status == 200));
@@ -48,16 +68,29 @@ async fn an_uncacheable_answer_releases_every_waiter_at_once() {
     assert_eq!(bodies.len(), 10, "a private response was shared");
     assert_eq!(h.origin.hits(), 10);
     // Released together: the nine waiters were at the origin concurrently, not one by one.
-    assert_eq!(h.origin.peak_in_flight.load(std::sync::atomic::Ordering::SeqCst), 9);
+    assert_eq!(
+        h.origin
+            .peak_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst),
+        9
+    );
     h.stop().await;
 }
 
 #[actix_web::test]
 async fn waiters_share_an_origin_failure_instead_of_retrying() {
-    let h = Harness::with(|_, _| Reply::ok("slow").delay_ms(2_000), |s| s.upstream.timeout_ms = 300).await;
+    let h = Harness::with(
+        |_, _| Reply::ok("slow").delay_ms(2_000),
+        |s| s.upstream.timeout_ms = 300,
+    )
+    .await;
     let reqs: Vec<_> = (0..10).map(|_| h.get("/slow")).collect();
     let results = futures_util::future::join_all(reqs).await;
-    assert!(results.iter().all(|r| r.status == 504), "{:?}", results.iter().map(|r| r.status).collect::<Vec<_>>());
+    assert!(
+        results.iter().all(|r| r.status == 504),
+        "{:?}",
+        results.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
     assert_eq!(h.origin.hits(), 1);
     h.stop().await;
 }

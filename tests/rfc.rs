@@ -13,7 +13,10 @@ async fn get_with_max_age_is_stored_then_hit_from_l1() {
     let h = Harness::new(|_, n| Reply::ok(format!("v{n}")).cc("max-age=60")).await;
     let a = h.get("/a").await;
     assert_eq!((a.status, a.text().as_str()), (200, "v1"));
-    assert_eq!(a.cache_status(), "tierd; fwd=uri-miss; fwd-status=200; stored");
+    assert_eq!(
+        a.cache_status(),
+        "tierd; fwd=uri-miss; fwd-status=200; stored"
+    );
     h.advance(18);
     let b = h.get("/a").await;
     assert_eq!(b.text(), "v1");
@@ -29,9 +32,16 @@ async fn head_is_answered_from_a_stored_get_and_a_head_miss_is_not_stored() {
     let head_miss = h.send(h.client.head(h.url("/h"))).await;
     assert_eq!(head_miss.status, 200);
     assert!(head_miss.body.is_empty());
-    assert_eq!(head_miss.cache_status(), "tierd; fwd=uri-miss; fwd-status=200");
+    assert_eq!(
+        head_miss.cache_status(),
+        "tierd; fwd=uri-miss; fwd-status=200"
+    );
     let get = h.get("/h").await;
-    assert_eq!(get.cache_status(), "tierd; fwd=uri-miss; fwd-status=200; stored", "HEAD did not fill the cache");
+    assert_eq!(
+        get.cache_status(),
+        "tierd; fwd=uri-miss; fwd-status=200; stored",
+        "HEAD did not fill the cache"
+    );
     let head_hit = h.send(h.client.head(h.url("/h"))).await;
     assert!(head_hit.cache_status().starts_with("tierd; hit"));
     assert_eq!(head_hit.header("content-length").as_deref(), Some("6"));
@@ -44,21 +54,33 @@ async fn head_is_answered_from_a_stored_get_and_a_head_miss_is_not_stored() {
 async fn no_store_in_request_or_response_is_never_stored() {
     let h = Harness::new(|req, n| {
         let r = Reply::ok(format!("v{n}"));
-        if req.path() == "/ns" { r.cc("max-age=60, no-store") } else { r.cc("max-age=60") }
+        if req.path() == "/ns" {
+            r.cc("max-age=60, no-store")
+        } else {
+            r.cc("max-age=60")
+        }
     })
     .await;
     h.get("/ns").await;
     assert_eq!(h.get("/ns").await.text(), "v2");
     h.get_with("/rq", &[("cache-control", "no-store")]).await;
     let after = h.get("/rq").await;
-    assert!(after.cache_status().contains("fwd=uri-miss"), "request no-store was stored: {}", after.cache_status());
+    assert!(
+        after.cache_status().contains("fwd=uri-miss"),
+        "request no-store was stored: {}",
+        after.cache_status()
+    );
     h.stop().await;
 }
 
 #[actix_web::test]
 async fn a_private_response_is_never_served_to_a_second_client() {
     let h = Harness::new(|req, _| {
-        let user = req.headers().get("x-user").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let user = req
+            .headers()
+            .get("x-user")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         Reply::ok(format!("secret of {user}")).cc("private, max-age=600")
     })
     .await;
@@ -83,9 +105,19 @@ async fn authorization_requests_are_stored_only_when_the_response_allows() {
     })
     .await;
     let auth = [("authorization", "Bearer t")];
-    for (path, stored) in [("/plain", false), ("/public", true), ("/smax", true), ("/mr", true)] {
+    for (path, stored) in [
+        ("/plain", false),
+        ("/public", true),
+        ("/smax", true),
+        ("/mr", true),
+    ] {
         let first = h.get_with(path, &auth).await;
-        assert_eq!(first.cache_status().ends_with("stored"), stored, "{path}: {}", first.cache_status());
+        assert_eq!(
+            first.cache_status().ends_with("stored"),
+            stored,
+            "{path}: {}",
+            first.cache_status()
+        );
         let again = h.get_with(path, &auth).await;
         assert_eq!(again.cache_status().contains("hit"), stored, "{path}");
     }
@@ -99,7 +131,9 @@ async fn responses_without_freshness_are_not_stored_but_heuristics_apply_with_la
         match req.path() {
             "/bare" => r,
             "/lm" => r.header("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT"),
-            _ => r.status(500).header("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT"),
+            _ => r
+                .status(500)
+                .header("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT"),
         }
     })
     .await;
@@ -107,18 +141,30 @@ async fn responses_without_freshness_are_not_stored_but_heuristics_apply_with_la
     assert_eq!(h.get("/bare").await.text(), "v2", "no silent default TTL");
     h.get("/lm").await;
     let lm = h.get("/lm").await;
-    assert!(lm.cache_status().starts_with("tierd; hit; ttl="), "heuristic freshness: {}", lm.cache_status());
+    assert!(
+        lm.cache_status().starts_with("tierd; hit; ttl="),
+        "heuristic freshness: {}",
+        lm.cache_status()
+    );
     // 10% of (Date - Last-Modified) is years, capped at one day.
     assert_eq!(lm.cache_status(), "tierd; hit; ttl=86400; detail=l1");
     h.get("/err").await;
-    assert!(h.get("/err").await.cache_status().contains("fwd=uri-miss"), "500 is not heuristically cacheable");
+    assert!(
+        h.get("/err").await.cache_status().contains("fwd=uri-miss"),
+        "500 is not heuristically cacheable"
+    );
     h.stop().await;
 }
 
 #[actix_web::test]
 async fn hop_by_hop_headers_are_neither_forwarded_nor_stored() {
     let h = Harness::new(|_, _| {
-        Reply::ok("x").cc("max-age=60").header("connection", "x-hop").header("x-hop", "1").header("x-end", "2").header("keep-alive", "timeout=5")
+        Reply::ok("x")
+            .cc("max-age=60")
+            .header("connection", "x-hop")
+            .header("x-hop", "1")
+            .header("x-end", "2")
+            .header("keep-alive", "timeout=5")
     })
     .await;
     // Raw bytes: HTTP clients manage Connection themselves.
@@ -130,17 +176,29 @@ async fn hop_by_hop_headers_are_neither_forwarded_nor_stored() {
     .await;
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     let (_, _, seen) = h.origin.last_request();
-    assert!(seen.get("x-client-hop").is_none() && seen.get("te").is_none(), "request hop-by-hop forwarded");
+    assert!(
+        seen.get("x-client-hop").is_none() && seen.get("te").is_none(),
+        "request hop-by-hop forwarded"
+    );
     assert_eq!(seen.get("via").unwrap(), "1.1 tierd");
     h.stop().await;
 
     // Response side: a raw origin (frameworks rewrite Connection themselves).
     let script = b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\nconnection: x-hop, close\r\nx-hop: 1\r\nkeep-alive: timeout=5\r\nx-end: 2\r\ncontent-length: 1\r\n\r\nx".to_vec();
     let (addr, _) = common::raw_origin(script, common::Then::Close).await;
-    let gw = tierd::server::Gateway::start(&common::settings_for(addr), std::sync::Arc::new(tierd::clock::SystemClock)).await.unwrap();
+    let gw = tierd::server::Gateway::start(
+        &common::settings_for(addr),
+        std::sync::Arc::new(tierd::clock::SystemClock),
+    )
+    .await
+    .unwrap();
     let client = common::client();
     let res = common::send(client.get(format!("http://{}/hop", gw.addr))).await;
-    assert!(res.header("x-hop").is_none() && res.header("keep-alive").is_none(), "{:?}", res.headers);
+    assert!(
+        res.header("x-hop").is_none() && res.header("keep-alive").is_none(),
+        "{:?}",
+        res.headers
+    );
     assert_eq!(res.header("x-end").as_deref(), Some("2"));
     let hit = common::send(client.get(format!("http://{}/hop", gw.addr))).await;
     assert!(hit.cache_status().contains("hit"));
@@ -152,7 +210,11 @@ async fn hop_by_hop_headers_are_neither_forwarded_nor_stored() {
 async fn set_cookie_responses_are_not_stored_unless_the_cookie_is_excluded() {
     let h = Harness::new(|req, n| {
         let r = Reply::ok(format!("v{n}")).header("set-cookie", "sid=1");
-        if req.path() == "/nc" { r.cc("max-age=60, no-cache=\"set-cookie\"") } else { r.cc("max-age=60") }
+        if req.path() == "/nc" {
+            r.cc("max-age=60, no-cache=\"set-cookie\"")
+        } else {
+            r.cc("max-age=60")
+        }
     })
     .await;
     h.get("/sc").await;
@@ -160,7 +222,10 @@ async fn set_cookie_responses_are_not_stored_unless_the_cookie_is_excluded() {
     h.get("/nc").await;
     let hit = h.get("/nc").await;
     assert!(hit.cache_status().contains("hit"));
-    assert!(hit.header("set-cookie").is_none(), "excluded cookie replayed");
+    assert!(
+        hit.header("set-cookie").is_none(),
+        "excluded cookie replayed"
+    );
     h.stop().await;
 }
 
@@ -181,13 +246,22 @@ async fn freshness_lifetime_sources_and_staleness() {
     })
     .await;
     h.get("/smax").await;
-    assert_eq!(h.get("/smax").await.cache_status(), "tierd; hit; ttl=30; detail=l1");
+    assert_eq!(
+        h.get("/smax").await.cache_status(),
+        "tierd; hit; ttl=30; detail=l1"
+    );
     for stale in ["/dup", "/bad-ma", "/bad-exp"] {
         h.get(stale).await;
-        assert!(h.get(stale).await.cache_status().contains("fwd="), "{stale} must be treated as stale");
+        assert!(
+            h.get(stale).await.cache_status().contains("fwd="),
+            "{stale} must be treated as stale"
+        );
     }
     h.get("/huge").await;
-    assert_eq!(h.get("/huge").await.cache_status(), "tierd; hit; ttl=2147483648; detail=l1");
+    assert_eq!(
+        h.get("/huge").await.cache_status(),
+        "tierd; hit; ttl=2147483648; detail=l1"
+    );
     h.stop().await;
 }
 
@@ -222,17 +296,37 @@ async fn expires_minus_date_and_origin_age_are_honoured() {
 #[actix_web::test]
 async fn vary_selects_variants_and_vary_star_never_matches() {
     let h = Harness::new(|req, n| {
-        let lang = req.headers().get("accept-language").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let lang = req
+            .headers()
+            .get("accept-language")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         let r = Reply::ok(format!("{lang}-{n}")).cc("max-age=60");
-        if req.path() == "/star" { r.header("vary", "*") } else { r.header("vary", "Accept-Language") }
+        if req.path() == "/star" {
+            r.header("vary", "*")
+        } else {
+            r.header("vary", "Accept-Language")
+        }
     })
     .await;
     let en = h.get_with("/v", &[("accept-language", "en")]).await;
     let fr = h.get_with("/v", &[("accept-language", "fr")]).await;
-    assert_eq!(fr.cache_status(), "tierd; fwd=vary-miss; fwd-status=200; stored");
-    assert_eq!(h.get_with("/v", &[("accept-language", "en")]).await.text(), en.text());
-    assert_eq!(h.get_with("/v", &[("accept-language", "fr")]).await.text(), fr.text());
-    assert!(h.get("/v").await.cache_status().contains("fwd=vary-miss"), "absent header is its own variant");
+    assert_eq!(
+        fr.cache_status(),
+        "tierd; fwd=vary-miss; fwd-status=200; stored"
+    );
+    assert_eq!(
+        h.get_with("/v", &[("accept-language", "en")]).await.text(),
+        en.text()
+    );
+    assert_eq!(
+        h.get_with("/v", &[("accept-language", "fr")]).await.text(),
+        fr.text()
+    );
+    assert!(
+        h.get("/v").await.cache_status().contains("fwd=vary-miss"),
+        "absent header is its own variant"
+    );
     assert_eq!(h.origin.hits(), 3);
     h.get("/star").await;
     assert!(h.get("/star").await.cache_status().contains("fwd=uri-miss"));
@@ -242,8 +336,15 @@ async fn vary_selects_variants_and_vary_star_never_matches() {
 #[actix_web::test]
 async fn no_cache_response_is_revalidated_on_every_reuse() {
     let h = Harness::new(|req, _| {
-        if req.headers().get("if-none-match").is_some_and(|v| v == "\"e1\"") {
-            return Reply::ok("").status(304).header("etag", "\"e1\"").cc("no-cache");
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"e1\"")
+        {
+            return Reply::ok("")
+                .status(304)
+                .header("etag", "\"e1\"")
+                .cc("no-cache");
         }
         Reply::ok("payload").cc("no-cache").header("etag", "\"e1\"")
     })
@@ -252,7 +353,10 @@ async fn no_cache_response_is_revalidated_on_every_reuse() {
     let again = h.get("/nc").await;
     assert_eq!((again.status, again.text().as_str()), (200, "payload"));
     assert_eq!(again.cache_status(), "tierd; fwd=stale; fwd-status=304");
-    assert_eq!(h.origin.request_headers(2).get("if-none-match").unwrap(), "\"e1\"");
+    assert_eq!(
+        h.origin.request_headers(2).get("if-none-match").unwrap(),
+        "\"e1\""
+    );
     h.stop().await;
 }
 
@@ -262,21 +366,36 @@ async fn stale_must_revalidate_is_never_served_and_origin_down_gives_504() {
         if n > 1 && req.path() == "/mr" {
             return Reply::ok("down").status(503);
         }
-        Reply::ok("fresh").cc("max-age=10, must-revalidate, stale-if-error=600").header("etag", "\"m\"")
+        Reply::ok("fresh")
+            .cc("max-age=10, must-revalidate, stale-if-error=600")
+            .header("etag", "\"m\"")
     })
     .await;
     h.get("/mr").await;
     h.advance(20);
     let res = h.get("/mr").await;
-    assert_eq!(res.status, 503, "stale must-revalidate served instead of origin error");
+    assert_eq!(
+        res.status, 503,
+        "stale must-revalidate served instead of origin error"
+    );
     assert_ne!(res.text(), "fresh");
     h.stop().await;
 
     // Origin unreachable: 504.
-    let h = Harness::new(|_, _| Reply::ok("fresh").cc("max-age=10, must-revalidate").header("etag", "\"m\"")).await;
+    let h = Harness::new(|_, _| {
+        Reply::ok("fresh")
+            .cc("max-age=10, must-revalidate")
+            .header("etag", "\"m\"")
+    })
+    .await;
     h.get("/mr").await;
     h.advance(20);
-    let Harness { gw, origin, clock, client } = h;
+    let Harness {
+        gw,
+        origin,
+        clock,
+        client,
+    } = h;
     origin.stop().await;
     let res = common::send(client.get(format!("http://{}/mr", gw.addr))).await;
     assert_eq!(res.status, 504);
@@ -289,19 +408,37 @@ async fn stale_must_revalidate_is_never_served_and_origin_down_gives_504() {
 #[actix_web::test]
 async fn stale_entry_is_revalidated_and_the_304_updates_stored_headers() {
     let h = Harness::new(|req, n| {
-        if req.headers().get("if-none-match").is_some_and(|v| v == "\"v1\"") {
-            return Reply::ok("").status(304).header("etag", "\"v1\"").cc("max-age=100").header("x-gen", &n.to_string());
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"")
+        {
+            return Reply::ok("")
+                .status(304)
+                .header("etag", "\"v1\"")
+                .cc("max-age=100")
+                .header("x-gen", &n.to_string());
         }
-        Reply::ok("body-1").header("etag", "\"v1\"").cc("max-age=10").header("x-gen", "1")
+        Reply::ok("body-1")
+            .header("etag", "\"v1\"")
+            .cc("max-age=10")
+            .header("x-gen", "1")
     })
     .await;
     h.get("/r").await;
     h.advance(11);
     let reval = h.get("/r").await;
     assert_eq!(reval.cache_status(), "tierd; fwd=stale; fwd-status=304");
-    assert_eq!((reval.text().as_str(), reval.header("x-gen").as_deref()), ("body-1", Some("2")));
+    assert_eq!(
+        (reval.text().as_str(), reval.header("x-gen").as_deref()),
+        ("body-1", Some("2"))
+    );
     let hit = h.get("/r").await;
-    assert_eq!(hit.cache_status(), "tierd; hit; ttl=100; detail=l1", "lifetime from the 304");
+    assert_eq!(
+        hit.cache_status(),
+        "tierd; hit; ttl=100; detail=l1",
+        "lifetime from the 304"
+    );
     assert_eq!(hit.header("x-gen").as_deref(), Some("2"));
     assert_eq!(hit.text(), "body-1");
     h.stop().await;
@@ -310,7 +447,11 @@ async fn stale_entry_is_revalidated_and_the_304_updates_stored_headers() {
 #[actix_web::test]
 async fn client_conditionals_weak_lists_star_and_precedence() {
     let h = Harness::new(|_, _| {
-        Reply::ok("data").cc("max-age=60").header("etag", "\"abc\"").header("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT").header("content-location", "/c")
+        Reply::ok("data")
+            .cc("max-age=60")
+            .header("etag", "\"abc\"")
+            .header("last-modified", "Thu, 01 Jan 2015 00:00:00 GMT")
+            .header("content-location", "/c")
     })
     .await;
     let full = h.get("/c").await;
@@ -319,14 +460,37 @@ async fn client_conditionals_weak_lists_star_and_precedence() {
         let r = h.get_with("/c", &[("if-none-match", inm)]).await;
         assert_eq!(r.status, 304, "{inm}");
         assert!(r.body.is_empty());
-        for name in ["etag", "cache-control", "date", "content-location", "cache-status", "age"] {
+        for name in [
+            "etag",
+            "cache-control",
+            "date",
+            "content-location",
+            "cache-status",
+            "age",
+        ] {
             assert!(r.header(name).is_some(), "304 lacks {name}");
         }
         assert!(r.header("content-type").is_none());
     }
-    let no = h.get_with("/c", &[("if-none-match", "\"other\""), ("if-modified-since", "Thu, 01 Jan 2015 00:00:00 GMT")]).await;
-    assert_eq!(no.status, 200, "If-None-Match takes precedence over If-Modified-Since");
-    let ims = h.get_with("/c", &[("if-modified-since", "Fri, 02 Jan 2015 00:00:00 GMT")]).await;
+    let no = h
+        .get_with(
+            "/c",
+            &[
+                ("if-none-match", "\"other\""),
+                ("if-modified-since", "Thu, 01 Jan 2015 00:00:00 GMT"),
+            ],
+        )
+        .await;
+    assert_eq!(
+        no.status, 200,
+        "If-None-Match takes precedence over If-Modified-Since"
+    );
+    let ims = h
+        .get_with(
+            "/c",
+            &[("if-modified-since", "Fri, 02 Jan 2015 00:00:00 GMT")],
+        )
+        .await;
     assert_eq!(ims.status, 304);
     let garbage = h.get_with("/c", &[("if-none-match", "garbage,,\"")]).await;
     assert_eq!((garbage.status, garbage.text().as_str()), (200, "data"));
@@ -339,12 +503,24 @@ async fn client_conditionals_weak_lists_star_and_precedence() {
 #[actix_web::test]
 async fn a_conditional_miss_is_forwarded_without_conditionals_and_answered_by_tierd() {
     let h = Harness::new(|_, _| Reply::ok("full").cc("max-age=60").header("etag", "\"z\"")).await;
-    let r = h.get_with("/m", &[("if-none-match", "\"z\""), ("if-modified-since", "Thu, 01 Jan 2015 00:00:00 GMT")]).await;
+    let r = h
+        .get_with(
+            "/m",
+            &[
+                ("if-none-match", "\"z\""),
+                ("if-modified-since", "Thu, 01 Jan 2015 00:00:00 GMT"),
+            ],
+        )
+        .await;
     assert_eq!(r.status, 304);
     let seen = h.origin.request_headers(1);
     assert!(seen.get("if-none-match").is_none() && seen.get("if-modified-since").is_none());
     let full = h.get("/m").await;
-    assert_eq!((full.status, full.text().as_str()), (200, "full"), "the full response was stored");
+    assert_eq!(
+        (full.status, full.text().as_str()),
+        (200, "full"),
+        "the full response was stored"
+    );
     h.stop().await;
 }
 
@@ -367,7 +543,12 @@ async fn generated_etag_for_stored_responses_without_one() {
 
 #[actix_web::test]
 async fn stale_while_revalidate_serves_stale_with_exactly_one_background_refresh() {
-    let h = Harness::new(|_, n| Reply::ok(format!("v{n}")).cc("max-age=10, stale-while-revalidate=60").delay_ms(if n > 1 { 300 } else { 0 })).await;
+    let h = Harness::new(|_, n| {
+        Reply::ok(format!("v{n}"))
+            .cc("max-age=10, stale-while-revalidate=60")
+            .delay_ms(if n > 1 { 300 } else { 0 })
+    })
+    .await;
     h.get("/s").await;
     h.advance(15);
     let reqs: Vec<_> = (0..20).map(|_| h.get("/s")).collect();
@@ -389,20 +570,33 @@ async fn stale_while_revalidate_serves_stale_with_exactly_one_background_refresh
         }
         got
     };
-    assert!(fresh.starts_with("tierd; hit; ttl=10"), "refreshed entry: {fresh}");
+    assert!(
+        fresh.starts_with("tierd; hit; ttl=10"),
+        "refreshed entry: {fresh}"
+    );
     assert_eq!(h.origin.hits(), 2, "exactly one background refresh");
     h.stop().await;
 }
 
 #[actix_web::test]
 async fn background_refresh_survives_the_client_going_away() {
-    let h = Harness::new(|_, n| Reply::ok(format!("v{n}")).cc("max-age=10, stale-while-revalidate=60").delay_ms(if n > 1 { 300 } else { 0 })).await;
+    let h = Harness::new(|_, n| {
+        Reply::ok(format!("v{n}"))
+            .cc("max-age=10, stale-while-revalidate=60")
+            .delay_ms(if n > 1 { 300 } else { 0 })
+    })
+    .await;
     h.get("/s").await;
     h.advance(15);
     // A raw client sends the request and hangs up immediately.
-    let req = format!("GET /s HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n", h.gw.addr);
+    let req = format!(
+        "GET /s HTTP/1.1\r\nhost: {}\r\nconnection: close\r\n\r\n",
+        h.gw.addr
+    );
     let mut s = tokio::net::TcpStream::connect(h.gw.addr).await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+        .await
+        .unwrap();
     drop(s);
     assert!(eventually(Duration::from_secs(5), || h.origin.hits() == 2).await);
     let mut refreshed = false;
@@ -420,27 +614,41 @@ async fn background_refresh_survives_the_client_going_away() {
 #[actix_web::test]
 async fn stale_if_error_serves_stale_on_5xx_and_connect_failure_within_the_window() {
     let h = Harness::new(|_, n| {
-        if n == 1 { Reply::ok("good").cc("max-age=10, stale-if-error=60") } else { Reply::ok("oops").status(503) }
+        if n == 1 {
+            Reply::ok("good").cc("max-age=10, stale-if-error=60")
+        } else {
+            Reply::ok("oops").status(503)
+        }
     })
     .await;
     h.get("/e").await;
     h.advance(20);
     let r = h.get("/e").await;
     assert_eq!((r.status, r.text().as_str()), (200, "good"));
-    assert_eq!(r.cache_status(), "tierd; fwd=stale; fwd-status=503; ttl=-10; detail=l1");
+    assert_eq!(
+        r.cache_status(),
+        "tierd; fwd=stale; fwd-status=503; ttl=-10; detail=l1"
+    );
     h.advance(60);
     let past = h.get("/e").await;
-    assert_eq!(past.status, 503, "beyond the window the error passes through");
+    assert_eq!(
+        past.status, 503,
+        "beyond the window the error passes through"
+    );
     h.stop().await;
 
     let h = Harness::new(|_, _| Reply::ok("good").cc("max-age=10, stale-if-error=60")).await;
     h.get("/e").await;
     h.advance(20);
-    let Harness { gw, origin, client, .. } = h;
+    let Harness {
+        gw, origin, client, ..
+    } = h;
     origin.stop().await;
     let r = common::send(client.get(format!("http://{}/e", gw.addr))).await;
     assert_eq!((r.status, r.text().as_str()), (200, "good"));
-    assert!(r.cache_status().starts_with("tierd; fwd=stale; fwd-status=502"));
+    assert!(r
+        .cache_status()
+        .starts_with("tierd; fwd=stale; fwd-status=502"));
     gw.stop(false).await;
 }
 
@@ -451,7 +659,9 @@ async fn unsafe_methods_invalidate_the_uri_and_same_origin_locations() {
     let h = Harness::new(|req, n| match req.method().as_str() {
         "PUT" => Reply::ok("updated").header("content-location", "/other"),
         "POST" if req.path() == "/fail" => Reply::ok("no").status(400),
-        "POST" => Reply::ok("").status(201).header("location", "http://elsewhere.test/x"),
+        "POST" => Reply::ok("")
+            .status(201)
+            .header("location", "http://elsewhere.test/x"),
         _ => Reply::ok(format!("v{n}")).cc("max-age=600"),
     })
     .await;
@@ -460,10 +670,22 @@ async fn unsafe_methods_invalidate_the_uri_and_same_origin_locations() {
     }
     let put = h.send(h.client.put(h.url("/item"))).await;
     assert_eq!(put.cache_status(), "tierd; fwd=method; fwd-status=200");
-    assert!(h.get("/item").await.cache_status().contains("fwd=uri-miss"), "PUT invalidated the GET");
-    assert!(h.get("/other").await.cache_status().contains("fwd=uri-miss"), "Content-Location invalidated");
+    assert!(
+        h.get("/item").await.cache_status().contains("fwd=uri-miss"),
+        "PUT invalidated the GET"
+    );
+    assert!(
+        h.get("/other")
+            .await
+            .cache_status()
+            .contains("fwd=uri-miss"),
+        "Content-Location invalidated"
+    );
     h.send(h.client.post(h.url("/fail"))).await;
-    assert!(h.get("/fail").await.cache_status().contains("hit"), "an error answer invalidates nothing");
+    assert!(
+        h.get("/fail").await.cache_status().contains("hit"),
+        "an error answer invalidates nothing"
+    );
     h.stop().await;
 }
 
@@ -472,7 +694,9 @@ async fn unsafe_methods_invalidate_the_uri_and_same_origin_locations() {
 #[actix_web::test]
 async fn upstream_cache_status_is_kept_and_surrogate_headers_are_consumed() {
     let h = Harness::new(|req, _| {
-        let r = Reply::ok("x").header("cache-status", "origin-cache; hit").header("surrogate-key", "a b");
+        let r = Reply::ok("x")
+            .header("cache-status", "origin-cache; hit")
+            .header("surrogate-key", "a b");
         match req.path() {
             "/sc" => r.cc("private").header("surrogate-control", "max-age=30"),
             "/cdn" => r.cc("no-store").header("cdn-cache-control", "max-age=40"),
@@ -482,16 +706,32 @@ async fn upstream_cache_status_is_kept_and_surrogate_headers_are_consumed() {
     .await;
     h.get("/k").await;
     let hit = h.get("/k").await;
-    let all: Vec<_> = hit.headers.get_all("cache-status").map(|v| v.to_str().unwrap().to_owned()).collect();
-    assert_eq!(all.first().map(String::as_str), Some("origin-cache; hit"), "upstream member first");
+    let all: Vec<_> = hit
+        .headers
+        .get_all("cache-status")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        all.first().map(String::as_str),
+        Some("origin-cache; hit"),
+        "upstream member first"
+    );
     assert!(all.last().unwrap().starts_with("tierd; hit"));
     assert!(hit.header("surrogate-key").is_none());
     h.get("/sc").await;
     let sc = h.get("/sc").await;
-    assert_eq!(sc.cache_status(), "tierd; hit; ttl=30; detail=l1", "Surrogate-Control overrides private");
+    assert_eq!(
+        sc.cache_status(),
+        "tierd; hit; ttl=30; detail=l1",
+        "Surrogate-Control overrides private"
+    );
     assert!(sc.header("surrogate-control").is_none());
     h.get("/cdn").await;
     let cdn = h.get("/cdn").await;
-    assert_eq!(cdn.cache_status(), "tierd; hit; ttl=40; detail=l1", "CDN-Cache-Control overrides no-store");
+    assert_eq!(
+        cdn.cache_status(),
+        "tierd; hit; ttl=40; detail=l1",
+        "CDN-Cache-Control overrides no-store"
+    );
     h.stop().await;
 }

@@ -9,7 +9,10 @@ use std::time::Duration;
 use tierd::clock::SystemClock;
 use tierd::server::Gateway;
 
-async fn gateway_for(addr: std::net::SocketAddr, tweak: impl FnOnce(&mut tierd::config::Settings)) -> Gateway {
+async fn gateway_for(
+    addr: std::net::SocketAddr,
+    tweak: impl FnOnce(&mut tierd::config::Settings),
+) -> Gateway {
     let mut s = common::settings_for(addr);
     s.upstream.timeout_ms = 500;
     tweak(&mut s);
@@ -39,14 +42,20 @@ async fn an_origin_that_hangs_gives_504() {
 
 #[actix_web::test]
 async fn an_origin_closing_mid_body_stores_nothing() {
-    let script = b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 1000\r\n\r\nonly-part".to_vec();
+    let script =
+        b"HTTP/1.1 200 OK\r\ncache-control: max-age=60\r\ncontent-length: 1000\r\n\r\nonly-part"
+            .to_vec();
     let (addr, count) = raw_origin(script, Then::Close).await;
     let gw = gateway_for(addr, |_| {}).await;
     let c = common::client();
     for expected_hits in 1..=2 {
         let r = common::send(c.get(format!("http://{}/x", gw.addr))).await;
         assert_eq!(r.status, 502);
-        assert_eq!(count.load(Ordering::SeqCst), expected_hits, "nothing stored, so the origin is asked again");
+        assert_eq!(
+            count.load(Ordering::SeqCst),
+            expected_hits,
+            "nothing stored, so the origin is asked again"
+        );
     }
     gw.stop(false).await;
 }
@@ -67,11 +76,20 @@ async fn malformed_origin_headers_never_panic_or_poison() {
         let a = h.get(p).await;
         assert_eq!(a.status, 200, "{p}");
     }
-    assert!(h.get("/cc").await.cache_status().contains("fwd="), "invalid s-maxage is stale");
-    assert!(h.get("/vary").await.cache_status().contains("fwd=uri-miss"), "malformed Vary is not stored");
+    assert!(
+        h.get("/cc").await.cache_status().contains("fwd="),
+        "invalid s-maxage is stale"
+    );
+    assert!(
+        h.get("/vary").await.cache_status().contains("fwd=uri-miss"),
+        "malformed Vary is not stored"
+    );
     let utf = h.get("/utf").await;
     assert!(utf.cache_status().contains("hit"));
-    assert_eq!(utf.headers.get("x-bytes").unwrap().as_bytes(), "caf\u{e9}".as_bytes());
+    assert_eq!(
+        utf.headers.get("x-bytes").unwrap().as_bytes(),
+        "caf\u{e9}".as_bytes()
+    );
     h.stop().await;
 }
 
@@ -82,7 +100,12 @@ async fn non_utf8_header_bytes_pass_through() {
     let gw = gateway_for(addr, |_| {}).await;
     let out = raw(gw.addr, b"GET /r HTTP/1.1\r\nhost: t\r\nx-client: \xff\xfe\r\nif-none-match: \xff\r\nconnection: close\r\n\r\n", Duration::from_secs(5)).await;
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
-    let again = raw(gw.addr, b"GET /r HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n", Duration::from_secs(5)).await;
+    let again = raw(
+        gw.addr,
+        b"GET /r HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
     assert!(again.contains("tierd; hit"), "{again}");
     assert_eq!(count.load(Ordering::SeqCst), 1);
     gw.stop(false).await;
@@ -102,12 +125,19 @@ async fn a_64_kib_request_header_gets_431_and_other_clients_are_unaffected() {
 #[actix_web::test]
 async fn x_forwarded_host_cannot_poison_the_entry_other_clients_get() {
     let h = Harness::new(|req, _| {
-        let xfh = req.headers().get("x-forwarded-host").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+        let xfh = req
+            .headers()
+            .get("x-forwarded-host")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
         Reply::ok(format!("link=https://{xfh}/x")).cc("max-age=60")
     })
     .await;
     let evil = h.get_with("/p", &[("x-forwarded-host", "evil.test")]).await;
-    assert!(!evil.text().contains("evil.test"), "client X-Forwarded-Host reached the origin");
+    assert!(
+        !evil.text().contains("evil.test"),
+        "client X-Forwarded-Host reached the origin"
+    );
     let normal = h.get("/p").await;
     assert!(!normal.text().contains("evil"));
     // A different Host is a different key.
@@ -121,7 +151,11 @@ async fn x_forwarded_host_cannot_poison_the_entry_other_clients_get() {
 async fn bodies_over_the_limit_stream_through_uncached() {
     let big = vec![b'z'; 300_000];
     let body = big.clone();
-    let h = Harness::with(move |_, _| Reply::ok(body.clone()).cc("max-age=60"), |s| s.cache.max_body_bytes = 100_000).await;
+    let h = Harness::with(
+        move |_, _| Reply::ok(body.clone()).cc("max-age=60"),
+        |s| s.cache.max_body_bytes = 100_000,
+    )
+    .await;
     let r = h.get("/big").await;
     assert_eq!((r.status, r.body.len()), (200, big.len()));
     assert_eq!(r.body, big);
@@ -134,14 +168,28 @@ async fn bodies_over_the_limit_stream_through_uncached() {
 #[actix_web::test]
 async fn every_method_and_body_passes_through() {
     let h = Harness::new(|req, _| Reply::ok(format!("{} {}", req.method(), req.uri()))).await;
-    let r = common::send(h.client.patch(h.url("/x?q=1")).insert_header(("content-type", "text/plain"))).await;
+    let r = common::send(
+        h.client
+            .patch(h.url("/x?q=1"))
+            .insert_header(("content-type", "text/plain")),
+    )
+    .await;
     assert_eq!(r.text(), "PATCH /x?q=1");
     let c = common::client();
-    let mut res = c.post(h.url("/echo")).send_body("payload-bytes").await.unwrap();
+    let mut res = c
+        .post(h.url("/echo"))
+        .send_body("payload-bytes")
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     let _ = res.body().await;
     let (_, _, headers) = h.origin.last_request();
     assert_eq!(headers.get("x-forwarded-proto").unwrap(), "http");
-    assert!(headers.get("x-forwarded-for").unwrap().to_str().unwrap().contains("127.0.0.1"));
+    assert!(headers
+        .get("x-forwarded-for")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .contains("127.0.0.1"));
     h.stop().await;
 }

@@ -4,25 +4,23 @@
 use actix_web::http::header;
 use actix_web::HttpRequest;
 
-/// The authority a request was made to, lower-cased: `Host`, or the URI's authority.
-pub fn request_host(req: &HttpRequest) -> String {
-    let raw = req
-        .headers()
+/// The raw authority a request was made to: `Host`, or the URI's authority (HTTP/2).
+fn host_bytes(req: &HttpRequest) -> &[u8] {
+    req.headers()
         .get(header::HOST)
         .map(|h| h.as_bytes())
         .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()))
-        .unwrap_or_default();
-    String::from_utf8_lossy(raw).to_ascii_lowercase()
+        .unwrap_or_default()
+}
+
+/// The authority a request was made to, lower-cased.
+pub fn request_host(req: &HttpRequest) -> String {
+    String::from_utf8_lossy(host_bytes(req)).to_ascii_lowercase()
 }
 
 /// The key for a request: `host` + path + `?query`.
 pub fn for_request(req: &HttpRequest) -> String {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .map(|h| h.as_bytes())
-        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()))
-        .unwrap_or_default();
+    let host = host_bytes(req);
     let pq = req
         .uri()
         .path_and_query()

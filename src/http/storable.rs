@@ -115,20 +115,11 @@ pub fn effective_cache_control(h: &HeaderMap) -> CacheControl {
 }
 
 /// Options that widen or narrow the RFC defaults.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct StoreOptions {
     pub heuristic: Heuristic,
     /// Store responses carrying `Set-Cookie` (the cookie is stored and replayed). Off by default.
     pub store_set_cookie: bool,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            heuristic: Heuristic::default(),
-            store_set_cookie: false,
-        }
-    }
 }
 
 fn has_validator(h: &HeaderMap) -> bool {
@@ -348,15 +339,17 @@ mod tests {
     }
 
     // RFC 9111 §3: the storing rules, one row each.
+    type Row<'a> = (
+        &'a [(&'a str, &'a str)],
+        u16,
+        &'a [(&'a str, &'a str)],
+        Result<(), NotStorable>,
+    );
+
     #[test]
     fn storing_table() {
         use NotStorable::*;
-        let table: &[(
-            &[(&str, &str)],
-            u16,
-            &[(&str, &str)],
-            Result<(), NotStorable>,
-        )] = &[
+        let table: &[Row] = &[
             (&[], 200, &[("cache-control", "max-age=60")], Ok(())),
             (&[], 200, &[("cache-control", "public")], Err(NoFreshness)), // public but no lifetime nor validator
             (

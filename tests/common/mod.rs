@@ -28,7 +28,13 @@ pub struct Reply {
 
 impl Reply {
     pub fn ok(body: impl Into<Vec<u8>>) -> Self {
-        Reply { status: 200, headers: vec![], body: body.into(), delay: Duration::ZERO, date: true }
+        Reply {
+            status: 200,
+            headers: vec![],
+            body: body.into(),
+            delay: Duration::ZERO,
+            date: true,
+        }
     }
     pub fn status(mut self, s: u16) -> Self {
         self.status = s;
@@ -72,7 +78,11 @@ struct OriginState {
     requests: Arc<Mutex<Vec<(String, String, HeaderMap)>>>,
 }
 
-async fn origin_handler(req: HttpRequest, _body: web::Bytes, st: web::Data<OriginState>) -> HttpResponse {
+async fn origin_handler(
+    req: HttpRequest,
+    _body: web::Bytes,
+    st: web::Data<OriginState>,
+) -> HttpResponse {
     let n = st.hits.fetch_add(1, Ordering::SeqCst) + 1;
     let now_in = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     st.peak.fetch_max(now_in, Ordering::SeqCst);
@@ -98,7 +108,10 @@ async fn origin_handler(req: HttpRequest, _body: web::Bytes, st: web::Data<Origi
 
 impl Origin {
     /// Starts an origin answering with `f(request, hit_number)`.
-    pub async fn start(clock: Arc<ManualClock>, f: impl Fn(&HttpRequest, u64) -> Reply + Send + Sync + 'static) -> Origin {
+    pub async fn start(
+        clock: Arc<ManualClock>,
+        f: impl Fn(&HttpRequest, u64) -> Reply + Send + Sync + 'static,
+    ) -> Origin {
         let hits = Arc::new(AtomicU64::new(0));
         let in_flight = Arc::new(AtomicU64::new(0));
         let peak = Arc::new(AtomicU64::new(0));
@@ -111,18 +124,29 @@ impl Origin {
             peak: peak.clone(),
             requests: requests.clone(),
         });
-        let srv = HttpServer::new(move || App::new().app_data(state.clone()).default_service(web::to(origin_handler)))
-            .workers(1)
-            .max_connections(100_000)
-            .backlog(4096)
-            .disable_signals()
-            .bind("127.0.0.1:0")
-            .unwrap();
+        let srv = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .default_service(web::to(origin_handler))
+        })
+        .workers(1)
+        .max_connections(100_000)
+        .backlog(4096)
+        .disable_signals()
+        .bind("127.0.0.1:0")
+        .unwrap();
         let addr = srv.addrs()[0];
         let server = srv.run();
         let handle = server.handle();
         actix_web::rt::spawn(server);
-        Origin { addr, hits, in_flight, peak_in_flight: peak, requests, handle }
+        Origin {
+            addr,
+            hits,
+            in_flight,
+            peak_in_flight: peak,
+            requests,
+            handle,
+        }
     }
 
     pub fn hits(&self) -> u64 {
@@ -177,7 +201,12 @@ impl Harness {
         let mut s = settings_for(origin.addr);
         tweak(&mut s);
         let gw = Gateway::start(&s, clock.clone()).await.unwrap();
-        Harness { clock, origin, gw, client: client() }
+        Harness {
+            clock,
+            origin,
+            gw,
+            client: client(),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -233,14 +262,20 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        self.headers
+            .get(name)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
     /// The `tierd` member of Cache-Status.
     pub fn cache_status(&self) -> String {
         self.headers
             .get_all("cache-status")
             .map(|v| v.to_str().unwrap_or("").to_owned())
-            .flat_map(|v| v.split(',').map(|m| m.trim().to_owned()).collect::<Vec<_>>())
+            .flat_map(|v| {
+                v.split(',')
+                    .map(|m| m.trim().to_owned())
+                    .collect::<Vec<_>>()
+            })
             .find(|m| m.starts_with("tierd"))
             .unwrap_or_default()
     }
@@ -254,8 +289,16 @@ impl Resp {
 
 pub async fn send(r: awc::ClientRequest) -> Resp {
     let mut res = r.send().await.expect("request failed");
-    let body = res.body().limit(64 * 1024 * 1024).await.expect("body failed");
-    Resp { status: res.status().as_u16(), headers: res.headers().clone(), body: body.to_vec() }
+    let body = res
+        .body()
+        .limit(64 * 1024 * 1024)
+        .await
+        .expect("body failed");
+    Resp {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: body.to_vec(),
+    }
 }
 
 /// Sends raw bytes and reads the whole answer (until the server closes or `wait` passes).
@@ -281,7 +324,9 @@ pub async fn raw_origin(script: Vec<u8>, then: Then) -> (SocketAddr, Arc<AtomicU
     let then = Arc::new(then);
     actix_web::rt::spawn(async move {
         loop {
-            let Ok((mut sock, _)) = l.accept().await else { return };
+            let Ok((mut sock, _)) = l.accept().await else {
+                return;
+            };
             c.fetch_add(1, Ordering::SeqCst);
             let script = script.clone();
             let then = then.clone();
