@@ -558,18 +558,11 @@ async fn stale_while_revalidate_serves_stale_with_exactly_one_background_refresh
         assert_eq!(r.cache_status(), "tierd; hit; ttl=-5; detail=l1");
     }
     assert!(eventually(Duration::from_secs(5), || h.origin.hits() == 2).await);
-    let fresh = {
-        let mut got = String::new();
-        for _ in 0..200 {
-            let r = h.get("/s").await;
-            if r.text() == "v2" {
-                got = r.cache_status();
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        got
-    };
+    let fresh = h
+        .get_until("/s", "v2")
+        .await
+        .map(|r| r.cache_status())
+        .unwrap_or_default();
     assert!(
         fresh.starts_with("tierd; hit; ttl=10"),
         "refreshed entry: {fresh}"
@@ -599,14 +592,7 @@ async fn background_refresh_survives_the_client_going_away() {
         .unwrap();
     drop(s);
     assert!(eventually(Duration::from_secs(5), || h.origin.hits() == 2).await);
-    let mut refreshed = false;
-    for _ in 0..200 {
-        if h.get("/s").await.text() == "v2" {
-            refreshed = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let refreshed = h.get_until("/s", "v2").await.is_some();
     assert!(refreshed, "refresh completed after the client left");
     h.stop().await;
 }

@@ -229,6 +229,19 @@ impl Harness {
         self.send(r).await
     }
 
+    /// GETs `path` until the body is `body` (an effect of a background task), for up to 5 s.
+    pub async fn get_until(&self, path: &str, body: &str) -> Option<Resp> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            let r = self.get(path).await;
+            if r.text() == body {
+                return Some(r);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        None
+    }
+
     pub async fn send(&self, r: awc::ClientRequest) -> Resp {
         send(r).await
     }
