@@ -386,18 +386,12 @@ where
                     }
                     Some(FlightOutcome::Failed { status }) => {
                         let now = st.clock.now();
-                        if let Some((entry, tier)) = &stale {
-                            let age = entry.age(now);
-                            if storable::may_serve_stale_on_error(
-                                entry.stale_if_error,
-                                entry.no_stale,
-                                entry.lifetime,
-                                age,
-                            ) {
-                                st.metrics.request(Outcome::StaleIfError);
-                                let cs = stale_if_error_status(entry, age, status, *tier);
-                                return Ok(req.into_response(respond(entry, age, cs)));
-                            }
+                        if let Some(res) = stale
+                            .as_ref()
+                            .and_then(|(e, t)| stale_for_error(e, *t, status, now))
+                        {
+                            st.metrics.request(Outcome::StaleIfError);
+                            return Ok(req.into_response(res));
                         }
                         st.metrics.request(Outcome::Error);
                         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -569,6 +563,19 @@ fn upstream_conditionals(h: &mut HeaderMap, stale: Option<&CachedResponse>) {
 
 fn storable_ttl(entry: &CachedResponse, age: u64) -> i64 {
     crate::http::freshness::ttl(entry.lifetime, age)
+}
+
+/// The stale response for an origin error, when the entry's `stale-if-error` window allows it
+/// (RFC 5861 §4; never for `must-revalidate`).
+fn stale_for_error(
+    entry: &CachedResponse,
+    tier: TierName,
+    status: u16,
+    now: SystemTime,
+) -> Option<HttpResponse> {
+    let age = entry.age(now);
+    storable::may_serve_stale_on_error(entry.stale_if_error, entry.no_stale, entry.lifetime, age)
+        .then(|| respond(entry, age, stale_if_error_status(entry, age, status, tier)))
 }
 
 fn stale_if_error_status(
@@ -830,20 +837,10 @@ where
     ) -> Option<HttpResponse> {
         let (entry, tier) = self.stale.clone()?;
         let st = self.ctx.state.clone();
-        let age = entry.age(now);
-        if storable::may_serve_stale_on_error(
-            entry.stale_if_error,
-            entry.no_stale,
-            entry.lifetime,
-            age,
-        ) {
+        if let Some(res) = stale_for_error(&entry, tier, status, now) {
             self.complete(FlightOutcome::Failed { status });
             st.metrics.request(Outcome::StaleIfError);
-            return Some(respond(
-                &entry,
-                age,
-                stale_if_error_status(&entry, age, status, tier),
-            ));
+            return Some(res);
         }
         if entry.no_stale && unreachable {
             self.complete(FlightOutcome::Failed { status: 504 });
