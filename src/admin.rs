@@ -22,14 +22,15 @@ pub fn configure(state: Arc<CacheState>) -> impl FnOnce(&mut web::ServiceConfig)
 async fn metrics(state: web::Data<CacheState>) -> HttpResponse {
     let l1 = state.store.l1().clone();
     // Exact counts need moka's pending maintenance; it is cheap but off the runtime thread.
-    let stats = web::block(move || {
-        l1.sync();
-        crate::store::Tier::stats(&l1)
-    })
-    .await
-    .unwrap_or_default();
-    state.metrics.l1_entries.set(stats.entries as i64);
-    state.metrics.l1_bytes.set(stats.bytes as i64);
+    let _ = web::block(move || l1.sync()).await;
+    for t in state.store.stats() {
+        let tm = state.metrics.tier(t.name);
+        if let Some(s) = t.stats {
+            tm.entries.set(s.entries as i64);
+            tm.bytes.set(s.bytes as i64);
+        }
+        tm.queue_depth.set(t.queue_depth as i64);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render())
@@ -44,7 +45,7 @@ async fn readyz(state: web::Data<CacheState>) -> HttpResponse {
         .store
         .stats()
         .into_iter()
-        .map(|(name, _)| json!({"tier": name.as_str(), "ready": true}))
+        .map(|t| json!({"tier": t.name.as_str(), "ready": true}))
         .collect();
     HttpResponse::Ok().json(json!({"ready": true, "tiers": tiers}))
 }
@@ -54,7 +55,15 @@ async fn stats(state: web::Data<CacheState>) -> HttpResponse {
         .store
         .stats()
         .into_iter()
-        .map(|(name, s)| json!({"tier": name.as_str(), "entries": s.entries, "bytes": s.bytes}))
+        .map(|t| {
+            json!({
+                "tier": t.name.as_str(),
+                "entries": t.stats.map(|s| s.entries),
+                "bytes": t.stats.map(|s| s.bytes),
+                "queue_depth": t.queue_depth,
+                "circuit": t.circuit.map(|c| c.as_str()),
+            })
+        })
         .collect();
     HttpResponse::Ok().json(json!({
         "tiers": tiers,

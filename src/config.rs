@@ -24,6 +24,21 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_L1_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_KEEP_STALE_SECONDS: u64 = 3_600;
+pub const DEFAULT_L2_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_L2_POOL_SIZE: usize = 16;
+pub const DEFAULT_L2_CONNECT_TIMEOUT_MS: u64 = 250;
+pub const DEFAULT_L2_COMMAND_TIMEOUT_MS: u64 = 100;
+pub const DEFAULT_L2_KEY_PREFIX: &str = "tierd";
+pub const DEFAULT_L2_MAX_TTL_SECONDS: u64 = 86_400;
+pub const DEFAULT_L2_QUEUE_CAPACITY: usize = 10_000;
+pub const DEFAULT_L2_CIRCUIT_FAILURES: u32 = 5;
+pub const DEFAULT_L2_CIRCUIT_OPEN_MS: u64 = 1_000;
+pub const DEFAULT_L3_PATH: &str = "data/tierd.duckdb";
+pub const DEFAULT_L3_MAX_BYTES: u64 = 1024 * 1024 * 1024;
+pub const DEFAULT_L3_MAX_TTL_SECONDS: u64 = 7 * 86_400;
+pub const DEFAULT_L3_QUEUE_CAPACITY: usize = 100_000;
+pub const DEFAULT_L3_READ_TIMEOUT_MS: u64 = 100;
+pub const DEFAULT_L3_WRITE_TIMEOUT_MS: u64 = 5_000;
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +171,122 @@ impl Default for CacheConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct TiersConfig {
     pub l1: L1Config,
+    pub l2: L2Config,
+    pub l3: L3Config,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L2Config {
+    pub enabled: bool,
+    /// The Redis server (`redis://[user:pass@]host:port[/db]`).
+    pub url: String,
+    /// Redis Cluster seed nodes; when set, tierd talks to a Cluster.
+    pub urls: Vec<String>,
+    /// Talk to a Redis Cluster, seeded from `urls` (or `url` when `urls` is empty).
+    pub cluster: bool,
+    pub pool_size: usize,
+    pub connect_timeout_ms: u64,
+    /// Per command; a slower Redis counts as a failure (and a miss).
+    pub command_timeout_ms: u64,
+    /// Prefix of every key; tierd appends `:v<format>:`.
+    pub key_prefix: String,
+    /// Longest an entry stays in Redis, whatever its own lifetime.
+    pub max_ttl_seconds: u64,
+    /// Writes waiting for Redis; beyond it writes are dropped (and counted).
+    pub queue_capacity: usize,
+    /// Consecutive failures that open the circuit breaker.
+    pub circuit_failure_threshold: u32,
+    /// How long an open circuit skips Redis before probing it again.
+    pub circuit_open_ms: u64,
+}
+
+impl Default for L2Config {
+    fn default() -> Self {
+        L2Config {
+            enabled: false,
+            url: DEFAULT_L2_URL.into(),
+            urls: Vec::new(),
+            cluster: false,
+            pool_size: DEFAULT_L2_POOL_SIZE,
+            connect_timeout_ms: DEFAULT_L2_CONNECT_TIMEOUT_MS,
+            command_timeout_ms: DEFAULT_L2_COMMAND_TIMEOUT_MS,
+            key_prefix: DEFAULT_L2_KEY_PREFIX.into(),
+            max_ttl_seconds: DEFAULT_L2_MAX_TTL_SECONDS,
+            queue_capacity: DEFAULT_L2_QUEUE_CAPACITY,
+            circuit_failure_threshold: DEFAULT_L2_CIRCUIT_FAILURES,
+            circuit_open_ms: DEFAULT_L2_CIRCUIT_OPEN_MS,
+        }
+    }
+}
+
+impl L2Config {
+    /// The connection options this section describes.
+    pub fn options(&self) -> crate::store::RedisOptions {
+        let cluster = self.cluster || !self.urls.is_empty();
+        let urls = if self.urls.is_empty() {
+            vec![self.url.clone()]
+        } else {
+            self.urls.clone()
+        };
+        crate::store::RedisOptions {
+            urls,
+            cluster,
+            pool_size: self.pool_size,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            command_timeout: Duration::from_millis(self.command_timeout_ms),
+            key_prefix: self.key_prefix.clone(),
+            queue_capacity: self.queue_capacity,
+            failure_threshold: self.circuit_failure_threshold,
+            open_for: Duration::from_millis(self.circuit_open_ms),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct L3Config {
+    pub enabled: bool,
+    /// The DuckDB file; its directory is created if missing.
+    pub path: String,
+    /// Logical size cap (records and keys); past it expired entries go first, then the least
+    /// recently used.
+    pub max_bytes: u64,
+    /// Longest an entry stays in the file, whatever its own lifetime.
+    pub max_ttl_seconds: u64,
+    /// Writes waiting for the writer thread; beyond it writes are dropped (and counted).
+    pub queue_capacity: usize,
+    /// A slower lookup counts as a miss.
+    pub read_timeout_ms: u64,
+    /// How long a delete waits behind queued writes.
+    pub write_timeout_ms: u64,
+}
+
+impl Default for L3Config {
+    fn default() -> Self {
+        L3Config {
+            enabled: false,
+            path: DEFAULT_L3_PATH.into(),
+            max_bytes: DEFAULT_L3_MAX_BYTES,
+            max_ttl_seconds: DEFAULT_L3_MAX_TTL_SECONDS,
+            queue_capacity: DEFAULT_L3_QUEUE_CAPACITY,
+            read_timeout_ms: DEFAULT_L3_READ_TIMEOUT_MS,
+            write_timeout_ms: DEFAULT_L3_WRITE_TIMEOUT_MS,
+        }
+    }
+}
+
+impl L3Config {
+    /// The options this section describes.
+    pub fn options(&self) -> crate::store::DuckOptions {
+        crate::store::DuckOptions {
+            path: self.path.clone().into(),
+            max_bytes: self.max_bytes,
+            queue_capacity: self.queue_capacity,
+            read_timeout: Duration::from_millis(self.read_timeout_ms),
+            write_timeout: Duration::from_millis(self.write_timeout_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -322,6 +453,59 @@ impl Settings {
         }
         if self.server.max_header_bytes < 1024 {
             return err("server.max_header_bytes", "must be at least 1024".into());
+        }
+        if self.tiers.l2.enabled {
+            let l2 = &self.tiers.l2;
+            let urls = if l2.urls.is_empty() {
+                std::slice::from_ref(&l2.url)
+            } else {
+                &l2.urls[..]
+            };
+            for u in urls {
+                let key = if l2.urls.is_empty() {
+                    "tiers.l2.url"
+                } else {
+                    "tiers.l2.urls"
+                };
+                if !(u.starts_with("redis://") || u.starts_with("unix://")) {
+                    return err(key, format!("'{u}' is not a Redis URL; use redis://host:port (TLS, rediss://, is not built in)"));
+                }
+            }
+            for (key, v) in [
+                ("tiers.l2.pool_size", l2.pool_size as u64),
+                ("tiers.l2.connect_timeout_ms", l2.connect_timeout_ms),
+                ("tiers.l2.command_timeout_ms", l2.command_timeout_ms),
+                ("tiers.l2.max_ttl_seconds", l2.max_ttl_seconds),
+                ("tiers.l2.queue_capacity", l2.queue_capacity as u64),
+                ("tiers.l2.circuit_failure_threshold", u64::from(l2.circuit_failure_threshold)),
+                ("tiers.l2.circuit_open_ms", l2.circuit_open_ms),
+            ] {
+                if v == 0 {
+                    return err(key, "must be greater than 0".into());
+                }
+            }
+            if l2.key_prefix.is_empty() || l2.key_prefix.contains(char::is_whitespace) {
+                return err("tiers.l2.key_prefix", "must be a non-empty word without spaces, e.g. tierd".into());
+            }
+        }
+        if self.tiers.l3.enabled {
+            let l3 = &self.tiers.l3;
+            if l3.path.trim().is_empty() {
+                return err("tiers.l3.path", "must name a file, e.g. data/tierd.duckdb".into());
+            }
+            if l3.max_bytes < 1024 * 1024 {
+                return err("tiers.l3.max_bytes", format!("{} is too small; use at least 1048576 (1 MiB)", l3.max_bytes));
+            }
+            for (key, v) in [
+                ("tiers.l3.max_ttl_seconds", l3.max_ttl_seconds),
+                ("tiers.l3.queue_capacity", l3.queue_capacity as u64),
+                ("tiers.l3.read_timeout_ms", l3.read_timeout_ms),
+                ("tiers.l3.write_timeout_ms", l3.write_timeout_ms),
+            ] {
+                if v == 0 {
+                    return err(key, "must be greater than 0".into());
+                }
+            }
         }
         if self.demo_origin.enabled {
             if self.demo_origin.listen.parse::<SocketAddr>().is_err() {

@@ -4,9 +4,11 @@
 //! Label values are bounded enums; the hot path touches pre-resolved children only.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::store::TierName;
 
 /// What the cache did with a request; feeds the `cache_status` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,14 +109,114 @@ impl OriginError {
     }
 }
 
+/// A lookup's result in one tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Hit,
+    Miss,
+    /// The tier failed or was skipped (timeout, open circuit, undecodable record): a miss.
+    Error,
+}
+
+impl Lookup {
+    pub const ALL: [Lookup; 3] = [Lookup::Hit, Lookup::Miss, Lookup::Error];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Miss => "miss",
+            Lookup::Error => "error",
+        }
+    }
+}
+
+/// Why a tier operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierFault {
+    Timeout,
+    Unavailable,
+    CircuitOpen,
+    Decode,
+}
+
+impl TierFault {
+    pub const ALL: [TierFault; 4] = [
+        TierFault::Timeout,
+        TierFault::Unavailable,
+        TierFault::CircuitOpen,
+        TierFault::Decode,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierFault::Timeout => "timeout",
+            TierFault::Unavailable => "unavailable",
+            TierFault::CircuitOpen => "circuit_open",
+            TierFault::Decode => "decode",
+        }
+    }
+}
+
+/// What became of a write accepted for a lower tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// The tier's queue was full; the write was refused before being accepted.
+    QueueFull,
+    /// Accepted, then the tier failed to store it.
+    Failed,
+}
+
+impl WriteOutcome {
+    pub const ALL: [WriteOutcome; 3] = [
+        WriteOutcome::Written,
+        WriteOutcome::QueueFull,
+        WriteOutcome::Failed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteOutcome::Written => "written",
+            WriteOutcome::QueueFull => "queue_full",
+            WriteOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One tier's metric children, resolved once.
+pub struct TierMetrics {
+    lookups: Vec<IntCounter>,
+    faults: Vec<IntCounter>,
+    writes: Vec<IntCounter>,
+    evictions: Vec<IntCounter>,
+    pub promotions: IntCounter,
+    pub queue_depth: IntGauge,
+    pub circuit_open: IntGauge,
+    pub entries: IntGauge,
+    pub bytes: IntGauge,
+    pub get_seconds: Histogram,
+    pub write_seconds: Histogram,
+}
+
+impl TierMetrics {
+    #[inline]
+    pub fn lookup(&self, l: Lookup) {
+        self.lookups[l as usize].inc();
+    }
+    pub fn fault(&self, f: TierFault) {
+        self.faults[f as usize].inc();
+    }
+    pub fn writes(&self, w: WriteOutcome, n: u64) {
+        self.writes[w as usize].inc_by(n);
+    }
+    pub fn evicted(&self, c: EvictionCause, n: u64) {
+        self.evictions[c as usize].inc_by(n);
+    }
+}
+
 /// All of tierd's metrics.
 pub struct Metrics {
+    tiers: [TierMetrics; 3],
     registry: Registry,
     requests: Vec<IntCounter>,
     pub not_modified: IntCounter,
-    evictions_l1: Vec<IntCounter>,
-    pub l1_entries: IntGauge,
-    pub l1_bytes: IntGauge,
     pub origin_requests: IntCounter,
     origin_errors: Vec<IntCounter>,
     pub origin_latency: Histogram,
@@ -162,10 +264,6 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
-        let evictions_l1 = EvictionCause::ALL
-            .iter()
-            .map(|c| evictions.with_label_values(&["l1", c.as_str()]))
-            .collect();
         let entries = reg(
             &r,
             IntGaugeVec::new(
@@ -208,16 +306,120 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
+        let lookups = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tierd_tier_lookups_total",
+                    "Lookups in a tier, by result (errors count as misses for the request)",
+                ),
+                &["tier", "result"],
+            )
+            .expect("static metric definition"),
+        );
+        let faults = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new("tierd_tier_errors_total", "Failed tier operations, by kind"),
+                &["tier", "kind"],
+            )
+            .expect("static metric definition"),
+        );
+        let writes = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tierd_tier_writes_total",
+                    "Writes to a tier below L1, by outcome",
+                ),
+                &["tier", "outcome"],
+            )
+            .expect("static metric definition"),
+        );
+        let promotions = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tierd_tier_promotions_total",
+                    "Hits in a tier copied into the faster tiers, by the tier that answered",
+                ),
+                &["tier"],
+            )
+            .expect("static metric definition"),
+        );
+        let queue_depth = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tierd_tier_queue_depth",
+                    "Writes accepted for a tier and not yet stored",
+                ),
+                &["tier"],
+            )
+            .expect("static metric definition"),
+        );
+        let circuit_open = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tierd_tier_circuit_open",
+                    "1 while a tier's circuit breaker is open (the tier is skipped)",
+                ),
+                &["tier"],
+            )
+            .expect("static metric definition"),
+        );
+        let op_seconds = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tierd_tier_operation_duration_seconds",
+                    "Time taken by tier operations (get: one lookup; write: one batch)",
+                )
+                .buckets(vec![
+                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+                    0.1, 0.25, 1.0,
+                ]),
+                &["tier", "op"],
+            )
+            .expect("static metric definition"),
+        );
+        let tier = |t: TierName| {
+            let n = t.as_str();
+            TierMetrics {
+                lookups: Lookup::ALL
+                    .iter()
+                    .map(|l| lookups.with_label_values(&[n, l.as_str()]))
+                    .collect(),
+                faults: TierFault::ALL
+                    .iter()
+                    .map(|f| faults.with_label_values(&[n, f.as_str()]))
+                    .collect(),
+                writes: WriteOutcome::ALL
+                    .iter()
+                    .map(|w| writes.with_label_values(&[n, w.as_str()]))
+                    .collect(),
+                evictions: EvictionCause::ALL
+                    .iter()
+                    .map(|c| evictions.with_label_values(&[n, c.as_str()]))
+                    .collect(),
+                promotions: promotions.with_label_values(&[n]),
+                queue_depth: queue_depth.with_label_values(&[n]),
+                circuit_open: circuit_open.with_label_values(&[n]),
+                entries: entries.with_label_values(&[n]),
+                bytes: bytes.with_label_values(&[n]),
+                get_seconds: op_seconds.with_label_values(&[n, "get"]),
+                write_seconds: op_seconds.with_label_values(&[n, "write"]),
+            }
+        };
         Metrics {
+            tiers: [tier(TierName::L1), tier(TierName::L2), tier(TierName::L3)],
             requests,
             not_modified: reg(
                 &r,
                 IntCounter::new("tierd_not_modified_total", "304 responses sent to clients")
                     .expect("static metric definition"),
             ),
-            evictions_l1,
-            l1_entries: entries.with_label_values(&["l1"]),
-            l1_bytes: bytes.with_label_values(&["l1"]),
             origin_requests: reg(
                 &r,
                 IntCounter::new("tierd_origin_requests_total", "Requests sent to the origin")
@@ -271,9 +473,15 @@ impl Metrics {
         self.requests[o as usize].inc();
     }
 
+    /// One tier's metrics.
+    #[inline]
+    pub fn tier(&self, t: TierName) -> &TierMetrics {
+        &self.tiers[t as usize]
+    }
+
     #[inline]
     pub fn l1_eviction(&self, c: EvictionCause) {
-        self.evictions_l1[c as usize].inc();
+        self.tiers[TierName::L1 as usize].evictions[c as usize].inc();
     }
 
     pub fn origin_error(&self, k: OriginError) {

@@ -13,7 +13,7 @@ use crate::cache::{single_flight::Flights, CacheState};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::store::{MemoryTier, TieredStore};
+use crate::store::{DuckTier, MemoryTier, RedisTier, StoreRuntime, TieredStore};
 use crate::upstream::Target;
 
 /// A running gateway.
@@ -28,17 +28,64 @@ pub struct Gateway {
     main_task: tokio::task::JoinHandle<io::Result<()>>,
 }
 
-/// Builds the shared cache state from settings.
-pub fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Arc<CacheState> {
-    let metrics = Arc::new(Metrics::new());
+/// Builds the tiers the settings enable. A tier that cannot start is left out with one log
+/// line; tierd serves without it.
+pub fn build_store(
+    settings: &Settings,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+) -> io::Result<TieredStore> {
     let l1 = MemoryTier::new(settings.tiers.l1.max_bytes, metrics.clone());
-    Arc::new(CacheState {
-        store: TieredStore::new(l1),
+    let mut store = TieredStore::new(l1, clock.clone(), metrics.clone());
+    let (l2, l3) = (&settings.tiers.l2, &settings.tiers.l3);
+    if !l2.enabled && !l3.enabled {
+        return Ok(store);
+    }
+    let rt = StoreRuntime::new(2)?;
+    let handle = rt.handle();
+    store = store.with_runtime(rt);
+    if l2.enabled {
+        let opts = l2.options();
+        match RedisTier::new(&opts, metrics.clone(), &handle) {
+            Ok(tier) => {
+                let tier = Arc::new(tier);
+                let probe = tier.clone();
+                let urls = opts.urls.join(",");
+                handle.spawn(async move {
+                    match probe.ping().await {
+                        Ok(()) => tracing::info!(tier = "l2", url = %urls, "Redis reachable"),
+                        Err(e) => tracing::warn!(tier = "l2", url = %urls, error = %e,
+                            "Redis unreachable; L2 lookups are misses until it answers (tierd reconnects on its own)"),
+                    }
+                });
+                store = store.with_tier(tier, Duration::from_secs(l2.max_ttl_seconds));
+            }
+            Err(e) => tracing::error!(tier = "l2", error = %e, "L2 disabled"),
+        }
+    }
+    if l3.enabled {
+        match DuckTier::open(&l3.options(), clock, metrics, &handle) {
+            Ok(tier) => {
+                tracing::info!(tier = "l3", path = %l3.path, "DuckDB file open");
+                store = store.with_tier(Arc::new(tier), Duration::from_secs(l3.max_ttl_seconds));
+            }
+            Err(e) => tracing::error!(tier = "l3", error = %e, "L3 disabled; tierd keeps serving from the other tiers"),
+        }
+    }
+    Ok(store)
+}
+
+/// Builds the shared cache state from settings.
+pub fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> io::Result<Arc<CacheState>> {
+    let metrics = Arc::new(Metrics::new());
+    let store = build_store(settings, clock.clone(), metrics.clone())?;
+    Ok(Arc::new(CacheState {
+        store,
         flights: Flights::new(),
         clock,
         policy: settings.cache_policy(),
         metrics,
-    })
+    }))
 }
 
 fn spawn(server: Server) -> (ServerHandle, tokio::task::JoinHandle<io::Result<()>>) {
@@ -49,7 +96,7 @@ fn spawn(server: Server) -> (ServerHandle, tokio::task::JoinHandle<io::Result<()
 impl Gateway {
     /// Binds every listener and starts serving. Must run inside an actix system.
     pub async fn start(settings: &Settings, clock: Arc<dyn Clock>) -> io::Result<Gateway> {
-        let state = build_state(settings, clock);
+        let state = build_state(settings, clock)?;
         let mut others = Vec::new();
 
         let mut demo_addr = None;
@@ -114,21 +161,24 @@ impl Gateway {
         })
     }
 
-    /// Runs until the gateway stops (SIGINT/SIGTERM: graceful), then stops the other listeners.
+    /// Runs until the gateway stops (SIGINT/SIGTERM: graceful), then stops the other listeners
+    /// and drains the lower tiers' write queues.
     pub async fn wait(self) -> io::Result<()> {
         let result = self.main_task.await.map_err(io::Error::other)?;
         for h in &self.others {
             h.stop(true).await;
         }
+        self.state.store.close().await;
         result
     }
 
-    /// Stops every listener.
+    /// Stops every listener, then drains the lower tiers' write queues.
     pub async fn stop(self, graceful: bool) {
         self.main.stop(graceful).await;
         for h in &self.others {
             h.stop(graceful).await;
         }
         let _ = self.main_task.await;
+        self.state.store.close().await;
     }
 }

@@ -5,6 +5,7 @@
 //! actix-web service: the gateway wraps its upstream proxy, an application wraps its handlers.
 
 mod cache_headers;
+pub mod codec;
 pub mod entry;
 pub mod key;
 mod response_cache;

@@ -3,12 +3,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use moka::notification::RemovalCause;
 use moka::sync::Cache;
 use moka::Expiry;
 
-use super::{Tier, TierError, TierName, TierStats};
+use super::TierStats;
 use crate::cache::entry::Slot;
 use crate::metrics::{EvictionCause, Metrics};
 
@@ -93,38 +92,23 @@ impl MemoryTier {
     pub fn sync(&self) {
         self.cache.run_pending_tasks();
     }
-}
 
-#[async_trait]
-impl Tier for MemoryTier {
-    fn name(&self) -> TierName {
-        TierName::L1
-    }
-
-    async fn get(&self, key: &str) -> Result<Option<Arc<Slot>>, TierError> {
-        Ok(self.get_now(key))
-    }
-
-    async fn put(&self, key: &str, slot: Arc<Slot>) -> Result<(), TierError> {
-        self.put_now(key, slot);
-        Ok(())
-    }
-
-    async fn delete(&self, key: &str) -> Result<bool, TierError> {
-        Ok(self.delete_now(key))
-    }
-
-    async fn purge_prefix(&self, prefix: &str) -> Result<u64, TierError> {
+    /// Removes every key starting with `prefix`; the number removed.
+    pub fn purge_prefix(&self, prefix: &str) -> u64 {
         let prefix = prefix.to_owned();
         let before = self.cache.entry_count();
-        self.cache
+        if let Err(e) = self
+            .cache
             .invalidate_entries_if(move |k, _| k.starts_with(&prefix))
-            .map_err(|e| TierError::Unavailable(e.to_string()))?;
+        {
+            tracing::error!(tier = "l1", error = %e, "prefix purge refused");
+        }
         self.cache.run_pending_tasks();
-        Ok(before.saturating_sub(self.cache.entry_count()))
+        before.saturating_sub(self.cache.entry_count())
     }
 
-    fn stats(&self) -> TierStats {
+    /// Current entry count and weighted bytes.
+    pub fn stats(&self) -> TierStats {
         TierStats {
             entries: self.cache.entry_count(),
             bytes: self.cache.weighted_size(),

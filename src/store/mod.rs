@@ -1,18 +1,26 @@
-//! Storage tiers. Each tier implements the small [`Tier`] trait; [`TieredStore`] composes them,
-//! fastest first. This build has L1 (moka, in process); L2 (Redis) and L3 (DuckDB) plug into the
-//! same trait.
+//! Storage tiers, fastest first: L1 in process ([`MemoryTier`], moka), L2 Redis ([`RedisTier`]),
+//! L3 DuckDB ([`DuckTier`]). [`TieredStore`] composes them.
+//!
+//! L1 holds decoded slots and is called directly on every request. The tiers below it implement
+//! the small [`Tier`] trait over encoded records ([`crate::cache::codec`]); their writes go
+//! through a bounded, ordered queue ([`queue`]) and never wait on the request path.
 
+mod breaker;
+mod duck;
 mod memory;
+pub mod queue;
+mod redis;
 mod tiered;
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
+use bytes::Bytes;
 
+pub use breaker::CircuitState;
+pub use duck::{key_hash, DuckOptions, DuckTier};
 pub use memory::MemoryTier;
-pub use tiered::TieredStore;
-
-use crate::cache::entry::Slot;
+pub use queue::Record;
+pub use redis::{RedisOptions, RedisTier};
+pub use tiered::{StoreRuntime, TieredStore};
 
 /// A storage tier's name; the same string is the `tier` metric label and `Cache-Status` detail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,8 +47,12 @@ pub enum TierError {
     Timeout,
     #[error("tier unavailable: {0}")]
     Unavailable(String),
-    #[error("stored entry could not be decoded: {0}")]
-    Decode(String),
+    #[error("circuit open: tier skipped")]
+    CircuitOpen,
+    #[error("write queue full")]
+    QueueFull,
+    #[error("tier closed")]
+    Closed,
 }
 
 /// A point-in-time view of a tier's size.
@@ -50,19 +62,40 @@ pub struct TierStats {
     pub bytes: u64,
 }
 
-/// One storage tier. Keys are cache keys; values are the whole [`Slot`] of a URI's variants.
+/// What `/_tierd/stats` and `/metrics` report about one tier.
+#[derive(Debug, Clone, Copy)]
+pub struct TierReport {
+    pub name: TierName,
+    /// `None` for a tier that cannot count (Redis is shared with other nodes).
+    pub stats: Option<TierStats>,
+    pub queue_depth: usize,
+    pub circuit: Option<CircuitState>,
+}
+
+/// A storage tier below L1: a store of encoded records keyed by cache key.
 #[async_trait]
 pub trait Tier: Send + Sync + 'static {
     /// Which tier this is.
     fn name(&self) -> TierName;
-    /// The slot stored under `key`, if any (expired entries are not returned).
-    async fn get(&self, key: &str) -> Result<Option<Arc<Slot>>, TierError>;
-    /// Stores `slot` under `key`, kept for `slot.keep_for` at most.
-    async fn put(&self, key: &str, slot: Arc<Slot>) -> Result<(), TierError>;
-    /// Removes `key`; true if something was removed.
-    async fn delete(&self, key: &str) -> Result<bool, TierError>;
-    /// Removes every key starting with `prefix` (a literal prefix); the number removed, when known.
+    /// The record stored under `key`, if any. Whether it is still fresh enough to serve is the
+    /// caller's decision (the record carries its expiry).
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, TierError>;
+    /// Accepts `record` for storage under `key` without waiting; [`TierError::QueueFull`] when
+    /// the queue is full (nothing was accepted).
+    fn put(&self, key: String, record: Record) -> Result<(), TierError>;
+    /// Removes `key` once every write accepted before it is applied, and waits for that.
+    async fn delete(&self, key: &str) -> Result<(), TierError>;
+    /// Removes every key starting with `prefix` (a literal prefix), ordered like `delete`; the
+    /// number removed.
     async fn purge_prefix(&self, prefix: &str) -> Result<u64, TierError>;
-    /// Current entry count and bytes.
-    fn stats(&self) -> TierStats;
+    /// Entry count and bytes held, when the tier knows them.
+    fn stats(&self) -> Option<TierStats>;
+    /// Writes accepted and not yet taken by the writer.
+    fn queue_depth(&self) -> usize;
+    /// The circuit breaker's state, for tiers that have one.
+    fn circuit(&self) -> Option<CircuitState> {
+        None
+    }
+    /// Stops accepting writes and returns once every accepted write is applied.
+    async fn close(&self);
 }

@@ -1,28 +1,105 @@
 //! The composition of tiers, fastest first.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
-use super::{MemoryTier, Tier, TierName, TierStats};
+use super::queue::Record;
+use super::{MemoryTier, Tier, TierError, TierName, TierReport};
+use crate::cache::codec::{self, millis};
 use crate::cache::entry::Slot;
+use crate::clock::Clock;
+use crate::metrics::{Lookup, Metrics, TierFault, WriteOutcome};
+
+/// The tokio runtime the lower tiers' I/O runs on: Redis connections, write workers, DuckDB reads.
+///
+/// It is separate from the HTTP workers' runtimes so that connections and queued writes outlive
+/// the listeners: a graceful shutdown stops the listeners first, then drains the queues here.
+pub struct StoreRuntime {
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl StoreRuntime {
+    /// A runtime with `threads` worker threads.
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .max_blocking_threads(16)
+            .thread_name("tierd-store")
+            .enable_all()
+            .build()?;
+        Ok(StoreRuntime { rt: Some(rt) })
+    }
+
+    /// A handle for spawning onto the runtime.
+    pub fn handle(&self) -> tokio::runtime::Handle {
+        match &self.rt {
+            Some(rt) => rt.handle().clone(),
+            None => unreachable!("the runtime is only taken in drop"),
+        }
+    }
+}
+
+impl Drop for StoreRuntime {
+    fn drop(&mut self) {
+        // Dropping a runtime from async code panics; the queues were drained by `close` already.
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+struct Lower {
+    tier: Arc<dyn Tier>,
+    /// Longest a record stays in this tier, whatever its own lifetime.
+    max_ttl: Duration,
+}
 
 /// L1 plus any lower tiers. L1 is held by its concrete type because it is on every request's
-/// path and needs no boxed future; lower tiers go through the [`Tier`] trait.
+/// path and needs no boxed future; lower tiers go through the [`Tier`] trait on the
+/// [`StoreRuntime`].
 pub struct TieredStore {
     l1: MemoryTier,
-    lower: Vec<Arc<dyn Tier>>,
+    lower: Vec<Lower>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    rt: Option<StoreRuntime>,
 }
 
 impl TieredStore {
-    pub fn new(l1: MemoryTier) -> Self {
+    /// A store with L1 only.
+    pub fn new(l1: MemoryTier, clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Self {
         TieredStore {
             l1,
             lower: Vec::new(),
+            clock,
+            metrics,
+            rt: None,
         }
+    }
+
+    /// Gives the store the runtime its lower tiers' I/O runs on (needed before `with_tier`).
+    pub fn with_runtime(mut self, rt: StoreRuntime) -> Self {
+        self.rt = Some(rt);
+        self
+    }
+
+    /// Adds the next slower tier; records stay in it `max_ttl` at most.
+    pub fn with_tier(mut self, tier: Arc<dyn Tier>, max_ttl: Duration) -> Self {
+        self.lower.push(Lower { tier, max_ttl });
+        self
     }
 
     /// The L1 tier.
     pub fn l1(&self) -> &MemoryTier {
         &self.l1
+    }
+
+    /// The tier called `name`, when it is configured below L1.
+    pub fn tier(&self, name: TierName) -> Option<&Arc<dyn Tier>> {
+        self.lower
+            .iter()
+            .find(|l| l.tier.name() == name)
+            .map(|l| &l.tier)
     }
 
     /// The slot for `key` from L1.
@@ -31,48 +108,212 @@ impl TieredStore {
         self.l1.get_now(key)
     }
 
-    /// Looks `key` up in the tiers below L1, fastest first; a failing tier counts as a miss.
-    /// A hit is copied into L1.
-    pub async fn get_lower(&self, key: &str) -> Option<(Arc<Slot>, TierName)> {
-        for tier in &self.lower {
-            match tier.get(key).await {
-                Ok(Some(slot)) => {
-                    self.l1.put_now(key, slot.clone());
-                    return Some((slot, tier.name()));
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(tier = tier.name().as_str(), error = %e, "tier lookup failed; treated as a miss")
-                }
-            }
-        }
-        None
-    }
-
     /// Whether any tier below L1 is configured.
     pub fn has_lower(&self) -> bool {
         !self.lower.is_empty()
     }
 
-    /// Atomically updates the slot under `key` in L1.
-    pub fn update(&self, key: &str, f: impl FnOnce(Option<&Arc<Slot>>) -> Option<Arc<Slot>>) {
-        self.l1.update(key, f);
+    async fn on_runtime<T: Send + 'static>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, TierError>> + Send + 'static,
+    ) -> Result<T, TierError> {
+        match &self.rt {
+            Some(rt) => rt
+                .handle()
+                .spawn(fut)
+                .await
+                .map_err(|e| TierError::Unavailable(e.to_string()))?,
+            None => fut.await,
+        }
     }
 
-    /// Removes `key` from every tier.
+    /// Looks `key` up in the tiers below L1, fastest first; a failing tier counts as a miss.
+    /// A hit is copied into L1 and into the lower tiers faster than the one that answered, with
+    /// its remaining keep time.
+    pub async fn get_lower(&self, key: &str) -> Option<(Arc<Slot>, TierName)> {
+        for (i, lower) in self.lower.iter().enumerate() {
+            let name = lower.tier.name();
+            let tm = self.metrics.tier(name);
+            let started = Instant::now();
+            let tier = lower.tier.clone();
+            let k = key.to_owned();
+            let got = self.on_runtime(async move { tier.get(&k).await }).await;
+            tm.get_seconds.observe(started.elapsed().as_secs_f64());
+            let record = match got {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    tm.lookup(Lookup::Miss);
+                    continue;
+                }
+                Err(e) => {
+                    tm.lookup(Lookup::Error);
+                    if !matches!(e, TierError::CircuitOpen) {
+                        tracing::debug!(tier = name.as_str(), error = %e, "tier lookup failed; treated as a miss");
+                    }
+                    continue;
+                }
+            };
+            let now = self.clock.now();
+            let decoded = match codec::decode(record, now) {
+                Ok(d) => d,
+                Err(e) => {
+                    tm.lookup(Lookup::Error);
+                    tm.fault(TierFault::Decode);
+                    tracing::warn!(tier = name.as_str(), reason = e.as_str(), error = %e, "stored record unreadable; treated as a miss");
+                    continue;
+                }
+            };
+            if decoded.tier_expires <= now {
+                tm.lookup(Lookup::Miss);
+                continue;
+            }
+            tm.lookup(Lookup::Hit);
+            tm.promotions.inc();
+            let slot = Arc::new(decoded.slot);
+            self.l1.put_now(key, slot.clone());
+            for faster in &self.lower[..i] {
+                self.write_one(faster, key, &slot, decoded.keep_until, now, None);
+            }
+            return Some((slot, name));
+        }
+        None
+    }
+
+    /// Atomically updates the slot under `key` in L1; the new slot is then queued for the lower
+    /// tiers (a removal is applied to them too).
+    pub fn update(&self, key: &str, f: impl FnOnce(Option<&Arc<Slot>>) -> Option<Arc<Slot>>) {
+        let mut result = None;
+        self.l1.update(key, |current| {
+            let next = f(current);
+            result = Some(next.clone());
+            next
+        });
+        if self.lower.is_empty() {
+            return;
+        }
+        match result {
+            Some(Some(slot)) => self.write_behind(key, &slot),
+            Some(None) => {
+                for lower in &self.lower {
+                    let tier = lower.tier.clone();
+                    let k = key.to_owned();
+                    if let Some(rt) = &self.rt {
+                        rt.handle().spawn(async move {
+                            if let Err(e) = tier.delete(&k).await {
+                                tracing::warn!(tier = tier.name().as_str(), error = %e, "tier delete failed");
+                            }
+                        });
+                    }
+                }
+            }
+            None => {}
+        }
+    }
+
+    /// Queues `slot` for every lower tier, each with its own TTL cap.
+    fn write_behind(&self, key: &str, slot: &Slot) {
+        let now = self.clock.now();
+        let keep_until = now + slot.keep_for;
+        let mut shared: Option<(SystemTime, bytes::Bytes)> = None;
+        for lower in &self.lower {
+            self.write_one(lower, key, slot, keep_until, now, Some(&mut shared));
+        }
+    }
+
+    /// Encodes (reusing `cache` when the expiry matches) and queues one write.
+    fn write_one(
+        &self,
+        lower: &Lower,
+        key: &str,
+        slot: &Slot,
+        keep_until: SystemTime,
+        now: SystemTime,
+        cache: Option<&mut Option<(SystemTime, bytes::Bytes)>>,
+    ) {
+        let expires = keep_until.min(now + lower.max_ttl);
+        let bytes = match cache {
+            Some(Some((at, b))) if *at == expires => b.clone(),
+            Some(c) => {
+                let b = codec::encode(slot, keep_until, expires);
+                *c = Some((expires, b.clone()));
+                b
+            }
+            None => codec::encode(slot, keep_until, expires),
+        };
+        let record = Record {
+            bytes,
+            expires_at_ms: millis(expires),
+            ttl: expires.duration_since(now).unwrap_or(Duration::ZERO),
+        };
+        let name = lower.tier.name();
+        if let Err(e) = lower.tier.put(key.to_owned(), record) {
+            self.metrics.tier(name).writes(WriteOutcome::QueueFull, 1);
+            tracing::debug!(tier = name.as_str(), error = %e, "write not accepted");
+        }
+    }
+
+    /// Removes `key` from every tier; returns once the lower tiers have applied it (or failed).
     pub async fn delete(&self, key: &str) {
         self.l1.delete_now(key);
-        for tier in &self.lower {
-            if let Err(e) = tier.delete(key).await {
-                tracing::warn!(tier = tier.name().as_str(), error = %e, "tier delete failed");
+        for lower in &self.lower {
+            let tier = lower.tier.clone();
+            let k = key.to_owned();
+            if let Err(e) = self.on_runtime(async move { tier.delete(&k).await }).await {
+                tracing::warn!(tier = lower.tier.name().as_str(), error = %e, "tier delete failed");
             }
         }
     }
 
-    /// Per-tier sizes.
-    pub fn stats(&self) -> Vec<(TierName, TierStats)> {
-        std::iter::once((TierName::L1, self.l1.stats()))
-            .chain(self.lower.iter().map(|t| (t.name(), t.stats())))
-            .collect()
+    /// Removes every key starting with `prefix` from every tier; the number removed per tier.
+    pub async fn purge_prefix(&self, prefix: &str) -> Vec<(TierName, Result<u64, TierError>)> {
+        let mut out = vec![(TierName::L1, Ok(self.l1.purge_prefix(prefix)))];
+        for lower in &self.lower {
+            let tier = lower.tier.clone();
+            let p = prefix.to_owned();
+            out.push((
+                lower.tier.name(),
+                self.on_runtime(async move { tier.purge_prefix(&p).await })
+                    .await,
+            ));
+        }
+        out
+    }
+
+    /// Per-tier sizes, write-queue depths and circuit states.
+    pub fn stats(&self) -> Vec<TierReport> {
+        std::iter::once(TierReport {
+            name: TierName::L1,
+            stats: Some(self.l1.stats()),
+            queue_depth: 0,
+            circuit: None,
+        })
+        .chain(self.lower.iter().map(|l| TierReport {
+            name: l.tier.name(),
+            stats: l.tier.stats(),
+            queue_depth: l.tier.queue_depth(),
+            circuit: l.tier.circuit(),
+        }))
+        .collect()
+    }
+
+    /// Graceful shutdown: stops accepting lower-tier writes and waits until every accepted one
+    /// is applied (or has failed against its tier).
+    pub async fn close(&self) {
+        for lower in &self.lower {
+            let tier = lower.tier.clone();
+            let name = tier.name();
+            let depth = tier.queue_depth();
+            let _ = self
+                .on_runtime(async move {
+                    tier.close().await;
+                    Ok(())
+                })
+                .await;
+            tracing::info!(
+                tier = name.as_str(),
+                drained = depth,
+                "write queue drained"
+            );
+        }
     }
 }

@@ -1,0 +1,521 @@
+//! L3: a DuckDB file, large and persistent (it survives tierd and Redis restarts).
+//!
+//! DuckDB is fast at scans and bulk loads and slow at single-row writes (an autocommit upsert
+//! costs milliseconds), so:
+//! - writes are queued and applied by one dedicated thread in batches: rows go through an
+//!   `Appender` into a staging table, then one `INSERT OR REPLACE` merges the batch, all in one
+//!   transaction (a crash leaves the previous state, never half a batch);
+//! - reads run on blocking threads, each on its own cloned connection, with a timeout;
+//! - the access times that drive LRU eviction are buffered by readers and written by the writer
+//!   once a second;
+//! - past `max_bytes`, expired entries go first, then the least recently used.
+//!
+//! Entries are keyed by a 64-bit xxh3 hash of the cache key; the key itself is stored and checked,
+//! so a hash collision is a miss, not a wrong answer.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use duckdb::{params, Connection, OptionalExt};
+use tokio::sync::{mpsc, oneshot};
+
+use super::queue::{Finished, Op, Record, WriteQueue};
+use super::{Tier, TierError, TierName, TierStats};
+use crate::cache::codec::millis;
+use crate::clock::Clock;
+use crate::metrics::{EvictionCause, Metrics, WriteOutcome};
+
+/// The table layout this build reads and writes.
+pub const SCHEMA_VERSION: &str = "1";
+/// Operations taken per write batch.
+const WRITE_BATCH: usize = 8192;
+/// How often buffered access times are written and the size cap is checked when idle.
+const TICK: Duration = Duration::from_secs(1);
+/// How often expired rows are deleted even under the size cap.
+const EXPIRE_EVERY: Duration = Duration::from_secs(30);
+/// Access times buffered between ticks; more are dropped (they only steer eviction).
+const MAX_TOUCHES: usize = 65_536;
+/// Per-row bookkeeping counted against `max_bytes` besides key and record.
+const ROW_OVERHEAD: u64 = 48;
+/// Eviction frees down to this share of `max_bytes`, so the cap is not hit on every batch.
+const LOW_WATER_PERCENT: u64 = 90;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS tierd_meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+INSERT OR IGNORE INTO tierd_meta VALUES ('schema', '1');
+CREATE TABLE IF NOT EXISTS entries (
+    key_hash    UBIGINT PRIMARY KEY,
+    cache_key   VARCHAR NOT NULL,
+    expires_at  UBIGINT NOT NULL,  -- ms since the Unix epoch: stop serving after this
+    last_access UBIGINT NOT NULL,  -- ms since the Unix epoch: LRU order
+    size        UBIGINT NOT NULL,  -- bytes counted against max_bytes
+    value       BLOB NOT NULL      -- the record (cache::codec)
+);
+";
+
+const STAGING: &str = "
+CREATE TEMP TABLE staging (key_hash UBIGINT, cache_key VARCHAR, expires_at UBIGINT,
+                           last_access UBIGINT, size UBIGINT, value BLOB);
+CREATE TEMP TABLE staging_del (key_hash UBIGINT);
+CREATE TEMP TABLE staging_touch (key_hash UBIGINT, ts UBIGINT);
+";
+
+/// Where the file is and how big it may grow.
+#[derive(Debug, Clone)]
+pub struct DuckOptions {
+    pub path: PathBuf,
+    pub max_bytes: u64,
+    pub queue_capacity: usize,
+    pub read_timeout: Duration,
+    /// How long a delete or purge waits behind queued writes.
+    pub write_timeout: Duration,
+}
+
+struct Shared {
+    entries: AtomicU64,
+    bytes: AtomicU64,
+    touches: Mutex<Vec<(u64, u64)>>,
+}
+
+/// The DuckDB tier.
+pub struct DuckTier {
+    /// Idle reader connections (clones of one database instance).
+    readers: Arc<Mutex<Vec<Connection>>>,
+    /// Kept to clone new reader connections from.
+    origin: Arc<Mutex<Connection>>,
+    shared: Arc<Shared>,
+    queue: WriteQueue,
+    clock: Arc<dyn Clock>,
+    read_timeout: Duration,
+    write_timeout: Duration,
+}
+
+/// The hash rows are keyed by.
+pub fn key_hash(key: &str) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+}
+
+fn db_err(e: duckdb::Error) -> TierError {
+    TierError::Unavailable(e.to_string())
+}
+
+impl DuckTier {
+    /// Opens (or creates) the file and starts the writer thread. Fails when the file is locked
+    /// by another process, cannot be created, is not a DuckDB file or has another schema.
+    pub fn open(
+        opts: &DuckOptions,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Self, TierError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            TierError::Unavailable(format!("{what} {}: {e}", opts.path.display()))
+        };
+        if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| fail("cannot create the directory of", &e))?;
+        }
+        let config = duckdb::Config::default()
+            .threads(2)
+            .and_then(|c| c.enable_autoload_extension(false))
+            .map_err(|e| fail("cannot configure", &e))?;
+        let conn = Connection::open_with_flags(&opts.path, config)
+            .map_err(|e| fail("cannot open", &e))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| fail("cannot create tables in", &e))?;
+        let version: String = conn
+            .query_row(
+                "SELECT value FROM tierd_meta WHERE name = 'schema'",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(|e| fail("cannot read the schema version of", &e))?;
+        if version != SCHEMA_VERSION {
+            return Err(TierError::Unavailable(format!(
+                "{} has schema version {version}; this build uses {SCHEMA_VERSION} (point tiers.l3.path at a new file)",
+                opts.path.display()
+            )));
+        }
+        let (entries, bytes) = count(&conn).map_err(|e| fail("cannot read", &e))?;
+        let shared = Arc::new(Shared {
+            entries: AtomicU64::new(entries),
+            bytes: AtomicU64::new(bytes),
+            touches: Mutex::new(Vec::new()),
+        });
+        let writer_conn = conn.try_clone().map_err(|e| fail("cannot open", &e))?;
+        writer_conn
+            .execute_batch(STAGING)
+            .map_err(|e| fail("cannot create staging tables for", &e))?;
+        let (queue, rx, finished) = WriteQueue::new(opts.queue_capacity);
+        let writer = Writer {
+            conn: writer_conn,
+            shared: shared.clone(),
+            clock: clock.clone(),
+            metrics,
+            max_bytes: opts.max_bytes,
+            last_expire: Instant::now(),
+        };
+        let handle = rt.clone();
+        std::thread::Builder::new()
+            .name("tierd-l3-writer".into())
+            .spawn(move || writer.run(rx, finished, handle))
+            .map_err(|e| fail("cannot start the writer thread for", &e))?;
+        Ok(DuckTier {
+            readers: Arc::new(Mutex::new(Vec::new())),
+            origin: Arc::new(Mutex::new(conn)),
+            shared,
+            queue,
+            clock,
+            read_timeout: opts.read_timeout,
+            write_timeout: opts.write_timeout,
+        })
+    }
+
+    /// The file's path, for logs.
+    pub fn describe(path: &Path) -> String {
+        path.display().to_string()
+    }
+}
+
+fn count(conn: &Connection) -> duckdb::Result<(u64, u64)> {
+    conn.query_row(
+        "SELECT count(*)::UBIGINT, coalesce(sum(size), 0)::UBIGINT FROM entries",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
+}
+
+#[async_trait]
+impl Tier for DuckTier {
+    fn name(&self) -> TierName {
+        TierName::L3
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, TierError> {
+        let key = key.to_owned();
+        let readers = self.readers.clone();
+        let origin = self.origin.clone();
+        let shared = self.shared.clone();
+        let now = millis(self.clock.now());
+        let read = tokio::task::spawn_blocking(move || {
+            let idle = readers.lock().ok().and_then(|mut r| r.pop());
+            let conn = match idle {
+                Some(c) => c,
+                None => origin
+                    .lock()
+                    .map_err(|_| TierError::Unavailable("l3 connection lock poisoned".into()))?
+                    .try_clone()
+                    .map_err(db_err)?,
+            };
+            let hash = key_hash(&key);
+            let row: Option<(String, Vec<u8>)> = {
+                let mut st = conn
+                    .prepare_cached("SELECT cache_key, value FROM entries WHERE key_hash = ?")
+                    .map_err(db_err)?;
+                st.query_row(params![hash], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+                    .map_err(db_err)?
+            };
+            if let Ok(mut r) = readers.lock() {
+                r.push(conn);
+            }
+            match row {
+                Some((k, v)) if k == key => {
+                    if let Ok(mut t) = shared.touches.lock() {
+                        if t.len() < MAX_TOUCHES {
+                            t.push((hash, now));
+                        }
+                    }
+                    Ok(Some(Bytes::from(v)))
+                }
+                _ => Ok(None),
+            }
+        });
+        match tokio::time::timeout(self.read_timeout, read).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => Err(TierError::Unavailable(e.to_string())),
+            Err(_) => Err(TierError::Timeout),
+        }
+    }
+
+    fn put(&self, key: String, record: Record) -> Result<(), TierError> {
+        self.queue.put(key, record)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), TierError> {
+        let key = key.to_owned();
+        self.queue
+            .request(self.write_timeout, |done| Op::Delete { key, done })
+            .await
+    }
+
+    async fn purge_prefix(&self, prefix: &str) -> Result<u64, TierError> {
+        let prefix = prefix.to_owned();
+        self.queue
+            .request(self.write_timeout, |done| Op::Purge { prefix, done })
+            .await
+    }
+
+    fn stats(&self) -> Option<TierStats> {
+        Some(TierStats {
+            entries: self.shared.entries.load(Ordering::Relaxed),
+            bytes: self.shared.bytes.load(Ordering::Relaxed),
+        })
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.queue.depth()
+    }
+
+    async fn close(&self) {
+        self.queue.close().await;
+        // The writer has checkpointed and dropped its connection; drop ours so the file is
+        // released when the store goes away.
+        if let Ok(mut r) = self.readers.lock() {
+            r.clear();
+        }
+    }
+}
+
+/// The final operation on one key within a batch.
+enum Final {
+    Put(String, Record),
+    Delete,
+}
+
+type Ack = oneshot::Sender<Result<(), TierError>>;
+
+struct Writer {
+    conn: Connection,
+    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+    max_bytes: u64,
+    last_expire: Instant,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>, finished: Finished, rt: tokio::runtime::Handle) {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let mut last_tick = Instant::now();
+        loop {
+            let received = rt.block_on(async {
+                tokio::time::timeout(TICK, rx.recv_many(&mut batch, WRITE_BATCH)).await
+            });
+            match received {
+                Ok(0) => break,
+                Ok(_) => self.apply(&mut batch),
+                Err(_) => {}
+            }
+            if last_tick.elapsed() >= TICK {
+                last_tick = Instant::now();
+                self.tick();
+            }
+        }
+        self.tick();
+        if let Err(e) = self.conn.execute_batch("CHECKPOINT") {
+            tracing::warn!(tier = "l3", error = %e, "checkpoint at shutdown failed; the WAL will be replayed at next start");
+        }
+        drop(self);
+        drop(finished);
+    }
+
+    fn apply(&mut self, batch: &mut Vec<Op>) {
+        let mut pending: HashMap<u64, Final> = HashMap::new();
+        let mut acks: Vec<Ack> = Vec::new();
+        for op in batch.drain(..) {
+            match op {
+                Op::Put { key, record } => {
+                    pending.insert(key_hash(&key), Final::Put(key, record));
+                }
+                Op::Delete { key, done } => {
+                    pending.insert(key_hash(&key), Final::Delete);
+                    acks.push(done);
+                }
+                Op::Purge { prefix, done } => {
+                    self.commit(&mut pending, &mut acks);
+                    let r = self
+                        .conn
+                        .execute(
+                            "DELETE FROM entries WHERE starts_with(cache_key, ?)",
+                            params![prefix],
+                        )
+                        .map(|n| n as u64)
+                        .map_err(db_err);
+                    self.recount();
+                    let _ = done.send(r);
+                }
+            }
+        }
+        self.commit(&mut pending, &mut acks);
+    }
+
+    fn commit(&mut self, pending: &mut HashMap<u64, Final>, acks: &mut Vec<Ack>) {
+        if pending.is_empty() && acks.is_empty() {
+            return;
+        }
+        let started = Instant::now();
+        let puts = pending
+            .values()
+            .filter(|f| matches!(f, Final::Put(..)))
+            .count() as u64;
+        let now = millis(self.clock.now());
+        let result = self.write_batch(pending, now).map_err(|e| e.to_string());
+        let tm = self.metrics.tier(TierName::L3);
+        tm.write_seconds.observe(started.elapsed().as_secs_f64());
+        match &result {
+            Ok(()) => tm.writes(WriteOutcome::Written, puts),
+            Err(e) => {
+                tm.writes(WriteOutcome::Failed, puts);
+                tracing::warn!(tier = "l3", error = %e, entries = puts, "write batch failed; rolled back");
+                let _ = self.conn.execute_batch("ROLLBACK");
+            }
+        }
+        pending.clear();
+        for a in acks.drain(..) {
+            let _ = a.send(result.clone().map_err(TierError::Unavailable));
+        }
+        self.recount();
+        if self.shared.bytes.load(Ordering::Relaxed) > self.max_bytes {
+            self.enforce_cap();
+        }
+    }
+
+    fn write_batch(&mut self, pending: &HashMap<u64, Final>, now: u64) -> duckdb::Result<()> {
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        {
+            let mut app = self.conn.appender_to_catalog_and_db("staging", "temp", "main")?;
+            for (hash, f) in pending {
+                if let Final::Put(key, r) = f {
+                    let size = r.bytes.len() as u64 + key.len() as u64 + ROW_OVERHEAD;
+                    app.append_row(params![hash, key, r.expires_at_ms, now, size, &r.bytes[..]])?;
+                }
+            }
+            app.flush()?;
+            let mut del = self
+                .conn
+                .appender_to_catalog_and_db("staging_del", "temp", "main")?;
+            for (hash, f) in pending {
+                if let Final::Delete = f {
+                    del.append_row(params![hash])?;
+                }
+            }
+            del.flush()?;
+        }
+        self.conn.execute_batch(
+            "DELETE FROM entries WHERE key_hash IN (SELECT key_hash FROM temp.staging_del);
+             INSERT OR REPLACE INTO entries SELECT * FROM temp.staging;
+             DELETE FROM temp.staging;
+             DELETE FROM temp.staging_del;
+             COMMIT;",
+        )
+    }
+
+    fn recount(&self) {
+        match count(&self.conn) {
+            Ok((entries, bytes)) => {
+                self.shared.entries.store(entries, Ordering::Relaxed);
+                self.shared.bytes.store(bytes, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(tier = "l3", error = %e, "cannot count entries"),
+        }
+    }
+
+    /// Writes buffered access times; deletes expired rows now and then.
+    fn tick(&mut self) {
+        let touches = self
+            .shared
+            .touches
+            .lock()
+            .map(|mut t| std::mem::take(&mut *t))
+            .unwrap_or_default();
+        if !touches.is_empty() {
+            if let Err(e) = self.write_touches(&touches) {
+                let _ = self.conn.execute_batch("ROLLBACK");
+                tracing::debug!(tier = "l3", error = %e, "access times not recorded");
+            }
+        }
+        if self.last_expire.elapsed() >= EXPIRE_EVERY {
+            self.last_expire = Instant::now();
+            self.delete_expired();
+            self.recount();
+        }
+        if self.shared.bytes.load(Ordering::Relaxed) > self.max_bytes {
+            self.enforce_cap();
+        }
+    }
+
+    fn write_touches(&mut self, touches: &[(u64, u64)]) -> duckdb::Result<()> {
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        {
+            let mut app = self
+                .conn
+                .appender_to_catalog_and_db("staging_touch", "temp", "main")?;
+            for (h, ts) in touches {
+                app.append_row(params![h, ts])?;
+            }
+            app.flush()?;
+        }
+        self.conn.execute_batch(
+            "UPDATE entries SET last_access = t.ts
+               FROM (SELECT key_hash, max(ts) AS ts FROM temp.staging_touch GROUP BY key_hash) t
+              WHERE entries.key_hash = t.key_hash AND entries.last_access < t.ts;
+             DELETE FROM temp.staging_touch;
+             COMMIT;",
+        )
+    }
+
+    fn delete_expired(&mut self) -> u64 {
+        let now = millis(self.clock.now());
+        match self
+            .conn
+            .execute("DELETE FROM entries WHERE expires_at <= ?", params![now])
+        {
+            Ok(n) => {
+                self.metrics
+                    .tier(TierName::L3)
+                    .evicted(EvictionCause::Expired, n as u64);
+                n as u64
+            }
+            Err(e) => {
+                tracing::warn!(tier = "l3", error = %e, "cannot delete expired entries");
+                0
+            }
+        }
+    }
+
+    /// Over `max_bytes`: expired entries first, then the least recently used, down to the low
+    /// water mark.
+    fn enforce_cap(&mut self) {
+        self.delete_expired();
+        self.recount();
+        let bytes = self.shared.bytes.load(Ordering::Relaxed);
+        if bytes <= self.max_bytes {
+            return;
+        }
+        let target = self.max_bytes / 100 * LOW_WATER_PERCENT;
+        let excess = bytes.saturating_sub(target);
+        let r = self.conn.execute(
+            "DELETE FROM entries WHERE key_hash IN (
+                SELECT key_hash FROM (
+                    SELECT key_hash, size,
+                           sum(size) OVER (ORDER BY last_access, key_hash
+                                           ROWS UNBOUNDED PRECEDING) AS cum
+                      FROM entries)
+                 WHERE cum - size < ?)",
+            params![excess],
+        );
+        match r {
+            Ok(n) => self
+                .metrics
+                .tier(TierName::L3)
+                .evicted(EvictionCause::Size, n as u64),
+            Err(e) => tracing::warn!(tier = "l3", error = %e, "size-cap eviction failed"),
+        }
+        self.recount();
+    }
+}

@@ -1,0 +1,119 @@
+//! The bounded, ordered write queue in front of a tier below L1.
+//!
+//! Puts are accepted without waiting (or refused when the queue is full, before anything is
+//! promised). Deletes and purges queue behind every write accepted before them and wait until
+//! they are applied, so an invalidation can never be overtaken by an older write. Closing the
+//! queue lets the worker drain everything accepted, then waits for it to finish.
+
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use super::TierError;
+
+/// An encoded slot ready for a tier.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub bytes: Bytes,
+    /// When the tier must stop serving it (milliseconds since the Unix epoch, cache clock).
+    pub expires_at_ms: u64,
+    /// The same expiry as a duration from the time the write was accepted (for Redis' TTL).
+    pub ttl: Duration,
+}
+
+/// One queued operation.
+#[derive(Debug)]
+pub enum Op {
+    Put {
+        key: String,
+        record: Record,
+    },
+    Delete {
+        key: String,
+        done: oneshot::Sender<Result<(), TierError>>,
+    },
+    Purge {
+        prefix: String,
+        done: oneshot::Sender<Result<u64, TierError>>,
+    },
+}
+
+/// The sending side, held by the tier.
+pub struct WriteQueue {
+    tx: RwLock<Option<mpsc::Sender<Op>>>,
+    capacity: usize,
+    finished: Mutex<Option<oneshot::Receiver<()>>>,
+}
+
+/// Held by the worker; dropping it tells [`WriteQueue::close`] the worker is done.
+pub struct Finished(#[allow(dead_code)] oneshot::Sender<()>);
+
+impl WriteQueue {
+    /// A queue of `capacity` operations, and the worker's ends of it.
+    pub fn new(capacity: usize) -> (Self, mpsc::Receiver<Op>, Finished) {
+        let capacity = capacity.max(1);
+        let (tx, rx) = mpsc::channel(capacity);
+        let (done_tx, done_rx) = oneshot::channel();
+        (
+            WriteQueue {
+                tx: RwLock::new(Some(tx)),
+                capacity,
+                finished: Mutex::new(Some(done_rx)),
+            },
+            rx,
+            Finished(done_tx),
+        )
+    }
+
+    fn sender(&self) -> Option<mpsc::Sender<Op>> {
+        self.tx.read().ok().and_then(|g| g.clone())
+    }
+
+    /// Accepts a put without waiting.
+    pub fn put(&self, key: String, record: Record) -> Result<(), TierError> {
+        let guard = self.tx.read().map_err(|_| TierError::Closed)?;
+        let tx = guard.as_ref().ok_or(TierError::Closed)?;
+        tx.try_send(Op::Put { key, record }).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => TierError::QueueFull,
+            mpsc::error::TrySendError::Closed(_) => TierError::Closed,
+        })
+    }
+
+    /// Queues an operation built around a reply channel and waits for the reply, at most
+    /// `timeout` in all.
+    pub async fn request<T>(
+        &self,
+        timeout: Duration,
+        make: impl FnOnce(oneshot::Sender<Result<T, TierError>>) -> Op,
+    ) -> Result<T, TierError> {
+        let tx = self.sender().ok_or(TierError::Closed)?;
+        let (done, reply) = oneshot::channel();
+        let work = async move {
+            tx.send(make(done)).await.map_err(|_| TierError::Closed)?;
+            reply.await.map_err(|_| TierError::Closed)?
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| TierError::Timeout)?
+    }
+
+    /// Operations accepted and not yet taken by the worker.
+    pub fn depth(&self) -> usize {
+        self.sender()
+            .map(|tx| self.capacity - tx.capacity())
+            .unwrap_or(0)
+    }
+
+    /// Stops accepting, then waits until the worker has applied everything accepted.
+    pub async fn close(&self) {
+        if let Ok(mut g) = self.tx.write() {
+            g.take();
+        }
+        let finished = self.finished.lock().ok().and_then(|mut g| g.take());
+        if let Some(rx) = finished {
+            let _ = rx.await;
+        }
+    }
+}

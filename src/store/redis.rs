@@ -1,0 +1,437 @@
+//! L2: Redis, shared by every tierd node, through deadpool-redis (one server or a Cluster).
+//!
+//! Records are stored under `<key_prefix>:v<format>:<cache key>` with a Redis TTL equal to the
+//! record's remaining keep time, so Redis forgets entries on its own. Reads go straight to Redis
+//! with a command timeout; writes are queued and sent in pipelined batches by one worker task,
+//! which keeps them in order. A [`Breaker`] makes an unreachable Redis cost nothing: after a few
+//! failures every operation fails fast until a probe succeeds; the pool reconnects by itself.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use deadpool_redis::redis::{self, AsyncCommands};
+use deadpool_redis::{cluster, Runtime};
+use tokio::sync::mpsc;
+
+use super::breaker::{Breaker, CircuitState, Transition};
+use super::queue::{Finished, Op, Record, WriteQueue};
+use super::{Tier, TierError, TierName, TierStats};
+use crate::cache::codec::FORMAT_VERSION;
+use crate::metrics::{Metrics, TierFault, WriteOutcome};
+
+/// Operations per pipelined write batch.
+const WRITE_BATCH: usize = 128;
+/// Keys asked for per `SCAN` step of a prefix purge.
+const SCAN_COUNT: usize = 1000;
+
+/// How to reach Redis and how hard to try.
+#[derive(Debug, Clone)]
+pub struct RedisOptions {
+    /// One URL for a single server; with `cluster`, the seed nodes.
+    pub urls: Vec<String>,
+    pub cluster: bool,
+    pub pool_size: usize,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    /// Prefix of every key; the record format version is appended to it.
+    pub key_prefix: String,
+    pub queue_capacity: usize,
+    /// Consecutive failures that open the circuit.
+    pub failure_threshold: u32,
+    /// How long an open circuit skips Redis before probing it.
+    pub open_for: Duration,
+}
+
+enum Pool {
+    Single(deadpool_redis::Pool),
+    Cluster(cluster::Pool),
+}
+
+struct Inner {
+    pool: Pool,
+    prefix: String,
+    command_timeout: Duration,
+    breaker: Breaker,
+    metrics: Arc<Metrics>,
+}
+
+/// The Redis tier.
+pub struct RedisTier {
+    inner: Arc<Inner>,
+    queue: WriteQueue,
+}
+
+impl RedisTier {
+    /// Builds the pool and starts the write worker on `rt`. Connections are made lazily, so this
+    /// succeeds while Redis is down; only a malformed URL is an error.
+    pub fn new(
+        opts: &RedisOptions,
+        metrics: Arc<Metrics>,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Self, TierError> {
+        let _guard = rt.enter();
+        let timeouts = deadpool_redis::Timeouts {
+            wait: Some(opts.command_timeout),
+            create: Some(opts.connect_timeout),
+            recycle: Some(opts.command_timeout),
+        };
+        let bad = |e: &dyn std::fmt::Display| TierError::Unavailable(format!("tiers.l2: {e}"));
+        let pool = if opts.cluster {
+            let mut cfg = cluster::Config::from_urls(opts.urls.clone());
+            cfg.pool = Some(deadpool_redis::PoolConfig {
+                max_size: opts.pool_size.max(1),
+                timeouts,
+                ..Default::default()
+            });
+            Pool::Cluster(cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad(&e))?)
+        } else {
+            let url = opts
+                .urls
+                .first()
+                .ok_or_else(|| TierError::Unavailable("tiers.l2.url is empty".into()))?;
+            let mut cfg = deadpool_redis::Config::from_url(url.clone());
+            cfg.pool = Some(deadpool_redis::PoolConfig {
+                max_size: opts.pool_size.max(1),
+                timeouts,
+                ..Default::default()
+            });
+            Pool::Single(cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad(&e))?)
+        };
+        let inner = Arc::new(Inner {
+            pool,
+            prefix: format!("{}:v{}:", opts.key_prefix, FORMAT_VERSION),
+            command_timeout: opts.command_timeout,
+            breaker: Breaker::new(opts.failure_threshold, opts.open_for),
+            metrics,
+        });
+        let (queue, rx, finished) = WriteQueue::new(opts.queue_capacity);
+        rt.spawn(inner.clone().write_worker(rx, finished));
+        Ok(RedisTier { inner, queue })
+    }
+
+    /// The circuit breaker's state.
+    pub fn circuit(&self) -> CircuitState {
+        self.inner.breaker.state()
+    }
+
+    /// Sends `PING`; for a startup check and readiness.
+    pub async fn ping(&self) -> Result<(), TierError> {
+        self.inner
+            .guarded(|mut c| async move {
+                let _: String = redis::cmd("PING").query_async(&mut c).await?;
+                Ok(())
+            })
+            .await
+    }
+}
+
+/// A pooled connection of either kind.
+enum Conn {
+    Single(deadpool_redis::Connection),
+    Cluster(cluster::Connection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+enum Failure {
+    Pool(String),
+    Redis(redis::RedisError),
+}
+
+impl From<redis::RedisError> for Failure {
+    fn from(e: redis::RedisError) -> Self {
+        Failure::Redis(e)
+    }
+}
+
+impl Inner {
+    fn key(&self, key: &str) -> String {
+        let mut k = String::with_capacity(self.prefix.len() + key.len());
+        k.push_str(&self.prefix);
+        k.push_str(key);
+        k
+    }
+
+    async fn conn(&self) -> Result<Conn, Failure> {
+        match &self.pool {
+            Pool::Single(p) => p
+                .get()
+                .await
+                .map(Conn::Single)
+                .map_err(|e| Failure::Pool(e.to_string())),
+            Pool::Cluster(p) => p
+                .get()
+                .await
+                .map(Conn::Cluster)
+                .map_err(|e| Failure::Pool(e.to_string())),
+        }
+    }
+
+    /// Runs `op` on a pooled connection through the breaker, within the command timeout.
+    async fn guarded<T, F, Fut>(&self, op: F) -> Result<T, TierError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let tm = self.metrics.tier(TierName::L2);
+        if !self.breaker.allow() {
+            tm.fault(TierFault::CircuitOpen);
+            return Err(TierError::CircuitOpen);
+        }
+        let work = async {
+            let c = self.conn().await?;
+            op(c).await
+        };
+        let result = match tokio::time::timeout(self.command_timeout, work).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(Failure::Pool(e))) => Err(TierError::Unavailable(e)),
+            Ok(Err(Failure::Redis(e))) => Err(TierError::Unavailable(e.to_string())),
+            Err(_) => Err(TierError::Timeout),
+        };
+        match self.breaker.record(result.is_ok()) {
+            Transition::Opened => {
+                tm.circuit_open.set(1);
+                tracing::warn!(tier = "l2", error = %result.as_ref().err().map(ToString::to_string).unwrap_or_default(),
+                    "Redis keeps failing; circuit open, L2 is skipped until a probe succeeds");
+            }
+            Transition::Closed => {
+                tm.circuit_open.set(0);
+                tracing::info!(tier = "l2", "Redis answers again; circuit closed");
+            }
+            Transition::None => {}
+        }
+        if let Err(e) = &result {
+            tm.fault(match e {
+                TierError::Timeout => TierFault::Timeout,
+                _ => TierFault::Unavailable,
+            });
+        }
+        result
+    }
+
+    async fn write_worker(self: Arc<Self>, mut rx: mpsc::Receiver<Op>, finished: Finished) {
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        let mut puts: Vec<(String, Record)> = Vec::with_capacity(WRITE_BATCH);
+        while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+            for op in batch.drain(..) {
+                match op {
+                    Op::Put { key, record } => puts.push((key, record)),
+                    Op::Delete { key, done } => {
+                        self.write_puts(&mut puts).await;
+                        let _ = done.send(self.delete_now(&key).await);
+                    }
+                    Op::Purge { prefix, done } => {
+                        self.write_puts(&mut puts).await;
+                        let _ = done.send(self.purge_now(&prefix).await);
+                    }
+                }
+            }
+            self.write_puts(&mut puts).await;
+        }
+        drop(finished);
+    }
+
+    async fn write_puts(&self, puts: &mut Vec<(String, Record)>) {
+        if puts.is_empty() {
+            return;
+        }
+        let n = puts.len() as u64;
+        let tm = self.metrics.tier(TierName::L2);
+        let started = Instant::now();
+        let items: Vec<(String, Bytes, u64)> = puts
+            .drain(..)
+            .map(|(k, r)| {
+                let ms = u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+                (self.key(&k), r.bytes, ms)
+            })
+            .collect();
+        let cluster = matches!(self.pool, Pool::Cluster(_));
+        let result = self
+            .guarded(|mut c| async move {
+                if cluster {
+                    // Keys of one batch live on different nodes: one command each.
+                    for (k, v, ms) in &items {
+                        let _: () = redis::cmd("SET")
+                            .arg(k)
+                            .arg(&v[..])
+                            .arg("PX")
+                            .arg(*ms)
+                            .query_async(&mut c)
+                            .await?;
+                    }
+                } else {
+                    let mut pipe = redis::pipe();
+                    for (k, v, ms) in &items {
+                        pipe.cmd("SET").arg(k).arg(&v[..]).arg("PX").arg(*ms).ignore();
+                    }
+                    let _: () = pipe.query_async(&mut c).await?;
+                }
+                Ok(())
+            })
+            .await;
+        tm.write_seconds.observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(()) => tm.writes(WriteOutcome::Written, n),
+            Err(e) => {
+                tm.writes(WriteOutcome::Failed, n);
+                tracing::debug!(tier = "l2", error = %e, entries = n, "write batch not stored");
+            }
+        }
+    }
+
+    async fn delete_now(&self, key: &str) -> Result<(), TierError> {
+        let k = self.key(key);
+        self.guarded(|mut c| async move {
+            let _: u64 = c.del(&k).await?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn purge_now(&self, prefix: &str) -> Result<u64, TierError> {
+        if matches!(self.pool, Pool::Cluster(_)) {
+            return Err(TierError::Unavailable(
+                "prefix purge is not supported on Redis Cluster".into(),
+            ));
+        }
+        let pattern = format!("{}*", glob_escape(&self.key(prefix)));
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let pat = pattern.clone();
+            let (next, keys): (u64, Vec<String>) = self
+                .guarded(|mut c| async move {
+                    Ok(redis::cmd("SCAN")
+                        .arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pat)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .query_async(&mut c)
+                        .await?)
+                })
+                .await?;
+            if !keys.is_empty() {
+                removed += self
+                    .guarded(|mut c| async move {
+                        let n: u64 = redis::cmd("UNLINK")
+                            .arg(&keys)
+                            .query_async(&mut c)
+                            .await?;
+                        Ok(n)
+                    })
+                    .await?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+}
+
+/// Escapes Redis glob metacharacters so a key prefix matches literally.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '^') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[async_trait]
+impl Tier for RedisTier {
+    fn name(&self) -> TierName {
+        TierName::L2
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, TierError> {
+        let k = self.inner.key(key);
+        self.inner
+            .guarded(|mut c| async move {
+                let v: Option<Vec<u8>> = c.get(&k).await?;
+                Ok(v.map(Bytes::from))
+            })
+            .await
+    }
+
+    fn put(&self, key: String, record: Record) -> Result<(), TierError> {
+        self.queue.put(key, record)
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), TierError> {
+        let key = key.to_owned();
+        // Waits behind queued writes: a little over one batch's worth of command timeouts.
+        let wait = self.inner.command_timeout * 4;
+        self.queue
+            .request(wait, |done| Op::Delete { key, done })
+            .await
+    }
+
+    async fn purge_prefix(&self, prefix: &str) -> Result<u64, TierError> {
+        let prefix = prefix.to_owned();
+        let wait = self.inner.command_timeout * 64;
+        self.queue
+            .request(wait, |done| Op::Purge { prefix, done })
+            .await
+    }
+
+    fn stats(&self) -> Option<TierStats> {
+        // Redis is shared with other nodes (and maybe other programs): no per-node count.
+        None
+    }
+
+    fn queue_depth(&self) -> usize {
+        self.queue.depth()
+    }
+
+    fn circuit(&self) -> Option<CircuitState> {
+        Some(self.inner.breaker.state())
+    }
+
+    async fn close(&self) {
+        self.queue.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_escape;
+
+    #[test]
+    fn glob_metacharacters_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\d^"), "a\\*b\\?\\[c\\]\\\\d\\^");
+        assert_eq!(glob_escape("host/path?q=1"), "host/path\\?q=1");
+    }
+}
