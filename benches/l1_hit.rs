@@ -13,7 +13,8 @@ use tierd::config::Settings;
 
 fn bench(c: &mut Criterion) {
     let rt = actix_web::rt::System::new();
-    let state = tierd::server::build_state(&Settings::default(), Arc::new(SystemClock)).expect("state");
+    let state =
+        tierd::server::build_state(&Settings::default(), Arc::new(SystemClock)).expect("state");
     let body: String = "x".repeat(1300);
     let app = rt.block_on(test::init_service(
         App::new()

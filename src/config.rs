@@ -25,7 +25,7 @@ pub const DEFAULT_L1_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_KEEP_STALE_SECONDS: u64 = 3_600;
 pub const DEFAULT_L2_URL: &str = "redis://127.0.0.1:6379";
-pub const DEFAULT_L2_POOL_SIZE: usize = 16;
+pub const DEFAULT_L2_POOL_SIZE: usize = 8;
 pub const DEFAULT_L2_CONNECT_TIMEOUT_MS: u64 = 250;
 pub const DEFAULT_L2_COMMAND_TIMEOUT_MS: u64 = 100;
 pub const DEFAULT_L2_KEY_PREFIX: &str = "tierd";
@@ -477,7 +477,10 @@ impl Settings {
                 ("tiers.l2.command_timeout_ms", l2.command_timeout_ms),
                 ("tiers.l2.max_ttl_seconds", l2.max_ttl_seconds),
                 ("tiers.l2.queue_capacity", l2.queue_capacity as u64),
-                ("tiers.l2.circuit_failure_threshold", u64::from(l2.circuit_failure_threshold)),
+                (
+                    "tiers.l2.circuit_failure_threshold",
+                    u64::from(l2.circuit_failure_threshold),
+                ),
                 ("tiers.l2.circuit_open_ms", l2.circuit_open_ms),
             ] {
                 if v == 0 {
@@ -485,16 +488,28 @@ impl Settings {
                 }
             }
             if l2.key_prefix.is_empty() || l2.key_prefix.contains(char::is_whitespace) {
-                return err("tiers.l2.key_prefix", "must be a non-empty word without spaces, e.g. tierd".into());
+                return err(
+                    "tiers.l2.key_prefix",
+                    "must be a non-empty word without spaces, e.g. tierd".into(),
+                );
             }
         }
         if self.tiers.l3.enabled {
             let l3 = &self.tiers.l3;
             if l3.path.trim().is_empty() {
-                return err("tiers.l3.path", "must name a file, e.g. data/tierd.duckdb".into());
+                return err(
+                    "tiers.l3.path",
+                    "must name a file, e.g. data/tierd.duckdb".into(),
+                );
             }
             if l3.max_bytes < 1024 * 1024 {
-                return err("tiers.l3.max_bytes", format!("{} is too small; use at least 1048576 (1 MiB)", l3.max_bytes));
+                return err(
+                    "tiers.l3.max_bytes",
+                    format!(
+                        "{} is too small; use at least 1048576 (1 MiB)",
+                        l3.max_bytes
+                    ),
+                );
             }
             for (key, v) in [
                 ("tiers.l3.max_ttl_seconds", l3.max_ttl_seconds),

@@ -69,7 +69,9 @@ pub fn build_store(
                 tracing::info!(tier = "l3", path = %l3.path, "DuckDB file open");
                 store = store.with_tier(Arc::new(tier), Duration::from_secs(l3.max_ttl_seconds));
             }
-            Err(e) => tracing::error!(tier = "l3", error = %e, "L3 disabled; tierd keeps serving from the other tiers"),
+            Err(e) => {
+                tracing::error!(tier = "l3", error = %e, "L3 disabled; tierd keeps serving from the other tiers")
+            }
         }
     }
     Ok(store)

@@ -79,13 +79,7 @@ fn from_millis(ms: u64) -> SystemTime {
 
 /// Encodes `slot`, kept until `keep_until`, for a tier that must drop it at `tier_expires`.
 pub fn encode(slot: &Slot, keep_until: SystemTime, tier_expires: SystemTime) -> Bytes {
-    let size: usize = slot
-        .variants
-        .iter()
-        .map(|v| v.weight() + 64)
-        .sum::<usize>()
-        + HEADER_LEN
-        + 8;
+    let size: usize = slot.variants.iter().map(|v| v.weight() + 64).sum::<usize>() + HEADER_LEN + 8;
     let mut out = BytesMut::with_capacity(size);
     out.put_u8(MAGIC);
     out.put_u8(FORMAT_VERSION);
@@ -377,9 +371,15 @@ mod tests {
         CachedResponse {
             status: StatusCode::OK,
             headers: vec![
-                (header::CONTENT_TYPE, HeaderValue::from_static("application/json")),
+                (
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                ),
                 (header::ETAG, HeaderValue::from_static("\"v1\"")),
-                (header::CACHE_CONTROL, HeaderValue::from_static("max-age=60")),
+                (
+                    header::CACHE_CONTROL,
+                    HeaderValue::from_static("max-age=60"),
+                ),
             ]
             .into_boxed_slice(),
             body: Bytes::from_static(body.as_bytes()),
@@ -395,7 +395,10 @@ mod tests {
             last_modified: None,
             vary: match vary {
                 Some(v) => vec![
-                    (header::ACCEPT_LANGUAGE, Some(Bytes::from_static(v.as_bytes()))),
+                    (
+                        header::ACCEPT_LANGUAGE,
+                        Some(Bytes::from_static(v.as_bytes())),
+                    ),
                     (header::ACCEPT_ENCODING, None),
                 ]
                 .into_boxed_slice(),
@@ -407,8 +410,11 @@ mod tests {
 
     fn slot() -> Slot {
         Slot {
-            variants: vec![Arc::new(entry("{\"a\":1}", Some("en"))), Arc::new(entry("x", Some("fr")))]
-                .into_boxed_slice(),
+            variants: vec![
+                Arc::new(entry("{\"a\":1}", Some("en"))),
+                Arc::new(entry("x", Some("fr"))),
+            ]
+            .into_boxed_slice(),
             keep_for: Duration::from_secs(100),
             weight: 1,
         }
@@ -431,7 +437,12 @@ mod tests {
         assert_eq!(a.body, b.body);
         assert_eq!(a.response_time, b.response_time);
         assert_eq!(
-            (a.initial_age, a.lifetime, a.stale_while_revalidate, a.stale_if_error),
+            (
+                a.initial_age,
+                a.lifetime,
+                a.stale_while_revalidate,
+                a.stale_if_error
+            ),
             (3, 60, 5, 300)
         );
         assert_eq!((a.no_cache, a.no_stale, a.origin_etag), (false, true, true));
@@ -440,7 +451,10 @@ mod tests {
         assert_eq!(a.vary, b.vary);
         assert_eq!(a.tags, b.tags);
         assert_eq!(d.slot.variants[1].body, Bytes::from_static(b"x"));
-        assert_eq!(d.slot.weight as usize, a.weight() + d.slot.variants[1].weight());
+        assert_eq!(
+            d.slot.weight as usize,
+            a.weight() + d.slot.variants[1].weight()
+        );
     }
 
     fn tier_expires_of(b: &[u8]) -> SystemTime {
@@ -461,7 +475,10 @@ mod tests {
         let good = encode(&slot(), now, now);
         let mut old = good.to_vec();
         old[1] = 0;
-        assert_eq!(decode(Bytes::from(old), now).err(), Some(DecodeError::Version(0)));
+        assert_eq!(
+            decode(Bytes::from(old), now).err(),
+            Some(DecodeError::Version(0))
+        );
         assert_eq!(
             decode(Bytes::from_static(b"{\"json\":true}"), now).err(),
             Some(DecodeError::Foreign)

@@ -123,7 +123,10 @@ mod tests {
         assert!(b.allow());
         assert_eq!(b.record(false), Transition::Opened);
         assert_eq!(b.state(), CircuitState::Open);
-        assert!(!b.allow(), "open circuit lets nothing through during the cool-down");
+        assert!(
+            !b.allow(),
+            "open circuit lets nothing through during the cool-down"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! so a hash collision is a miss, not a wrong answer.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -86,8 +86,8 @@ struct Shared {
 pub struct DuckTier {
     /// Idle reader connections (clones of one database instance).
     readers: Arc<Mutex<Vec<Connection>>>,
-    /// Kept to clone new reader connections from.
-    origin: Arc<Mutex<Connection>>,
+    /// Kept to clone new reader connections from; taken at close so the file is released.
+    origin: Arc<Mutex<Option<Connection>>>,
     shared: Arc<Shared>,
     queue: WriteQueue,
     clock: Arc<dyn Clock>,
@@ -123,8 +123,8 @@ impl DuckTier {
             .threads(2)
             .and_then(|c| c.enable_autoload_extension(false))
             .map_err(|e| fail("cannot configure", &e))?;
-        let conn = Connection::open_with_flags(&opts.path, config)
-            .map_err(|e| fail("cannot open", &e))?;
+        let conn =
+            Connection::open_with_flags(&opts.path, config).map_err(|e| fail("cannot open", &e))?;
         conn.execute_batch(SCHEMA)
             .map_err(|e| fail("cannot create tables in", &e))?;
         let version: String = conn
@@ -166,18 +166,13 @@ impl DuckTier {
             .map_err(|e| fail("cannot start the writer thread for", &e))?;
         Ok(DuckTier {
             readers: Arc::new(Mutex::new(Vec::new())),
-            origin: Arc::new(Mutex::new(conn)),
+            origin: Arc::new(Mutex::new(Some(conn))),
             shared,
             queue,
             clock,
             read_timeout: opts.read_timeout,
             write_timeout: opts.write_timeout,
         })
-    }
-
-    /// The file's path, for logs.
-    pub fn describe(path: &Path) -> String {
-        path.display().to_string()
     }
 }
 
@@ -208,6 +203,8 @@ impl Tier for DuckTier {
                 None => origin
                     .lock()
                     .map_err(|_| TierError::Unavailable("l3 connection lock poisoned".into()))?
+                    .as_ref()
+                    .ok_or(TierError::Closed)?
                     .try_clone()
                     .map_err(db_err)?,
             };
@@ -277,6 +274,9 @@ impl Tier for DuckTier {
         // released when the store goes away.
         if let Ok(mut r) = self.readers.lock() {
             r.clear();
+        }
+        if let Ok(mut o) = self.origin.lock() {
+            o.take();
         }
     }
 }
@@ -388,7 +388,9 @@ impl Writer {
     fn write_batch(&mut self, pending: &HashMap<u64, Final>, now: u64) -> duckdb::Result<()> {
         self.conn.execute_batch("BEGIN TRANSACTION")?;
         {
-            let mut app = self.conn.appender_to_catalog_and_db("staging", "temp", "main")?;
+            let mut app = self
+                .conn
+                .appender_to_catalog_and_db("staging", "temp", "main")?;
             for (hash, f) in pending {
                 if let Final::Put(key, r) = f {
                     let size = r.bytes.len() as u64 + key.len() as u64 + ROW_OVERHEAD;

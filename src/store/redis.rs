@@ -51,6 +51,8 @@ enum Pool {
 
 struct Inner {
     pool: Pool,
+    slots: Box<[tokio::sync::Mutex<Option<Held>>]>,
+    next: std::sync::atomic::AtomicUsize,
     prefix: String,
     command_timeout: Duration,
     breaker: Breaker,
@@ -85,7 +87,10 @@ impl RedisTier {
                 timeouts,
                 ..Default::default()
             });
-            Pool::Cluster(cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad(&e))?)
+            Pool::Cluster(
+                cfg.create_pool(Some(Runtime::Tokio1))
+                    .map_err(|e| bad(&e))?,
+            )
         } else {
             let url = opts
                 .urls
@@ -97,10 +102,17 @@ impl RedisTier {
                 timeouts,
                 ..Default::default()
             });
-            Pool::Single(cfg.create_pool(Some(Runtime::Tokio1)).map_err(|e| bad(&e))?)
+            Pool::Single(
+                cfg.create_pool(Some(Runtime::Tokio1))
+                    .map_err(|e| bad(&e))?,
+            )
         };
         let inner = Arc::new(Inner {
             pool,
+            slots: (0..opts.pool_size.max(1))
+                .map(|_| tokio::sync::Mutex::new(None))
+                .collect(),
+            next: std::sync::atomic::AtomicUsize::new(0),
             prefix: format!("{}:v{}:", opts.key_prefix, FORMAT_VERSION),
             command_timeout: opts.command_timeout,
             breaker: Breaker::new(opts.failure_threshold, opts.open_for),
@@ -127,14 +139,35 @@ impl RedisTier {
     }
 }
 
-/// A pooled connection of either kind.
-enum Conn {
+/// A connection checked out of the pool and kept in a slot: multiplexed, so clones of it serve
+/// any number of concurrent commands without going back to the pool (whose checkout costs a
+/// `PING`). A slot is emptied when its connection fails; the pool then recycles or replaces it.
+enum Held {
     Single(deadpool_redis::Connection),
     Cluster(cluster::Connection),
 }
 
+impl Held {
+    fn shared(&self) -> Conn {
+        match self {
+            Held::Single(c) => Conn::Single((**c).clone()),
+            Held::Cluster(c) => Conn::Cluster((**c).clone()),
+        }
+    }
+}
+
+/// A clone of a held connection, used for one operation.
+#[derive(Clone)]
+enum Conn {
+    Single(redis::aio::MultiplexedConnection),
+    Cluster(cluster::ClusterConnection),
+}
+
 impl redis::aio::ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
@@ -180,19 +213,30 @@ impl Inner {
         k
     }
 
-    async fn conn(&self) -> Result<Conn, Failure> {
-        match &self.pool {
-            Pool::Single(p) => p
-                .get()
-                .await
-                .map(Conn::Single)
-                .map_err(|e| Failure::Pool(e.to_string())),
-            Pool::Cluster(p) => p
-                .get()
-                .await
-                .map(Conn::Cluster)
-                .map_err(|e| Failure::Pool(e.to_string())),
+    /// A connection for one operation, and the slot it came from.
+    async fn conn(&self) -> Result<(usize, Conn), Failure> {
+        use std::sync::atomic::Ordering;
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        // One task fills an empty slot while the others using it wait (within their timeout),
+        // so a burst on a cold pool does not queue hundreds of checkouts.
+        let mut slot = self.slots[i].lock().await;
+        if let Some(held) = slot.as_ref() {
+            return Ok((i, held.shared()));
         }
+        let held = match &self.pool {
+            Pool::Single(p) => p.get().await.map(Held::Single),
+            Pool::Cluster(p) => p.get().await.map(Held::Cluster),
+        }
+        .map_err(|e| Failure::Pool(e.to_string()))?;
+        let conn = held.shared();
+        *slot = Some(held);
+        Ok((i, conn))
+    }
+
+    /// Forgets a slot's connection after it failed.
+    async fn drop_slot(&self, i: usize) {
+        let held = self.slots[i].lock().await.take();
+        drop(held);
     }
 
     /// Runs `op` on a pooled connection through the breaker, within the command timeout.
@@ -206,15 +250,30 @@ impl Inner {
             tm.fault(TierFault::CircuitOpen);
             return Err(TierError::CircuitOpen);
         }
+        let mut slot = None;
         let work = async {
-            let c = self.conn().await?;
+            let (i, c) = self.conn().await?;
+            slot = Some(i);
             op(c).await
         };
         let result = match tokio::time::timeout(self.command_timeout, work).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(Failure::Pool(e))) => Err(TierError::Unavailable(e)),
-            Ok(Err(Failure::Redis(e))) => Err(TierError::Unavailable(e.to_string())),
-            Err(_) => Err(TierError::Timeout),
+            Ok(Err(Failure::Redis(e))) => {
+                if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
+                    if let Some(i) = slot {
+                        self.drop_slot(i).await;
+                    }
+                }
+                Err(TierError::Unavailable(e.to_string()))
+            }
+            Err(_) => {
+                // A connection that stopped answering may be wedged; take a fresh one next time.
+                if let Some(i) = slot {
+                    self.drop_slot(i).await;
+                }
+                Err(TierError::Timeout)
+            }
         };
         match self.breaker.record(result.is_ok()) {
             Transition::Opened => {
@@ -290,7 +349,12 @@ impl Inner {
                 } else {
                     let mut pipe = redis::pipe();
                     for (k, v, ms) in &items {
-                        pipe.cmd("SET").arg(k).arg(&v[..]).arg("PX").arg(*ms).ignore();
+                        pipe.cmd("SET")
+                            .arg(k)
+                            .arg(&v[..])
+                            .arg("PX")
+                            .arg(*ms)
+                            .ignore();
                     }
                     let _: () = pipe.query_async(&mut c).await?;
                 }
@@ -342,10 +406,7 @@ impl Inner {
             if !keys.is_empty() {
                 removed += self
                     .guarded(|mut c| async move {
-                        let n: u64 = redis::cmd("UNLINK")
-                            .arg(&keys)
-                            .query_async(&mut c)
-                            .await?;
+                        let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await?;
                         Ok(n)
                     })
                     .await?;

@@ -309,11 +309,7 @@ impl TieredStore {
                     Ok(())
                 })
                 .await;
-            tracing::info!(
-                tier = name.as_str(),
-                drained = depth,
-                "write queue drained"
-            );
+            tracing::info!(tier = name.as_str(), drained = depth, "write queue drained");
         }
     }
 }

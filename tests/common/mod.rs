@@ -15,6 +15,8 @@ use tierd::config::Settings;
 use tierd::server::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod redis;
+
 /// What the test origin answers.
 #[derive(Clone, Debug)]
 pub struct Reply {

@@ -1,0 +1,472 @@
+//! The three tiers together, against a real `redis-server` and real DuckDB files: promotion,
+//! expiry per tier, persistence across restarts, two nodes sharing Redis, and faults.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{client, eventually, send, settings_for, Origin, Reply, Resp};
+use tierd::clock::ManualClock;
+use tierd::config::Settings;
+use tierd::server::Gateway;
+
+/// An origin that answers every path with a body naming the path and the hit number.
+async fn origin(clock: &Arc<ManualClock>, cc: &'static str) -> Origin {
+    Origin::start(clock.clone(), move |req, n| {
+        Reply::ok(format!("{} #{n}", req.path())).cc(cc)
+    })
+    .await
+}
+
+fn l2(s: &mut Settings, redis: &RedisServer) {
+    s.tiers.l2.enabled = true;
+    s.tiers.l2.url = redis.url();
+    s.tiers.l2.circuit_open_ms = 200;
+    // Generous, so a loaded CI machine does not turn a slow answer into a test failure; the
+    // hung-Redis test sets its own.
+    s.tiers.l2.command_timeout_ms = 1_000;
+}
+
+fn l3(s: &mut Settings, path: &Path) {
+    s.tiers.l3.enabled = true;
+    s.tiers.l3.path = path.display().to_string();
+}
+
+async fn start(
+    origin: &Origin,
+    clock: &Arc<ManualClock>,
+    tweak: impl FnOnce(&mut Settings),
+) -> Gateway {
+    let mut s = settings_for(origin.addr);
+    tweak(&mut s);
+    Gateway::start(&s, clock.clone()).await.expect("gateway")
+}
+
+/// Every node is reached under one public host name, as behind a load balancer (the cache key
+/// includes the host).
+const HOST: &str = "api.test";
+
+async fn get(gw: &Gateway, path: &str) -> Resp {
+    send(
+        client()
+            .get(format!("http://{}{}", gw.addr, path))
+            .insert_header(("host", HOST)),
+    )
+    .await
+}
+
+async fn admin(gw: &Gateway, path: &str) -> String {
+    send(client().get(format!("http://{}{}", gw.admin_addr, path)))
+        .await
+        .text()
+}
+
+/// The value of a counter sample whose labels include every `labels` pair.
+async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = admin(gw, "/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `n` writes have been applied to `tier` (writes happen off the request path).
+async fn written(gw: &Gateway, tier: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let w = metric(
+            gw,
+            "tierd_tier_writes_total",
+            &[("tier", tier), ("outcome", "written")],
+        )
+        .await;
+        if w >= n as f64 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{tier}: {w} of {n} writes applied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn detail(r: &Resp) -> String {
+    r.cache_status()
+        .split(';')
+        .map(str::trim)
+        .find_map(|m| m.strip_prefix("detail=").map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn duck_rows(path: &Path) -> u64 {
+    let conn = duckdb::Connection::open(path).expect("open l3 file");
+    conn.query_row("SELECT count(*)::UBIGINT FROM entries", [], |r| r.get(0))
+        .expect("count")
+}
+
+#[actix_web::test]
+async fn l3_survives_restarts_with_correct_age_and_hits_are_promoted_to_l1_and_l2() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("l3/tierd.duckdb");
+    let clock = Arc::new(ManualClock::new());
+    let origin = origin(&clock, "max-age=600").await;
+
+    let a = start(&origin, &clock, |s| {
+        l2(s, &redis);
+        l3(s, &file);
+    })
+    .await;
+    let first = get(&a, "/report").await;
+    assert_eq!(first.text(), "/report #1");
+    written(&a, "l2", 1).await;
+    written(&a, "l3", 1).await;
+    a.stop(true).await;
+
+    // Redis loses everything; the next tierd process finds the entry in the DuckDB file.
+    redis.flushall();
+    clock.advance(Duration::from_secs(40));
+    let b = start(&origin, &clock, |s| {
+        l2(s, &redis);
+        l3(s, &file);
+    })
+    .await;
+    let r = get(&b, "/report").await;
+    assert_eq!(r.text(), "/report #1", "served from L3, not the origin");
+    assert_eq!(detail(&r), "l3", "{}", r.cache_status());
+    assert_eq!(r.age(), Some(40), "Age counts the time spent in storage");
+    assert_eq!(origin.hits(), 1);
+
+    // Promoted into L1 ...
+    let r = get(&b, "/report").await;
+    assert_eq!(detail(&r), "l1", "{}", r.cache_status());
+    // ... and into L2, where a node without L3 finds it.
+    written(&b, "l2", 1).await;
+    let c = start(&origin, &clock, |s| l2(s, &redis)).await;
+    let r = get(&c, "/report").await;
+    assert_eq!(detail(&r), "l2", "{}", r.cache_status());
+    assert_eq!(r.age(), Some(40));
+    assert_eq!(origin.hits(), 1);
+    assert_eq!(
+        metric(&b, "tierd_tier_promotions_total", &[("tier", "l3")]).await,
+        1.0
+    );
+    b.stop(true).await;
+    c.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn a_restarted_node_and_a_second_node_serve_from_shared_l2() {
+    let redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new());
+    let origin = origin(&clock, "max-age=600").await;
+    let a = start(&origin, &clock, |s| l2(s, &redis)).await;
+    let b = start(&origin, &clock, |s| l2(s, &redis)).await;
+
+    assert_eq!(get(&a, "/shared").await.text(), "/shared #1");
+    written(&a, "l2", 1).await;
+    clock.advance(Duration::from_secs(5));
+    let r = get(&b, "/shared").await;
+    assert_eq!(r.text(), "/shared #1");
+    assert_eq!(detail(&r), "l2", "{}", r.cache_status());
+    assert_eq!(r.age(), Some(5));
+
+    // A restarted node starts with an empty L1 and finds the entry in Redis.
+    a.stop(true).await;
+    let a2 = start(&origin, &clock, |s| l2(s, &redis)).await;
+    let r = get(&a2, "/shared").await;
+    assert_eq!(detail(&r), "l2", "{}", r.cache_status());
+    assert_eq!(origin.hits(), 1);
+
+    // Redis keys carry the prefix, the format version and a TTL.
+    let keys = redis.cli(&["KEYS", "*"]).unwrap();
+    assert!(keys.starts_with("tierd:v1:"), "{keys}");
+    let ttl: i64 = redis.cli(&["PTTL", &keys]).unwrap().parse().unwrap();
+    assert!(ttl > 0, "every key expires in Redis too: {ttl}");
+
+    // An unsafe method on one node removes the entry from Redis for every node.
+    let put = send(
+        client()
+            .put(format!("http://{}/shared", b.addr))
+            .insert_header(("host", HOST)),
+    )
+    .await;
+    assert!(put.status < 500);
+    assert_eq!(redis.dbsize(), 0);
+    a2.stop(true).await;
+    b.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn each_tier_expires_entries_at_its_own_cap() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("cap.duckdb");
+    let clock = Arc::new(ManualClock::new());
+    let origin = origin(&clock, "max-age=1000").await;
+    let caps = |s: &mut Settings| {
+        l2(s, &redis);
+        l3(s, &file);
+        s.tiers.l2.max_ttl_seconds = 5;
+        s.tiers.l3.max_ttl_seconds = 20;
+    };
+    let a = start(&origin, &clock, caps).await;
+    get(&a, "/capped").await;
+    written(&a, "l2", 1).await;
+    written(&a, "l3", 1).await;
+    // L1 keeps the entry for its whole lifetime.
+    clock.advance(Duration::from_secs(6));
+    assert_eq!(detail(&get(&a, "/capped").await), "l1");
+    a.stop(true).await;
+
+    // Past L2's cap, not L3's: a fresh node finds it in L3.
+    let b = start(&origin, &clock, caps).await;
+    let r = get(&b, "/capped").await;
+    assert_eq!(detail(&r), "l3", "{}", r.cache_status());
+    assert_eq!(r.age(), Some(6));
+    b.stop(true).await;
+
+    // Past both caps: a fresh node goes to the origin.
+    clock.advance(Duration::from_secs(15));
+    let c = start(&origin, &clock, caps).await;
+    let r = get(&c, "/capped").await;
+    assert_eq!(r.text(), "/capped #2", "{}", r.cache_status());
+    c.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn redis_killed_under_load_costs_nothing_and_l2_resumes_without_restart() {
+    let mut redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new());
+    let origin = origin(&clock, "max-age=600").await;
+    let a = start(&origin, &clock, |s| l2(s, &redis)).await;
+    let b = start(&origin, &clock, |s| l2(s, &redis)).await;
+
+    let load = {
+        let addr = a.addr;
+        actix_web::rt::spawn(async move {
+            let c = client();
+            let mut statuses = Vec::new();
+            for i in 0..400 {
+                let r = send(c.get(format!("http://{addr}/load/{}", i % 100))).await;
+                statuses.push(r.status);
+            }
+            statuses
+        })
+    };
+    // Kill Redis once the load is under way.
+    let mut seen = false;
+    for _ in 0..1000 {
+        let written = metric(
+            &a,
+            "tierd_tier_writes_total",
+            &[("tier", "l2"), ("outcome", "written")],
+        )
+        .await;
+        if written >= 10.0 {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(seen, "load reached L2 before the kill");
+    redis.kill();
+    let statuses = load.await.unwrap();
+    assert_eq!(statuses.len(), 400);
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "every request answered 200 while Redis was down: {:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    assert!(
+        metric(&a, "tierd_tier_errors_total", &[("tier", "l2")]).await > 0.0,
+        "the outage was seen"
+    );
+
+    // Redis comes back on the same port: node A stores into it again and node B reads from it,
+    // with neither restarted.
+    redis.restart();
+    let mut resumed = false;
+    for i in 0..200 {
+        let path = format!("/resume/{i}");
+        get(&a, &path).await;
+        let stored = eventually(Duration::from_millis(500), || redis.dbsize() > 0).await;
+        if stored && detail(&get(&b, &path).await) == "l2" {
+            resumed = true;
+            break;
+        }
+    }
+    assert!(resumed, "L2 hits resumed after Redis came back");
+    a.stop(true).await;
+    b.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn a_hung_redis_opens_the_circuit_so_requests_stop_waiting() {
+    let redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new());
+    let origin = origin(&clock, "max-age=600").await;
+    let a = start(&origin, &clock, |s| {
+        l2(s, &redis);
+        s.tiers.l2.command_timeout_ms = 100;
+        s.tiers.l2.circuit_failure_threshold = 3;
+        s.tiers.l2.circuit_open_ms = 60_000;
+    })
+    .await;
+    assert_eq!(get(&a, "/warm").await.status, 200);
+
+    redis.pause();
+    // One at a time until the circuit opens, then a burst.
+    for i in 0..10 {
+        assert_eq!(get(&a, &format!("/hung/{i}")).await.status, 200);
+    }
+    let c = client();
+    let requests = (10..70).map(|i| send(c.get(format!("http://{}/hung/{i}", a.addr))));
+    let results = futures_util::future::join_all(requests).await;
+    assert!(results.iter().all(|r| r.status == 200));
+    let stats = admin(&a, "/_tierd/stats").await;
+    assert!(stats.contains("\"circuit\":\"open\""), "{stats}");
+    // Only the requests before the circuit opened waited for a timeout; the rest failed fast.
+    let timeouts = metric(
+        &a,
+        "tierd_tier_errors_total",
+        &[("tier", "l2"), ("kind", "timeout")],
+    )
+    .await;
+    let fast = metric(
+        &a,
+        "tierd_tier_errors_total",
+        &[("tier", "l2"), ("kind", "circuit_open")],
+    )
+    .await;
+    // The threshold, plus at most one write batch that was already waiting when it opened.
+    assert!((3.0..=4.0).contains(&timeouts), "timeouts: {timeouts}");
+    assert!(fast >= 60.0, "lookups that failed fast: {fast}");
+    redis.resume();
+    a.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn an_unusable_duckdb_file_disables_l3_and_tierd_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let garbage = dir.path().join("garbage.duckdb");
+    std::fs::write(&garbage, vec![0x5a; 64 * 1024]).unwrap();
+    let blocker = dir.path().join("a-file");
+    std::fs::write(&blocker, b"x").unwrap();
+    let under_a_file = blocker.join("tierd.duckdb");
+
+    let clock = Arc::new(ManualClock::new());
+    let origin = origin(&clock, "max-age=600").await;
+    for path in [&garbage, &under_a_file] {
+        let a = start(&origin, &clock, |s| l3(s, path)).await;
+        let stats = admin(&a, "/_tierd/stats").await;
+        assert!(!stats.contains("\"l3\""), "L3 left out: {stats}");
+        let before = origin.hits();
+        assert_eq!(get(&a, "/still").await.status, 200);
+        assert_eq!(detail(&get(&a, "/still").await), "l1");
+        assert_eq!(origin.hits(), before + 1);
+        a.stop(true).await;
+    }
+    // The unusable file was not touched.
+    assert_eq!(std::fs::read(&garbage).unwrap(), vec![0x5a; 64 * 1024]);
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn foreign_bytes_in_redis_are_a_miss_not_an_error() {
+    let redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new());
+    let origin = origin(&clock, "max-age=600").await;
+    let a = start(&origin, &clock, |s| l2(s, &redis)).await;
+    get(&a, "/victim").await;
+    written(&a, "l2", 1).await;
+    let key = redis.cli(&["KEYS", "*"]).unwrap();
+    assert_eq!(
+        redis.cli(&["SET", &key, "not a tierd record"]).as_deref(),
+        Some("OK")
+    );
+    let b = start(&origin, &clock, |s| l2(s, &redis)).await;
+    let r = get(&b, "/victim").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "/victim #2", "refetched from the origin");
+    assert_eq!(
+        metric(
+            &b,
+            "tierd_tier_errors_total",
+            &[("tier", "l2"), ("kind", "decode")]
+        )
+        .await,
+        1.0
+    );
+    a.stop(true).await;
+    b.stop(true).await;
+    origin.stop().await;
+}
+
+#[test]
+fn sigterm_drains_queued_writes_into_l2_and_l3() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("drain.duckdb");
+    let sys = actix_web::rt::System::new();
+    let clock = Arc::new(ManualClock::new());
+    let origin = sys.block_on(origin(&clock, "max-age=600"));
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"))
+        .arg("serve")
+        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIERD__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("TIERD__UPSTREAM__URL", format!("http://{}", origin.addr))
+        .env("TIERD__TIERS__L2__ENABLED", "true")
+        .env("TIERD__TIERS__L2__URL", redis.url())
+        .env("TIERD__TIERS__L2__COMMAND_TIMEOUT_MS", "2000")
+        .env("TIERD__TIERS__L3__ENABLED", "true")
+        .env("TIERD__TIERS__L3__PATH", &file)
+        .env("TIERD__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let n = 300;
+    sys.block_on(async {
+        let up = eventually(Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert!(up, "tierd did not start");
+        let c = client();
+        let requests = (0..n).map(|i| send(c.get(format!("http://127.0.0.1:{port}/drain/{i}"))));
+        let results = futures_util::future::join_all(requests).await;
+        assert!(results.iter().all(|r| r.status == 200));
+    });
+    // Every response is out, so every write is accepted; stop at once.
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit: {status}");
+    assert_eq!(redis.dbsize(), n, "every accepted write reached Redis");
+    assert_eq!(duck_rows(&file), n, "every accepted write reached DuckDB");
+    sys.block_on(origin.stop());
+}
