@@ -470,3 +470,47 @@ fn sigterm_drains_queued_writes_into_l2_and_l3() {
     assert_eq!(duck_rows(&file), n, "every accepted write reached DuckDB");
     sys.block_on(origin.stop());
 }
+
+#[test]
+fn a_duckdb_file_locked_by_another_process_disables_l3_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("locked.duckdb");
+    let sys = actix_web::rt::System::new();
+    let clock = Arc::new(ManualClock::new());
+    let origin = sys.block_on(origin(&clock, "max-age=600"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    // Another tierd process holds the file.
+    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"))
+        .arg("serve")
+        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIERD__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("TIERD__UPSTREAM__URL", format!("http://{}", origin.addr))
+        .env("TIERD__TIERS__L3__ENABLED", "true")
+        .env("TIERD__TIERS__L3__PATH", &file)
+        .env("TIERD__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    sys.block_on(async {
+        let up = eventually(Duration::from_secs(15), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        })
+        .await;
+        assert!(up, "the holder did not start");
+        let a = start(&origin, &clock, |s| l3(s, &file)).await;
+        let stats = admin(&a, "/_tierd/stats").await;
+        assert!(!stats.contains("\"l3\""), "L3 left out: {stats}");
+        assert_eq!(get(&a, "/locked").await.status, 200);
+        assert_eq!(detail(&get(&a, "/locked").await), "l1");
+        a.stop(true).await;
+    });
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &holder.id().to_string()])
+        .status();
+    assert!(holder.wait().unwrap().success());
+    sys.block_on(origin.stop());
+}

@@ -45,9 +45,12 @@ const ROW_OVERHEAD: u64 = 48;
 /// Eviction frees down to this share of `max_bytes`, so the cap is not hit on every batch.
 const LOW_WATER_PERCENT: u64 = 90;
 
-const SCHEMA: &str = "
+const META: &str = "
 CREATE TABLE IF NOT EXISTS tierd_meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
 INSERT OR IGNORE INTO tierd_meta VALUES ('schema', '1');
+";
+
+const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
     key_hash    UBIGINT PRIMARY KEY,
     cache_key   VARCHAR NOT NULL,
@@ -125,7 +128,21 @@ impl DuckTier {
             .map_err(|e| fail("cannot configure", &e))?;
         let conn =
             Connection::open_with_flags(&opts.path, config).map_err(|e| fail("cannot open", &e))?;
-        conn.execute_batch(SCHEMA)
+        let tables: Vec<String> = conn
+            .prepare("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")
+            .and_then(|mut st| {
+                st.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<duckdb::Result<Vec<_>>>()
+            })
+            .map_err(|e| fail("cannot read", &e))?;
+        if !tables.is_empty() && !tables.iter().any(|t| t == "tierd_meta") {
+            return Err(TierError::Unavailable(format!(
+                "{} is a DuckDB file of another program (tables: {}); point tiers.l3.path at a file of tierd's own",
+                opts.path.display(),
+                tables.join(", ")
+            )));
+        }
+        conn.execute_batch(META)
             .map_err(|e| fail("cannot create tables in", &e))?;
         let version: String = conn
             .query_row(
@@ -140,6 +157,8 @@ impl DuckTier {
                 opts.path.display()
             )));
         }
+        conn.execute_batch(SCHEMA)
+            .map_err(|e| fail("cannot create tables in", &e))?;
         let (entries, bytes) = count(&conn).map_err(|e| fail("cannot read", &e))?;
         let shared = Arc::new(Shared {
             entries: AtomicU64::new(entries),
@@ -159,11 +178,26 @@ impl DuckTier {
             max_bytes: opts.max_bytes,
             last_expire: Instant::now(),
         };
-        let handle = rt.clone();
         std::thread::Builder::new()
             .name("tierd-l3-writer".into())
-            .spawn(move || writer.run(rx, finished, handle))
+            .spawn(move || writer.run(rx, finished))
             .map_err(|e| fail("cannot start the writer thread for", &e))?;
+        if let Some(weak) = queue.weak() {
+            // Housekeeping ticks; the ticker holds no strong sender, so closing the queue ends it.
+            rt.spawn(async move {
+                let mut every = tokio::time::interval(TICK);
+                every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                loop {
+                    every.tick().await;
+                    match weak.upgrade() {
+                        Some(tx) => {
+                            let _ = tx.try_send(Op::Tick);
+                        }
+                        None => break,
+                    }
+                }
+            });
+        }
         Ok(DuckTier {
             readers: Arc::new(Mutex::new(Vec::new())),
             origin: Arc::new(Mutex::new(Some(conn))),
@@ -299,19 +333,13 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, mut rx: mpsc::Receiver<Op>, finished: Finished, rt: tokio::runtime::Handle) {
+    /// Runs on its own thread (no async runtime needed) until the queue is closed and drained.
+    fn run(mut self, mut rx: mpsc::Receiver<Op>, finished: Finished) {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut last_tick = Instant::now();
-        loop {
-            let received = rt.block_on(async {
-                tokio::time::timeout(TICK, rx.recv_many(&mut batch, WRITE_BATCH)).await
-            });
-            match received {
-                Ok(0) => break,
-                Ok(_) => self.apply(&mut batch),
-                Err(_) => {}
-            }
-            if last_tick.elapsed() >= TICK {
+        while rx.blocking_recv_many(&mut batch, WRITE_BATCH) > 0 {
+            let ticked = self.apply(&mut batch);
+            if ticked || last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.tick();
             }
@@ -324,11 +352,14 @@ impl Writer {
         drop(finished);
     }
 
-    fn apply(&mut self, batch: &mut Vec<Op>) {
+    /// Applies a batch; true when it held a housekeeping tick.
+    fn apply(&mut self, batch: &mut Vec<Op>) -> bool {
         let mut pending: HashMap<u64, Final> = HashMap::new();
         let mut acks: Vec<Ack> = Vec::new();
+        let mut ticked = false;
         for op in batch.drain(..) {
             match op {
+                Op::Tick => ticked = true,
                 Op::Put { key, record } => {
                     pending.insert(key_hash(&key), Final::Put(key, record));
                 }
@@ -352,12 +383,15 @@ impl Writer {
             }
         }
         self.commit(&mut pending, &mut acks);
+        ticked
     }
 
     fn commit(&mut self, pending: &mut HashMap<u64, Final>, acks: &mut Vec<Ack>) {
         if pending.is_empty() && acks.is_empty() {
             return;
         }
+        // Access times first, so the size cap below sees them.
+        self.flush_touches();
         let started = Instant::now();
         let puts = pending
             .values()
@@ -376,12 +410,13 @@ impl Writer {
             }
         }
         pending.clear();
-        for a in acks.drain(..) {
-            let _ = a.send(result.clone().map_err(TierError::Unavailable));
-        }
         self.recount();
         if self.shared.bytes.load(Ordering::Relaxed) > self.max_bytes {
             self.enforce_cap();
+        }
+        // Acknowledged last: whoever waited on a delete sees the tier as the batch left it.
+        for a in acks.drain(..) {
+            let _ = a.send(result.clone().map_err(TierError::Unavailable));
         }
     }
 
@@ -429,6 +464,18 @@ impl Writer {
 
     /// Writes buffered access times; deletes expired rows now and then.
     fn tick(&mut self) {
+        self.flush_touches();
+        if self.last_expire.elapsed() >= EXPIRE_EVERY {
+            self.last_expire = Instant::now();
+            self.delete_expired();
+            self.recount();
+        }
+        if self.shared.bytes.load(Ordering::Relaxed) > self.max_bytes {
+            self.enforce_cap();
+        }
+    }
+
+    fn flush_touches(&mut self) {
         let touches = self
             .shared
             .touches
@@ -440,14 +487,6 @@ impl Writer {
                 let _ = self.conn.execute_batch("ROLLBACK");
                 tracing::debug!(tier = "l3", error = %e, "access times not recorded");
             }
-        }
-        if self.last_expire.elapsed() >= EXPIRE_EVERY {
-            self.last_expire = Instant::now();
-            self.delete_expired();
-            self.recount();
-        }
-        if self.shared.bytes.load(Ordering::Relaxed) > self.max_bytes {
-            self.enforce_cap();
         }
     }
 

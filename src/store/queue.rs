@@ -38,6 +38,8 @@ pub enum Op {
         prefix: String,
         done: oneshot::Sender<Result<u64, TierError>>,
     },
+    /// Periodic housekeeping for writers that run on their own thread.
+    Tick,
 }
 
 /// The sending side, held by the tier.
@@ -97,6 +99,11 @@ impl WriteQueue {
         tokio::time::timeout(timeout, work)
             .await
             .map_err(|_| TierError::Timeout)?
+    }
+
+    /// A handle that can queue operations without keeping the queue open (for tickers).
+    pub fn weak(&self) -> Option<mpsc::WeakSender<Op>> {
+        self.sender().map(|tx| tx.downgrade())
     }
 
     /// Operations accepted and not yet taken by the worker.

@@ -311,6 +311,7 @@ impl Inner {
                         self.write_puts(&mut puts).await;
                         let _ = done.send(self.purge_now(&prefix).await);
                     }
+                    Op::Tick => {}
                 }
             }
             self.write_puts(&mut puts).await;

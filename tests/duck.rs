@@ -1,0 +1,238 @@
+//! The DuckDB tier on its own, on real files: ordering of queued writes, the size cap (expired
+//! entries first, then least recently used), purge by prefix, and files it must refuse.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tierd::cache::codec::millis;
+use tierd::clock::{Clock, ManualClock};
+use tierd::metrics::Metrics;
+use tierd::store::{DuckOptions, DuckTier, Record, StoreRuntime, Tier};
+
+const ROW: usize = 8 * 1024;
+
+fn options(path: &Path, max_bytes: u64) -> DuckOptions {
+    DuckOptions {
+        path: path.to_owned(),
+        max_bytes,
+        queue_capacity: 10_000,
+        read_timeout: Duration::from_secs(5),
+        write_timeout: Duration::from_secs(30),
+    }
+}
+
+fn record(clock: &ManualClock, byte: u8, ttl_secs: u64) -> Record {
+    let ttl = Duration::from_secs(ttl_secs);
+    Record {
+        bytes: Bytes::from(vec![byte; ROW]),
+        expires_at_ms: millis(clock.now() + ttl),
+        ttl,
+    }
+}
+
+struct Fixture {
+    rt: StoreRuntime,
+    clock: Arc<ManualClock>,
+    metrics: Arc<Metrics>,
+    tier: Arc<DuckTier>,
+}
+
+impl Fixture {
+    fn open(path: &Path, max_bytes: u64) -> Fixture {
+        let rt = StoreRuntime::new(2).unwrap();
+        let clock = Arc::new(ManualClock::new());
+        let metrics = Arc::new(Metrics::new());
+        let tier = DuckTier::open(
+            &options(path, max_bytes),
+            clock.clone(),
+            metrics.clone(),
+            &rt.handle(),
+        )
+        .expect("open");
+        Fixture {
+            rt,
+            clock,
+            metrics,
+            tier: Arc::new(tier),
+        }
+    }
+
+    fn put(&self, key: &str, byte: u8, ttl_secs: u64) {
+        self.tier
+            .put(key.to_owned(), record(&self.clock, byte, ttl_secs))
+            .expect("accepted");
+    }
+
+    fn get(&self, key: &str) -> Option<Bytes> {
+        let t = self.tier.clone();
+        let k = key.to_owned();
+        self.rt
+            .handle()
+            .block_on(async move { t.get(&k).await })
+            .expect("get")
+    }
+
+    /// A delete waits until everything queued before it is applied: a barrier.
+    fn delete(&self, key: &str) {
+        let t = self.tier.clone();
+        let k = key.to_owned();
+        self.rt
+            .handle()
+            .block_on(async move { t.delete(&k).await })
+            .expect("delete");
+    }
+
+    fn close(self) {
+        let t = self.tier.clone();
+        self.rt.handle().block_on(async move { t.close().await });
+    }
+}
+
+#[test]
+fn queued_writes_apply_in_order_and_reads_see_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = Fixture::open(&dir.path().join("order.duckdb"), 1 << 30);
+    for i in 0..500 {
+        f.put(&format!("k{i}"), (i % 251) as u8, 600);
+    }
+    f.put("then-deleted", 1, 600);
+    f.delete("then-deleted");
+    f.delete("deleted-then-put");
+    f.put("deleted-then-put", 9, 600);
+    f.put("twice", 1, 600);
+    f.put("twice", 2, 600);
+    f.delete("barrier");
+    assert_eq!(f.get("then-deleted"), None);
+    assert_eq!(f.get("deleted-then-put").unwrap()[0], 9);
+    assert_eq!(f.get("twice").unwrap()[0], 2, "the last write wins");
+    assert_eq!(f.get("k7").unwrap(), Bytes::from(vec![7u8; ROW]));
+    assert_eq!(f.get("never"), None);
+    let stats = f.tier.stats().unwrap();
+    assert_eq!(stats.entries, 502);
+
+    let t = f.tier.clone();
+    let purged =
+        f.rt.handle()
+            .block_on(async move { t.purge_prefix("k1").await })
+            .unwrap();
+    // k1, k10..k19, k100..k199
+    assert_eq!(purged, 1 + 10 + 100);
+    assert_eq!(f.get("k150"), None);
+    assert!(f.get("k250").is_some());
+    f.close();
+}
+
+#[test]
+fn over_the_cap_expired_entries_go_first_then_the_least_recently_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = 1024 * 1024;
+    let f = Fixture::open(&dir.path().join("cap.duckdb"), cap);
+    let row = |name: &str, i: usize| format!("{name}-{i}");
+    for i in 0..40 {
+        f.put(&row("old", i), 1, 10);
+    }
+    for i in 0..40 {
+        f.put(&row("hot", i), 2, 1000);
+    }
+    f.delete("barrier");
+    // The old entries expire; ten of the hot ones are read (more recently used than the rest).
+    f.clock.advance(Duration::from_secs(20));
+    for i in 0..10 {
+        assert!(f.get(&row("hot", i)).is_some());
+    }
+    for i in 0..60 {
+        f.put(&row("new", i), 3, 1000);
+    }
+    f.delete("barrier");
+    let evicted = |cause: &str| {
+        let text = f.metrics.render();
+        text.lines()
+            .find(|l| {
+                l.starts_with("tierd_tier_evictions_total")
+                    && l.contains("tier=\"l3\"")
+                    && l.contains(&format!("cause=\"{cause}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert_eq!(evicted("expired"), 40, "expired entries went first");
+    assert_eq!(evicted("size"), 0, "that was enough");
+    assert!((0..40).all(|i| f.get(&row("old", i)).is_none()));
+    // (Reading the hot entries here would refresh their access times; count them instead.)
+    assert_eq!(f.tier.stats().unwrap().entries, 40 + 60);
+
+    // Over the cap again with nothing expired: the least recently used go, down to 90%.
+    for i in 0..40 {
+        f.put(&row("more", i), 4, 1000);
+    }
+    f.delete("barrier");
+    let size_evicted = evicted("size");
+    assert!(size_evicted > 0);
+    let stats = f.tier.stats().unwrap();
+    assert!(stats.bytes <= cap / 100 * 90, "{stats:?}");
+    assert!(
+        (0..10).all(|i| f.get(&row("hot", i)).is_some()),
+        "recently read entries stay"
+    );
+    assert!((0..60).all(|i| f.get(&row("new", i)).is_some()));
+    assert!((0..40).all(|i| f.get(&row("more", i)).is_some()));
+    let gone = (10..40)
+        .filter(|i| f.get(&row("hot", *i)).is_none())
+        .count();
+    assert_eq!(
+        gone as u64, size_evicted,
+        "only the least recently used went"
+    );
+    f.close();
+}
+
+#[test]
+fn entries_persist_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("persist.duckdb");
+    let f = Fixture::open(&path, 1 << 30);
+    f.put("kept", 5, 600);
+    f.close();
+    let g = Fixture::open(&path, 1 << 30);
+    assert_eq!(g.get("kept").unwrap()[0], 5);
+    assert_eq!(g.tier.stats().unwrap().entries, 1);
+    g.close();
+}
+
+#[test]
+fn a_file_with_another_schema_version_is_refused_and_left_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("future.duckdb");
+    {
+        let conn = duckdb::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE tierd_meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+             INSERT INTO tierd_meta VALUES ('schema', '2');",
+        )
+        .unwrap();
+    }
+    let rt = StoreRuntime::new(1).unwrap();
+    let err = DuckTier::open(
+        &options(&path, 1 << 30),
+        Arc::new(ManualClock::new()),
+        Arc::new(Metrics::new()),
+        &rt.handle(),
+    )
+    .err()
+    .expect("refused");
+    assert!(err.to_string().contains("schema version 2"), "{err}");
+    let conn = duckdb::Connection::open(&path).unwrap();
+    let tables: i64 = conn
+        .query_row(
+            "SELECT count(*) FROM information_schema.tables WHERE table_name = 'entries'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        tables, 0,
+        "nothing was created in a file tierd does not own"
+    );
+}
