@@ -1,0 +1,267 @@
+//! Lower-tier benchmarks: L2 (a real `redis-server` started here) and L3 (a real DuckDB file)
+//! hit latency p50/p99 and throughput through `TieredStore::get_lower` (lookup, decode and
+//! promotion into L1, as a request does), L3 at 100k and 1M entries, and batched L3 writes.
+//!
+//!   cargo bench --bench tiers                 # full run (1M entries takes a few minutes)
+//!   TIERD_BENCH_L3_SIZES=100000 cargo bench --bench tiers
+//!
+//! Under `cargo test` it runs a small smoke version of the same code.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use bytes::Bytes;
+use tierd::cache::codec;
+use tierd::cache::entry::{CachedResponse, Slot};
+use tierd::clock::{Clock, SystemClock};
+use tierd::metrics::Metrics;
+use tierd::store::{
+    DuckOptions, DuckTier, MemoryTier, Record, RedisOptions, RedisTier, StoreRuntime, Tier,
+    TieredStore,
+};
+
+const BODY: usize = 1024;
+
+fn slot(i: usize, now: SystemTime) -> Slot {
+    let body = format!("{{\"id\":{i},\"pad\":\"{}\"}}", "x".repeat(BODY - 20));
+    let entry = CachedResponse {
+        status: StatusCode::OK,
+        headers: vec![
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("max-age=3600"),
+            ),
+            (header::ETAG, HeaderValue::from_static("\"abc123\"")),
+        ]
+        .into_boxed_slice(),
+        body: Bytes::from(body),
+        response_time: now,
+        initial_age: 0,
+        lifetime: 3600,
+        stale_while_revalidate: 0,
+        stale_if_error: 0,
+        no_cache: false,
+        no_stale: false,
+        etag: Some(HeaderValue::from_static("\"abc123\"")),
+        origin_etag: true,
+        last_modified: None,
+        vary: Box::new([]),
+        tags: Box::new([]),
+    };
+    Slot::single(Arc::new(entry), now, Duration::from_secs(3600))
+}
+
+fn record(i: usize, now: SystemTime) -> Record {
+    let s = slot(i, now);
+    let until = now + s.keep_for;
+    Record {
+        bytes: codec::encode(&s, until, until),
+        expires_at_ms: codec::millis(until),
+        ttl: s.keep_for,
+    }
+}
+
+fn key(i: usize) -> String {
+    format!("bench.example/api/items/{i}?page=1")
+}
+
+/// Queues `n` records, retrying when the queue is full, and waits until they are stored.
+async fn fill(tier: &Arc<dyn Tier>, rt: &tokio::runtime::Handle, n: usize) -> f64 {
+    let now = SystemTime::now();
+    let started = Instant::now();
+    for i in 0..n {
+        let mut r = record(i, now);
+        loop {
+            match tier.put(key(i), r) {
+                Ok(()) => break,
+                Err(_) => {
+                    r = record(i, now);
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+    let t = tier.clone();
+    rt.spawn(async move { t.delete("barrier").await })
+        .await
+        .expect("join")
+        .expect("barrier");
+    n as f64 / started.elapsed().as_secs_f64()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Sequential lookups of random keys: p50/p99. Then `concurrency` tasks for `secs`: lookups/s.
+async fn measure(
+    store: &Arc<TieredStore>,
+    n: usize,
+    lookups: usize,
+    concurrency: usize,
+    secs: u64,
+) -> String {
+    let mut lat = Vec::with_capacity(lookups);
+    for _ in 0..lookups {
+        let k = key(fastrand::usize(..n));
+        let t = Instant::now();
+        let hit = store.get_lower(&k).await;
+        lat.push(t.elapsed());
+        assert!(hit.is_some(), "{k} missing");
+    }
+    lat.sort();
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let store = store.clone();
+            tokio::task::spawn_local(async move {
+                let mut done = 0u64;
+                while Instant::now() < deadline {
+                    let _ = store.get_lower(&key(fastrand::usize(..n))).await;
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("task");
+    }
+    format!(
+        "p50={:.1}us p99={:.1}us throughput={:.0}/s (concurrency {concurrency})",
+        percentile(&lat, 0.5).as_secs_f64() * 1e6,
+        percentile(&lat, 0.99).as_secs_f64() * 1e6,
+        total as f64 / started.elapsed().as_secs_f64(),
+    )
+}
+
+fn store_with(tier: Arc<dyn Tier>, rt: StoreRuntime, metrics: Arc<Metrics>) -> Arc<TieredStore> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    // A tiny L1, so promotions do not turn the measured lookups into memory hits.
+    let l1 = MemoryTier::new(1024 * 1024, metrics.clone());
+    Arc::new(
+        TieredStore::new(l1, clock, metrics)
+            .with_runtime(rt)
+            .with_tier(tier, Duration::from_secs(86_400)),
+    )
+}
+
+struct Redis(Child);
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_redis() -> Option<(Redis, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .ok()?
+        .local_addr()
+        .ok()?
+        .port();
+    let child = Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(["--port", &port.to_string()])
+        .stdout(Stdio::null())
+        .spawn()
+        .ok()?;
+    let redis = Redis(child);
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Some((redis, port));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+async fn bench_l2(full: bool) {
+    let Some((_redis, port)) = start_redis() else {
+        println!("l2: redis-server not found; skipped");
+        return;
+    };
+    let rt = StoreRuntime::new(2).expect("runtime");
+    let handle = rt.handle();
+    let metrics = Arc::new(Metrics::new());
+    let opts = RedisOptions {
+        urls: vec![format!("redis://127.0.0.1:{port}")],
+        cluster: false,
+        pool_size: 8,
+        connect_timeout: Duration::from_secs(1),
+        command_timeout: Duration::from_secs(1),
+        key_prefix: "bench".into(),
+        queue_capacity: 10_000,
+        failure_threshold: 5,
+        open_for: Duration::from_secs(1),
+    };
+    let tier: Arc<dyn Tier> =
+        Arc::new(RedisTier::new(&opts, metrics.clone(), &handle).expect("l2"));
+    let n = if full { 100_000 } else { 1_000 };
+    let rate = fill(&tier, &handle, n).await;
+    let store = store_with(tier, rt, metrics);
+    let (lookups, secs) = if full { (20_000, 5) } else { (200, 1) };
+    println!("l2 entries={n} writes={rate:.0}/s");
+    println!("l2 hit {}", measure(&store, n, lookups, 64, secs).await);
+    store.close().await;
+}
+
+async fn bench_l3(full: bool) {
+    let sizes: Vec<usize> = match std::env::var("TIERD_BENCH_L3_SIZES") {
+        Ok(v) => v.split(',').filter_map(|s| s.trim().parse().ok()).collect(),
+        Err(_) if full => vec![100_000, 1_000_000],
+        Err(_) => vec![2_000],
+    };
+    for n in sizes {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = StoreRuntime::new(2).expect("runtime");
+        let handle = rt.handle();
+        let metrics = Arc::new(Metrics::new());
+        let opts = DuckOptions {
+            path: dir.path().join("bench.duckdb"),
+            max_bytes: u64::MAX,
+            queue_capacity: 100_000,
+            read_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(600),
+        };
+        let tier: Arc<dyn Tier> = Arc::new(
+            DuckTier::open(&opts, Arc::new(SystemClock), metrics.clone(), &handle).expect("l3"),
+        );
+        let rate = fill(&tier, &handle, n).await;
+        let file = std::fs::metadata(&opts.path).map(|m| m.len()).unwrap_or(0);
+        println!(
+            "l3 entries={n} batched writes={rate:.0}/s file={:.0}MiB",
+            file as f64 / 1048576.0
+        );
+        let store = store_with(tier, rt, metrics);
+        let (lookups, secs) = if full { (20_000, 5) } else { (200, 1) };
+        println!(
+            "l3 entries={n} hit {}",
+            measure(&store, n, lookups, 16, secs).await
+        );
+        store.close().await;
+    }
+}
+
+fn main() {
+    let full = std::env::args().any(|a| a == "--bench");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        bench_l2(full).await;
+        bench_l3(full).await;
+    });
+}
