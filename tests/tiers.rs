@@ -514,3 +514,47 @@ fn a_duckdb_file_locked_by_another_process_disables_l3_only() {
     assert!(holder.wait().unwrap().success());
     sys.block_on(origin.stop());
 }
+
+#[actix_web::test]
+async fn l2_on_a_redis_cluster_is_shared_by_two_nodes() {
+    let nodes = RedisServer::cluster();
+    let urls: Vec<String> = nodes.iter().map(RedisServer::url).collect();
+    let clock = Arc::new(ManualClock::new());
+    let origin = origin(&clock, "max-age=600").await;
+    let cluster = |s: &mut Settings| {
+        s.tiers.l2.enabled = true;
+        s.tiers.l2.urls = urls.clone();
+        s.tiers.l2.command_timeout_ms = 2_000;
+    };
+    let a = start(&origin, &clock, cluster).await;
+    let b = start(&origin, &clock, cluster).await;
+    // Enough keys that they land on every master.
+    for i in 0..30 {
+        get(&a, &format!("/c/{i}")).await;
+    }
+    written(&a, "l2", 30).await;
+    let per_node: Vec<u64> = nodes.iter().map(RedisServer::dbsize).collect();
+    assert_eq!(per_node.iter().sum::<u64>(), 30, "{per_node:?}");
+    assert!(
+        per_node.iter().all(|n| *n > 0),
+        "spread over the masters: {per_node:?}"
+    );
+    for i in 0..30 {
+        let r = get(&b, &format!("/c/{i}")).await;
+        assert_eq!(detail(&r), "l2", "{}", r.cache_status());
+    }
+    assert_eq!(origin.hits(), 30);
+    // Invalidation reaches the node that owns the key.
+    let put = send(
+        client()
+            .put(format!("http://{}/c/3", a.addr))
+            .insert_header(("host", HOST)),
+    )
+    .await;
+    assert!(put.status < 500);
+    let per_node: Vec<u64> = nodes.iter().map(RedisServer::dbsize).collect();
+    assert_eq!(per_node.iter().sum::<u64>(), 29);
+    a.stop(true).await;
+    b.stop(true).await;
+    origin.stop().await;
+}

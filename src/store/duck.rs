@@ -177,6 +177,7 @@ impl DuckTier {
             metrics,
             max_bytes: opts.max_bytes,
             last_expire: Instant::now(),
+            estimated: false,
         };
         std::thread::Builder::new()
             .name("tierd-l3-writer".into())
@@ -208,6 +209,11 @@ impl DuckTier {
             write_timeout: opts.write_timeout,
         })
     }
+}
+
+/// What one row counts against `max_bytes`.
+fn row_size(key: &str, r: &Record) -> u64 {
+    r.bytes.len() as u64 + key.len() as u64 + ROW_OVERHEAD
 }
 
 fn count(conn: &Connection) -> duckdb::Result<(u64, u64)> {
@@ -330,6 +336,8 @@ struct Writer {
     metrics: Arc<Metrics>,
     max_bytes: u64,
     last_expire: Instant,
+    /// The shared counts include estimates since the last exact count.
+    estimated: bool,
 }
 
 impl Writer {
@@ -409,8 +417,24 @@ impl Writer {
                 let _ = self.conn.execute_batch("ROLLBACK");
             }
         }
+        if acks.is_empty() && result.is_ok() {
+            // Counting scans the whole table; during bulk writes add the new rows' sizes instead
+            // (an over-estimate when rows are replaced) and count exactly on each tick or when
+            // the estimate crosses the cap.
+            let added: u64 = pending
+                .values()
+                .map(|f| match f {
+                    Final::Put(key, r) => row_size(key, r),
+                    Final::Delete => 0,
+                })
+                .sum();
+            self.shared.entries.fetch_add(puts, Ordering::Relaxed);
+            self.shared.bytes.fetch_add(added, Ordering::Relaxed);
+            self.estimated = true;
+        } else {
+            self.recount();
+        }
         pending.clear();
-        self.recount();
         if self.shared.bytes.load(Ordering::Relaxed) > self.max_bytes {
             self.enforce_cap();
         }
@@ -428,7 +452,7 @@ impl Writer {
                 .appender_to_catalog_and_db("staging", "temp", "main")?;
             for (hash, f) in pending {
                 if let Final::Put(key, r) = f {
-                    let size = r.bytes.len() as u64 + key.len() as u64 + ROW_OVERHEAD;
+                    let size = row_size(key, r);
                     app.append_row(params![hash, key, r.expires_at_ms, now, size, &r.bytes[..]])?;
                 }
             }
@@ -452,7 +476,8 @@ impl Writer {
         )
     }
 
-    fn recount(&self) {
+    fn recount(&mut self) {
+        self.estimated = false;
         match count(&self.conn) {
             Ok((entries, bytes)) => {
                 self.shared.entries.store(entries, Ordering::Relaxed);
@@ -465,6 +490,9 @@ impl Writer {
     /// Writes buffered access times; deletes expired rows now and then.
     fn tick(&mut self) {
         self.flush_touches();
+        if self.estimated {
+            self.recount();
+        }
         if self.last_expire.elapsed() >= EXPIRE_EVERY {
             self.last_expire = Instant::now();
             self.delete_expired();
