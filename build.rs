@@ -1,14 +1,40 @@
-//! Lets binaries built against a prebuilt libduckdb (DUCKDB_LIB_DIR, see scripts/duckdb-lib.sh)
-//! find it at run time without LD_LIBRARY_PATH.
+//! Finds the prebuilt libduckdb that `scripts/duckdb-lib.sh` fetches, so a plain `cargo build`
+//! links against it, and puts its directory in the rpath so binaries run without
+//! LD_LIBRARY_PATH. `--features bundled` compiles DuckDB instead and needs none of this.
+
+use std::path::PathBuf;
+
+/// Must match DUCKDB_VERSION in scripts/duckdb-lib.sh and the duckdb crate (1.10506 = 1.5.6).
+const DUCKDB_VERSION: &str = "1.5.6";
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DUCKDB_LIB_DIR");
+    println!("cargo:rerun-if-env-changed=TIERD_DUCKDB_DIR");
     if std::env::var_os("CARGO_FEATURE_BUNDLED").is_some() {
         return;
     }
-    if let Ok(dir) = std::env::var("DUCKDB_LIB_DIR") {
-        if std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("windows") {
-            println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
+    let unix = std::env::var("CARGO_CFG_TARGET_OS").as_deref() != Ok("windows");
+    let dir = match std::env::var("DUCKDB_LIB_DIR") {
+        Ok(dir) => Some(PathBuf::from(dir)),
+        Err(_) => {
+            let base = std::env::var("TIERD_DUCKDB_DIR")
+                .unwrap_or_else(|_| "/var/tmp/tierd-duckdb".into());
+            let dir = PathBuf::from(base).join(DUCKDB_VERSION);
+            let lib = dir.join("libduckdb.so");
+            println!("cargo:rerun-if-changed={}", lib.display());
+            if lib.is_file() {
+                println!("cargo:rustc-link-search=native={}", dir.display());
+                Some(dir)
+            } else {
+                println!(
+                    "cargo:warning=no prebuilt DuckDB at {}: run scripts/duckdb-lib.sh first (or build with --features bundled); linking falls back to a system libduckdb",
+                    lib.display()
+                );
+                None
+            }
         }
+    };
+    if let (Some(dir), true) = (dir, unix) {
+        println!("cargo:rustc-link-arg=-Wl,-rpath,{}", dir.display());
     }
 }
