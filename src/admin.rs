@@ -51,6 +51,8 @@ async fn readyz(state: web::Data<CacheState>) -> HttpResponse {
 }
 
 async fn stats(state: web::Data<CacheState>) -> HttpResponse {
+    let l1 = state.store.l1().clone();
+    let _ = web::block(move || l1.sync()).await;
     let tiers: Vec<_> = state
         .store
         .stats()
