@@ -107,6 +107,47 @@ fn detail(r: &Resp) -> String {
         .unwrap_or_default()
 }
 
+/// Starts the `tierd` binary on `port` in front of `origin` with extra `TIERD__*` settings.
+fn spawn_tierd(port: u16, origin: &Origin, env: &[(&str, &str)]) -> std::process::Child {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"));
+    cmd.arg("serve")
+        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIERD__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("TIERD__UPSTREAM__URL", format!("http://{}", origin.addr))
+        .env("TIERD__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("tierd binary")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_up(port: u16) {
+    let up = eventually(Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(up, "tierd did not start on {port}");
+}
+
+fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    child.wait().unwrap()
+}
+
 fn duck_rows(path: &Path) -> u64 {
     let conn = duckdb::Connection::open(path).expect("open l3 file");
     conn.query_row("SELECT count(*)::UBIGINT FROM entries", [], |r| r.get(0))
@@ -426,45 +467,30 @@ fn sigterm_drains_queued_writes_into_l2_and_l3() {
     let clock = Arc::new(ManualClock::new());
     let origin = sys.block_on(origin(&clock, "max-age=600"));
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"))
-        .arg("serve")
-        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("TIERD__ADMIN__LISTEN", "127.0.0.1:0")
-        .env("TIERD__UPSTREAM__URL", format!("http://{}", origin.addr))
-        .env("TIERD__TIERS__L2__ENABLED", "true")
-        .env("TIERD__TIERS__L2__URL", redis.url())
-        .env("TIERD__TIERS__L2__COMMAND_TIMEOUT_MS", "2000")
-        .env("TIERD__TIERS__L3__ENABLED", "true")
-        .env("TIERD__TIERS__L3__PATH", &file)
-        .env("TIERD__LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let port = free_port();
+    let url = redis.url();
+    let path = file.display().to_string();
+    let mut child = spawn_tierd(
+        port,
+        &origin,
+        &[
+            ("TIERD__TIERS__L2__ENABLED", "true"),
+            ("TIERD__TIERS__L2__URL", &url),
+            ("TIERD__TIERS__L2__COMMAND_TIMEOUT_MS", "2000"),
+            ("TIERD__TIERS__L3__ENABLED", "true"),
+            ("TIERD__TIERS__L3__PATH", &path),
+        ],
+    );
     let n = 300;
     sys.block_on(async {
-        let up = eventually(Duration::from_secs(15), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
-        assert!(up, "tierd did not start");
+        wait_up(port).await;
         let c = client();
         let requests = (0..n).map(|i| send(c.get(format!("http://127.0.0.1:{port}/drain/{i}"))));
         let results = futures_util::future::join_all(requests).await;
         assert!(results.iter().all(|r| r.status == 200));
     });
     // Every response is out, so every write is accepted; stop at once.
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let status = child.wait().unwrap();
+    let status = sigterm(&mut child);
     assert!(status.success(), "clean exit: {status}");
     assert_eq!(redis.dbsize(), n, "every accepted write reached Redis");
     assert_eq!(duck_rows(&file), n, "every accepted write reached DuckDB");
@@ -478,29 +504,19 @@ fn a_duckdb_file_locked_by_another_process_disables_l3_only() {
     let sys = actix_web::rt::System::new();
     let clock = Arc::new(ManualClock::new());
     let origin = sys.block_on(origin(&clock, "max-age=600"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     // Another tierd process holds the file.
-    let mut holder = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"))
-        .arg("serve")
-        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("TIERD__ADMIN__LISTEN", "127.0.0.1:0")
-        .env("TIERD__UPSTREAM__URL", format!("http://{}", origin.addr))
-        .env("TIERD__TIERS__L3__ENABLED", "true")
-        .env("TIERD__TIERS__L3__PATH", &file)
-        .env("TIERD__LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let path = file.display().to_string();
+    let mut holder = spawn_tierd(
+        port,
+        &origin,
+        &[
+            ("TIERD__TIERS__L3__ENABLED", "true"),
+            ("TIERD__TIERS__L3__PATH", &path),
+        ],
+    );
     sys.block_on(async {
-        let up = eventually(Duration::from_secs(15), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        })
-        .await;
-        assert!(up, "the holder did not start");
+        wait_up(port).await;
         let a = start(&origin, &clock, |s| l3(s, &file)).await;
         let stats = admin(&a, "/_tierd/stats").await;
         assert!(!stats.contains("\"l3\""), "L3 left out: {stats}");
@@ -508,10 +524,7 @@ fn a_duckdb_file_locked_by_another_process_disables_l3_only() {
         assert_eq!(detail(&get(&a, "/locked").await), "l1");
         a.stop(true).await;
     });
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &holder.id().to_string()])
-        .status();
-    assert!(holder.wait().unwrap().success());
+    assert!(sigterm(&mut holder).success());
     sys.block_on(origin.stop());
 }
 

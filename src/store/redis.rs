@@ -74,19 +74,19 @@ impl RedisTier {
         rt: &tokio::runtime::Handle,
     ) -> Result<Self, TierError> {
         let _guard = rt.enter();
-        let timeouts = deadpool_redis::Timeouts {
-            wait: Some(opts.command_timeout),
-            create: Some(opts.connect_timeout),
-            recycle: Some(opts.command_timeout),
-        };
+        let pool_config = Some(deadpool_redis::PoolConfig {
+            max_size: opts.pool_size.max(1),
+            timeouts: deadpool_redis::Timeouts {
+                wait: Some(opts.command_timeout),
+                create: Some(opts.connect_timeout),
+                recycle: Some(opts.command_timeout),
+            },
+            ..Default::default()
+        });
         let bad = |e: &dyn std::fmt::Display| TierError::Unavailable(format!("tiers.l2: {e}"));
         let pool = if opts.cluster {
             let mut cfg = cluster::Config::from_urls(opts.urls.clone());
-            cfg.pool = Some(deadpool_redis::PoolConfig {
-                max_size: opts.pool_size.max(1),
-                timeouts,
-                ..Default::default()
-            });
+            cfg.pool = pool_config;
             Pool::Cluster(
                 cfg.create_pool(Some(Runtime::Tokio1))
                     .map_err(|e| bad(&e))?,
@@ -97,11 +97,7 @@ impl RedisTier {
                 .first()
                 .ok_or_else(|| TierError::Unavailable("tiers.l2.url is empty".into()))?;
             let mut cfg = deadpool_redis::Config::from_url(url.clone());
-            cfg.pool = Some(deadpool_redis::PoolConfig {
-                max_size: opts.pool_size.max(1),
-                timeouts,
-                ..Default::default()
-            });
+            cfg.pool = pool_config;
             Pool::Single(
                 cfg.create_pool(Some(Runtime::Tokio1))
                     .map_err(|e| bad(&e))?,
