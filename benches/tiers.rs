@@ -7,7 +7,7 @@
 //!
 //! Under `cargo test` it runs a small smoke version of the same code.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,6 +22,11 @@ use tierd::store::{
     DuckOptions, DuckTier, MemoryTier, Record, RedisOptions, RedisTier, StoreRuntime, Tier,
     TieredStore,
 };
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use common::redis::RedisServer;
 
 const BODY: usize = 1024;
 
@@ -155,47 +160,21 @@ fn store_with(tier: Arc<dyn Tier>, rt: StoreRuntime, metrics: Arc<Metrics>) -> A
     )
 }
 
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_redis() -> Option<(Redis, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .args(["--port", &port.to_string()])
-        .stdout(Stdio::null())
-        .spawn()
-        .ok()?;
-    let redis = Redis(child);
-    for _ in 0..500 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some((redis, port));
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    None
-}
-
 async fn bench_l2(full: bool) {
-    let Some((_redis, port)) = start_redis() else {
+    if Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
         println!("l2: redis-server not found; skipped");
         return;
-    };
+    }
+    let redis = RedisServer::start();
     let rt = StoreRuntime::new(2).expect("runtime");
     let handle = rt.handle();
     let metrics = Arc::new(Metrics::new());
     let opts = RedisOptions {
-        urls: vec![format!("redis://127.0.0.1:{port}")],
+        urls: vec![redis.url()],
         cluster: false,
         pool_size: 8,
         connect_timeout: Duration::from_secs(1),

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{client, eventually, send, settings_for, Origin, Reply, Resp};
+use common::{client, eventually, free_port, send, settings_for, Origin, Reply, Resp};
 use tierd::clock::ManualClock;
 use tierd::config::Settings;
 use tierd::server::Gateway;
@@ -120,14 +120,6 @@ fn spawn_tierd(port: u16, origin: &Origin, env: &[(&str, &str)]) -> std::process
         cmd.env(k, v);
     }
     cmd.spawn().expect("tierd binary")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_up(port: u16) {

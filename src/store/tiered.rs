@@ -171,9 +171,7 @@ impl TieredStore {
             tm.promotions.inc();
             let slot = Arc::new(decoded.slot);
             self.l1.put_now(key, slot.clone());
-            for faster in &self.lower[..i] {
-                self.write_one(faster, key, &slot, decoded.keep_until, now, None);
-            }
+            self.queue_writes(&self.lower[..i], key, &slot, decoded.keep_until, now);
             return Some((slot, name));
         }
         None
@@ -192,7 +190,10 @@ impl TieredStore {
             return;
         }
         match result {
-            Some(Some(slot)) => self.write_behind(key, &slot),
+            Some(Some(slot)) => {
+                let now = self.clock.now();
+                self.queue_writes(&self.lower, key, &slot, now + slot.keep_for, now);
+            }
             Some(None) => {
                 for lower in &self.lower {
                     let tier = lower.tier.clone();
@@ -210,45 +211,37 @@ impl TieredStore {
         }
     }
 
-    /// Queues `slot` for every lower tier, each with its own TTL cap.
-    fn write_behind(&self, key: &str, slot: &Slot) {
-        let now = self.clock.now();
-        let keep_until = now + slot.keep_for;
-        let mut shared: Option<(SystemTime, bytes::Bytes)> = None;
-        for lower in &self.lower {
-            self.write_one(lower, key, slot, keep_until, now, Some(&mut shared));
-        }
-    }
-
-    /// Encodes (reusing `cache` when the expiry matches) and queues one write.
-    fn write_one(
+    /// Queues `slot` for each of `tiers`, each with its own TTL cap; tiers whose capped expiry is
+    /// the same share one encoding.
+    fn queue_writes(
         &self,
-        lower: &Lower,
+        tiers: &[Lower],
         key: &str,
         slot: &Slot,
         keep_until: SystemTime,
         now: SystemTime,
-        cache: Option<&mut Option<(SystemTime, bytes::Bytes)>>,
     ) {
-        let expires = keep_until.min(now + lower.max_ttl);
-        let bytes = match cache {
-            Some(Some((at, b))) if *at == expires => b.clone(),
-            Some(c) => {
-                let b = codec::encode(slot, keep_until, expires);
-                *c = Some((expires, b.clone()));
-                b
+        let mut encoded: Option<(SystemTime, bytes::Bytes)> = None;
+        for lower in tiers {
+            let expires = keep_until.min(now + lower.max_ttl);
+            let bytes = match &encoded {
+                Some((at, b)) if *at == expires => b.clone(),
+                _ => {
+                    let b = codec::encode(slot, keep_until, expires);
+                    encoded = Some((expires, b.clone()));
+                    b
+                }
+            };
+            let record = Record {
+                bytes,
+                expires_at_ms: millis(expires),
+                ttl: expires.duration_since(now).unwrap_or(Duration::ZERO),
+            };
+            let name = lower.tier.name();
+            if let Err(e) = lower.tier.put(key.to_owned(), record) {
+                self.metrics.tier(name).writes(WriteOutcome::QueueFull, 1);
+                tracing::debug!(tier = name.as_str(), error = %e, "write not accepted");
             }
-            None => codec::encode(slot, keep_until, expires),
-        };
-        let record = Record {
-            bytes,
-            expires_at_ms: millis(expires),
-            ttl: expires.duration_since(now).unwrap_or(Duration::ZERO),
-        };
-        let name = lower.tier.name();
-        if let Err(e) = lower.tier.put(key.to_owned(), record) {
-            self.metrics.tier(name).writes(WriteOutcome::QueueFull, 1);
-            tracing::debug!(tier = name.as_str(), error = %e, "write not accepted");
         }
     }
 

@@ -363,6 +363,15 @@ pub async fn raw_origin(script: Vec<u8>, then: Then) -> (SocketAddr, Arc<AtomicU
     (addr, count)
 }
 
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
 /// Polls `cond` until it holds or `within` passes; for effects that happen in background tasks.
 pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
