@@ -66,7 +66,13 @@ async fn admin(gw: &Gateway, path: &str) -> String {
 
 /// The value of a counter sample whose labels include every `labels` pair.
 async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = admin(gw, "/metrics").await;
+    metric_at(gw.admin_addr, name, labels).await
+}
+
+async fn metric_at(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = send(client().get(format!("http://{admin}/metrics")))
+        .await
+        .text();
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
         .filter(|l| {
@@ -452,39 +458,102 @@ async fn foreign_bytes_in_redis_are_a_miss_not_an_error() {
 
 #[test]
 fn sigterm_drains_queued_writes_into_l2_and_l3() {
+    use std::sync::atomic::{AtomicU8, Ordering};
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("drain.duckdb");
     let sys = actix_web::rt::System::new();
     let clock = Arc::new(ManualClock::new());
-    let origin = sys.block_on(origin(&clock, "max-age=600"));
+    // `no-cache` with a validator: stored, and revalidated on every request from L1, so the
+    // second round stores new versions without looking anything up in Redis.
+    let round = Arc::new(AtomicU8::new(1));
+    let r = round.clone();
+    let origin = sys.block_on(Origin::start(clock.clone(), move |req, n| {
+        let round = r.load(Ordering::SeqCst);
+        Reply::ok(format!("{} round-{round}", req.path()))
+            .cc("no-cache")
+            .header("etag", &format!("\"{n}\""))
+    }));
 
-    let port = free_port();
+    let (port, admin_port) = (free_port(), free_port());
+    let admin = format!("127.0.0.1:{admin_port}");
     let url = redis.url();
     let path = file.display().to_string();
     let mut child = spawn_tierd(
         port,
         &origin,
         &[
+            ("TIERD__ADMIN__LISTEN", &admin),
             ("TIERD__TIERS__L2__ENABLED", "true"),
             ("TIERD__TIERS__L2__URL", &url),
-            ("TIERD__TIERS__L2__COMMAND_TIMEOUT_MS", "2000"),
+            // Longer than Redis stays paused below.
+            ("TIERD__TIERS__L2__COMMAND_TIMEOUT_MS", "30000"),
             ("TIERD__TIERS__L3__ENABLED", "true"),
             ("TIERD__TIERS__L3__PATH", &path),
         ],
     );
-    let n = 300;
+    let n = 50;
+    let admin: std::net::SocketAddr = admin.parse().unwrap();
+    let l2_written = || async move {
+        metric_at(
+            admin,
+            "tierd_tier_writes_total",
+            &[("tier", "l2"), ("outcome", "written")],
+        )
+        .await
+    };
     sys.block_on(async {
         wait_up(port).await;
         let c = client();
-        let requests = (0..n).map(|i| send(c.get(format!("http://127.0.0.1:{port}/drain/{i}"))));
-        let results = futures_util::future::join_all(requests).await;
-        assert!(results.iter().all(|r| r.status == 200));
+        let get_all = || {
+            futures_util::future::join_all(
+                (0..n).map(|i| send(c.get(format!("http://127.0.0.1:{port}/drain/{i}")))),
+            )
+        };
+        assert!(get_all().await.iter().all(|r| r.status == 200));
+        let all_stored = async {
+            while l2_written().await < n as f64 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), all_stored)
+            .await
+            .expect("round 1 reached Redis");
+
+        // Redis stops answering; round 2's writes are accepted and stay queued.
+        redis.pause();
+        round.store(2, Ordering::SeqCst);
+        let second = get_all().await;
+        assert!(second.iter().all(|r| r.text().ends_with("round-2")));
+        assert_eq!(l2_written().await, n as f64, "round 2 is still queued");
     });
-    // Every response is out, so every write is accepted; stop at once.
-    let status = sigterm(&mut child);
+
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    // tierd must not exit while writes it accepted are queued. Give it time to (wrongly) exit,
+    // then let Redis answer; a draining tierd finishes whatever that time is.
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    let mut exited_early = false;
+    while std::time::Instant::now() < deadline {
+        if child.try_wait().unwrap().is_some() {
+            exited_early = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    redis.resume();
+    let status = child.wait().unwrap();
+    assert!(!exited_early, "tierd exited with writes still queued");
     assert!(status.success(), "clean exit: {status}");
-    assert_eq!(redis.dbsize(), n, "every accepted write reached Redis");
+    for i in 0..n {
+        let key = format!("tierd:v1:127.0.0.1:{port}/drain/{i}");
+        let value = redis.cli(&["GET", &key]).unwrap_or_default();
+        assert!(value.contains("round-2"), "{key} holds the queued version");
+    }
     assert_eq!(duck_rows(&file), n, "every accepted write reached DuckDB");
     sys.block_on(origin.stop());
 }
@@ -562,4 +631,43 @@ async fn l2_on_a_redis_cluster_is_shared_by_two_nodes() {
     a.stop(true).await;
     b.stop(true).await;
     origin.stop().await;
+}
+
+#[test]
+fn two_tierd_processes_share_one_redis() {
+    let redis = RedisServer::start();
+    let sys = actix_web::rt::System::new();
+    let clock = Arc::new(ManualClock::new());
+    let origin = sys.block_on(origin(&clock, "max-age=600"));
+    let url = redis.url();
+    let l2_env = [
+        ("TIERD__TIERS__L2__ENABLED", "true"),
+        ("TIERD__TIERS__L2__URL", url.as_str()),
+        ("TIERD__TIERS__L2__COMMAND_TIMEOUT_MS", "1000"),
+    ];
+    let (port_a, port_b) = (free_port(), free_port());
+    let mut a = spawn_tierd(port_a, &origin, &l2_env);
+    let mut b = spawn_tierd(port_b, &origin, &l2_env);
+    sys.block_on(async {
+        wait_up(port_a).await;
+        wait_up(port_b).await;
+        let via = |port: u16| {
+            send(
+                client()
+                    .get(format!("http://127.0.0.1:{port}/two-processes"))
+                    .insert_header(("host", HOST)),
+            )
+        };
+        let first = via(port_a).await;
+        assert_eq!(first.text(), "/two-processes #1");
+        let stored = eventually(Duration::from_secs(10), || redis.dbsize() == 1).await;
+        assert!(stored, "A wrote the entry to Redis");
+        let r = via(port_b).await;
+        assert_eq!(r.text(), "/two-processes #1");
+        assert_eq!(detail(&r), "l2", "{}", r.cache_status());
+        assert_eq!(origin.hits(), 1);
+    });
+    assert!(sigterm(&mut a).success());
+    assert!(sigterm(&mut b).success());
+    sys.block_on(origin.stop());
 }

@@ -74,7 +74,7 @@ impl RedisTier {
         rt: &tokio::runtime::Handle,
     ) -> Result<Self, TierError> {
         let _guard = rt.enter();
-        let pool_config = Some(deadpool_redis::PoolConfig {
+        let pool_config = deadpool_redis::PoolConfig {
             max_size: opts.pool_size.max(1),
             timeouts: deadpool_redis::Timeouts {
                 wait: Some(opts.command_timeout),
@@ -82,11 +82,13 @@ impl RedisTier {
                 recycle: Some(opts.command_timeout),
             },
             ..Default::default()
-        });
+        };
         let bad = |e: &dyn std::fmt::Display| TierError::Unavailable(format!("tiers.l2: {e}"));
         let pool = if opts.cluster {
+            // deadpool-redis' cluster manager keeps redis-rs' own timeouts (1 s to connect,
+            // 500 ms per response); the command timeout below still bounds every operation.
             let mut cfg = cluster::Config::from_urls(opts.urls.clone());
-            cfg.pool = pool_config;
+            cfg.pool = Some(pool_config);
             Pool::Cluster(
                 cfg.create_pool(Some(Runtime::Tokio1))
                     .map_err(|e| bad(&e))?,
@@ -96,10 +98,18 @@ impl RedisTier {
                 .urls
                 .first()
                 .ok_or_else(|| TierError::Unavailable("tiers.l2.url is empty".into()))?;
-            let mut cfg = deadpool_redis::Config::from_url(url.clone());
-            cfg.pool = pool_config;
+            // redis-rs has its own response timeout (500 ms by default), which would cut a
+            // longer configured command timeout short: set both to ours.
+            let conn_config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(opts.connect_timeout))
+                .set_response_timeout(Some(opts.command_timeout));
+            let manager = deadpool_redis::Manager::new_with_config(url.as_str(), conn_config)
+                .map_err(|e| bad(&e))?;
             Pool::Single(
-                cfg.create_pool(Some(Runtime::Tokio1))
+                deadpool_redis::Pool::builder(manager)
+                    .config(pool_config)
+                    .runtime(Runtime::Tokio1)
+                    .build()
                     .map_err(|e| bad(&e))?,
             )
         };
