@@ -170,8 +170,10 @@ fn over_the_cap_expired_entries_go_first_then_the_least_recently_used() {
     f.delete("barrier");
     let size_evicted = evicted("size");
     assert!(size_evicted > 0);
+    // Eviction frees down to 90% when a batch crosses the cap; batches after it may fill up to
+    // the cap again (how the writer splits the puts into batches is its own business).
     let stats = f.tier.stats().unwrap();
-    assert!(stats.bytes <= cap / 100 * 90, "{stats:?}");
+    assert!(stats.bytes <= cap, "{stats:?}");
     assert!(
         (0..10).all(|i| f.get(&row("hot", i)).is_some()),
         "recently read entries stay"
