@@ -20,7 +20,7 @@ use tierd::clock::{Clock, SystemClock};
 use tierd::metrics::Metrics;
 use tierd::store::{
     DuckOptions, DuckTier, MemoryTier, Record, RedisOptions, RedisTier, StoreRuntime, Tier,
-    TieredStore,
+    TierSet, TieredStore,
 };
 
 #[path = "../tests/common/mod.rs"]
@@ -70,6 +70,7 @@ fn record(i: usize, now: SystemTime) -> Record {
         bytes: codec::encode(&s, until, until),
         expires_at_ms: codec::millis(until),
         ttl: s.keep_for,
+        tags: Vec::new().into(),
     }
 }
 
@@ -117,7 +118,7 @@ async fn measure(
     for _ in 0..lookups {
         let k = key(fastrand::usize(..n));
         let t = Instant::now();
-        let hit = store.get_lower(&k).await;
+        let hit = store.get_lower(&k, TierSet::ALL).await;
         lat.push(t.elapsed());
         assert!(hit.is_some(), "{k} missing");
     }
@@ -130,7 +131,9 @@ async fn measure(
             tokio::task::spawn_local(async move {
                 let mut done = 0u64;
                 while Instant::now() < deadline {
-                    let _ = store.get_lower(&key(fastrand::usize(..n))).await;
+                    let _ = store
+                        .get_lower(&key(fastrand::usize(..n)), TierSet::ALL)
+                        .await;
                     done += 1;
                 }
                 done
@@ -183,6 +186,7 @@ async fn bench_l2(full: bool) {
         queue_capacity: 10_000,
         failure_threshold: 5,
         open_for: Duration::from_secs(1),
+        max_ttl: Duration::from_secs(3600),
     };
     let tier: Arc<dyn Tier> =
         Arc::new(RedisTier::new(&opts, metrics.clone(), &handle).expect("l2"));

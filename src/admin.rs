@@ -1,21 +1,125 @@
-//! The admin listener: `/metrics`, `/healthz`, `/readyz`, `/_tierd/stats`. It binds to its own
-//! address (loopback by default) and is never reachable through the gateway port.
+//! The admin listener: `/metrics`, `/healthz`, `/readyz`, and the `/_tierd/...` API (stats,
+//! entry inspection, purge, reload). It binds to its own address (loopback by default) and is
+//! never reachable through the gateway port.
+//!
+//! Mutating calls (`POST /_tierd/purge`, `POST /_tierd/reload`) need
+//! `Authorization: Bearer <admin.token>`; with no token configured they are refused. Errors are
+//! JSON objects `{"error": "..."}` that say what to change.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use actix_web::{web, HttpResponse};
-use serde_json::json;
+use actix_web::http::{header, Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::{json, Value};
 
-use crate::cache::CacheState;
+use crate::cache::{CacheState, PurgeSource};
+use crate::policy::{self, valid_tag, Selector, MAX_TEXT_BYTES};
+use crate::store::TierName;
+
+/// Largest purge request body accepted.
+pub const MAX_PURGE_BODY_BYTES: usize = 64 * 1024;
+/// Longest URL a purge or inspection may name.
+pub const MAX_URL_BYTES: usize = 8 * 1024;
+
+/// What the admin API needs besides the cache state.
+#[derive(Debug, Clone, Default)]
+pub struct AdminOptions {
+    /// `admin.token`; empty refuses mutating calls.
+    pub token: String,
+    /// The config file rules are reloaded from.
+    pub config_file: Option<PathBuf>,
+}
 
 /// Registers the admin routes.
-pub fn configure(state: Arc<CacheState>) -> impl FnOnce(&mut web::ServiceConfig) {
+pub fn configure(
+    state: Arc<CacheState>,
+    opts: AdminOptions,
+) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         cfg.app_data(web::Data::from(state))
+            .app_data(web::Data::new(opts))
             .route("/metrics", web::get().to(metrics))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))
-            .route("/_tierd/stats", web::get().to(stats));
+            .route("/_tierd/stats", web::get().to(stats))
+            .route("/_tierd/entry", web::get().to(entry))
+            .route("/_tierd/purge", web::post().to(purge))
+            .route("/_tierd/reload", web::post().to(reload))
+            .default_service(web::to(not_found));
+    }
+}
+
+fn error(status: StatusCode, msg: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({"error": msg.into()}))
+}
+
+async fn not_found(req: HttpRequest) -> HttpResponse {
+    let allowed = match req.path() {
+        "/_tierd/purge" | "/_tierd/reload" => Some("POST"),
+        "/metrics" | "/healthz" | "/readyz" | "/_tierd/stats" | "/_tierd/entry" => Some("GET"),
+        _ => None,
+    };
+    match allowed {
+        Some(m) if req.method() != Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET) => {
+            let mut res = error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} takes {m}", req.path()),
+            );
+            if let Ok(v) = header::HeaderValue::from_str(m) {
+                res.headers_mut().insert(header::ALLOW, v);
+            }
+            res
+        }
+        _ => error(
+            StatusCode::NOT_FOUND,
+            "no such admin endpoint; see /_tierd/stats, /_tierd/entry, /_tierd/purge, /_tierd/reload, /metrics, /healthz, /readyz",
+        ),
+    }
+}
+
+/// Compares in time independent of where the strings differ.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The refusal, unless the request carries the admin token.
+fn refuse(req: &HttpRequest, opts: &AdminOptions) -> Option<HttpResponse> {
+    if opts.token.is_empty() {
+        tracing::warn!(
+            path = req.path(),
+            "mutating admin call refused: no admin.token configured"
+        );
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "mutating admin calls are disabled: set admin.token (or TIERD__ADMIN__TOKEN) and send Authorization: Bearer <token>",
+        ));
+    }
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+    match given {
+        Some(t) if same(t.as_bytes(), opts.token.as_bytes()) => None,
+        _ => {
+            tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "admin call refused: missing or wrong bearer token");
+            let mut res = error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong token: send Authorization: Bearer <admin.token>",
+            );
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer realm=\"tierd\""),
+            );
+            Some(res)
+        }
     }
 }
 
@@ -40,14 +144,32 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().content_type("text/plain").body("ok\n")
 }
 
+/// Ready while the gateway can serve (L1 always can); lower tiers report their own health, and
+/// a failing one makes the node `degraded`, not unready: it serves from the others.
 async fn readyz(state: web::Data<CacheState>) -> HttpResponse {
+    let mut degraded = false;
     let tiers: Vec<_> = state
         .store
         .stats()
         .into_iter()
-        .map(|t| json!({"tier": t.name.as_str(), "ready": true}))
+        .map(|t| {
+            let circuit = t.circuit.map(|c| c.as_str());
+            let ok = !matches!(circuit, Some("open"));
+            degraded |= !ok;
+            json!({
+                "tier": t.name.as_str(),
+                "ok": ok,
+                "circuit": circuit,
+                "queue_depth": t.queue_depth,
+            })
+        })
         .collect();
-    HttpResponse::Ok().json(json!({"ready": true, "tiers": tiers}))
+    HttpResponse::Ok().json(json!({
+        "ready": true,
+        "status": if degraded { "degraded" } else { "ok" },
+        "tiers": tiers,
+        "rules": state.rules.load().len(),
+    }))
 }
 
 async fn stats(state: web::Data<CacheState>) -> HttpResponse {
@@ -67,8 +189,309 @@ async fn stats(state: web::Data<CacheState>) -> HttpResponse {
             })
         })
         .collect();
+    let rules = state.rules.load();
     HttpResponse::Ok().json(json!({
         "tiers": tiers,
         "in_flight_fetches": state.flights.len(),
+        "l1_indexed_tags": state.store.l1().indexed_tags(),
+        "rules": rules.rules().map(|r| json!({"name": r.name, "path": r.template.as_str()})).collect::<Vec<_>>(),
+        "node": state.bus.as_ref().map(|b| b.node()),
     }))
+}
+
+/// A URL given to the admin API, split for keys and selectors.
+struct AdminUrl {
+    host: Option<String>,
+    path: String,
+    query: Option<String>,
+}
+
+/// Parses `http://host/path?query` or `/path?query`.
+fn parse_url(text: &str, what: &str) -> Result<AdminUrl, String> {
+    if text.is_empty() {
+        return Err(format!(
+            "{what} is empty; give a path such as \"/api/items/1\" or an absolute URL"
+        ));
+    }
+    if text.len() > MAX_URL_BYTES {
+        return Err(format!(
+            "{what} is {} bytes; at most {MAX_URL_BYTES}",
+            text.len()
+        ));
+    }
+    if !text.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "{what} must be printable ASCII without spaces (percent-encode the rest)"
+        ));
+    }
+    let (host, rest) = if let Some(after) = text
+        .strip_prefix("http://")
+        .or_else(|| text.strip_prefix("https://"))
+    {
+        let slash = after.find('/').unwrap_or(after.len());
+        let host = &after[..slash];
+        if host.is_empty() || host.contains(['@', '?', '#']) {
+            return Err(format!("{what}: '{text}' has no usable host"));
+        }
+        let rest = if slash == after.len() {
+            "/"
+        } else {
+            &after[slash..]
+        };
+        (Some(host.to_ascii_lowercase()), rest)
+    } else if text.starts_with('/') && !text.starts_with("//") {
+        (None, text)
+    } else {
+        return Err(format!(
+            "{what}: '{text}' is neither a path starting with '/' nor an http:// URL"
+        ));
+    };
+    let rest = rest.split('#').next().unwrap_or_default();
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+        None => (rest.to_owned(), None),
+    };
+    Ok(AdminUrl { host, path, query })
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeBody {
+    url: Option<String>,
+    prefix: Option<String>,
+    tag: Option<String>,
+}
+
+/// The selector a purge body asks for.
+fn purge_selector(state: &CacheState, body: &[u8]) -> Result<Selector, String> {
+    let b: PurgeBody = serde_json::from_slice(body).map_err(|e| {
+        format!("body is not a purge request ({e}); send JSON such as {{\"tag\": \"assessment:42\"}}, {{\"url\": \"/api/x\"}} or {{\"prefix\": \"/api/\"}}")
+    })?;
+    match (b.url, b.prefix, b.tag) {
+        (Some(url), None, None) => {
+            let u = parse_url(&url, "url")?;
+            // Without a query: the bare URL; with one: normalised as the GET rule keys it.
+            let query = match (&u.query, state.rules.load().find(&Method::GET, &u.path)) {
+                (Some(q), Some(m)) => m.rule().key_query(q),
+                (Some(q), None) => q.clone(),
+                (None, _) => String::new(),
+            };
+            Ok(Selector::Url {
+                host: u.host,
+                path: u.path,
+                query: Some(query),
+            })
+        }
+        (None, Some(prefix), None) => {
+            if prefix.len() > MAX_TEXT_BYTES {
+                return Err(format!(
+                    "prefix is {} bytes; at most {MAX_TEXT_BYTES} (a prefix is a literal path start such as \"/api/\")",
+                    prefix.len()
+                ));
+            }
+            let u = parse_url(&prefix, "prefix")?;
+            if u.query.is_some() {
+                return Err("prefix: a prefix is a path start, without '?'".into());
+            }
+            Ok(Selector::Prefix {
+                host: u.host,
+                prefix: u.path,
+            })
+        }
+        (None, None, Some(tag)) => {
+            if !valid_tag(&tag) {
+                return Err(format!(
+                    "tag: must be 1 to {MAX_TEXT_BYTES} printable ASCII characters without spaces"
+                ));
+            }
+            Ok(Selector::Tag(tag))
+        }
+        _ => Err("give exactly one of \"url\", \"prefix\" or \"tag\"".into()),
+    }
+}
+
+/// Reads a request body of at most `limit` bytes.
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, HttpResponse> {
+    use futures_util::StreamExt;
+    let mut buf = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| error(StatusCode::BAD_REQUEST, format!("body unreadable: {e}")))?;
+        if buf.len() + chunk.len() > limit {
+            tracing::warn!(limit, "purge refused: body too large");
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body over {limit} bytes; a purge body is a small JSON object"),
+            ));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    Ok(buf)
+}
+
+async fn purge(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<CacheState>,
+    opts: web::Data<AdminOptions>,
+) -> HttpResponse {
+    if let Some(res) = refuse(&req, &opts) {
+        return res;
+    }
+    let body = match read_body(payload, MAX_PURGE_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(res) => return res,
+    };
+    let selector = match purge_selector(&state, &body) {
+        Ok(s) => s,
+        Err(msg) => {
+            tracing::warn!(error = %msg, "purge refused: bad request");
+            return error(StatusCode::BAD_REQUEST, msg);
+        }
+    };
+    let results = state.invalidate(&selector, PurgeSource::Admin).await;
+    let mut purged = serde_json::Map::new();
+    let mut errors = serde_json::Map::new();
+    for (tier, r) in results {
+        match r {
+            Ok(n) => {
+                purged.insert(tier.as_str().into(), json!(n));
+            }
+            Err(e) => {
+                errors.insert(tier.as_str().into(), json!(e.to_string()));
+            }
+        }
+    }
+    tracing::info!(selector = ?selector, purged = ?purged, failed = ?errors, "purged");
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        // Some tier could not apply it: the caller should retry.
+        StatusCode::BAD_GATEWAY
+    };
+    HttpResponse::build(status).json(json!({
+        "selector": selector,
+        "purged": purged,
+        "errors": errors,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct EntryQuery {
+    url: Option<String>,
+}
+
+/// Where an entry is held: per tier, its variants with status, TTL, age, size and tags.
+async fn entry(state: web::Data<CacheState>, q: web::Query<EntryQuery>) -> HttpResponse {
+    let Some(url) = q.url.as_deref() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "give ?url=http://<host as clients send it>/path",
+        );
+    };
+    let u = match parse_url(url, "url") {
+        Ok(u) => u,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let Some(host) = u.host else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "url must be absolute (http://<host as clients send it>/path): keys include the host",
+        );
+    };
+    let query = u.query.unwrap_or_default();
+    let rules = state.rules.load();
+    let matched = rules.find(&Method::GET, &u.path);
+    let key = match &matched {
+        Some(m) => policy::compose_key(&host, &u.path, &query, m.rule(), &header::HeaderMap::new()),
+        None if query.is_empty() => format!("{host}{}", u.path),
+        None => format!("{host}{}?{query}", u.path),
+    };
+    let now = state.clock.now();
+    let mut tiers = serde_json::Map::new();
+    for name in TierName::ALL {
+        if name != TierName::L1 && state.store.tier(name).is_none() {
+            continue;
+        }
+        let v = match state.store.peek(name, &key).await {
+            Ok(Some(d)) => Value::Array(
+                d.slot
+                    .variants
+                    .iter()
+                    .map(|e| {
+                        json!({
+                            "status": e.status.as_u16(),
+                            "ttl_seconds": e.ttl(now),
+                            "age_seconds": e.age(now),
+                            "body_bytes": e.body.len(),
+                            "tags": e.tags,
+                            "vary": !e.vary.is_empty(),
+                        })
+                    })
+                    .collect(),
+            ),
+            Ok(None) => Value::Null,
+            Err(e) => json!({"error": e.to_string()}),
+        };
+        tiers.insert(name.as_str().into(), v);
+    }
+    let cached = tiers.values().any(Value::is_array);
+    let body = json!({
+        "key": key,
+        "route": matched.as_ref().map(|m| m.rule().template.as_str()),
+        "cached": cached,
+        "tiers": tiers,
+    });
+    if cached {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::NotFound().json(body)
+    }
+}
+
+async fn reload(
+    req: HttpRequest,
+    state: web::Data<CacheState>,
+    opts: web::Data<AdminOptions>,
+) -> HttpResponse {
+    if let Some(res) = refuse(&req, &opts) {
+        return res;
+    }
+    let file = opts.config_file.clone();
+    let st = state.into_inner();
+    // Reading and parsing the file is blocking work.
+    let result = web::block(move || crate::server::reload_rules(&st, file.as_deref())).await;
+    match result {
+        Ok(Ok(n)) => HttpResponse::Ok().json(json!({"reloaded": true, "rules": n})),
+        Ok(Err(e)) => error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{e}; the previous rules stay in force"),
+        ),
+        Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        let u = parse_url("http://API.test:8080/a/b?x=1#f", "url").unwrap();
+        assert_eq!(u.host.as_deref(), Some("api.test:8080"));
+        assert_eq!((u.path.as_str(), u.query.as_deref()), ("/a/b", Some("x=1")));
+        let p = parse_url("/a", "url").unwrap();
+        assert_eq!((p.host, p.path.as_str(), p.query), (None, "/a", None));
+        assert_eq!(parse_url("http://h", "url").unwrap().path, "/");
+        for bad in ["", "a/b", "//evil/a", "http:///a", "/a b", "ftp://h/a"] {
+            assert!(parse_url(bad, "url").is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn token_comparison() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+    }
 }

@@ -56,6 +56,8 @@ pub struct Settings {
     pub tiers: TiersConfig,
     pub demo_origin: DemoOriginConfig,
     pub log: LogConfig,
+    /// `[[rules]]`, first match wins.
+    pub rules: Vec<crate::policy::RuleConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -239,6 +241,7 @@ impl L2Config {
             queue_capacity: self.queue_capacity,
             failure_threshold: self.circuit_failure_threshold,
             open_for: Duration::from_millis(self.circuit_open_ms),
+            max_ttl: Duration::from_secs(self.max_ttl_seconds),
         }
     }
 }
@@ -385,6 +388,7 @@ impl Settings {
 
     /// Checks values that types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::policy::compile_all(&self.rules).map_err(ConfigError)?;
         let err = |key: &str, msg: String| Err(ConfigError(format!("{key}: {msg}")));
         for (key, value) in [
             ("server.listen", &self.server.listen),
@@ -562,6 +566,7 @@ impl Settings {
                     max_seconds: self.cache.heuristic_max_seconds,
                 },
                 store_set_cookie: self.cache.store_set_cookie,
+                ..Default::default()
             },
             keep_stale: Duration::from_secs(self.cache.keep_stale_seconds),
             max_variants: self.cache.max_variants,

@@ -95,8 +95,12 @@ fn serve(file: Option<&Path>) -> ExitCode {
 
 fn run(settings: Settings, file: Option<&Path>) -> anyhow::Result<()> {
     actix_web::rt::System::new().block_on(async move {
-        let gw =
-            tierd::server::Gateway::start(&settings, Arc::new(tierd::clock::SystemClock)).await?;
+        let gw = tierd::server::Gateway::start(
+            &settings,
+            Arc::new(tierd::clock::SystemClock),
+            file.map(Path::to_path_buf),
+        )
+        .await?;
         tracing::info!(
             gateway = %gw.addr,
             admin = %gw.admin_addr,

@@ -211,11 +211,27 @@ impl TierMetrics {
     }
 }
 
+/// Request counters of one route, one child per [`Outcome`].
+pub struct RouteCounters(Vec<IntCounter>);
+
+impl RouteCounters {
+    #[inline]
+    pub fn count(&self, o: Outcome) {
+        self.0[o as usize].inc();
+    }
+}
+
 /// All of tierd's metrics.
 pub struct Metrics {
     tiers: [TierMetrics; 3],
     registry: Registry,
-    requests: Vec<IntCounter>,
+    requests_vec: IntCounterVec,
+    pub purges: IntCounterVec,
+    pub purged_entries: IntCounterVec,
+    pub invalidation_lag: Histogram,
+    pub invalidation_messages: IntCounterVec,
+    pub rule_reloads: IntCounterVec,
+    pub rules_loaded: IntGauge,
     pub not_modified: IntCounter,
     pub origin_requests: IntCounter,
     origin_errors: Vec<IntCounter>,
@@ -243,16 +259,13 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "tierd_requests_total",
-                    "Requests answered by the cache layer, by cache status",
+                    "Requests answered by the cache layer, by cache status and route template \
+                     (the matching rule's path, or \"unmatched\")",
                 ),
-                &["cache_status"],
+                &["cache_status", "route"],
             )
             .expect("static metric definition"),
         );
-        let requests = Outcome::ALL
-            .iter()
-            .map(|o| requests_vec.with_label_values(&[o.as_str()]))
-            .collect();
         let evictions = reg(
             &r,
             IntCounterVec::new(
@@ -414,7 +427,72 @@ impl Metrics {
         };
         Metrics {
             tiers: [tier(TierName::L1), tier(TierName::L2), tier(TierName::L3)],
-            requests,
+            requests_vec,
+            purges: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tierd_purges_total",
+                        "Purges applied on this node, by selector kind and source (admin, rule, \
+                         method, remote: published by another node)",
+                    ),
+                    &["kind", "source"],
+                )
+                .expect("static metric definition"),
+            ),
+            purged_entries: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tierd_purged_entries_total",
+                        "Entries removed by purges, by tier",
+                    ),
+                    &["tier"],
+                )
+                .expect("static metric definition"),
+            ),
+            invalidation_lag: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "tierd_invalidation_lag_seconds",
+                        "Time from a purge on one node to its L1 removal on this node \
+                         (publish to apply, across Redis pub/sub)",
+                    )
+                    .buckets(vec![
+                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                        0.25, 1.0,
+                    ]),
+                )
+                .expect("static metric definition"),
+            ),
+            invalidation_messages: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tierd_invalidation_messages_total",
+                        "Invalidation messages on Redis pub/sub, by direction (published, \
+                         received, rejected)",
+                    ),
+                    &["direction"],
+                )
+                .expect("static metric definition"),
+            ),
+            rule_reloads: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tierd_rule_reloads_total",
+                        "Rule reloads, by result (ok, rejected)",
+                    ),
+                    &["result"],
+                )
+                .expect("static metric definition"),
+            ),
+            rules_loaded: reg(
+                &r,
+                IntGauge::new("tierd_rules", "Rules in force").expect("static metric definition"),
+            ),
             not_modified: reg(
                 &r,
                 IntCounter::new("tierd_not_modified_total", "304 responses sent to clients")
@@ -468,9 +546,14 @@ impl Metrics {
         }
     }
 
-    #[inline]
-    pub fn request(&self, o: Outcome) {
-        self.requests[o as usize].inc();
+    /// The request counters of `route` (a rule's template, or "unmatched").
+    pub fn route_counters(&self, route: &str) -> RouteCounters {
+        RouteCounters(
+            Outcome::ALL
+                .iter()
+                .map(|o| self.requests_vec.with_label_values(&[o.as_str(), route]))
+                .collect(),
+        )
     }
 
     /// One tier's metrics.

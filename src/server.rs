@@ -2,6 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,10 +10,11 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
 use crate::app::{gateway_app, GatewayParts};
-use crate::cache::{single_flight::Flights, CacheState};
+use crate::cache::{Bus, CacheState};
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::policy::RuleSet;
 use crate::store::{DuckTier, MemoryTier, RedisTier, StoreRuntime, TieredStore};
 use crate::upstream::Target;
 
@@ -34,12 +36,13 @@ pub fn build_store(
     settings: &Settings,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-) -> io::Result<TieredStore> {
+) -> io::Result<(TieredStore, Option<Bus>)> {
     let l1 = MemoryTier::new(settings.tiers.l1.max_bytes, metrics.clone());
     let mut store = TieredStore::new(l1, clock.clone(), metrics.clone());
+    let mut bus = None;
     let (l2, l3) = (&settings.tiers.l2, &settings.tiers.l3);
     if !l2.enabled && !l3.enabled {
-        return Ok(store);
+        return Ok((store, bus));
     }
     let rt = StoreRuntime::new(2)?;
     let handle = rt.handle();
@@ -58,6 +61,7 @@ pub fn build_store(
                             "Redis unreachable; L2 lookups are misses until it answers (tierd reconnects on its own)"),
                     }
                 });
+                bus = Some(Bus::new(tier.clone(), &l2.key_prefix, handle.clone()));
                 store = store.with_tier(tier, Duration::from_secs(l2.max_ttl_seconds));
             }
             Err(e) => tracing::error!(tier = "l2", error = %e, "L2 disabled"),
@@ -74,20 +78,57 @@ pub fn build_store(
             }
         }
     }
-    Ok(store)
+    Ok((store, bus))
 }
 
-/// Builds the shared cache state from settings.
+/// Builds the shared cache state from settings, and subscribes it to the other nodes'
+/// invalidations when L2 Redis is configured.
 pub fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> io::Result<Arc<CacheState>> {
     let metrics = Arc::new(Metrics::new());
-    let store = build_store(settings, clock.clone(), metrics.clone())?;
-    Ok(Arc::new(CacheState {
-        store,
-        flights: Flights::new(),
-        clock,
-        policy: settings.cache_policy(),
-        metrics,
-    }))
+    let rules = RuleSet::compile(&settings.rules, &metrics).map_err(io::Error::other)?;
+    let (store, bus) = build_store(settings, clock.clone(), metrics.clone())?;
+    let mut state = CacheState::new(store, clock, settings.cache_policy(), metrics, rules);
+    if let Some(bus) = bus {
+        state = state.with_bus(bus);
+    }
+    let state = Arc::new(state);
+    if let Some(bus) = &state.bus {
+        let l2 = settings.tiers.l2.options();
+        if let Some(url) = l2.urls.first() {
+            bus.subscribe(
+                url.clone(),
+                l2.connect_timeout.max(Duration::from_millis(500)),
+                Arc::downgrade(&state),
+            );
+        }
+    }
+    Ok(state)
+}
+
+/// Reloads `[[rules]]` from the config file (and the environment). A file that does not load
+/// or validate changes nothing; the error names the rule and the key.
+pub fn reload_rules(state: &CacheState, file: Option<&Path>) -> Result<usize, String> {
+    let outcome = Settings::load(file)
+        .map_err(|e| e.to_string())
+        .and_then(|s| RuleSet::compile(&s.rules, &state.metrics));
+    match outcome {
+        Ok(rules) => {
+            let n = rules.len();
+            state.set_rules(rules);
+            state.metrics.rule_reloads.with_label_values(&["ok"]).inc();
+            tracing::info!(rules = n, config = ?file, "rules reloaded (other sections apply at the next restart)");
+            Ok(n)
+        }
+        Err(e) => {
+            state
+                .metrics
+                .rule_reloads
+                .with_label_values(&["rejected"])
+                .inc();
+            tracing::error!(error = %e, config = ?file, "rules reload rejected; the previous rules stay in force");
+            Err(e)
+        }
+    }
 }
 
 fn spawn(server: Server) -> (ServerHandle, tokio::task::JoinHandle<io::Result<()>>) {
@@ -96,9 +137,30 @@ fn spawn(server: Server) -> (ServerHandle, tokio::task::JoinHandle<io::Result<()
 }
 
 impl Gateway {
-    /// Binds every listener and starts serving. Must run inside an actix system.
-    pub async fn start(settings: &Settings, clock: Arc<dyn Clock>) -> io::Result<Gateway> {
+    /// Binds every listener and starts serving. Must run inside an actix system. `file` is the
+    /// config file rules are reloaded from (`POST /_tierd/reload`, SIGHUP).
+    pub async fn start(
+        settings: &Settings,
+        clock: Arc<dyn Clock>,
+        file: Option<PathBuf>,
+    ) -> io::Result<Gateway> {
         let state = build_state(settings, clock)?;
+        let admin_opts = crate::admin::AdminOptions {
+            token: settings.admin.token.clone(),
+            config_file: file.clone(),
+        };
+        #[cfg(unix)]
+        {
+            let (weak, file) = (Arc::downgrade(&state), file.clone());
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            actix_web::rt::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let Some(st) = weak.upgrade() else { break };
+                    tracing::info!("SIGHUP: reloading rules");
+                    let _ = reload_rules(&st, file.as_deref());
+                }
+            });
+        }
         let mut others = Vec::new();
 
         let mut demo_addr = None;
@@ -116,7 +178,10 @@ impl Gateway {
 
         let admin_state = state.clone();
         let admin = HttpServer::new(move || {
-            App::new().configure(crate::admin::configure(admin_state.clone()))
+            App::new().configure(crate::admin::configure(
+                admin_state.clone(),
+                admin_opts.clone(),
+            ))
         })
         .workers(1)
         .disable_signals()

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tierd::cache::codec::millis;
 use tierd::clock::{Clock, ManualClock};
 use tierd::metrics::Metrics;
+use tierd::policy::{path_tag, Selector};
 use tierd::store::{DuckOptions, DuckTier, Record, StoreRuntime, Tier};
 
 const ROW: usize = 8 * 1024;
@@ -23,13 +24,19 @@ fn options(path: &Path, max_bytes: u64) -> DuckOptions {
     }
 }
 
-fn record(clock: &ManualClock, byte: u8, ttl_secs: u64) -> Record {
+fn record(clock: &ManualClock, byte: u8, ttl_secs: u64, tags: Vec<String>) -> Record {
     let ttl = Duration::from_secs(ttl_secs);
     Record {
         bytes: Bytes::from(vec![byte; ROW]),
         expires_at_ms: millis(clock.now() + ttl),
         ttl,
+        tags: tags.into(),
     }
+}
+
+/// Keys look like the cache's: a host, then the test's name as the path.
+fn k(name: &str) -> String {
+    format!("h/{name}")
 }
 
 struct Fixture {
@@ -60,14 +67,28 @@ impl Fixture {
     }
 
     fn put(&self, key: &str, byte: u8, ttl_secs: u64) {
+        self.put_tagged(key, byte, ttl_secs, &[]);
+    }
+
+    fn put_tagged(&self, key: &str, byte: u8, ttl_secs: u64, tags: &[&str]) {
+        let mut all = vec![path_tag(&format!("/{key}"))];
+        all.extend(tags.iter().map(|t| t.to_string()));
         self.tier
-            .put(key.to_owned(), record(&self.clock, byte, ttl_secs))
+            .put(k(key), record(&self.clock, byte, ttl_secs, all))
             .expect("accepted");
+    }
+
+    fn purge(&self, selector: Selector) -> u64 {
+        let t = self.tier.clone();
+        self.rt
+            .handle()
+            .block_on(async move { t.purge(&selector).await })
+            .expect("purge")
     }
 
     fn get(&self, key: &str) -> Option<Bytes> {
         let t = self.tier.clone();
-        let k = key.to_owned();
+        let k = k(key);
         self.rt
             .handle()
             .block_on(async move { t.get(&k).await })
@@ -77,7 +98,7 @@ impl Fixture {
     /// A delete waits until everything queued before it is applied: a barrier.
     fn delete(&self, key: &str) {
         let t = self.tier.clone();
-        let k = key.to_owned();
+        let k = k(key);
         self.rt
             .handle()
             .block_on(async move { t.delete(&k).await })
@@ -112,15 +133,37 @@ fn queued_writes_apply_in_order_and_reads_see_them() {
     let stats = f.tier.stats().unwrap();
     assert_eq!(stats.entries, 502);
 
-    let t = f.tier.clone();
-    let purged =
-        f.rt.handle()
-            .block_on(async move { t.purge_prefix("k1").await })
-            .unwrap();
+    let purged = f.purge(Selector::Prefix {
+        host: None,
+        prefix: "/k1".into(),
+    });
     // k1, k10..k19, k100..k199
     assert_eq!(purged, 1 + 10 + 100);
     assert_eq!(f.get("k150"), None);
     assert!(f.get("k250").is_some());
+    // Another host's prefix selects nothing here.
+    let other = Selector::Prefix {
+        host: Some("other".into()),
+        prefix: "/k2".into(),
+    };
+    assert_eq!(f.purge(other), 0);
+    assert!(f.get("k250").is_some());
+
+    // Tags select whole tags only, and a URL selects its path's entries.
+    f.put_tagged("a", 1, 600, &["assessment:1", "all"]);
+    f.put_tagged("b", 1, 600, &["assessment:10", "all"]);
+    f.put_tagged("c", 1, 600, &["other"]);
+    assert_eq!(f.purge(Selector::Tag("assessment:1".into())), 1);
+    assert_eq!((f.get("a"), f.get("b").is_some()), (None, true));
+    assert_eq!(f.purge(Selector::Tag("all".into())), 1);
+    assert_eq!(f.get("b"), None);
+    let url = Selector::Url {
+        host: Some("h".into()),
+        path: "/c".into(),
+        query: None,
+    };
+    assert_eq!(f.purge(url), 1);
+    assert_eq!(f.get("c"), None);
     f.close();
 }
 
@@ -211,7 +254,7 @@ fn a_file_with_another_schema_version_is_refused_and_left_alone() {
         let conn = duckdb::Connection::open(&path).unwrap();
         conn.execute_batch(
             "CREATE TABLE tierd_meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
-             INSERT INTO tierd_meta VALUES ('schema', '2');",
+             INSERT INTO tierd_meta VALUES ('schema', '99');",
         )
         .unwrap();
     }
@@ -224,7 +267,7 @@ fn a_file_with_another_schema_version_is_refused_and_left_alone() {
     )
     .err()
     .expect("refused");
-    assert!(err.to_string().contains("schema version 2"), "{err}");
+    assert!(err.to_string().contains("schema version 99"), "{err}");
     let conn = duckdb::Connection::open(&path).unwrap();
     let tables: i64 = conn
         .query_row(
@@ -237,4 +280,42 @@ fn a_file_with_another_schema_version_is_refused_and_left_alone() {
         tables, 0,
         "nothing was created in a file tierd does not own"
     );
+}
+
+/// A schema-1 file (before tags) is migrated in place: its rows stay readable and can be
+/// purged by their path.
+#[test]
+fn a_schema_1_file_is_migrated_and_its_rows_purge_by_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v1.duckdb");
+    let clock = ManualClock::new();
+    let far = millis(clock.now() + Duration::from_secs(600));
+    {
+        let conn = duckdb::Connection::open(&path).unwrap();
+        conn.execute_batch(
+            "CREATE TABLE tierd_meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
+             INSERT INTO tierd_meta VALUES ('schema', '1');
+             CREATE TABLE entries (key_hash UBIGINT PRIMARY KEY, cache_key VARCHAR NOT NULL,
+                 expires_at UBIGINT NOT NULL, last_access UBIGINT NOT NULL,
+                 size UBIGINT NOT NULL, value BLOB NOT NULL);",
+        )
+        .unwrap();
+        for key in ["h/old?x=1", "h/old", "h/older"] {
+            conn.execute(
+                "INSERT INTO entries VALUES (?, ?, ?, 0, 10, ?)",
+                duckdb::params![tierd::store::key_hash(key), key, far, &b"v"[..]],
+            )
+            .unwrap();
+        }
+    }
+    let f = Fixture::open(&path, 1 << 30);
+    assert_eq!(f.get("old?x=1").as_deref(), Some(&b"v"[..]));
+    let purged = f.purge(Selector::Url {
+        host: None,
+        path: "/old".into(),
+        query: None,
+    });
+    assert_eq!(purged, 2, "both queries of /old, not /older");
+    assert!(f.get("older").is_some());
+    f.close();
 }

@@ -189,6 +189,7 @@ async fn hop_by_hop_headers_are_neither_forwarded_nor_stored() {
     let gw = tierd::server::Gateway::start(
         &common::settings_for(addr),
         std::sync::Arc::new(tierd::clock::SystemClock),
+        None,
     )
     .await
     .unwrap();

@@ -16,7 +16,9 @@ async fn gateway_for(
     let mut s = common::settings_for(addr);
     s.upstream.timeout_ms = 500;
     tweak(&mut s);
-    Gateway::start(&s, Arc::new(SystemClock)).await.unwrap()
+    Gateway::start(&s, Arc::new(SystemClock), None)
+        .await
+        .unwrap()
 }
 
 #[actix_web::test]

@@ -42,7 +42,9 @@ async fn start(
 ) -> Gateway {
     let mut s = settings_for(origin.addr);
     tweak(&mut s);
-    Gateway::start(&s, clock.clone()).await.expect("gateway")
+    Gateway::start(&s, clock.clone(), None)
+        .await
+        .expect("gateway")
 }
 
 /// Every node is reached under one public host name, as behind a load balancer (the cache key
@@ -228,7 +230,7 @@ async fn a_restarted_node_and_a_second_node_serve_from_shared_l2() {
     assert_eq!(origin.hits(), 1);
 
     // Redis keys carry the prefix, the format version and a TTL.
-    let keys = redis.cli(&["KEYS", "*"]).unwrap();
+    let keys = redis.cli(&["KEYS", "tierd:v1:*"]).unwrap();
     assert!(keys.starts_with("tierd:v1:"), "{keys}");
     let ttl: i64 = redis.cli(&["PTTL", &keys]).unwrap().parse().unwrap();
     assert!(ttl > 0, "every key expires in Redis too: {ttl}");
@@ -241,7 +243,7 @@ async fn a_restarted_node_and_a_second_node_serve_from_shared_l2() {
     )
     .await;
     assert!(put.status < 500);
-    assert_eq!(redis.dbsize(), 0);
+    assert_eq!(redis.records(), 0);
     a2.stop(true).await;
     b.stop(true).await;
     origin.stop().await;
@@ -341,7 +343,7 @@ async fn redis_killed_under_load_costs_nothing_and_l2_resumes_without_restart() 
     for i in 0..200 {
         let path = format!("/resume/{i}");
         get(&a, &path).await;
-        let stored = eventually(Duration::from_millis(500), || redis.dbsize() > 0).await;
+        let stored = eventually(Duration::from_millis(500), || redis.records() > 0).await;
         if stored && detail(&get(&b, &path).await) == "l2" {
             resumed = true;
             break;
@@ -433,7 +435,7 @@ async fn foreign_bytes_in_redis_are_a_miss_not_an_error() {
     let a = start(&origin, &clock, |s| l2(s, &redis)).await;
     get(&a, "/victim").await;
     written(&a, "l2", 1).await;
-    let key = redis.cli(&["KEYS", "*"]).unwrap();
+    let key = redis.cli(&["KEYS", "tierd:v1:*"]).unwrap();
     assert_eq!(
         redis.cli(&["SET", &key, "not a tierd record"]).as_deref(),
         Some("OK")
@@ -607,7 +609,7 @@ async fn l2_on_a_redis_cluster_is_shared_by_two_nodes() {
         get(&a, &format!("/c/{i}")).await;
     }
     written(&a, "l2", 30).await;
-    let per_node: Vec<u64> = nodes.iter().map(RedisServer::dbsize).collect();
+    let per_node: Vec<u64> = nodes.iter().map(RedisServer::records).collect();
     assert_eq!(per_node.iter().sum::<u64>(), 30, "{per_node:?}");
     assert!(
         per_node.iter().all(|n| *n > 0),
@@ -626,7 +628,7 @@ async fn l2_on_a_redis_cluster_is_shared_by_two_nodes() {
     )
     .await;
     assert!(put.status < 500);
-    let per_node: Vec<u64> = nodes.iter().map(RedisServer::dbsize).collect();
+    let per_node: Vec<u64> = nodes.iter().map(RedisServer::records).collect();
     assert_eq!(per_node.iter().sum::<u64>(), 29);
     a.stop(true).await;
     b.stop(true).await;
@@ -660,7 +662,7 @@ fn two_tierd_processes_share_one_redis() {
         };
         let first = via(port_a).await;
         assert_eq!(first.text(), "/two-processes #1");
-        let stored = eventually(Duration::from_secs(10), || redis.dbsize() == 1).await;
+        let stored = eventually(Duration::from_secs(10), || redis.records() == 1).await;
         assert!(stored, "A wrote the entry to Redis");
         let r = via(port_b).await;
         assert_eq!(r.text(), "/two-processes #1");

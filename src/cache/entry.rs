@@ -14,6 +14,7 @@ use crate::http::storable::{
     self, NotStorable, RequestFacts, StoreOptions, StorePlan, StoredFacts,
 };
 use crate::http::vary::{self, VaryValues};
+use crate::policy::valid_tag;
 
 /// A response held in storage, with what reuse and revalidation need.
 #[derive(Debug, Clone)]
@@ -40,6 +41,9 @@ pub struct CachedResponse {
     pub tags: Box<[String]>,
 }
 
+/// Tags kept per response; more in `Surrogate-Key` are ignored.
+pub const MAX_TAGS: usize = 64;
+
 /// Per-entry bookkeeping weight (struct, allocation headers), so that tiny bodies still count.
 const ENTRY_OVERHEAD_BYTES: usize = 256;
 const HEADER_OVERHEAD_BYTES: usize = 32;
@@ -53,19 +57,20 @@ impl CachedResponse {
         plan: &StorePlan,
         request_headers: &HeaderMap,
         response_time: SystemTime,
+        extra_tags: &[String],
     ) -> Self {
         let hop = HopByHop::of(response_headers);
         let mut headers = Vec::with_capacity(response_headers.len() + 1);
-        let mut tags = Vec::new();
+        let mut tags: Vec<String> = extra_tags.to_vec();
         let mut etag = None;
         let mut last_modified = None;
         for (name, value) in response_headers.iter() {
             if name.as_str() == "surrogate-key" {
-                tags.extend(
-                    String::from_utf8_lossy(value.as_bytes())
-                        .split_ascii_whitespace()
-                        .map(str::to_owned),
-                );
+                for t in String::from_utf8_lossy(value.as_bytes()).split_ascii_whitespace() {
+                    if tags.len() < MAX_TAGS && valid_tag(t) && !tags.iter().any(|x| x == t) {
+                        tags.push(t.to_owned());
+                    }
+                }
                 continue;
             }
             if hop.drops(name)
@@ -155,6 +160,13 @@ impl CachedResponse {
             response_time,
             opts,
         )?;
+        // Stored headers hold no `Surrogate-Key`: the tags carry over unless the update sends
+        // new ones.
+        let keep_tags: &[String] = if new_headers.contains_key("surrogate-key") {
+            &[]
+        } else {
+            &self.tags
+        };
         Ok(CachedResponse::from_origin(
             self.status,
             &merged,
@@ -162,6 +174,7 @@ impl CachedResponse {
             &plan,
             request_headers,
             response_time,
+            keep_tags,
         ))
     }
 

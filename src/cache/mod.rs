@@ -4,6 +4,7 @@
 //! [`ResponseCache`] (inner) serves from and fills the tiered store. Wrap both around any
 //! actix-web service: the gateway wraps its upstream proxy, an application wraps its handlers.
 
+mod bus;
 mod cache_headers;
 pub mod codec;
 pub mod entry;
@@ -11,7 +12,9 @@ pub mod key;
 mod response_cache;
 pub mod single_flight;
 
+pub use bus::Bus;
 pub use cache_headers::CacheHeaders;
 pub use response_cache::{
-    cache_status_header, opaque, CachePolicy, CacheState, ResponseCache, UpstreamFailure,
+    cache_status_header, opaque, CachePolicy, CacheState, PurgeSource, ResponseCache,
+    UpstreamFailure,
 };

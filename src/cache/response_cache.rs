@@ -22,14 +22,19 @@ use futures_util::future::LocalBoxFuture;
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::oneshot;
 
+use super::bus::Bus;
 use super::entry::{CachedResponse, Slot};
 use super::key;
 use super::single_flight::{self, FlightGuard, FlightOutcome, Flights, Join};
 use crate::clock::Clock;
 use crate::http::cache_status::{CacheStatus, Fwd};
-use crate::http::storable::{self, RequestFacts, Reuse, StoreOptions};
-use crate::metrics::{Metrics, OriginError, Outcome};
-use crate::store::{TierName, TieredStore};
+use crate::http::storable::{
+    self, LifetimeOverride, NotStorable, RequestFacts, Reuse, StoreOptions,
+};
+use crate::metrics::{Metrics, OriginError, Outcome, RouteCounters};
+use crate::policy::{self, Invalidation, Rule, RuleSet, Selector};
+use crate::store::{TierName, TierSet, TieredStore};
+use arc_swap::ArcSwap;
 
 /// The `Cache-Status` header name (RFC 9211).
 pub fn cache_status_header() -> HeaderName {
@@ -69,21 +74,104 @@ impl Default for CachePolicy {
     }
 }
 
-/// Shared state of the cache: storage, in-flight fetches, clock, policy and metrics.
+/// Shared state of the cache: storage, in-flight fetches, clock, policy, rules and metrics.
 pub struct CacheState {
     pub store: TieredStore,
     pub flights: Flights,
     pub clock: Arc<dyn Clock>,
     pub policy: CachePolicy,
     pub metrics: Arc<Metrics>,
+    /// The rules in force; swapped whole on reload (a request keeps the set it started with).
+    pub rules: ArcSwap<RuleSet>,
+    /// Cross-node invalidation, when L2 Redis is configured.
+    pub bus: Option<Bus>,
+}
+
+/// Who asked for a purge; the `source` label of `tierd_purges_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PurgeSource {
+    /// `POST /_tierd/purge`.
+    Admin,
+    /// A rule's `invalidate` after a successful mutation.
+    Rule,
+    /// RFC 9111 §4.4: an unsafe method's target URI, `Location`, `Content-Location`.
+    Method,
+}
+
+impl PurgeSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PurgeSource::Admin => "admin",
+            PurgeSource::Rule => "rule",
+            PurgeSource::Method => "method",
+        }
+    }
 }
 
 impl CacheState {
+    /// A state with no cross-node bus.
+    pub fn new(
+        store: TieredStore,
+        clock: Arc<dyn Clock>,
+        policy: CachePolicy,
+        metrics: Arc<Metrics>,
+        rules: RuleSet,
+    ) -> Self {
+        metrics.rules_loaded.set(rules.len() as i64);
+        CacheState {
+            store,
+            flights: Flights::new(),
+            clock,
+            policy,
+            metrics,
+            rules: ArcSwap::from_pointee(rules),
+            bus: None,
+        }
+    }
+
+    /// Publishes this node's purges on `bus`.
+    pub fn with_bus(mut self, bus: Bus) -> Self {
+        self.bus = Some(bus);
+        self
+    }
+
+    /// Replaces the rules in force (requests already running keep theirs).
+    pub fn set_rules(&self, rules: RuleSet) {
+        self.metrics.rules_loaded.set(rules.len() as i64);
+        self.rules.store(Arc::new(rules));
+    }
+
+    /// Purges what `selector` selects from every tier of this node, then tells the other nodes.
+    /// Returns the number removed per tier (an error for a tier that failed).
+    pub async fn invalidate(
+        &self,
+        selector: &Selector,
+        source: PurgeSource,
+    ) -> Vec<(TierName, Result<u64, crate::store::TierError>)> {
+        self.metrics
+            .purges
+            .with_label_values(&[selector.kind(), source.as_str()])
+            .inc();
+        let out = self.store.purge(selector).await;
+        if let Some(bus) = &self.bus {
+            let direction = if bus.publish(selector).await {
+                "published"
+            } else {
+                "publish_failed"
+            };
+            self.metrics
+                .invalidation_messages
+                .with_label_values(&[direction])
+                .inc();
+        }
+        out
+    }
+
     /// Stores `entry` in its URI's slot, next to the variants it does not replace.
-    fn store_entry(&self, key: &str, entry: Arc<CachedResponse>) {
+    fn store_entry(&self, key: &str, tiers: TierSet, entry: Arc<CachedResponse>) {
         let now = self.clock.now();
         let (max, keep) = (self.policy.max_variants, self.policy.keep_stale);
-        self.store.update(key, |current| {
+        self.store.update(key, tiers, |current| {
             Some(Arc::new(match current {
                 Some(slot) => slot.with(entry, max, now, keep),
                 None => Slot::single(entry, now, keep),
@@ -92,13 +180,125 @@ impl CacheState {
     }
 
     /// Removes the variant `request` selects from the slot under `key`.
-    fn remove_selected(&self, key: &str, request: &HeaderMap) {
+    fn remove_selected(&self, key: &str, tiers: TierSet, request: &HeaderMap) {
         let now = self.clock.now();
         let keep = self.policy.keep_stale;
-        self.store.update(key, |current| {
+        self.store.update(key, tiers, |current| {
             current.and_then(|slot| slot.without_selected(request, now, keep).map(Arc::new))
         });
     }
+}
+
+/// What the rules decided for one request, owned so it outlives the request's borrow.
+#[derive(Clone)]
+struct Route {
+    rules: Arc<RuleSet>,
+    index: Option<usize>,
+    counters: Arc<RouteCounters>,
+    tiers: TierSet,
+    /// The rule's tags with path parameters filled in.
+    tags: Vec<String>,
+    /// The request carries a per-user scope value: stored privately for that user.
+    private: bool,
+}
+
+impl Route {
+    fn resolve(rules: Arc<RuleSet>, method: &Method, path: &str) -> (Route, Vec<Invalidation>) {
+        let (index, counters, tiers, tags, invalidations) = match rules.find(method, path) {
+            Some(m) => (
+                Some(m.index()),
+                m.counters().clone(),
+                m.rule()
+                    .tiers
+                    .as_deref()
+                    .map(TierSet::of)
+                    .unwrap_or(TierSet::ALL),
+                m.tags(),
+                m.invalidations(),
+            ),
+            None => (
+                None,
+                rules.unmatched().clone(),
+                TierSet::ALL,
+                Vec::new(),
+                Vec::new(),
+            ),
+        };
+        (
+            Route {
+                rules,
+                index,
+                counters,
+                tiers,
+                tags,
+                private: false,
+            },
+            invalidations,
+        )
+    }
+
+    fn rule(&self) -> Option<&Rule> {
+        self.index.map(|i| self.rules.rule(i))
+    }
+
+    #[inline]
+    fn count(&self, o: Outcome) {
+        self.counters.count(o);
+    }
+
+    /// The store options for a response with `status`: the rule's lifetime and stale windows,
+    /// private storage for a per-user request. With `body` (a stored response being freshened),
+    /// a body-dependent TTL is resolved at once.
+    fn store_options(&self, base: StoreOptions, status: u16, body: Option<&[u8]>) -> StoreOptions {
+        let mut opts = base;
+        opts.private = self.private;
+        if let Some(rule) = self.rule() {
+            opts.lifetime = rule.freshness(status);
+            if let (LifetimeOverride::FromBody, Some(body)) = (opts.lifetime, body) {
+                opts.lifetime = match rule
+                    .ttl_from_body(body)
+                    .or_else(|| rule.fallback_ttl(status))
+                {
+                    Some(t) => LifetimeOverride::Fixed(t),
+                    None => LifetimeOverride::Origin,
+                };
+            }
+            opts.stale_while_revalidate = rule.stale_while_revalidate;
+            opts.stale_if_error = rule.stale_if_error;
+        }
+        opts
+    }
+}
+
+/// Marks a per-user response private for downstream caches: `private` added, `public` and
+/// `s-maxage` removed (a shared cache downstream must not hand it to someone else).
+fn make_private(h: &mut HeaderMap) {
+    let mut directives: Vec<String> = vec!["private".to_owned()];
+    for v in h.get_all(header::CACHE_CONTROL) {
+        for d in String::from_utf8_lossy(v.as_bytes()).split(',') {
+            let d = d.trim();
+            let name = d
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase();
+            if !d.is_empty() && !matches!(name.as_str(), "public" | "private" | "s-maxage") {
+                directives.push(d.to_owned());
+            }
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&directives.join(", ")) {
+        h.insert(header::CACHE_CONTROL, v);
+    }
+    for name in ["surrogate-control", "cdn-cache-control"] {
+        h.remove(name);
+    }
+}
+
+/// The response for an entry that was built but not stored.
+fn respond_uncached(entry: &CachedResponse, status: CacheStatus) -> HttpResponse {
+    respond(entry, entry.initial_age, status)
 }
 
 /// The middleware. Wrap it inside [`CacheHeaders`](super::CacheHeaders):
@@ -245,26 +445,47 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     B: MessageBody + 'static,
 {
-    async fn handle(self, req: ServiceRequest) -> Result<ServiceResponse<BoxBody>, Error> {
+    async fn handle(self, mut req: ServiceRequest) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = &self.state;
         let method = req.method().clone();
         let is_head = method == Method::HEAD;
+        let (mut route, invalidations) = Route::resolve(st.rules.load_full(), &method, req.path());
         if !st.policy.enabled {
             return Ok(self.inner.call(req).await?.map_into_boxed_body());
         }
         if method != Method::GET && !is_head {
-            return self.forward_other(req).await;
+            return self.forward_other(req, route, invalidations).await;
         }
         if req.headers().contains_key(header::RANGE) {
             // Partial content is not stored; range requests go to the origin untouched.
-            st.metrics.request(Outcome::Pass);
-            let mut res = self.inner.call(req).await?.map_into_boxed_body();
-            append_status(res.headers_mut(), CacheStatus::forward(Fwd::Bypass));
-            return Ok(res);
+            return self.bypass(req, route, None).await;
         }
-
-        let facts = RequestFacts::from_headers(req.headers());
-        let key = key::for_request(req.request());
+        let query = req.query_string().to_owned();
+        let mut facts = RequestFacts::from_headers(req.headers());
+        let mut refresh = false;
+        let mut private = false;
+        let key = match route.rule() {
+            Some(rule) => {
+                if let Some(why) = rule.bypass(&query, req.headers()) {
+                    return self.bypass(req, route, Some(why.as_str())).await;
+                }
+                if !rule.respect_client_no_cache {
+                    facts.cc.no_cache = None;
+                    facts.cc.max_age = None;
+                    facts.pragma_no_cache = false;
+                }
+                refresh = rule.refresh(&query);
+                private = rule.user_value(req.headers()).is_some();
+                let host = key::request_host(req.request());
+                policy::compose_key(&host, req.path(), &query, rule, req.headers())
+            }
+            None => key::for_request(req.request()),
+        };
+        route.private = private;
+        if route.private {
+            // The origin sees the credential; the cache never shares the answer.
+            facts.has_authorization = false;
+        }
         let now = st.clock.now();
         let mut slot_seen = false;
         let mut found = None;
@@ -278,7 +499,7 @@ where
             }
         }
         if found.is_none() && st.store.has_lower() {
-            if let Some((slot, tier)) = st.store.get_lower(&key).await {
+            if let Some((slot, tier)) = st.store.get_lower(&key, route.tiers).await {
                 slot_seen = true;
                 if let Some(e) = slot.select(req.headers()) {
                     found = Some(Found {
@@ -291,24 +512,34 @@ where
 
         if let Some(Found { entry, tier }) = &found {
             let age = entry.age(now);
-            match storable::reuse(&facts, entry.facts(age)) {
+            let reuse = if refresh {
+                Reuse::Forward
+            } else {
+                storable::reuse(&facts, entry.facts(age))
+            };
+            match reuse {
                 Reuse::Fresh => {
-                    st.metrics.request(Outcome::Hit);
+                    route.count(Outcome::Hit);
                     let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
                     return Ok(req.into_response(respond(entry, age, cs)));
                 }
                 Reuse::StaleWhileRevalidate => {
-                    st.metrics.request(Outcome::StaleWhileRevalidate);
+                    route.count(Outcome::StaleWhileRevalidate);
                     let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
                     let res = respond(entry, age, cs);
-                    let mut req = req;
                     if !is_head {
                         upstream_conditionals(req.headers_mut(), Some(entry));
                     }
                     let http_req = req.request().clone();
                     if !is_head {
-                        self.clone()
-                            .refresh_in_background(req, key, entry.clone(), *tier, facts);
+                        self.clone().refresh_in_background(
+                            req,
+                            key,
+                            entry.clone(),
+                            *tier,
+                            facts,
+                            route,
+                        );
                     }
                     return Ok(ServiceResponse::new(http_req, res));
                 }
@@ -317,20 +548,42 @@ where
         }
         if facts.cc.only_if_cached {
             // RFC 9111 §5.2.1.7: nothing usable in storage.
-            st.metrics.request(Outcome::Error);
+            route.count(Outcome::Error);
             return Ok(req.into_response(opaque(StatusCode::GATEWAY_TIMEOUT)));
         }
         let fwd = match &found {
-            Some(_) if facts.requires_validation() => Fwd::Request,
+            Some(_) if refresh || facts.requires_validation() => Fwd::Request,
             Some(_) => Fwd::Stale,
             None if slot_seen => Fwd::VaryMiss,
             None => Fwd::UriMiss,
         };
         let stale = found.map(|f| (f.entry, f.tier));
         if is_head {
-            return self.forward_head(req, key, stale, facts, fwd).await;
+            return self.forward_head(req, key, stale, facts, fwd, route).await;
         }
-        self.fetch(req, key, stale, facts, fwd).await
+        self.fetch(req, key, stale, facts, fwd, route).await
+    }
+
+    /// Sends the request to the origin without looking in or storing to the cache.
+    async fn bypass(
+        self,
+        req: ServiceRequest,
+        route: Route,
+        why: Option<&'static str>,
+    ) -> Result<ServiceResponse<BoxBody>, Error> {
+        route.count(Outcome::Pass);
+        let mut res = self.inner.call(req).await?.map_into_boxed_body();
+        let status = res.status().as_u16();
+        append_status(
+            res.headers_mut(),
+            CacheStatus {
+                fwd: Some(Fwd::Bypass),
+                fwd_status: Some(status),
+                detail: why,
+                ..Default::default()
+            },
+        );
+        Ok(res)
     }
 
     /// Fills or revalidates `key` through a coalesced fetch.
@@ -341,10 +594,12 @@ where
         stale: Option<(Arc<CachedResponse>, TierName)>,
         facts: RequestFacts,
         fwd: Fwd,
+        route: Route,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         // Must happen before the request is shared (actix panics on mutating a shared head).
         upstream_conditionals(req.headers_mut(), stale.as_ref().map(|(e, _)| &**e));
         let http_req = req.request().clone();
+        let epoch = self.state.store.purges().epoch();
         match self.state.flights.join(&key) {
             Join::Leader(guard) => {
                 let (tx, rx) = oneshot::channel();
@@ -356,6 +611,8 @@ where
                     facts,
                     fwd,
                     guard: Some(guard),
+                    epoch,
+                    route,
                 };
                 actix_web::rt::spawn(async move {
                     let res = job.run().await;
@@ -375,7 +632,7 @@ where
                         .flatten();
                 match outcome {
                     Some(FlightOutcome::Stored(entry)) if entry.vary_matches(req.headers()) => {
-                        st.metrics.request(Outcome::Collapsed);
+                        route.count(Outcome::Collapsed);
                         let age = entry.age(st.clock.now());
                         let cs = CacheStatus {
                             hit: true,
@@ -390,10 +647,10 @@ where
                             .as_ref()
                             .and_then(|(e, t)| stale_for_error(e, *t, status, now))
                         {
-                            st.metrics.request(Outcome::StaleIfError);
+                            route.count(Outcome::StaleIfError);
                             return Ok(req.into_response(res));
                         }
-                        st.metrics.request(Outcome::Error);
+                        route.count(Outcome::Error);
                         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                         Ok(req.into_response(opaque(code)))
                     }
@@ -407,6 +664,8 @@ where
                             facts,
                             fwd,
                             guard: None,
+                            epoch,
+                            route,
                         };
                         Ok(ServiceResponse::new(http_req, job.run().await))
                     }
@@ -423,12 +682,14 @@ where
         entry: Arc<CachedResponse>,
         tier: TierName,
         facts: RequestFacts,
+        route: Route,
     ) {
         let Join::Leader(guard) = self.state.flights.join(&key) else {
             return;
         };
         self.state.metrics.background_refreshes.inc();
         req.set_payload(Payload::None);
+        let epoch = self.state.store.purges().epoch();
         let job = Fetch {
             ctx: self,
             req: Some(req),
@@ -437,6 +698,8 @@ where
             facts,
             fwd: Fwd::Stale,
             guard: Some(guard),
+            epoch,
+            route,
         };
         actix_web::rt::spawn(async move {
             let _ = job.run().await;
@@ -452,9 +715,10 @@ where
         stale: Option<(Arc<CachedResponse>, TierName)>,
         facts: RequestFacts,
         fwd: Fwd,
+        route: Route,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = self.state.clone();
-        st.metrics.request(Outcome::Pass);
+        route.count(Outcome::Pass);
         upstream_conditionals(req.headers_mut(), None);
         let http_req = req.request().clone();
         let request_time = st.clock.now();
@@ -475,11 +739,11 @@ where
                         response_time,
                         st.policy.store,
                     ) {
-                        st.store_entry(&key, Arc::new(updated));
+                        st.store_entry(&key, route.tiers, Arc::new(updated));
                     }
                 } else if res.status().is_success() {
                     // The representation changed: the stored GET is outdated.
-                    st.remove_selected(&key, http_req.headers());
+                    st.remove_selected(&key, route.tiers, http_req.headers());
                 }
             }
         }
@@ -496,37 +760,73 @@ where
         Ok(res)
     }
 
-    /// Methods other than GET/HEAD go straight to the origin; a non-error answer to an unsafe
-    /// method invalidates the URI and same-origin `Location` / `Content-Location` (§4.4).
-    async fn forward_other(self, req: ServiceRequest) -> Result<ServiceResponse<BoxBody>, Error> {
+    /// Methods other than GET/HEAD go straight to the origin. A non-error answer to an unsafe
+    /// method invalidates the target URI and same-origin `Location` / `Content-Location`
+    /// (RFC 9111 §4.4) with all their variants; a 2xx also applies the matching rule's
+    /// `invalidate`. Every purge reaches every tier and every node before the client is
+    /// answered, so the client reads its own write.
+    async fn forward_other(
+        self,
+        req: ServiceRequest,
+        route: Route,
+        invalidations: Vec<Invalidation>,
+    ) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = self.state.clone();
-        st.metrics.request(Outcome::Pass);
+        route.count(Outcome::Pass);
         let http_req = req.request().clone();
         let res = self.inner.call(req).await?.map_into_boxed_body();
         let status = res.status();
+        let origin_answered = res
+            .response()
+            .extensions()
+            .get::<UpstreamFailure>()
+            .is_none();
         if is_unsafe(http_req.method())
+            && origin_answered
             && !status.is_client_error()
             && !status.is_server_error()
-            && res
-                .response()
-                .extensions()
-                .get::<UpstreamFailure>()
-                .is_none()
         {
             let host = key::request_host(&http_req);
-            let mut keys = vec![key::for_request(&http_req)];
+            let mut selectors = vec![self.url_selector(
+                &route.rules,
+                &host,
+                http_req.path(),
+                http_req.query_string(),
+            )];
             for name in [header::LOCATION, header::CONTENT_LOCATION] {
                 if let Some(k) = res
                     .headers()
                     .get(&name)
                     .and_then(|v| key::for_location(&host, v.as_bytes()))
                 {
-                    keys.push(k);
+                    if let Some(parts) = policy::KeyParts::parse(&k) {
+                        let sel = self.url_selector(&route.rules, &host, parts.path, parts.query);
+                        if !selectors.contains(&sel) {
+                            selectors.push(sel);
+                        }
+                    }
                 }
             }
-            for k in keys {
-                st.store.delete(&k).await;
+            for sel in &selectors {
+                st.invalidate(sel, PurgeSource::Method).await;
                 st.metrics.invalidations.inc();
+            }
+            if status.is_success() {
+                for inv in invalidations {
+                    let sel = match inv {
+                        Invalidation::Tag(t) => Selector::Tag(t),
+                        Invalidation::Path(p) => Selector::Url {
+                            host: None,
+                            path: p,
+                            query: None,
+                        },
+                        Invalidation::Prefix(p) => Selector::Prefix {
+                            host: None,
+                            prefix: p,
+                        },
+                    };
+                    st.invalidate(&sel, PurgeSource::Rule).await;
+                }
             }
         }
         let code = status.as_u16();
@@ -540,6 +840,19 @@ where
             },
         );
         Ok(res)
+    }
+
+    /// The entries of one URL on `host`: its query as the GET rule for the path keys it.
+    fn url_selector(&self, rules: &RuleSet, host: &str, path: &str, query: &str) -> Selector {
+        let query = match rules.find(&Method::GET, path) {
+            Some(m) => m.rule().key_query(query),
+            None => query.to_owned(),
+        };
+        Selector::Url {
+            host: Some(host.to_owned()),
+            path: path.to_owned(),
+            query: Some(query),
+        }
     }
 }
 
@@ -602,6 +915,10 @@ struct Fetch<S> {
     facts: RequestFacts,
     fwd: Fwd,
     guard: Option<FlightGuard>,
+    /// The purge epoch when the fetch started: a purge since then that selects the response
+    /// keeps it from being stored.
+    epoch: u64,
+    route: Route,
 }
 
 /// The result of reading a body up to a limit.
@@ -701,27 +1018,34 @@ where
                 self.complete(FlightOutcome::Failed {
                     status: status.as_u16(),
                 });
-                st.metrics.request(Outcome::Error);
+                self.route.count(Outcome::Error);
                 return res;
             }
         }
 
+        let mut res = res;
+        if self.route.private {
+            make_private(res.headers_mut());
+        }
+        let opts = self
+            .route
+            .store_options(st.policy.store, status.as_u16(), None);
         let plan = match storable::plan_store(
             &self.facts,
             status.as_u16(),
             res.headers(),
             request_time,
             response_time,
-            st.policy.store,
+            opts,
         ) {
             Ok(p) => p,
             Err(reason) => {
                 st.metrics.not_stored(reason.as_str());
                 if self.stale.is_some() {
-                    st.remove_selected(&self.key, http_req.headers());
+                    st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                 }
                 self.complete(FlightOutcome::Uncacheable);
-                st.metrics.request(Outcome::Pass);
+                self.route.count(Outcome::Pass);
                 return with_status(res, self.forward_status(status, false));
             }
         };
@@ -729,6 +1053,15 @@ where
         let (head, body) = res.into_parts();
         match collect(body, st.policy.max_body_bytes).await {
             Collected::Full(bytes) => {
+                let mut plan = plan;
+                let mut refused = None;
+                if opts.lifetime == LifetimeOverride::FromBody {
+                    let rule_ttl = self.route.rule().and_then(|r| {
+                        r.ttl_from_body(&bytes)
+                            .or_else(|| r.fallback_ttl(status.as_u16()))
+                    });
+                    refused = plan.finish(rule_ttl).err();
+                }
                 let entry = Arc::new(CachedResponse::from_origin(
                     status,
                     head.headers(),
@@ -736,10 +1069,28 @@ where
                     &plan,
                     http_req.headers(),
                     response_time,
+                    &self.route.tags,
                 ));
-                st.store_entry(&self.key, entry.clone());
+                if refused.is_none()
+                    && st
+                        .store
+                        .purges()
+                        .selects_since(self.epoch, &self.key, &entry.tags)
+                {
+                    refused = Some(NotStorable::PurgedDuringFetch);
+                }
+                if let Some(reason) = refused {
+                    st.metrics.not_stored(reason.as_str());
+                    if self.stale.is_some() {
+                        st.remove_selected(&self.key, self.route.tiers, http_req.headers());
+                    }
+                    self.complete(FlightOutcome::Uncacheable);
+                    self.route.count(Outcome::Pass);
+                    return respond_uncached(&entry, self.forward_status(status, false));
+                }
+                st.store_entry(&self.key, self.route.tiers, entry.clone());
                 self.complete(FlightOutcome::Stored(entry.clone()));
-                st.metrics.request(Outcome::Miss);
+                self.route.count(Outcome::Miss);
                 let age = entry.age(st.clock.now());
                 respond(&entry, age, self.forward_status(status, true))
             }
@@ -747,7 +1098,7 @@ where
                 st.metrics
                     .not_stored(storable::NotStorable::TooLarge.as_str());
                 self.complete(FlightOutcome::Uncacheable);
-                st.metrics.request(Outcome::Pass);
+                self.route.count(Outcome::Pass);
                 let chained =
                     stream::once(async move { Ok::<_, Box<dyn std::error::Error>>(prefix) })
                         .chain(BodyChunks(rest));
@@ -772,7 +1123,7 @@ where
                     return res;
                 }
                 self.complete(FlightOutcome::Failed { status: 502 });
-                st.metrics.request(Outcome::Error);
+                self.route.count(Outcome::Error);
                 opaque(StatusCode::BAD_GATEWAY)
             }
         }
@@ -801,27 +1152,30 @@ where
             fwd_status: Some(304),
             ..Default::default()
         };
+        let opts =
+            self.route
+                .store_options(st.policy.store, entry.status.as_u16(), Some(&entry.body));
         match entry.freshen(
             not_modified,
             &self.facts,
             http_req.headers(),
             request_time,
             response_time,
-            st.policy.store,
+            opts,
         ) {
             Ok(updated) => {
                 let updated = Arc::new(updated);
-                st.store_entry(&self.key, updated.clone());
+                st.store_entry(&self.key, self.route.tiers, updated.clone());
                 self.complete(FlightOutcome::Stored(updated.clone()));
-                st.metrics.request(Outcome::Revalidated);
+                self.route.count(Outcome::Revalidated);
                 respond(&updated, updated.age(st.clock.now()), cs)
             }
             Err(reason) => {
                 // The 304 made the response unstorable: serve it this once, then forget it.
                 st.metrics.not_stored(reason.as_str());
-                st.remove_selected(&self.key, http_req.headers());
+                st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                 self.complete(FlightOutcome::Uncacheable);
-                st.metrics.request(Outcome::Revalidated);
+                self.route.count(Outcome::Revalidated);
                 respond(entry, 0, cs)
             }
         }
@@ -836,15 +1190,14 @@ where
         now: SystemTime,
     ) -> Option<HttpResponse> {
         let (entry, tier) = self.stale.clone()?;
-        let st = self.ctx.state.clone();
         if let Some(res) = stale_for_error(&entry, tier, status, now) {
             self.complete(FlightOutcome::Failed { status });
-            st.metrics.request(Outcome::StaleIfError);
+            self.route.count(Outcome::StaleIfError);
             return Some(res);
         }
         if entry.no_stale && unreachable {
             self.complete(FlightOutcome::Failed { status: 504 });
-            st.metrics.request(Outcome::Error);
+            self.route.count(Outcome::Error);
             return Some(opaque(StatusCode::GATEWAY_TIMEOUT));
         }
         None

@@ -23,6 +23,10 @@ pub enum NotStorable {
     NoFreshness,
     TooLarge,
     Incomplete,
+    /// A config rule gave the response a TTL of 0.
+    RuleTtlZero,
+    /// A purge ran while the response was being fetched; it may predate the purge.
+    PurgedDuringFetch,
 }
 
 impl NotStorable {
@@ -39,6 +43,8 @@ impl NotStorable {
             NotStorable::NoFreshness => "no_freshness",
             NotStorable::TooLarge => "too_large",
             NotStorable::Incomplete => "incomplete",
+            NotStorable::RuleTtlZero => "rule_ttl_zero",
+            NotStorable::PurgedDuringFetch => "purged_during_fetch",
         }
     }
 }
@@ -98,6 +104,8 @@ pub struct StorePlan {
     /// Fields named by qualified `no-cache` / `private`, not stored.
     pub strip_fields: Vec<HeaderName>,
     pub vary: Vec<HeaderName>,
+    /// The response carries `ETag` or `Last-Modified`.
+    pub has_validator: bool,
 }
 
 /// The directives that govern this cache: `Surrogate-Control`, then `CDN-Cache-Control`
@@ -114,12 +122,34 @@ pub fn effective_cache_control(h: &HeaderMap) -> CacheControl {
     CacheControl::parse(h.get_all(header::CACHE_CONTROL).map(|v| v.as_bytes()))
 }
 
+/// How a config rule replaces the origin's freshness lifetime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LifetimeOverride {
+    /// The origin's headers decide (RFC 9111 §4.2.1).
+    #[default]
+    Origin,
+    /// This many seconds whatever the origin says (`no-cache` included); 0: do not store.
+    Fixed(u64),
+    /// Decided from the body once it is read; the response is storable meanwhile, and the
+    /// caller finishes the plan with [`StorePlan::finish`].
+    FromBody,
+}
+
 /// Options that widen or narrow the RFC defaults.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StoreOptions {
     pub heuristic: Heuristic,
     /// Store responses carrying `Set-Cookie` (the cookie is stored and replayed). Off by default.
     pub store_set_cookie: bool,
+    /// Store as a private cache for one user (a per-user rule scope): `private` responses and
+    /// requests with `Authorization` are storable (RFC 9111 §3, §5.2.2.7).
+    pub private: bool,
+    /// A config rule's lifetime.
+    pub lifetime: LifetimeOverride,
+    /// A config rule's `stale-while-revalidate` window, replacing the origin's.
+    pub stale_while_revalidate: Option<u64>,
+    /// A config rule's `stale-if-error` window, replacing the origin's.
+    pub stale_if_error: Option<u64>,
 }
 
 fn has_validator(h: &HeaderMap) -> bool {
@@ -148,12 +178,16 @@ pub fn plan_store(
     if req.cc.no_store {
         return Err(NotStorable::RequestNoStore);
     }
+    if opts.lifetime == LifetimeOverride::Fixed(0) {
+        return Err(NotStorable::RuleTtlZero);
+    }
     let cc = effective_cache_control(h);
     if cc.no_store {
         return Err(NotStorable::NoStore);
     }
     let mut strip_fields = Vec::new();
     match &cc.private {
+        _ if opts.private => {}
         Some(FieldList::All) => return Err(NotStorable::Private),
         Some(FieldList::Fields(f)) => push_names(&mut strip_fields, f),
         None => {}
@@ -162,7 +196,10 @@ pub fn plan_store(
         push_names(&mut strip_fields, f);
     }
     // §3.5: a request with Authorization only if the response explicitly allows it.
-    if req.has_authorization && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate) {
+    if req.has_authorization
+        && !opts.private
+        && !(cc.public || cc.s_maxage.is_some() || cc.must_revalidate)
+    {
         return Err(NotStorable::Authorization);
     }
     if !opts.store_set_cookie
@@ -186,18 +223,22 @@ pub fn plan_store(
         last_modified: single_date(h, &header::LAST_MODIFIED),
         status,
     };
-    let lifetime = freshness::freshness_lifetime(&input, opts.heuristic, response_time);
+    let mut lifetime = freshness::freshness_lifetime(&input, opts.heuristic, response_time);
+    let mut no_cache = matches!(cc.no_cache, Some(FieldList::All));
+    if let LifetimeOverride::Fixed(secs) = opts.lifetime {
+        lifetime = Lifetime::Explicit(secs);
+        no_cache = false;
+    }
     let explicit = lifetime.is_explicit() || input.expires != Expires::Absent;
     // §3: explicit freshness, `public`, or a heuristically cacheable status.
-    if !(explicit || cc.public || freshness::is_heuristically_cacheable(status)) {
+    let deferred = opts.lifetime == LifetimeOverride::FromBody;
+    if !(explicit || deferred || cc.public || freshness::is_heuristically_cacheable(status)) {
         return Err(NotStorable::NoFreshness);
     }
-    let no_cache = matches!(cc.no_cache, Some(FieldList::All));
-    let stale_if_error = cc.stale_if_error.map(Delta::secs_or_zero).unwrap_or(0);
-    // Storing something that can never be reused (no lifetime, nothing to validate with, no
-    // stale-if-error window) only costs memory.
-    let usable = (lifetime.secs() > 0 && !no_cache) || has_validator(h) || stale_if_error > 0;
-    if !usable {
+    let stale_if_error = opts
+        .stale_if_error
+        .unwrap_or_else(|| cc.stale_if_error.map(Delta::secs_or_zero).unwrap_or(0));
+    if !deferred && !usable(lifetime.secs(), no_cache, has_validator(h), stale_if_error) {
         return Err(NotStorable::NoFreshness);
     }
     let age = h
@@ -206,16 +247,49 @@ pub fn plan_store(
     Ok(StorePlan {
         lifetime,
         initial_age: freshness::corrected_initial_age(age, date, request_time, response_time),
-        stale_while_revalidate: cc
-            .stale_while_revalidate
-            .map(Delta::secs_or_zero)
-            .unwrap_or(0),
+        stale_while_revalidate: opts.stale_while_revalidate.unwrap_or_else(|| {
+            cc.stale_while_revalidate
+                .map(Delta::secs_or_zero)
+                .unwrap_or(0)
+        }),
         stale_if_error,
         no_cache,
         no_stale: cc.must_revalidate || cc.proxy_revalidate || cc.s_maxage.is_some(),
         strip_fields,
         vary,
+        has_validator: has_validator(h),
     })
+}
+
+/// Storing something that can never be reused (no lifetime, nothing to validate with, no
+/// stale-if-error window) only costs memory.
+fn usable(lifetime: u64, no_cache: bool, validator: bool, stale_if_error: u64) -> bool {
+    (lifetime > 0 && !no_cache) || validator || stale_if_error > 0
+}
+
+impl StorePlan {
+    /// Completes a plan made with [`LifetimeOverride::FromBody`]: `secs` is what the body
+    /// selected (`None`: keep the origin's lifetime).
+    pub fn finish(&mut self, secs: Option<u64>) -> Result<(), NotStorable> {
+        match secs {
+            Some(0) => return Err(NotStorable::RuleTtlZero),
+            Some(s) => {
+                self.lifetime = Lifetime::Explicit(s);
+                self.no_cache = false;
+            }
+            None => {}
+        }
+        if usable(
+            self.lifetime.secs(),
+            self.no_cache,
+            self.has_validator,
+            self.stale_if_error,
+        ) {
+            Ok(())
+        } else {
+            Err(NotStorable::NoFreshness)
+        }
+    }
 }
 
 fn push_names(out: &mut Vec<HeaderName>, fields: &[String]) {

@@ -29,9 +29,10 @@ use super::{Tier, TierError, TierName, TierStats};
 use crate::cache::codec::millis;
 use crate::clock::Clock;
 use crate::metrics::{EvictionCause, Metrics, WriteOutcome};
+use crate::policy::Selector;
 
 /// The table layout this build reads and writes.
-pub const SCHEMA_VERSION: &str = "1";
+pub const SCHEMA_VERSION: &str = "2";
 /// Operations taken per write batch.
 const WRITE_BATCH: usize = 8192;
 /// How often buffered access times are written and the size cap is checked when idle.
@@ -47,7 +48,7 @@ const LOW_WATER_PERCENT: u64 = 90;
 
 const META: &str = "
 CREATE TABLE IF NOT EXISTS tierd_meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
-INSERT OR IGNORE INTO tierd_meta VALUES ('schema', '1');
+INSERT OR IGNORE INTO tierd_meta VALUES ('schema', '2');
 ";
 
 const SCHEMA: &str = "
@@ -57,13 +58,22 @@ CREATE TABLE IF NOT EXISTS entries (
     expires_at  UBIGINT NOT NULL,  -- ms since the Unix epoch: stop serving after this
     last_access UBIGINT NOT NULL,  -- ms since the Unix epoch: LRU order
     size        UBIGINT NOT NULL,  -- bytes counted against max_bytes
-    value       BLOB NOT NULL      -- the record (cache::codec)
+    value       BLOB NOT NULL,     -- the record (cache::codec)
+    tags        VARCHAR NOT NULL DEFAULT ''  -- purge index: each tag between newlines
 );
+";
+
+/// Schema 1 had no tags column: add it, indexing every row by its path (its origin tags are
+/// only indexed once the entry is written again).
+const MIGRATE_1_TO_2: &str = r"
+ALTER TABLE entries ADD COLUMN tags VARCHAR DEFAULT '';
+UPDATE entries SET tags = chr(10) || 'path:' || regexp_extract(cache_key, '^[^/ ]*(/[^? ]*)', 1) || chr(10);
+UPDATE tierd_meta SET value = '2' WHERE name = 'schema';
 ";
 
 const STAGING: &str = "
 CREATE TEMP TABLE staging (key_hash UBIGINT, cache_key VARCHAR, expires_at UBIGINT,
-                           last_access UBIGINT, size UBIGINT, value BLOB);
+                           last_access UBIGINT, size UBIGINT, value BLOB, tags VARCHAR);
 CREATE TEMP TABLE staging_del (key_hash UBIGINT);
 CREATE TEMP TABLE staging_touch (key_hash UBIGINT, ts UBIGINT);
 ";
@@ -144,13 +154,24 @@ impl DuckTier {
         }
         conn.execute_batch(META)
             .map_err(|e| fail("cannot create tables in", &e))?;
-        let version: String = conn
-            .query_row(
+        let read_version = |conn: &Connection| -> Result<String, TierError> {
+            conn.query_row(
                 "SELECT value FROM tierd_meta WHERE name = 'schema'",
                 [],
                 |r| r.get(0),
             )
-            .map_err(|e| fail("cannot read the schema version of", &e))?;
+            .map_err(|e| fail("cannot read the schema version of", &e))
+        };
+        let mut version = read_version(&conn)?;
+        if version == "1" {
+            conn.execute_batch(&format!("BEGIN TRANSACTION;{MIGRATE_1_TO_2}COMMIT;"))
+                .map_err(|e| {
+                    let _ = conn.execute_batch("ROLLBACK");
+                    fail("cannot migrate (schema 1 to 2)", &e)
+                })?;
+            tracing::info!(tier = "l3", path = %opts.path.display(), "schema migrated from 1 to 2");
+            version = read_version(&conn)?;
+        }
         if version != SCHEMA_VERSION {
             return Err(TierError::Unavailable(format!(
                 "{} has schema version {version}; this build uses {SCHEMA_VERSION} (point tiers.l3.path at a new file)",
@@ -209,6 +230,21 @@ impl DuckTier {
             write_timeout: opts.write_timeout,
         })
     }
+}
+
+/// The `tags` column: each tag between newlines, so `contains(tags, '\n' || tag || '\n')`
+/// matches whole tags only (tags never hold whitespace).
+fn tag_text(tags: &[String]) -> String {
+    if tags.is_empty() {
+        return String::new();
+    }
+    let mut out = String::with_capacity(tags.iter().map(|t| t.len() + 1).sum::<usize>() + 1);
+    out.push('\n');
+    for t in tags {
+        out.push_str(t);
+        out.push('\n');
+    }
+    out
 }
 
 /// What one row counts against `max_bytes`.
@@ -290,10 +326,10 @@ impl Tier for DuckTier {
             .await
     }
 
-    async fn purge_prefix(&self, prefix: &str) -> Result<u64, TierError> {
-        let prefix = prefix.to_owned();
+    async fn purge(&self, selector: &Selector) -> Result<u64, TierError> {
+        let selector = selector.clone();
         self.queue
-            .request(self.write_timeout, |done| Op::Purge { prefix, done })
+            .request(self.write_timeout, |done| Op::Purge { selector, done })
             .await
     }
 
@@ -375,16 +411,12 @@ impl Writer {
                     pending.insert(key_hash(&key), Final::Delete);
                     acks.push(done);
                 }
-                Op::Purge { prefix, done } => {
+                Op::Purge { selector, done } => {
                     self.commit(&mut pending, &mut acks);
-                    let r = self
-                        .conn
-                        .execute(
-                            "DELETE FROM entries WHERE starts_with(cache_key, ?)",
-                            params![prefix],
-                        )
-                        .map(|n| n as u64)
-                        .map_err(db_err);
+                    let r = self.purge(&selector).map_err(db_err);
+                    if r.is_err() {
+                        let _ = self.conn.execute_batch("ROLLBACK");
+                    }
                     self.recount();
                     let _ = done.send(r);
                 }
@@ -453,7 +485,15 @@ impl Writer {
             for (hash, f) in pending {
                 if let Final::Put(key, r) = f {
                     let size = row_size(key, r);
-                    app.append_row(params![hash, key, r.expires_at_ms, now, size, &r.bytes[..]])?;
+                    app.append_row(params![
+                        hash,
+                        key,
+                        r.expires_at_ms,
+                        now,
+                        size,
+                        &r.bytes[..],
+                        tag_text(&r.tags)
+                    ])?;
                 }
             }
             app.flush()?;
@@ -474,6 +514,54 @@ impl Writer {
              DELETE FROM temp.staging_del;
              COMMIT;",
         )
+    }
+
+    /// Deletes the rows `selector` selects: candidates by SQL (the tag index, or the prefix
+    /// anywhere in the key), then the exact match on the parsed key.
+    fn purge(&mut self, selector: &Selector) -> duckdb::Result<u64> {
+        let candidates: Vec<(u64, String)> = {
+            let (sql, arg) = match selector.index_tag() {
+                Some(tag) => (
+                    "SELECT key_hash, cache_key FROM entries WHERE contains(tags, ?)",
+                    format!("\n{tag}\n"),
+                ),
+                None => match selector {
+                    Selector::Prefix { prefix, .. } => (
+                        "SELECT key_hash, cache_key FROM entries WHERE contains(cache_key, ?)",
+                        prefix.clone(),
+                    ),
+                    _ => return Ok(0),
+                },
+            };
+            let mut st = self.conn.prepare(sql)?;
+            let rows = st.query_map(params![arg], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            rows.collect::<duckdb::Result<_>>()?
+        };
+        let hashes: Vec<u64> = candidates
+            .into_iter()
+            .filter(|(_, k)| selector.matches_key(k))
+            .map(|(h, _)| h)
+            .collect();
+        if hashes.is_empty() {
+            return Ok(0);
+        }
+        self.conn.execute_batch("BEGIN TRANSACTION")?;
+        {
+            let mut del = self
+                .conn
+                .appender_to_catalog_and_db("staging_del", "temp", "main")?;
+            for h in &hashes {
+                del.append_row(params![h])?;
+            }
+            del.flush()?;
+        }
+        let n = self.conn.execute(
+            "DELETE FROM entries WHERE key_hash IN (SELECT key_hash FROM temp.staging_del)",
+            [],
+        )?;
+        self.conn
+            .execute_batch("DELETE FROM temp.staging_del; COMMIT;")?;
+        Ok(n as u64)
     }
 
     fn recount(&mut self) {

@@ -1,6 +1,7 @@
 //! L1: an in-process moka cache bounded by bytes, with per-entry expiry.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use moka::notification::RemovalCause;
@@ -10,6 +11,7 @@ use moka::Expiry;
 use super::TierStats;
 use crate::cache::entry::Slot;
 use crate::metrics::{EvictionCause, Metrics};
+use crate::policy::{path_tag, KeyParts, Selector};
 
 struct SlotExpiry;
 
@@ -34,22 +36,91 @@ impl Expiry<String, Arc<Slot>> for SlotExpiry {
     }
 }
 
+/// Tag -> keys of the entries carrying it. Entries add themselves when stored and leave when
+/// evicted or removed; a replaced entry's old tags may linger, so a purge checks the slot it
+/// finds still carries the tag.
+#[derive(Default)]
+struct TagIndex {
+    map: Mutex<HashMap<String, HashSet<String>>>,
+}
+
+impl TagIndex {
+    fn add(&self, key: &str, tags: &[String]) {
+        let Ok(mut map) = self.map.lock() else { return };
+        for t in tags {
+            if let Some(keys) = map.get_mut(t.as_str()) {
+                if !keys.contains(key) {
+                    keys.insert(key.to_owned());
+                }
+            } else {
+                map.insert(t.clone(), HashSet::from([key.to_owned()]));
+            }
+        }
+    }
+
+    fn remove(&self, key: &str, tags: &[String]) {
+        let Ok(mut map) = self.map.lock() else { return };
+        for t in tags {
+            if let Some(keys) = map.get_mut(t.as_str()) {
+                keys.remove(key);
+                if keys.is_empty() {
+                    map.remove(t.as_str());
+                }
+            }
+        }
+    }
+
+    fn keys(&self, tag: &str) -> Vec<String> {
+        self.map
+            .lock()
+            .ok()
+            .and_then(|m| m.get(tag).map(|k| k.iter().cloned().collect()))
+            .unwrap_or_default()
+    }
+
+    fn tags(&self) -> usize {
+        self.map.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// The tags an entry stored under `key` is indexed by: its variants' tags and its path tag.
+pub fn slot_tags(key: &str, slot: &Slot) -> Vec<String> {
+    let mut tags: Vec<String> = Vec::new();
+    if let Some(parts) = KeyParts::parse(key) {
+        tags.push(path_tag(parts.path));
+    }
+    for v in slot.variants.iter() {
+        for t in v.tags.iter() {
+            if !tags.contains(t) {
+                tags.push(t.clone());
+            }
+        }
+    }
+    tags
+}
+
 /// The in-process tier. Reads are synchronous and lock-free on the hit path.
 #[derive(Clone)]
 pub struct MemoryTier {
     cache: Cache<String, Arc<Slot>>,
+    index: Arc<TagIndex>,
 }
 
 impl MemoryTier {
     /// A tier holding at most `max_bytes` (keys, headers and bodies weighed), counting evictions
     /// into `metrics`.
     pub fn new(max_bytes: u64, metrics: Arc<Metrics>) -> Self {
+        let index = Arc::new(TagIndex::default());
+        let listener_index = index.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
             .weigher(|k: &String, v: &Arc<Slot>| v.weight.saturating_add(k.len() as u32))
             .expire_after(SlotExpiry)
-            .support_invalidation_closures()
-            .eviction_listener(move |_k, _v, cause| {
+            .eviction_listener(move |k: Arc<String>, v: Arc<Slot>, cause| {
+                // A replacement keeps the key; the new slot indexed itself when stored.
+                if cause != RemovalCause::Replaced {
+                    listener_index.remove(&k, &slot_tags(&k, &v));
+                }
                 metrics.l1_eviction(match cause {
                     RemovalCause::Expired => EvictionCause::Expired,
                     RemovalCause::Size => EvictionCause::Size,
@@ -58,7 +129,7 @@ impl MemoryTier {
                 })
             })
             .build();
-        MemoryTier { cache }
+        MemoryTier { cache, index }
     }
 
     /// The slot under `key`.
@@ -69,19 +140,27 @@ impl MemoryTier {
 
     /// Stores a slot.
     pub fn put_now(&self, key: &str, slot: Arc<Slot>) {
+        self.index.add(key, &slot_tags(key, &slot));
         self.cache.insert(key.to_owned(), slot);
     }
 
     /// Atomically replaces the slot under `key` with `f(current)`; `None` removes it.
     pub fn update(&self, key: &str, f: impl FnOnce(Option<&Arc<Slot>>) -> Option<Arc<Slot>>) {
         use moka::ops::compute::Op;
+        let mut stored = None;
         let _ = self
             .cache
             .entry(key.to_owned())
             .and_compute_with(|current| match f(current.as_ref().map(|e| e.value())) {
-                Some(slot) => Op::Put(slot),
+                Some(slot) => {
+                    stored = Some(slot.clone());
+                    Op::Put(slot)
+                }
                 None => Op::Remove,
             });
+        if let Some(slot) = stored {
+            self.index.add(key, &slot_tags(key, &slot));
+        }
     }
 
     pub fn delete_now(&self, key: &str) -> bool {
@@ -93,18 +172,51 @@ impl MemoryTier {
         self.cache.run_pending_tasks();
     }
 
-    /// Removes every key starting with `prefix`; the number removed.
-    pub fn purge_prefix(&self, prefix: &str) -> u64 {
-        let prefix = prefix.to_owned();
-        let before = self.cache.entry_count();
-        if let Err(e) = self
-            .cache
-            .invalidate_entries_if(move |k, _| k.starts_with(&prefix))
-        {
-            tracing::error!(tier = "l1", error = %e, "prefix purge refused");
+    /// Removes every entry `selector` selects; the number removed.
+    pub fn purge(&self, selector: &Selector) -> u64 {
+        let mut removed = 0;
+        match selector.index_tag() {
+            Some(tag) => {
+                for key in self.index.keys(&tag) {
+                    let carries = match self.cache.get(&key) {
+                        Some(slot) => {
+                            selector.matches_key(&key) && slot_tags(&key, &slot).contains(&tag)
+                        }
+                        None => false,
+                    };
+                    if carries {
+                        if self.cache.remove(&key).is_some() {
+                            removed += 1;
+                        }
+                    } else if !selector.matches_key(&key) {
+                        // Another query of the same path: still indexed correctly.
+                    } else {
+                        // Gone or re-tagged since it was indexed.
+                        self.index.remove(&key, std::slice::from_ref(&tag));
+                    }
+                }
+            }
+            None => {
+                let keys: Vec<Arc<String>> = self
+                    .cache
+                    .iter()
+                    .filter(|(k, _)| selector.matches_key(k))
+                    .map(|(k, _)| k)
+                    .collect();
+                for k in keys {
+                    if self.cache.remove(k.as_str()).is_some() {
+                        removed += 1;
+                    }
+                }
+            }
         }
+        removed
+    }
+
+    /// Drops every entry (after missed invalidations).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
         self.cache.run_pending_tasks();
-        before.saturating_sub(self.cache.entry_count())
     }
 
     /// Current entry count and weighted bytes.
@@ -113,5 +225,10 @@ impl MemoryTier {
             entries: self.cache.entry_count(),
             bytes: self.cache.weighted_size(),
         }
+    }
+
+    /// Distinct tags indexed (for stats).
+    pub fn indexed_tags(&self) -> usize {
+        self.index.tags()
     }
 }

@@ -15,12 +15,14 @@ mod tiered;
 use async_trait::async_trait;
 use bytes::Bytes;
 
+use crate::policy::Selector;
+
 pub use breaker::CircuitState;
 pub use duck::{key_hash, DuckOptions, DuckTier};
 pub use memory::MemoryTier;
 pub use queue::Record;
 pub use redis::{RedisOptions, RedisTier};
-pub use tiered::{StoreRuntime, TieredStore};
+pub use tiered::{PurgeLog, StoreRuntime, TierSet, TieredStore};
 
 /// A storage tier's name; the same string is the `tier` metric label and `Cache-Status` detail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,6 +33,8 @@ pub enum TierName {
 }
 
 impl TierName {
+    pub const ALL: [TierName; 3] = [TierName::L1, TierName::L2, TierName::L3];
+
     pub fn as_str(self) -> &'static str {
         match self {
             TierName::L1 => "l1",
@@ -85,9 +89,8 @@ pub trait Tier: Send + Sync + 'static {
     fn put(&self, key: String, record: Record) -> Result<(), TierError>;
     /// Removes `key` once every write accepted before it is applied, and waits for that.
     async fn delete(&self, key: &str) -> Result<(), TierError>;
-    /// Removes every key starting with `prefix` (a literal prefix), ordered like `delete`; the
-    /// number removed.
-    async fn purge_prefix(&self, prefix: &str) -> Result<u64, TierError>;
+    /// Removes every entry `selector` selects, ordered like `delete`; the number removed.
+    async fn purge(&self, selector: &Selector) -> Result<u64, TierError>;
     /// Entry count and bytes held, when the tier knows them.
     fn stats(&self) -> Option<TierStats>;
     /// Writes accepted and not yet taken by the writer.

@@ -5,13 +5,14 @@
 //! they are applied, so an invalidation can never be overtaken by an older write. Closing the
 //! queue lets the worker drain everything accepted, then waits for it to finish.
 
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::TierError;
+use crate::policy::Selector;
 
 /// An encoded slot ready for a tier.
 #[derive(Debug, Clone)]
@@ -21,6 +22,8 @@ pub struct Record {
     pub expires_at_ms: u64,
     /// The same expiry as a duration from the time the write was accepted (for Redis' TTL).
     pub ttl: Duration,
+    /// The tags a purge can select the entry by: its variants' tags and its path tag.
+    pub tags: Arc<[String]>,
 }
 
 /// One queued operation.
@@ -35,7 +38,7 @@ pub enum Op {
         done: oneshot::Sender<Result<(), TierError>>,
     },
     Purge {
-        prefix: String,
+        selector: Selector,
         done: oneshot::Sender<Result<u64, TierError>>,
     },
     /// Periodic housekeeping for writers that run on their own thread.

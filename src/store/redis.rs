@@ -20,6 +20,7 @@ use super::queue::{Finished, Op, Record, WriteQueue};
 use super::{Tier, TierError, TierName, TierStats};
 use crate::cache::codec::FORMAT_VERSION;
 use crate::metrics::{Metrics, TierFault, WriteOutcome};
+use crate::policy::Selector;
 
 /// Operations per pipelined write batch.
 const WRITE_BATCH: usize = 128;
@@ -42,6 +43,9 @@ pub struct RedisOptions {
     pub failure_threshold: u32,
     /// How long an open circuit skips Redis before probing it.
     pub open_for: Duration,
+    /// The longest any record stays (tiers.l2.max_ttl_seconds): tag sets live this long after
+    /// their last addition, so they outlive their members.
+    pub max_ttl: Duration,
 }
 
 enum Pool {
@@ -54,6 +58,9 @@ struct Inner {
     slots: Box<[tokio::sync::Mutex<Option<Held>>]>,
     next: std::sync::atomic::AtomicUsize,
     prefix: String,
+    /// `<key_prefix>:tags:`: tag sets, apart from the records' namespace.
+    tag_prefix: String,
+    tag_ttl_ms: u64,
     command_timeout: Duration,
     breaker: Breaker,
     metrics: Arc<Metrics>,
@@ -120,6 +127,10 @@ impl RedisTier {
                 .collect(),
             next: std::sync::atomic::AtomicUsize::new(0),
             prefix: format!("{}:v{}:", opts.key_prefix, FORMAT_VERSION),
+            tag_prefix: format!("{}:tags:", opts.key_prefix),
+            tag_ttl_ms: u64::try_from(opts.max_ttl.as_millis())
+                .unwrap_or(u64::MAX)
+                .max(1000),
             command_timeout: opts.command_timeout,
             breaker: Breaker::new(opts.failure_threshold, opts.open_for),
             metrics,
@@ -132,6 +143,11 @@ impl RedisTier {
     /// The circuit breaker's state.
     pub fn circuit(&self) -> CircuitState {
         self.inner.breaker.state()
+    }
+
+    /// Publishes `payload` on `channel` (cross-node invalidation).
+    pub async fn publish(&self, channel: &str, payload: &str) -> Result<(), TierError> {
+        self.inner.publish(channel, payload).await
     }
 
     /// Sends `PING`; for a startup check and readiness.
@@ -313,9 +329,9 @@ impl Inner {
                         self.write_puts(&mut puts).await;
                         let _ = done.send(self.delete_now(&key).await);
                     }
-                    Op::Purge { prefix, done } => {
+                    Op::Purge { selector, done } => {
                         self.write_puts(&mut puts).await;
-                        let _ = done.send(self.purge_now(&prefix).await);
+                        let _ = done.send(self.purge_now(&selector).await);
                     }
                     Op::Tick => {}
                 }
@@ -332,45 +348,31 @@ impl Inner {
         let n = puts.len() as u64;
         let tm = self.metrics.tier(TierName::L2);
         let started = Instant::now();
-        let items: Vec<(String, Bytes, u64)> = puts
-            .drain(..)
-            .map(|(k, r)| {
-                let ms = u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-                (self.key(&k), r.bytes, ms)
-            })
-            .collect();
+        // Each record, then its key added to the set of every tag it carries.
+        let mut cmds = Vec::with_capacity(puts.len() * 3);
+        for (k, r) in puts.drain(..) {
+            let ms = u64::try_from(r.ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+            let key = self.key(&k);
+            let mut set = redis::cmd("SET");
+            set.arg(&key).arg(&r.bytes[..]).arg("PX").arg(ms);
+            cmds.push(set);
+            for t in r.tags.iter() {
+                let tag_key = self.tag_key(t);
+                let mut add = redis::cmd("SADD");
+                add.arg(&tag_key).arg(&key);
+                cmds.push(add);
+                let mut exp = redis::cmd("PEXPIRE");
+                exp.arg(&tag_key).arg(self.tag_ttl_ms);
+                cmds.push(exp);
+            }
+        }
         let cluster = matches!(self.pool, Pool::Cluster(_));
         let result = self
-            .guarded(|mut c| async move {
-                if cluster {
-                    // Keys of one batch live on different nodes: one command each.
-                    for (k, v, ms) in &items {
-                        let _: () = redis::cmd("SET")
-                            .arg(k)
-                            .arg(&v[..])
-                            .arg("PX")
-                            .arg(*ms)
-                            .query_async(&mut c)
-                            .await?;
-                    }
-                } else {
-                    let mut pipe = redis::pipe();
-                    for (k, v, ms) in &items {
-                        pipe.cmd("SET")
-                            .arg(k)
-                            .arg(&v[..])
-                            .arg("PX")
-                            .arg(*ms)
-                            .ignore();
-                    }
-                    let _: () = pipe.query_async(&mut c).await?;
-                }
-                Ok(())
-            })
+            .guarded(|mut c| async move { run_commands(&mut c, &cmds, cluster, false).await })
             .await;
         tm.write_seconds.observe(started.elapsed().as_secs_f64());
         match result {
-            Ok(()) => tm.writes(WriteOutcome::Written, n),
+            Ok(_) => tm.writes(WriteOutcome::Written, n),
             Err(e) => {
                 tm.writes(WriteOutcome::Failed, n);
                 tracing::debug!(tier = "l2", error = %e, entries = n, "write batch not stored");
@@ -387,13 +389,79 @@ impl Inner {
         .await
     }
 
-    async fn purge_now(&self, prefix: &str) -> Result<u64, TierError> {
-        if matches!(self.pool, Pool::Cluster(_)) {
-            return Err(TierError::Unavailable(
-                "prefix purge is not supported on Redis Cluster".into(),
-            ));
+    fn tag_key(&self, tag: &str) -> String {
+        let mut k = String::with_capacity(self.tag_prefix.len() + tag.len());
+        k.push_str(&self.tag_prefix);
+        k.push_str(tag);
+        k
+    }
+
+    async fn purge_now(&self, selector: &Selector) -> Result<u64, TierError> {
+        let cluster = matches!(self.pool, Pool::Cluster(_));
+        match selector.index_tag() {
+            Some(tag) => {
+                let set = self.tag_key(&tag);
+                let set_for_read = set.clone();
+                let members: Vec<String> = self
+                    .guarded(|mut c| async move {
+                        let m: Vec<String> = c.smembers(&set_for_read).await?;
+                        Ok(m)
+                    })
+                    .await?;
+                let selected: Vec<String> = members
+                    .into_iter()
+                    .filter(|m| {
+                        m.strip_prefix(&self.prefix)
+                            .is_some_and(|k| selector.matches_key(k))
+                    })
+                    .collect();
+                let mut removed = 0;
+                for chunk in selected.chunks(PURGE_CHUNK) {
+                    // Records and their index entries go together (atomically on one server),
+                    // so a write racing the purge leaves both or neither.
+                    let mut cmds = Vec::with_capacity(chunk.len() * 2);
+                    for m in chunk {
+                        let mut del = redis::cmd("UNLINK");
+                        del.arg(m);
+                        cmds.push(del);
+                    }
+                    let mut srem = redis::cmd("SREM");
+                    srem.arg(&set).arg(chunk);
+                    cmds.push(srem);
+                    let n = chunk.len();
+                    removed += self
+                        .guarded(|mut c| async move {
+                            let counts = run_commands(&mut c, &cmds, cluster, true).await?;
+                            Ok(counts.iter().take(n).sum::<u64>())
+                        })
+                        .await?;
+                }
+                Ok(removed)
+            }
+            None => {
+                if cluster {
+                    return Err(TierError::Unavailable(
+                        "prefix purges are not supported on Redis Cluster (purge by tag or URL)"
+                            .into(),
+                    ));
+                }
+                self.scan_purge(selector).await
+            }
         }
-        let pattern = format!("{}*", glob_escape(&self.key(prefix)));
+    }
+
+    /// A prefix purge: `SCAN` for candidate keys, exact match in Rust, `UNLINK`.
+    async fn scan_purge(&self, selector: &Selector) -> Result<u64, TierError> {
+        let pattern = match selector {
+            Selector::Prefix {
+                host: Some(h),
+                prefix,
+            } => format!("{}*", glob_escape(&self.key(&format!("{h}{prefix}")))),
+            Selector::Prefix { host: None, prefix } => {
+                format!("{}*{}*", glob_escape(&self.prefix), glob_escape(prefix))
+            }
+            _ => format!("{}*", glob_escape(&self.prefix)),
+        };
         let mut cursor: u64 = 0;
         let mut removed = 0;
         loop {
@@ -410,6 +478,13 @@ impl Inner {
                         .await?)
                 })
                 .await?;
+            let keys: Vec<String> = keys
+                .into_iter()
+                .filter(|k| {
+                    k.strip_prefix(&self.prefix)
+                        .is_some_and(|k| selector.matches_key(k))
+                })
+                .collect();
             if !keys.is_empty() {
                 removed += self
                     .guarded(|mut c| async move {
@@ -424,6 +499,50 @@ impl Inner {
             cursor = next;
         }
     }
+
+    async fn publish(&self, channel: &str, payload: &str) -> Result<(), TierError> {
+        let (ch, msg) = (channel.to_owned(), payload.to_owned());
+        self.guarded(|mut c| async move {
+            let _: u64 = c.publish(&ch, &msg).await?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Keys per chunk of a tag purge.
+const PURGE_CHUNK: usize = 500;
+
+/// Sends `cmds`: as one pipeline on a single server (a `MULTI` transaction when `atomic`), one
+/// by one on a cluster, where the keys live on different nodes. The integer replies, in order
+/// (0 for other replies).
+async fn run_commands(
+    c: &mut Conn,
+    cmds: &[redis::Cmd],
+    cluster: bool,
+    atomic: bool,
+) -> Result<Vec<u64>, Failure> {
+    let as_count = |v: &redis::Value| match v {
+        redis::Value::Int(n) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    };
+    if cluster {
+        let mut out = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let v: redis::Value = cmd.query_async(c).await?;
+            out.push(as_count(&v));
+        }
+        return Ok(out);
+    }
+    let mut pipe = redis::pipe();
+    if atomic {
+        pipe.atomic();
+    }
+    for cmd in cmds {
+        pipe.add_command(cmd.clone());
+    }
+    let values: Vec<redis::Value> = pipe.query_async(c).await?;
+    Ok(values.iter().map(as_count).collect())
 }
 
 /// Escapes Redis glob metacharacters so a key prefix matches literally.
@@ -467,11 +586,11 @@ impl Tier for RedisTier {
             .await
     }
 
-    async fn purge_prefix(&self, prefix: &str) -> Result<u64, TierError> {
-        let prefix = prefix.to_owned();
+    async fn purge(&self, selector: &Selector) -> Result<u64, TierError> {
+        let selector = selector.clone();
         let wait = self.inner.command_timeout * 64;
         self.queue
-            .request(wait, |done| Op::Purge { prefix, done })
+            .request(wait, |done| Op::Purge { selector, done })
             .await
     }
 

@@ -1,14 +1,18 @@
 //! The composition of tiers, fastest first.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use super::memory::slot_tags;
 use super::queue::Record;
 use super::{MemoryTier, Tier, TierError, TierName, TierReport};
 use crate::cache::codec::{self, millis};
 use crate::cache::entry::Slot;
 use crate::clock::Clock;
 use crate::metrics::{Lookup, Metrics, TierFault, WriteOutcome};
+use crate::policy::Selector;
 
 /// The tokio runtime the lower tiers' I/O runs on: Redis connections, write workers, DuckDB reads.
 ///
@@ -48,6 +52,86 @@ impl Drop for StoreRuntime {
     }
 }
 
+/// A set of tiers (a rule's `tiers`); L1 is always in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TierSet(u8);
+
+impl TierSet {
+    /// Every tier.
+    pub const ALL: TierSet = TierSet(0b111);
+
+    /// The set of `tiers`, plus L1.
+    pub fn of(tiers: &[TierName]) -> TierSet {
+        TierSet(tiers.iter().fold(1, |m, t| m | 1 << *t as u8))
+    }
+
+    #[inline]
+    pub fn contains(self, t: TierName) -> bool {
+        self.0 & (1 << t as u8) != 0
+    }
+}
+
+/// Recent purges, so a fetch that started before a purge does not store what the purge meant
+/// to remove (its response may predate the change the purge announces).
+pub struct PurgeLog {
+    epoch: AtomicU64,
+    recent: Mutex<VecDeque<(u64, Selector)>>,
+}
+
+/// Purges remembered; a fetch that outlives more than this many purges does not store.
+const PURGE_LOG_LEN: usize = 1024;
+
+impl Default for PurgeLog {
+    fn default() -> Self {
+        PurgeLog {
+            epoch: AtomicU64::new(0),
+            recent: Mutex::new(VecDeque::with_capacity(64)),
+        }
+    }
+}
+
+impl PurgeLog {
+    /// The current epoch; pass it to [`selects_since`](Self::selects_since) later.
+    #[inline]
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    fn record(&self, selector: &Selector) {
+        let Ok(mut recent) = self.recent.lock() else {
+            return;
+        };
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if recent.len() == PURGE_LOG_LEN {
+            recent.pop_front();
+        }
+        recent.push_back((epoch, selector.clone()));
+    }
+
+    /// Whether a purge since `epoch` selects an entry stored under `key` with `tags`.
+    pub fn selects_since(&self, epoch: u64, key: &str, tags: &[String]) -> bool {
+        if self.epoch() == epoch {
+            return false;
+        }
+        let Ok(recent) = self.recent.lock() else {
+            return true;
+        };
+        match recent.front() {
+            // Older purges were forgotten: assume the worst.
+            Some((oldest, _)) if *oldest > epoch + 1 => return true,
+            None => return true,
+            _ => {}
+        }
+        recent
+            .iter()
+            .filter(|(e, _)| *e > epoch)
+            .any(|(_, sel)| match sel {
+                Selector::Tag(t) => tags.contains(t),
+                other => other.matches_key(key),
+            })
+    }
+}
+
 struct Lower {
     tier: Arc<dyn Tier>,
     /// Longest a record stays in this tier, whatever its own lifetime.
@@ -63,6 +147,7 @@ pub struct TieredStore {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     rt: Option<StoreRuntime>,
+    purges: PurgeLog,
 }
 
 impl TieredStore {
@@ -74,6 +159,7 @@ impl TieredStore {
             clock,
             metrics,
             rt: None,
+            purges: PurgeLog::default(),
         }
     }
 
@@ -127,12 +213,20 @@ impl TieredStore {
         }
     }
 
-    /// Looks `key` up in the tiers below L1, fastest first; a failing tier counts as a miss.
-    /// A hit is copied into L1 and into the lower tiers faster than the one that answered, with
-    /// its remaining keep time.
-    pub async fn get_lower(&self, key: &str) -> Option<(Arc<Slot>, TierName)> {
+    /// The log of recent purges.
+    pub fn purges(&self) -> &PurgeLog {
+        &self.purges
+    }
+
+    /// Looks `key` up in the tiers below L1 that `tiers` holds, fastest first; a failing tier
+    /// counts as a miss. A hit is copied into L1 and into the lower tiers faster than the one
+    /// that answered, with its remaining keep time.
+    pub async fn get_lower(&self, key: &str, tiers: TierSet) -> Option<(Arc<Slot>, TierName)> {
         for (i, lower) in self.lower.iter().enumerate() {
             let name = lower.tier.name();
+            if !tiers.contains(name) {
+                continue;
+            }
             let tm = self.metrics.tier(name);
             let started = Instant::now();
             let tier = lower.tier.clone();
@@ -171,15 +265,20 @@ impl TieredStore {
             tm.promotions.inc();
             let slot = Arc::new(decoded.slot);
             self.l1.put_now(key, slot.clone());
-            self.queue_writes(&self.lower[..i], key, &slot, decoded.keep_until, now);
+            self.queue_writes(&self.lower[..i], tiers, key, &slot, decoded.keep_until, now);
             return Some((slot, name));
         }
         None
     }
 
     /// Atomically updates the slot under `key` in L1; the new slot is then queued for the lower
-    /// tiers (a removal is applied to them too).
-    pub fn update(&self, key: &str, f: impl FnOnce(Option<&Arc<Slot>>) -> Option<Arc<Slot>>) {
+    /// tiers in `tiers` (a removal is applied to them all).
+    pub fn update(
+        &self,
+        key: &str,
+        tiers: TierSet,
+        f: impl FnOnce(Option<&Arc<Slot>>) -> Option<Arc<Slot>>,
+    ) {
         let mut result = None;
         self.l1.update(key, |current| {
             let next = f(current);
@@ -192,7 +291,7 @@ impl TieredStore {
         match result {
             Some(Some(slot)) => {
                 let now = self.clock.now();
-                self.queue_writes(&self.lower, key, &slot, now + slot.keep_for, now);
+                self.queue_writes(&self.lower, tiers, key, &slot, now + slot.keep_for, now);
             }
             Some(None) => {
                 for lower in &self.lower {
@@ -215,14 +314,22 @@ impl TieredStore {
     /// the same share one encoding.
     fn queue_writes(
         &self,
-        tiers: &[Lower],
+        lowers: &[Lower],
+        tiers: TierSet,
         key: &str,
         slot: &Slot,
         keep_until: SystemTime,
         now: SystemTime,
     ) {
         let mut encoded: Option<(SystemTime, bytes::Bytes)> = None;
-        for lower in tiers {
+        let mut tags: Option<Arc<[String]>> = None;
+        for lower in lowers {
+            if !tiers.contains(lower.tier.name()) {
+                continue;
+            }
+            let tags = tags
+                .get_or_insert_with(|| slot_tags(key, slot).into())
+                .clone();
             let expires = keep_until.min(now + lower.max_ttl);
             let bytes = match &encoded {
                 Some((at, b)) if *at == expires => b.clone(),
@@ -236,6 +343,7 @@ impl TieredStore {
                 bytes,
                 expires_at_ms: millis(expires),
                 ttl: expires.duration_since(now).unwrap_or(Duration::ZERO),
+                tags,
             };
             let name = lower.tier.name();
             if let Err(e) = lower.tier.put(key.to_owned(), record) {
@@ -257,19 +365,57 @@ impl TieredStore {
         }
     }
 
-    /// Removes every key starting with `prefix` from every tier; the number removed per tier.
-    pub async fn purge_prefix(&self, prefix: &str) -> Vec<(TierName, Result<u64, TierError>)> {
-        let mut out = vec![(TierName::L1, Ok(self.l1.purge_prefix(prefix)))];
+    /// Removes every entry `selector` selects from every tier; the number removed per tier.
+    /// L1 is purged before this returns anything; the lower tiers apply it behind the writes
+    /// they accepted before it.
+    pub async fn purge(&self, selector: &Selector) -> Vec<(TierName, Result<u64, TierError>)> {
+        self.purges.record(selector);
+        let mut out = vec![(TierName::L1, Ok(self.l1.purge(selector)))];
         for lower in &self.lower {
             let tier = lower.tier.clone();
-            let p = prefix.to_owned();
+            let sel = selector.clone();
             out.push((
                 lower.tier.name(),
-                self.on_runtime(async move { tier.purge_prefix(&p).await })
-                    .await,
+                self.on_runtime(async move { tier.purge(&sel).await }).await,
             ));
         }
+        for (tier, r) in &out {
+            match r {
+                Ok(n) => self
+                    .metrics
+                    .purged_entries
+                    .with_label_values(&[tier.as_str()])
+                    .inc_by(*n),
+                Err(e) => {
+                    tracing::warn!(tier = tier.as_str(), kind = selector.kind(), error = %e, "purge failed in this tier")
+                }
+            }
+        }
         out
+    }
+
+    /// Looks `key` up in one tier only, without promoting (for inspection).
+    pub async fn peek(
+        &self,
+        name: TierName,
+        key: &str,
+    ) -> Result<Option<codec::Decoded>, TierError> {
+        if name == TierName::L1 {
+            return Ok(self.l1.get_now(key).map(|slot| codec::Decoded {
+                tier_expires: self.clock.now() + slot.keep_for,
+                keep_until: self.clock.now() + slot.keep_for,
+                slot: (*slot).clone(),
+            }));
+        }
+        let Some(tier) = self.tier(name).cloned() else {
+            return Ok(None);
+        };
+        let k = key.to_owned();
+        let record = self.on_runtime(async move { tier.get(&k).await }).await?;
+        let now = self.clock.now();
+        Ok(record
+            .and_then(|r| codec::decode(r, now).ok())
+            .filter(|d| d.tier_expires > now))
     }
 
     /// Per-tier sizes, write-queue depths and circuit states.

@@ -202,7 +202,7 @@ impl Harness {
         let origin = Origin::start(clock.clone(), f).await;
         let mut s = settings_for(origin.addr);
         tweak(&mut s);
-        let gw = Gateway::start(&s, clock.clone()).await.unwrap();
+        let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
         Harness {
             clock,
             origin,

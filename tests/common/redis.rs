@@ -115,6 +115,18 @@ impl RedisServer {
             .unwrap_or(0)
     }
 
+    /// Keys holding cache records (tag sets aside).
+    pub fn records(&self) -> u64 {
+        self.count("tierd:v1:*")
+    }
+
+    /// Keys matching a glob `pattern`.
+    pub fn count(&self, pattern: &str) -> u64 {
+        self.cli(&["EVAL", "return #redis.call('KEYS', ARGV[1])", "0", pattern])
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn flushall(&self) {
         assert_eq!(self.cli(&["FLUSHALL"]).as_deref(), Some("OK"));
     }
