@@ -8,7 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{client, eventually, free_port, send, settings_for, Origin, Reply, Resp};
+use common::{
+    client, eventually, free_port, send, settings_for, sigterm, spawn_tierd, wait_up, Origin,
+    Reply, Resp,
+};
 use tierd::clock::ManualClock;
 use tierd::config::Settings;
 use tierd::server::Gateway;
@@ -113,39 +116,6 @@ fn detail(r: &Resp) -> String {
         .map(str::trim)
         .find_map(|m| m.strip_prefix("detail=").map(str::to_owned))
         .unwrap_or_default()
-}
-
-/// Starts the `tierd` binary on `port` in front of `origin` with extra `TIERD__*` settings.
-fn spawn_tierd(port: u16, origin: &Origin, env: &[(&str, &str)]) -> std::process::Child {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"));
-    cmd.arg("serve")
-        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("TIERD__ADMIN__LISTEN", "127.0.0.1:0")
-        .env("TIERD__UPSTREAM__URL", format!("http://{}", origin.addr))
-        .env("TIERD__LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.spawn().expect("tierd binary")
-}
-
-async fn wait_up(port: u16) {
-    let up = eventually(Duration::from_secs(15), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    })
-    .await;
-    assert!(up, "tierd did not start on {port}");
-}
-
-fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
-    let ok = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    child.wait().unwrap()
 }
 
 fn duck_rows(path: &Path) -> u64 {

@@ -453,7 +453,7 @@ pub fn path_tag(path: &str) -> String {
 
 /// What a purge selects.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
 pub enum Selector {
     /// Entries carrying the tag.
     Tag(String),

@@ -219,6 +219,10 @@ impl Harness {
         format!("http://{}{}", self.gw.admin_addr, path)
     }
 
+    pub async fn get_admin(&self, path: &str) -> Resp {
+        self.send(self.client.get(self.admin_url(path))).await
+    }
+
     pub async fn get(&self, path: &str) -> Resp {
         self.send(self.client.get(self.url(path))).await
     }
@@ -382,4 +386,70 @@ pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> boo
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     cond()
+}
+
+/// A `tierd` child process, killed (and reaped) when dropped, so a failing test leaves no
+/// process behind.
+pub struct Proc(pub std::process::Child);
+
+impl std::ops::Deref for Proc {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Proc {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+/// Starts the `tierd` binary on `port` in front of `origin` with extra `TIERD__*` settings.
+pub fn spawn_tierd(port: u16, origin: &Origin, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"));
+    cmd.arg("serve")
+        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIERD__ADMIN__LISTEN", "127.0.0.1:0")
+        .env("TIERD__UPSTREAM__URL", format!("http://{}", origin.addr))
+        .env("TIERD__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    Proc(cmd.spawn().expect("tierd binary"))
+}
+
+/// Waits until something accepts connections on `port`.
+pub async fn wait_up(port: u16) {
+    let up = eventually(Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+    .await;
+    assert!(up, "tierd did not start on {port}");
+}
+
+/// Sends SIGTERM and waits for the exit.
+pub fn sigterm(child: &mut std::process::Child) -> std::process::ExitStatus {
+    signal(child, "-TERM");
+    child.wait().unwrap()
+}
+
+/// Sends a signal (`"-HUP"`, `"-TERM"`) to `child`.
+pub fn signal(child: &std::process::Child, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
 }

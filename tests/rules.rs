@@ -1,0 +1,713 @@
+//! `[[rules]]` over real HTTP: state-dependent TTLs, per-status TTLs, selective caching, key
+//! composition, per-user scope, tags, invalidation on mutations, the admin purge / entry /
+//! reload API, and bad input. Tier-spanning purges run against a real `redis-server` and a
+//! real DuckDB file.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{client, send, Harness, Reply, Resp};
+use tierd::config::Settings;
+use tierd::policy::RuleConfig;
+
+const TOKEN: &str = "s3cret-token";
+
+/// Parses `[[rules]]` tables the way the config file does.
+fn rules(toml: &str) -> Vec<RuleConfig> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        rules: Vec<RuleConfig>,
+    }
+    let f: File = config::Config::builder()
+        .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+        .build()
+        .unwrap()
+        .try_deserialize()
+        .unwrap();
+    f.rules
+}
+
+/// The `ttl=` of a Cache-Status.
+fn ttl(r: &Resp) -> Option<i64> {
+    r.cache_status()
+        .split(';')
+        .map(str::trim)
+        .find_map(|m| m.strip_prefix("ttl=").and_then(|v| v.parse().ok()))
+}
+
+fn is_hit(r: &Resp) -> bool {
+    r.cache_status().contains("; hit")
+}
+
+async fn admin_post(h: &Harness, path: &str, token: Option<&str>, body: &str) -> Resp {
+    let mut req = h
+        .client
+        .post(h.admin_url(path))
+        .insert_header(("content-type", "application/json"));
+    if let Some(t) = token {
+        req = req.insert_header(("authorization", format!("Bearer {t}")));
+    }
+    send_body(req, body.to_owned()).await
+}
+
+async fn send_body(req: awc::ClientRequest, body: String) -> Resp {
+    let mut res = req.send_body(body).await.expect("request failed");
+    let b = res.body().limit(1 << 20).await.expect("body");
+    Resp {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: b.to_vec(),
+    }
+}
+
+fn json(r: &Resp) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
+}
+
+const ASSESSMENTS: &str = r#"
+[[rules]]
+name = "assessment"
+path = "/api/assessments/{id}"
+ttl_by_field = { pointer = "/status", values = { in_progress = 60, completed = 300, failed = 0 } }
+tags = ["assessment:{id}"]
+
+[[rules]]
+name = "assessment-write"
+path = "/api/assessments/{id}"
+methods = ["PUT", "DELETE"]
+invalidate = { tags = ["assessment:{id}"], paths = ["/api/dashboard/overview"], prefixes = ["/api/reports/{id}/"] }
+
+[[rules]]
+name = "dashboard"
+path = "/api/dashboard/overview"
+ttl_seconds = 60
+refresh_query_params = ["force_refresh"]
+
+[[rules]]
+name = "reports"
+path = "/api/reports/{id}/{*rest}"
+ttl_seconds = 600
+"#;
+
+/// An origin whose assessments have a status the test sets; everything else echoes the path
+/// and the hit number. No cache headers: the rules decide.
+async fn assessments(tweak: impl FnOnce(&mut Settings)) -> (Harness, Arc<Mutex<String>>) {
+    let status = Arc::new(Mutex::new("in_progress".to_owned()));
+    let s = status.clone();
+    let h = Harness::with(
+        move |req, n| {
+            if req.path().starts_with("/api/assessments/") {
+                let st = s.lock().unwrap().clone();
+                Reply::ok(format!(r#"{{"id":1,"status":"{st}","n":{n}}}"#))
+                    .header("content-type", "application/json")
+            } else {
+                Reply::ok(format!("{} #{n}", req.path()))
+            }
+        },
+        |s| {
+            s.rules = rules(ASSESSMENTS);
+            s.admin.token = TOKEN.into();
+            tweak(s);
+        },
+    )
+    .await;
+    (h, status)
+}
+
+#[actix_web::test]
+async fn the_ttl_follows_the_status_field_of_the_body() {
+    let (h, status) = assessments(|_| {}).await;
+    let first = h.get("/api/assessments/1").await;
+    assert!(
+        first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    let hit = h.get("/api/assessments/1").await;
+    assert!(is_hit(&hit));
+    assert_eq!(
+        ttl(&hit),
+        Some(60),
+        "in_progress: 60 s ({})",
+        hit.cache_status()
+    );
+
+    // Expired after 60 s; the origin now says completed: 300 s.
+    *status.lock().unwrap() = "completed".into();
+    h.advance(61);
+    let refetched = h.get("/api/assessments/1").await;
+    assert!(!is_hit(&refetched), "{}", refetched.cache_status());
+    assert!(refetched.text().contains("completed"));
+    let hit = h.get("/api/assessments/1").await;
+    assert_eq!(
+        ttl(&hit),
+        Some(300),
+        "completed: 300 s ({})",
+        hit.cache_status()
+    );
+
+    // failed = 0: never stored, every request reaches the origin.
+    *status.lock().unwrap() = "failed".into();
+    h.get("/api/assessments/2").await;
+    let again = h.get("/api/assessments/2").await;
+    assert!(!is_hit(&again), "{}", again.cache_status());
+    assert!(!again.cache_status().contains("stored"));
+    assert_eq!(h.origin.hits(), 4);
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn per_status_ttls_cache_errors_briefly() {
+    let h = Harness::with(
+        |req, n| {
+            if req.path() == "/missing" {
+                Reply::ok(format!("gone #{n}")).status(404)
+            } else {
+                Reply::ok(format!("boom #{n}")).status(503)
+            }
+        },
+        |s| {
+            s.rules = rules(
+                r#"[[rules]]
+                   path = "/{*any}"
+                   ttl_seconds = 300
+                   ttl_by_status = { 404 = 10, 503 = 0 }"#,
+            )
+        },
+    )
+    .await;
+    h.get("/missing").await;
+    let hit = h.get("/missing").await;
+    assert!(is_hit(&hit), "{}", hit.cache_status());
+    assert_eq!(ttl(&hit), Some(10));
+    h.advance(11);
+    assert_eq!(h.get("/missing").await.text(), "gone #2");
+    h.get("/down").await;
+    assert_eq!(
+        h.get("/down").await.text(),
+        "boom #4",
+        "503 = 0: not stored"
+    );
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn filtered_requests_are_never_served_from_the_cache() {
+    let h = Harness::with(
+        |req, n| Reply::ok(format!("{} #{n}", req.uri())).cc("max-age=120"),
+        |s| {
+            s.rules = rules(
+                r#"[[rules]]
+                   path = "/api/recommendations/{id}"
+                   bypass_query_params = ["category", "min_score"]
+                   bypass_headers = ["x-preview"]"#,
+            )
+        },
+    )
+    .await;
+    assert_eq!(
+        h.get("/api/recommendations/1").await.text(),
+        "/api/recommendations/1 #1"
+    );
+    for i in 0..3 {
+        let r = h.get("/api/recommendations/1?category=cost").await;
+        assert!(
+            r.cache_status().contains("fwd=bypass"),
+            "{}",
+            r.cache_status()
+        );
+        assert_eq!(
+            r.text(),
+            format!("/api/recommendations/1?category=cost #{}", i + 2)
+        );
+    }
+    let r = h
+        .get_with("/api/recommendations/1", &[("x-preview", "1")])
+        .await;
+    assert!(r.cache_status().contains("fwd=bypass"));
+    // The unfiltered entry was never replaced by a filtered answer.
+    let plain = h.get("/api/recommendations/1").await;
+    assert!(is_hit(&plain));
+    assert_eq!(plain.text(), "/api/recommendations/1 #1");
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn force_refresh_refetches_and_replaces_the_entry() {
+    let (h, _) = assessments(|_| {}).await;
+    assert_eq!(
+        h.get("/api/dashboard/overview").await.text(),
+        "/api/dashboard/overview #1"
+    );
+    let hit = h.get("/api/dashboard/overview").await;
+    assert_eq!(
+        ttl(&hit),
+        Some(60),
+        "ttl_seconds = 60 without any origin header"
+    );
+    let forced = h.get("/api/dashboard/overview?force_refresh=true").await;
+    assert_eq!(forced.text(), "/api/dashboard/overview #2");
+    let after = h.get("/api/dashboard/overview").await;
+    assert!(is_hit(&after));
+    assert_eq!(
+        after.text(),
+        "/api/dashboard/overview #2",
+        "the refresh replaced the entry"
+    );
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn client_no_cache_is_honoured_unless_the_rule_says_otherwise() {
+    let h = Harness::with(
+        |req, n| Reply::ok(format!("{} #{n}", req.path())).cc("max-age=60"),
+        |s| {
+            s.rules = rules(
+                r#"[[rules]]
+                   path = "/firm"
+                   respect_client_no_cache = false
+                   [[rules]]
+                   path = "/{*rest}""#,
+            )
+        },
+    )
+    .await;
+    for p in ["/firm", "/soft"] {
+        h.get(p).await;
+    }
+    let firm = h.get_with("/firm", &[("cache-control", "no-cache")]).await;
+    assert!(is_hit(&firm), "{}", firm.cache_status());
+    let soft = h.get_with("/soft", &[("cache-control", "no-cache")]).await;
+    assert_eq!(soft.text(), "/soft #3");
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn keys_ignore_and_sort_query_parameters_and_vary_on_listed_headers() {
+    let h = Harness::with(
+        |req, n| Reply::ok(format!("{} #{n}", req.uri())).cc("max-age=60"),
+        |s| {
+            s.rules = rules(
+                r#"[[rules]]
+                   path = "/search"
+                   key = { ignore_query_params = ["utm_*"], sort_query_params = true, headers = ["accept-language"] }"#,
+            )
+        },
+    )
+    .await;
+    let first = h
+        .get_with("/search?b=2&a=1&utm_source=x", &[("accept-language", "fr")])
+        .await;
+    assert_eq!(first.text(), "/search?b=2&a=1&utm_source=x #1");
+    let same = h
+        .get_with("/search?a=1&utm_medium=y&b=2", &[("accept-language", "fr")])
+        .await;
+    assert!(is_hit(&same), "{}", same.cache_status());
+    let other_lang = h
+        .get_with("/search?a=1&b=2", &[("accept-language", "de")])
+        .await;
+    assert!(!is_hit(&other_lang));
+    assert_eq!(h.origin.hits(), 2);
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn users_never_see_each_others_private_entries() {
+    let h = Harness::with(
+        |req, n| {
+            let who = req
+                .headers()
+                .get("authorization")
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+                .unwrap_or_else(|| "anonymous".into());
+            Reply::ok(format!("profile of {who} #{n}")).cc("public, max-age=60")
+        },
+        |s| {
+            s.rules = rules(
+                r#"[[rules]]
+                   path = "/api/me"
+                   key = { user = "authorization" }"#,
+            )
+        },
+    )
+    .await;
+    let alice = [("authorization", "Bearer alice")];
+    let bob = [("authorization", "Bearer bob")];
+    let a1 = h.get_with("/api/me", &alice).await;
+    assert_eq!(a1.text(), "profile of Bearer alice #1");
+    let cc = a1.header("cache-control").unwrap_or_default();
+    assert!(
+        cc.starts_with("private") && !cc.contains("public"),
+        "downstream caches must not share it: {cc}"
+    );
+    let b1 = h.get_with("/api/me", &bob).await;
+    assert_eq!(b1.text(), "profile of Bearer bob #2");
+    let a2 = h.get_with("/api/me", &alice).await;
+    assert!(is_hit(&a2));
+    assert_eq!(a2.text(), "profile of Bearer alice #1");
+    let b2 = h.get_with("/api/me", &bob).await;
+    assert!(is_hit(&b2));
+    assert_eq!(b2.text(), "profile of Bearer bob #2");
+    let anon = h.get("/api/me").await;
+    assert_eq!(anon.text(), "profile of anonymous #3");
+    h.stop().await;
+}
+
+/// Settings with L2 on `redis` and L3 in `dir`.
+fn tiers(s: &mut Settings, redis: &RedisServer, dir: &std::path::Path) {
+    s.tiers.l2.enabled = true;
+    s.tiers.l2.url = redis.url();
+    s.tiers.l2.command_timeout_ms = 1_000;
+    s.tiers.l3.enabled = true;
+    s.tiers.l3.path = dir.join("rules.duckdb").display().to_string();
+}
+
+async fn metric(h: &Harness, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = h.get_admin("/metrics").await.text();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn written(h: &Harness, tier: &str, n: u64) {
+    let ok = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let w = metric(
+                h,
+                "tierd_tier_writes_total",
+                &[("tier", tier), ("outcome", "written")],
+            )
+            .await;
+            if w >= n as f64 {
+                break true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    assert!(ok, "{tier}: {n} writes not applied");
+}
+
+#[actix_web::test]
+async fn a_purge_by_tag_removes_the_entry_from_l1_l2_and_l3() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (h, _) = assessments(|s| tiers(s, &redis, dir.path())).await;
+    for id in [7, 8] {
+        h.get(&format!("/api/assessments/{id}")).await;
+    }
+    written(&h, "l2", 2).await;
+    written(&h, "l3", 2).await;
+    let url = format!("http://{}/api/assessments/7", h.gw.addr);
+    let entry = h.get_admin(&format!("/_tierd/entry?url={url}")).await;
+    let e = json(&entry);
+    assert_eq!(entry.status, 200, "{e}");
+    for t in ["l1", "l2", "l3"] {
+        assert_eq!(e["tiers"][t][0]["tags"][0], "assessment:7", "{t}: {e}");
+        assert!(e["tiers"][t][0]["ttl_seconds"].as_i64().unwrap() > 0);
+    }
+
+    let r = admin_post(
+        &h,
+        "/_tierd/purge",
+        Some(TOKEN),
+        r#"{"tag": "assessment:7"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let p = json(&r);
+    assert_eq!(
+        p["purged"],
+        serde_json::json!({"l1": 1, "l2": 1, "l3": 1}),
+        "{p}"
+    );
+    let entry = h.get_admin(&format!("/_tierd/entry?url={url}")).await;
+    assert_eq!(entry.status, 404, "{}", entry.text());
+    assert_eq!(redis.count("tierd:v1:*assessments/7"), 0);
+    assert_eq!(
+        redis.count("tierd:v1:*assessments/8"),
+        1,
+        "the other assessment stays"
+    );
+    let again = h.get("/api/assessments/7").await;
+    assert!(!is_hit(&again), "{}", again.cache_status());
+    assert!(is_hit(&h.get("/api/assessments/8").await));
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn a_successful_mutation_invalidates_its_tags_paths_and_prefixes_everywhere() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (h, _) = assessments(|s| tiers(s, &redis, dir.path())).await;
+    let warm = [
+        "/api/assessments/5",
+        "/api/assessments/6",
+        "/api/dashboard/overview",
+        "/api/reports/5/weekly",
+        "/api/reports/5/monthly?page=2",
+        "/api/reports/6/weekly",
+    ];
+    for p in warm {
+        h.get(p).await;
+        assert!(is_hit(&h.get(p).await), "{p}");
+    }
+    written(&h, "l3", warm.len() as u64).await;
+    let put = send_body(
+        h.client.put(h.url("/api/assessments/5")),
+        r#"{"status":"completed"}"#.into(),
+    )
+    .await;
+    assert_eq!(put.status, 200);
+    for gone in [
+        "/api/assessments/5",
+        "/api/dashboard/overview",
+        "/api/reports/5/weekly",
+        "/api/reports/5/monthly?page=2",
+    ] {
+        let r = h.get(gone).await;
+        assert!(
+            !is_hit(&r),
+            "{gone} should have been invalidated: {}",
+            r.cache_status()
+        );
+    }
+    for kept in ["/api/assessments/6", "/api/reports/6/weekly"] {
+        assert!(is_hit(&h.get(kept).await), "{kept} should be kept");
+    }
+    // Nothing left in L2 for the purged entries but their refetched copies.
+    assert_eq!(
+        metric(&h, "tierd_purges_total", &[("source", "rule")]).await,
+        3.0,
+        "one tag, one path, one prefix"
+    );
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn a_failed_mutation_invalidates_nothing() {
+    let h = Harness::with(
+        |req, n| {
+            if req.method() == "PUT" {
+                Reply::ok("no").status(409)
+            } else {
+                Reply::ok(format!("{} #{n}", req.path())).cc("max-age=60")
+            }
+        },
+        |s| {
+            s.rules = rules(
+                r#"[[rules]]
+                   path = "/a/{id}"
+                   methods = ["PUT"]
+                   invalidate = { paths = ["/list"] }"#,
+            )
+        },
+    )
+    .await;
+    h.get("/list").await;
+    let put = send_body(h.client.put(h.url("/a/1")), String::new()).await;
+    assert_eq!(put.status, 409);
+    assert!(is_hit(&h.get("/list").await));
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn mutating_admin_calls_need_the_token_and_bad_input_purges_nothing() {
+    let (h, _) = assessments(|_| {}).await;
+    h.get("/api/assessments/3").await;
+    let still_cached = || async { is_hit(&h.get("/api/assessments/3").await) };
+
+    let none = admin_post(&h, "/_tierd/purge", None, r#"{"tag":"assessment:3"}"#).await;
+    assert_eq!(none.status, 401);
+    assert!(none
+        .header("www-authenticate")
+        .unwrap_or_default()
+        .starts_with("Bearer"));
+    let wrong = admin_post(
+        &h,
+        "/_tierd/purge",
+        Some("nope"),
+        r#"{"tag":"assessment:3"}"#,
+    )
+    .await;
+    assert_eq!(wrong.status, 401);
+    assert!(json(&wrong)["error"].as_str().unwrap().contains("token"));
+    assert!(still_cached().await);
+
+    let enormous = format!(r#"{{"prefix":"/{}"}}"#, "a".repeat(5000));
+    let long_url = format!(r#"{{"url":"/{}"}}"#, "a".repeat(9000));
+    let huge_body = format!(r#"{{"tag":"{}"}}"#, "x".repeat(70_000));
+    for (body, status, says) in [
+        ("not json", 400, "not a purge request"),
+        ("{}", 400, "exactly one"),
+        (r#"{"tag":"a","url":"/b"}"#, 400, "exactly one"),
+        (r#"{"tag":"has space"}"#, 400, "tag:"),
+        (r#"{"regex":".*"}"#, 400, "not a purge request"),
+        (r#"{"prefix":""}"#, 400, "empty"),
+        (r#"{"prefix":"api"}"#, 400, "neither a path"),
+        (enormous.as_str(), 400, "at most 1024"),
+        (long_url.as_str(), 400, "at most 8192"),
+        (huge_body.as_str(), 413, "bytes"),
+    ] {
+        let r = admin_post(&h, "/_tierd/purge", Some(TOKEN), body).await;
+        assert_eq!(
+            r.status,
+            status,
+            "{}: {}",
+            &body[..body.len().min(40)],
+            r.text()
+        );
+        let msg = json(&r)["error"].as_str().unwrap_or_default().to_owned();
+        assert!(msg.contains(says), "{msg}");
+        assert!(
+            still_cached().await,
+            "nothing purged by {}",
+            &body[..body.len().min(40)]
+        );
+    }
+    // A prefix is literal: regex characters match nothing here.
+    let r = admin_post(
+        &h,
+        "/_tierd/purge",
+        Some(TOKEN),
+        r#"{"prefix":"/api/assessments/.*"}"#,
+    )
+    .await;
+    assert_eq!(json(&r)["purged"]["l1"], 0);
+    assert!(still_cached().await);
+    let r = admin_post(
+        &h,
+        "/_tierd/purge",
+        Some(TOKEN),
+        r#"{"url":"/api/assessments/3"}"#,
+    )
+    .await;
+    assert_eq!(json(&r)["purged"]["l1"], 1, "{}", r.text());
+    assert!(!still_cached().await);
+
+    // Without a configured token, mutating calls are refused outright.
+    let open = Harness::with(|_, _| Reply::ok("x"), |_| {}).await;
+    let r = admin_post(&open, "/_tierd/purge", Some(""), r#"{"tag":"a"}"#).await;
+    assert_eq!(r.status, 403);
+    assert!(json(&r)["error"].as_str().unwrap().contains("admin.token"));
+    let r = admin_post(&open, "/_tierd/reload", Some("anything"), "").await;
+    assert_eq!(r.status, 403);
+    open.stop().await;
+    h.stop().await;
+}
+
+#[actix_web::test]
+async fn a_broken_reload_keeps_the_old_rules_and_a_good_one_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tierd.toml");
+    let clock = Arc::new(tierd::clock::ManualClock::new());
+    let origin = common::Origin::start(clock.clone(), |req, n| {
+        Reply::ok(format!("{} #{n}", req.path())).cc("max-age=5")
+    })
+    .await;
+    let base = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n[upstream]\nurl = \"http://{}\"\n",
+        origin.addr
+    );
+    let write = |rules: &str| std::fs::write(&file, format!("{base}{rules}")).unwrap();
+    write("[[rules]]\nname = \"long\"\npath = \"/x\"\nttl_seconds = 100\n");
+    let settings = Settings::load(Some(&file)).unwrap();
+    let gw = tierd::server::Gateway::start(&settings, clock.clone(), Some(file.clone()))
+        .await
+        .unwrap();
+    let get = |p: &'static str| {
+        let url = format!("http://{}{p}", gw.addr);
+        async move { send(client().get(url)).await }
+    };
+    let reload = || {
+        let url = format!("http://{}/_tierd/reload", gw.admin_addr);
+        async move {
+            send(
+                client()
+                    .post(url)
+                    .insert_header(("authorization", format!("Bearer {TOKEN}"))),
+            )
+            .await
+        }
+    };
+    get("/x").await;
+    assert_eq!(ttl(&get("/x").await), Some(100));
+
+    write("[[rules]]\nname = \"long\"\npath = \"/x\"\nttl_seconds = -3\n");
+    let r = reload().await;
+    assert_eq!(r.status, 422);
+    let msg = json(&r)["error"].as_str().unwrap().to_owned();
+    assert!(
+        msg.contains("rules[0] (\"long\")") && msg.contains("ttl_seconds"),
+        "{msg}"
+    );
+    write("[[rules]]\nname = \"typo\"\npath = \"/x\"\nttl_secs = 3\n");
+    let r = reload().await;
+    assert_eq!(r.status, 422);
+    assert!(
+        json(&r)["error"].as_str().unwrap().contains("ttl_secs"),
+        "{}",
+        r.text()
+    );
+    // Still the old rule.
+    clock.advance(Duration::from_secs(10));
+    let r = get("/x").await;
+    assert!(is_hit(&r), "old rules in force: {}", r.cache_status());
+
+    write("[[rules]]\nname = \"short\"\npath = \"/x\"\nttl_seconds = 7\n[[rules]]\npath = \"/y\"\npass = true\n");
+    let r = reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["rules"], 2);
+    clock.advance(Duration::from_secs(100));
+    get("/x").await;
+    assert_eq!(ttl(&get("/x").await), Some(7));
+    let y = get("/y").await;
+    assert!(y.cache_status().contains("fwd=bypass"));
+    gw.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn requests_count_under_their_route_template() {
+    let (h, _) = assessments(|_| {}).await;
+    h.get("/api/assessments/1").await;
+    h.get("/api/assessments/2").await;
+    h.get("/api/assessments/2").await;
+    h.get("/elsewhere").await;
+    let route = "/api/assessments/{id}";
+    assert_eq!(
+        metric(
+            &h,
+            "tierd_requests_total",
+            &[("route", route), ("cache_status", "miss")]
+        )
+        .await,
+        2.0
+    );
+    assert_eq!(
+        metric(
+            &h,
+            "tierd_requests_total",
+            &[("route", route), ("cache_status", "hit")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric(&h, "tierd_requests_total", &[("route", "unmatched")]).await,
+        1.0
+    );
+    h.stop().await;
+}
