@@ -370,7 +370,7 @@ async fn purge(
         StatusCode::BAD_GATEWAY
     };
     HttpResponse::build(status).json(json!({
-        "selector": selector,
+        "selector": serde_json::to_value(&selector).unwrap_or(Value::Null),
         "purged": purged,
         "errors": errors,
     }))

@@ -576,7 +576,17 @@ impl Settings {
 
 /// Turns the config crate's errors into a message that names the key and the fix.
 fn describe(e: config::ConfigError) -> String {
-    let text = e.to_string();
+    // The config crate writes nested keys of array items as `rules[1]ttl_by_field`.
+    let mut text = String::new();
+    let raw = e.to_string();
+    let mut prev = ' ';
+    for c in raw.chars() {
+        if prev == ']' && (c.is_ascii_alphabetic() || c == '_') {
+            text.push('.');
+        }
+        text.push(c);
+        prev = c;
+    }
     if let Some(rest) = text.strip_prefix("unknown field ") {
         return format!(
             "unknown key {rest}. Check the spelling against the config reference in README.md \

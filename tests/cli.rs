@@ -33,6 +33,26 @@ fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
         ("[server]\nlisten = \"nope\"\n", "server.listen"),
         ("[tiers.l1]\nmax_bytes = 10\n", "tiers.l1.max_bytes"),
         ("[cache\n", "TOML"),
+        (
+            "[[rules]]\nname = \"a\"\npath = \"/a\"\nttl_secs = 5\n",
+            "unknown key `ttl_secs`",
+        ),
+        (
+            "[[rules]]\nname = \"t\"\npath = \"/a/{id\"\n",
+            "rules[0] (\"t\"): path:",
+        ),
+        (
+            "[[rules]]\nname = \"p\"\npath = \"/a\"\nttl_by_field = { pointer = \"status\", values = { a = 1 } }\n",
+            "rules[0] (\"p\"): ttl_by_field.pointer",
+        ),
+        (
+            "[[rules]]\npath = \"/a\"\n[[rules]]\nname = \"neg\"\npath = \"/b\"\nttl_seconds = -1\n",
+            "rules[1] (\"neg\"): ttl_seconds = -1",
+        ),
+        (
+            "[[rules]]\npath = \"/b\"\nttl_by_field = { pointr = \"/s\" }\n",
+            "rules[0].ttl_by_field",
+        ),
     ];
     for (toml, needle) in cases {
         let f = dir.path().join("bad.toml");
