@@ -21,14 +21,6 @@ async fn get(port: u16, path: &str) -> Resp {
     .await
 }
 
-fn detail(r: &Resp) -> String {
-    r.cache_status()
-        .split(';')
-        .map(str::trim)
-        .find_map(|m| m.strip_prefix("detail=").map(str::to_owned))
-        .unwrap_or_default()
-}
-
 async fn purge(admin: u16, body: String) -> Resp {
     let mut res = client()
         .post(format!("http://127.0.0.1:{admin}/_tierd/purge"))
@@ -127,13 +119,17 @@ async fn a_purge_on_one_node_stops_the_other_serving_it() {
     for i in 0..ROUNDS {
         let path = format!("/items/{i}");
         let first = get(a, &path).await;
-        assert!(first.text().starts_with(&format!("{path} #")), "{}", first.text());
+        assert!(
+            first.text().starts_with(&format!("{path} #")),
+            "{}",
+            first.text()
+        );
         // B finds it in L2 (once A's write lands), then holds it in its own L1.
         let in_b = {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 let r = get(b, &path).await;
-                if detail(&r) == "l1" {
+                if r.detail() == "l1" {
                     break true;
                 }
                 if Instant::now() > deadline {

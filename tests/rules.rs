@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{client, send, Harness, Reply, Resp};
+use common::{client, metric_at, send, written_at, Harness, Reply, Resp};
 use tierd::config::Settings;
 use tierd::policy::RuleConfig;
 
@@ -366,38 +366,11 @@ fn tiers(s: &mut Settings, redis: &RedisServer, dir: &std::path::Path) {
 }
 
 async fn metric(h: &Harness, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = h.get_admin("/metrics").await.text();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+    metric_at(h.gw.admin_addr, name, labels).await
 }
 
 async fn written(h: &Harness, tier: &str, n: u64) {
-    let ok = {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let w = metric(
-                h,
-                "tierd_tier_writes_total",
-                &[("tier", tier), ("outcome", "written")],
-            )
-            .await;
-            if w >= n as f64 {
-                break true;
-            }
-            if tokio::time::Instant::now() > deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    };
-    assert!(ok, "{tier}: {n} writes not applied");
+    written_at(h.gw.admin_addr, tier, n).await
 }
 
 #[actix_web::test]

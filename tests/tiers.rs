@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use common::redis::RedisServer;
 use common::{
-    client, eventually, free_port, send, settings_for, sigterm, spawn_tierd, wait_up, Origin,
-    Reply, Resp,
+    client, eventually, free_port, metric_at, send, settings_for, sigterm, spawn_tierd, wait_up,
+    written_at, Origin, Reply, Resp,
 };
 use tierd::clock::ManualClock;
 use tierd::config::Settings;
@@ -74,48 +74,12 @@ async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric_at(gw.admin_addr, name, labels).await
 }
 
-async fn metric_at(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = send(client().get(format!("http://{admin}/metrics")))
-        .await
-        .text();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// Waits until `n` writes have been applied to `tier` (writes happen off the request path).
 async fn written(gw: &Gateway, tier: &str, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let w = metric(
-            gw,
-            "tierd_tier_writes_total",
-            &[("tier", tier), ("outcome", "written")],
-        )
-        .await;
-        if w >= n as f64 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{tier}: {w} of {n} writes applied"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    written_at(gw.admin_addr, tier, n).await
 }
 
 fn detail(r: &Resp) -> String {
-    r.cache_status()
-        .split(';')
-        .map(str::trim)
-        .find_map(|m| m.strip_prefix("detail=").map(str::to_owned))
-        .unwrap_or_default()
+    r.detail()
 }
 
 fn duck_rows(path: &Path) -> u64 {

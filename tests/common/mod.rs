@@ -301,6 +301,14 @@ impl Resp {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+    /// The `detail=` of the tierd Cache-Status member (the tier that answered).
+    pub fn detail(&self) -> String {
+        self.cache_status()
+            .split(';')
+            .map(str::trim)
+            .find_map(|m| m.strip_prefix("detail=").map(str::to_owned))
+            .unwrap_or_default()
+    }
     pub fn age(&self) -> Option<u64> {
         self.header("age").and_then(|a| a.parse().ok())
     }
@@ -452,4 +460,38 @@ pub fn signal(child: &std::process::Child, sig: &str) {
         .unwrap()
         .success();
     assert!(ok, "kill {sig}");
+}
+
+/// The sum of a metric's samples whose labels include every `labels` pair, from the admin
+/// listener at `admin`.
+pub async fn metric_at(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let text = send(client().get(format!("http://{admin}/metrics")))
+        .await
+        .text();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Waits until `n` writes have been applied to `tier` (writes happen off the request path).
+pub async fn written_at(admin: SocketAddr, tier: &str, n: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let labels = [("tier", tier), ("outcome", "written")];
+        let w = metric_at(admin, "tierd_tier_writes_total", &labels).await;
+        if w >= n as f64 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{tier}: {w} of {n} writes applied"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
