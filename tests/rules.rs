@@ -684,3 +684,53 @@ async fn requests_count_under_their_route_template() {
     );
     h.stop().await;
 }
+
+#[actix_web::test]
+async fn a_response_fetched_across_a_purge_is_not_stored() {
+    // The origin holds /slow answers for 1 s; the purge runs while the fetch is in flight.
+    let h = Harness::with(
+        |req, n| {
+            let r = Reply::ok(format!("{} #{n}", req.path()));
+            if req.path().starts_with("/slow/") {
+                r.delay_ms(1000)
+            } else {
+                r
+            }
+        },
+        |s| {
+            s.rules =
+                rules("[[rules]]\npath = \"/slow/{id}\"\nttl_seconds = 60\ntags = [\"slow:{id}\"]");
+            s.admin.token = TOKEN.into();
+        },
+    )
+    .await;
+    let url = h.url("/slow/1");
+    let fetch = actix_web::rt::spawn(async move { send(client().get(url)).await });
+    let in_flight = common::eventually(Duration::from_secs(5), || {
+        h.origin.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1
+    })
+    .await;
+    assert!(in_flight);
+    let r = admin_post(&h, "/_tierd/purge", Some(TOKEN), r#"{"tag":"slow:1"}"#).await;
+    assert_eq!(r.status, 200);
+    let first = fetch.await.unwrap();
+    assert_eq!(first.text(), "/slow/1 #1");
+    assert!(
+        !first.cache_status().contains("stored"),
+        "{}",
+        first.cache_status()
+    );
+    assert_eq!(
+        metric(
+            &h,
+            "tierd_not_stored_total",
+            &[("reason", "purged_during_fetch")]
+        )
+        .await,
+        1.0
+    );
+    // A fetch that starts after the purge is stored as usual.
+    assert_eq!(h.get("/slow/1").await.text(), "/slow/1 #2");
+    assert!(is_hit(&h.get("/slow/1").await));
+    h.stop().await;
+}
