@@ -11,10 +11,33 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use tierd::clock::SystemClock;
 use tierd::config::Settings;
 
+/// Twenty rules ahead of the one that matches, as a real config might have; the matching rule
+/// sorts the query and tags the entry.
+fn with_rules() -> Settings {
+    let mut toml = String::new();
+    for i in 0..20 {
+        toml.push_str(&format!(
+            "[[rules]]\npath = \"/api/v{i}/things/{{id}}\"\nttl_seconds = 60\n"
+        ));
+    }
+    toml.push_str(
+        "[[rules]]\npath = \"/api/items/{id}\"\nttl_seconds = 300\ntags = [\"item:{id}\"]\nkey = { sort_query_params = true, ignore_query_params = [\"utm_*\"] }\n",
+    );
+    let file = std::env::temp_dir().join(format!("tierd-bench-{}.toml", std::process::id()));
+    std::fs::write(&file, toml).expect("write rules");
+    let settings = Settings::load(Some(&file)).expect("rules");
+    let _ = std::fs::remove_file(&file);
+    settings
+}
+
 fn bench(c: &mut Criterion) {
+    run(c, "", Settings::default(), "/item.json");
+    run(c, "_21_rules", with_rules(), "/api/items/42?b=2&a=1");
+}
+
+fn run(c: &mut Criterion, suffix: &str, settings: Settings, uri: &'static str) {
     let rt = actix_web::rt::System::new();
-    let state =
-        tierd::server::build_state(&Settings::default(), Arc::new(SystemClock)).expect("state");
+    let state = tierd::server::build_state(&settings, Arc::new(SystemClock)).expect("state");
     let body: String = "x".repeat(1300);
     let app = rt.block_on(test::init_service(
         App::new()
@@ -33,7 +56,7 @@ fn bench(c: &mut Criterion) {
     ));
     let request = || {
         test::TestRequest::get()
-            .uri("/item.json")
+            .uri(uri)
             .insert_header(("host", "bench"))
             .to_request()
     };
@@ -41,7 +64,7 @@ fn bench(c: &mut Criterion) {
         let res = test::call_service(&app, request()).await;
         assert_eq!(res.status(), 200);
     });
-    c.bench_function("l1_hit_full_stack", |b| {
+    c.bench_function(&format!("l1_hit_full_stack{suffix}"), |b| {
         b.iter(|| {
             rt.block_on(async {
                 let res = test::call_service(&app, request()).await;
@@ -50,11 +73,11 @@ fn bench(c: &mut Criterion) {
             })
         })
     });
-    c.bench_function("l1_hit_304", |b| {
+    c.bench_function(&format!("l1_hit_304{suffix}"), |b| {
         b.iter(|| {
             rt.block_on(async {
                 let req = test::TestRequest::get()
-                    .uri("/item.json")
+                    .uri(uri)
                     .insert_header(("host", "bench"))
                     .insert_header(("if-none-match", "*"))
                     .to_request();

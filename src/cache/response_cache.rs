@@ -203,8 +203,8 @@ struct Route {
 }
 
 impl Route {
-    fn resolve(rules: Arc<RuleSet>, method: &Method, path: &str) -> (Route, Vec<Invalidation>) {
-        let (index, counters, tiers, tags, invalidations) = match rules.find(method, path) {
+    fn resolve(rules: Arc<RuleSet>, method: &Method, path: &str) -> Route {
+        let (index, counters, tiers) = match rules.find(method, path) {
             Some(m) => (
                 Some(m.index()),
                 m.counters().clone(),
@@ -213,28 +213,41 @@ impl Route {
                     .as_deref()
                     .map(TierSet::of)
                     .unwrap_or(TierSet::ALL),
-                m.tags(),
-                m.invalidations(),
             ),
-            None => (
-                None,
-                rules.unmatched().clone(),
-                TierSet::ALL,
-                Vec::new(),
-                Vec::new(),
-            ),
+            None => (None, rules.unmatched().clone(), TierSet::ALL),
         };
-        (
-            Route {
-                rules,
-                index,
-                counters,
-                tiers,
-                tags,
-                private: false,
-            },
-            invalidations,
-        )
+        Route {
+            rules,
+            index,
+            counters,
+            tiers,
+            tags: Vec::new(),
+            private: false,
+        }
+    }
+
+    /// Fills in the rule's tags for `path` (only a fetch that may store needs them).
+    fn with_tags(mut self, path: &str) -> Route {
+        if let Some(rule) = self.rule() {
+            if !rule.tags.is_empty() {
+                if let Some(m) = self.rules.find(&Method::GET, path) {
+                    self.tags = m.tags();
+                }
+            }
+        }
+        self
+    }
+
+    /// What a mutation of `path` with `method` purges under the rules.
+    fn invalidations(&self, method: &Method, path: &str) -> Vec<Invalidation> {
+        match self.index {
+            Some(_) => self
+                .rules
+                .find(method, path)
+                .map(|m| m.invalidations())
+                .unwrap_or_default(),
+            None => Vec::new(),
+        }
     }
 
     fn rule(&self) -> Option<&Rule> {
@@ -449,12 +462,12 @@ where
         let st = &self.state;
         let method = req.method().clone();
         let is_head = method == Method::HEAD;
-        let (mut route, invalidations) = Route::resolve(st.rules.load_full(), &method, req.path());
+        let mut route = Route::resolve(st.rules.load_full(), &method, req.path());
         if !st.policy.enabled {
             return Ok(self.inner.call(req).await?.map_into_boxed_body());
         }
         if method != Method::GET && !is_head {
-            return self.forward_other(req, route, invalidations).await;
+            return self.forward_other(req, route).await;
         }
         if req.headers().contains_key(header::RANGE) {
             // Partial content is not stored; range requests go to the origin untouched.
@@ -600,6 +613,7 @@ where
         upstream_conditionals(req.headers_mut(), stale.as_ref().map(|(e, _)| &**e));
         let http_req = req.request().clone();
         let epoch = self.state.store.purges().epoch();
+        let route = route.with_tags(http_req.path());
         match self.state.flights.join(&key) {
             Join::Leader(guard) => {
                 let (tx, rx) = oneshot::channel();
@@ -690,6 +704,7 @@ where
         self.state.metrics.background_refreshes.inc();
         req.set_payload(Payload::None);
         let epoch = self.state.store.purges().epoch();
+        let route = route.with_tags(req.path());
         let job = Fetch {
             ctx: self,
             req: Some(req),
@@ -769,7 +784,6 @@ where
         self,
         req: ServiceRequest,
         route: Route,
-        invalidations: Vec<Invalidation>,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = self.state.clone();
         route.count(Outcome::Pass);
@@ -812,7 +826,7 @@ where
                 st.metrics.invalidations.inc();
             }
             if status.is_success() {
-                for inv in invalidations {
+                for inv in route.invalidations(http_req.method(), http_req.path()) {
                     let sel = match inv {
                         Invalidation::Tag(t) => Selector::Tag(t),
                         Invalidation::Path(p) => Selector::Url {
