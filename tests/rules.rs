@@ -734,3 +734,63 @@ async fn a_response_fetched_across_a_purge_is_not_stored() {
     assert!(is_hit(&h.get("/slow/1").await));
     h.stop().await;
 }
+
+#[actix_web::test]
+async fn a_rule_keeps_its_entries_in_the_tiers_it_names() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::with(
+        |req, n| Reply::ok(format!("{} #{n}", req.path())).cc("max-age=600"),
+        |s| {
+            tiers(s, &redis, dir.path());
+            s.rules = rules(
+                r#"[[rules]]
+                   path = "/volatile/{id}"
+                   tiers = ["l1"]
+                   [[rules]]
+                   path = "/shared/{id}"
+                   tiers = ["l1", "l2"]"#,
+            );
+        },
+    )
+    .await;
+    h.get("/volatile/1").await;
+    h.get("/shared/1").await;
+    h.get("/everywhere").await;
+    written(&h, "l2", 2).await;
+    written(&h, "l3", 1).await;
+    assert_eq!(
+        redis.count("tierd:v1:*/volatile/1"),
+        0,
+        "l1 only: not in Redis"
+    );
+    assert_eq!(redis.count("tierd:v1:*/shared/1"), 1);
+    assert_eq!(redis.count("tierd:v1:*/everywhere"), 1);
+    let hr = &h;
+    let entry = |p: &str| {
+        let url = format!("/_tierd/entry?url=http://{}{p}", hr.gw.addr);
+        async move { json(&hr.get_admin(&url).await) }
+    };
+    let v = entry("/volatile/1").await;
+    assert!(
+        v["tiers"]["l1"].is_array() && v["tiers"]["l2"].is_null() && v["tiers"]["l3"].is_null(),
+        "{v}"
+    );
+    let s = entry("/shared/1").await;
+    assert!(
+        s["tiers"]["l2"].is_array() && s["tiers"]["l3"].is_null(),
+        "{s}"
+    );
+    let e = entry("/everywhere").await;
+    assert!(e["tiers"]["l3"].is_array(), "{e}");
+    assert_eq!(
+        metric(
+            &h,
+            "tierd_tier_writes_total",
+            &[("tier", "l3"), ("outcome", "written")]
+        )
+        .await,
+        1.0
+    );
+    h.stop().await;
+}
