@@ -271,10 +271,9 @@ fn purge_selector(state: &CacheState, body: &[u8]) -> Result<Selector, String> {
         (Some(url), None, None) => {
             let u = parse_url(&url, "url")?;
             // Without a query: the bare URL; with one: normalised as the GET rule keys it.
-            let query = match (&u.query, state.rules.load().find(&Method::GET, &u.path)) {
-                (Some(q), Some(m)) => m.rule().key_query(q),
-                (Some(q), None) => q.clone(),
-                (None, _) => String::new(),
+            let query = match &u.query {
+                Some(q) => state.rules.load().key_query(&u.path, q),
+                None => String::new(),
             };
             Ok(Selector::Url {
                 host: u.host,

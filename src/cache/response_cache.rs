@@ -32,7 +32,7 @@ use crate::http::storable::{
     self, LifetimeOverride, NotStorable, RequestFacts, Reuse, StoreOptions,
 };
 use crate::metrics::{Metrics, OriginError, Outcome, RouteCounters};
-use crate::policy::{self, Invalidation, Rule, RuleSet, Selector};
+use crate::policy::{self, Rule, RuleSet, Selector};
 use crate::store::{TierName, TierSet, TieredStore};
 use arc_swap::ArcSwap;
 
@@ -228,26 +228,10 @@ impl Route {
 
     /// Fills in the rule's tags for `path` (only a fetch that may store needs them).
     fn with_tags(mut self, path: &str) -> Route {
-        if let Some(rule) = self.rule() {
-            if !rule.tags.is_empty() {
-                if let Some(m) = self.rules.find(&Method::GET, path) {
-                    self.tags = m.tags();
-                }
-            }
+        if let Some(tags) = self.rule().map(|r| r.tags_for(path)) {
+            self.tags = tags;
         }
         self
-    }
-
-    /// What a mutation of `path` with `method` purges under the rules.
-    fn invalidations(&self, method: &Method, path: &str) -> Vec<Invalidation> {
-        match self.index {
-            Some(_) => self
-                .rules
-                .find(method, path)
-                .map(|m| m.invalidations())
-                .unwrap_or_default(),
-            None => Vec::new(),
-        }
     }
 
     fn rule(&self) -> Option<&Rule> {
@@ -473,13 +457,12 @@ where
             // Partial content is not stored; range requests go to the origin untouched.
             return self.bypass(req, route, None).await;
         }
-        let query = req.query_string().to_owned();
         let mut facts = RequestFacts::from_headers(req.headers());
         let mut refresh = false;
         let mut private = false;
         let key = match route.rule() {
             Some(rule) => {
-                if let Some(why) = rule.bypass(&query, req.headers()) {
+                if let Some(why) = rule.bypass(req.query_string(), req.headers()) {
                     return self.bypass(req, route, Some(why.as_str())).await;
                 }
                 if !rule.respect_client_no_cache {
@@ -487,10 +470,10 @@ where
                     facts.cc.max_age = None;
                     facts.pragma_no_cache = false;
                 }
-                refresh = rule.refresh(&query);
+                refresh = rule.refresh(req.query_string());
                 private = rule.user_value(req.headers()).is_some();
                 let host = key::request_host(req.request());
-                policy::compose_key(&host, req.path(), &query, rule, req.headers())
+                policy::compose_key(&host, req.path(), req.query_string(), rule, req.headers())
             }
             None => key::for_request(req.request()),
         };
@@ -801,7 +784,7 @@ where
             && !status.is_server_error()
         {
             let host = key::request_host(&http_req);
-            let mut selectors = vec![self.url_selector(
+            let mut selectors = vec![url_selector(
                 &route.rules,
                 &host,
                 http_req.path(),
@@ -814,7 +797,7 @@ where
                     .and_then(|v| key::for_location(&host, v.as_bytes()))
                 {
                     if let Some(parts) = policy::KeyParts::parse(&k) {
-                        let sel = self.url_selector(&route.rules, &host, parts.path, parts.query);
+                        let sel = url_selector(&route.rules, &host, parts.path, parts.query);
                         if !selectors.contains(&sel) {
                             selectors.push(sel);
                         }
@@ -825,20 +808,8 @@ where
                 st.invalidate(sel, PurgeSource::Method).await;
                 st.metrics.invalidations.inc();
             }
-            if status.is_success() {
-                for inv in route.invalidations(http_req.method(), http_req.path()) {
-                    let sel = match inv {
-                        Invalidation::Tag(t) => Selector::Tag(t),
-                        Invalidation::Path(p) => Selector::Url {
-                            host: None,
-                            path: p,
-                            query: None,
-                        },
-                        Invalidation::Prefix(p) => Selector::Prefix {
-                            host: None,
-                            prefix: p,
-                        },
-                    };
+            if let Some(rule) = route.rule().filter(|_| status.is_success()) {
+                for sel in rule.invalidations_for(http_req.path()) {
                     st.invalidate(&sel, PurgeSource::Rule).await;
                 }
             }
@@ -855,18 +826,14 @@ where
         );
         Ok(res)
     }
+}
 
-    /// The entries of one URL on `host`: its query as the GET rule for the path keys it.
-    fn url_selector(&self, rules: &RuleSet, host: &str, path: &str, query: &str) -> Selector {
-        let query = match rules.find(&Method::GET, path) {
-            Some(m) => m.rule().key_query(query),
-            None => query.to_owned(),
-        };
-        Selector::Url {
-            host: Some(host.to_owned()),
-            path: path.to_owned(),
-            query: Some(query),
-        }
+/// The entries of one URL on `host`: its query as the GET rule for the path keys it.
+fn url_selector(rules: &RuleSet, host: &str, path: &str, query: &str) -> Selector {
+    Selector::Url {
+        host: Some(host.to_owned()),
+        path: path.to_owned(),
+        query: Some(rules.key_query(path, query)),
     }
 }
 

@@ -97,14 +97,6 @@ impl RuleSet {
         })
     }
 
-    /// No rules at all.
-    pub fn empty(metrics: &Metrics) -> RuleSet {
-        RuleSet {
-            rules: Vec::new(),
-            unmatched: Arc::new(metrics.route_counters(UNMATCHED_ROUTE)),
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.rules.len()
     }
@@ -137,6 +129,14 @@ impl RuleSet {
             })
     }
 
+    /// `query` as the GET rule for `path` puts it in keys (unchanged when no rule matches).
+    pub fn key_query(&self, path: &str, query: &str) -> String {
+        match self.find(&Method::GET, path) {
+            Some(m) => m.rule().key_query(query),
+            None => query.to_owned(),
+        }
+    }
+
     /// The rule at `index` (as given by [`Matched::index`]).
     pub fn rule(&self, index: usize) -> &Rule {
         &self.rules[index].0
@@ -163,52 +163,19 @@ impl<'a> Matched<'a> {
         self.rule
     }
 
-    pub fn params(&self) -> &Params<'a> {
-        &self.params
-    }
-
     pub fn counters(&self) -> &'a Arc<RouteCounters> {
         self.counters
     }
 
     /// The rule's tags with path parameters filled in.
     pub fn tags(&self) -> Vec<String> {
-        self.rule
-            .tags
-            .iter()
-            .map(|t| expand(t, &self.params))
-            .filter(|t| valid_tag(t))
-            .collect()
+        self.rule.tags_with(&self.params)
     }
 
     /// What a successful mutation matched by this rule purges.
-    pub fn invalidations(&self) -> Vec<Invalidation> {
-        let r = self.rule;
-        let mut out = Vec::new();
-        for t in &r.invalidate_tags {
-            let t = expand(t, &self.params);
-            if valid_tag(&t) {
-                out.push(Invalidation::Tag(t));
-            }
-        }
-        for p in &r.invalidate_paths {
-            out.push(Invalidation::Path(expand(p, &self.params)));
-        }
-        for p in &r.invalidate_prefixes {
-            out.push(Invalidation::Prefix(expand(p, &self.params)));
-        }
-        out
+    pub fn invalidations(&self) -> Vec<Selector> {
+        self.rule.invalidations_with(&self.params)
     }
-}
-
-/// One thing a rule's `invalidate` purges.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Invalidation {
-    Tag(String),
-    /// A path, with every query string, on every host.
-    Path(String),
-    /// A literal path prefix, on every host.
-    Prefix(String),
 }
 
 /// Why a request was sent to the origin without using the cache.
@@ -280,6 +247,53 @@ fn any_param(query: &str, patterns: &[ParamPattern]) -> bool {
 }
 
 impl Rule {
+    /// The rule's tags for `path`, with path parameters filled in (none when it does not match).
+    pub fn tags_for(&self, path: &str) -> Vec<String> {
+        if self.tags.is_empty() {
+            return Vec::new();
+        }
+        self.template
+            .matches(path)
+            .map(|p| self.tags_with(&p))
+            .unwrap_or_default()
+    }
+
+    /// What a successful mutation of `path` purges under this rule.
+    pub fn invalidations_for(&self, path: &str) -> Vec<Selector> {
+        self.template
+            .matches(path)
+            .map(|p| self.invalidations_with(&p))
+            .unwrap_or_default()
+    }
+
+    fn tags_with(&self, params: &Params<'_>) -> Vec<String> {
+        self.tags
+            .iter()
+            .map(|t| expand(t, params))
+            .filter(|t| valid_tag(t))
+            .collect()
+    }
+
+    /// Tags, paths (every query string, every host) and prefixes (every host).
+    fn invalidations_with(&self, params: &Params<'_>) -> Vec<Selector> {
+        let tags = self
+            .invalidate_tags
+            .iter()
+            .map(|t| expand(t, params))
+            .filter(|t| valid_tag(t))
+            .map(Selector::Tag);
+        let paths = self.invalidate_paths.iter().map(|p| Selector::Url {
+            host: None,
+            path: expand(p, params),
+            query: None,
+        });
+        let prefixes = self.invalidate_prefixes.iter().map(|p| Selector::Prefix {
+            host: None,
+            prefix: expand(p, params),
+        });
+        tags.chain(paths).chain(prefixes).collect()
+    }
+
     /// Whether the request skips the cache, and why.
     pub fn bypass(&self, query: &str, headers: &HeaderMap) -> Option<Bypass> {
         if self.pass {

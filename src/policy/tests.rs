@@ -45,7 +45,7 @@ fn first_match_wins_and_methods_filter() {
     );
     let w = rules.find(&Method::DELETE, "/a/1").unwrap();
     assert_eq!(w.rule().name, "w");
-    assert_eq!(w.invalidations(), vec![Invalidation::Tag("a:1".into())]);
+    assert_eq!(w.invalidations(), vec![Selector::Tag("a:1".into())]);
     assert!(rules.find(&Method::POST, "/a/1").is_none());
     assert!(rules.find(&Method::GET, "/b").is_none());
 }

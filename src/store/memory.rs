@@ -178,21 +178,19 @@ impl MemoryTier {
         match selector.index_tag() {
             Some(tag) => {
                 for key in self.index.keys(&tag) {
-                    let carries = match self.cache.get(&key) {
-                        Some(slot) => {
-                            selector.matches_key(&key) && slot_tags(&key, &slot).contains(&tag)
-                        }
-                        None => false,
-                    };
-                    if carries {
-                        if self.cache.remove(&key).is_some() {
-                            removed += 1;
-                        }
-                    } else if !selector.matches_key(&key) {
-                        // Another query of the same path: still indexed correctly.
-                    } else {
+                    if !selector.matches_key(&key) {
+                        // Another query or host of the same path: not selected, still indexed.
+                        continue;
+                    }
+                    let carries = self
+                        .cache
+                        .get(&key)
+                        .is_some_and(|slot| slot_tags(&key, &slot).contains(&tag));
+                    if !carries {
                         // Gone or re-tagged since it was indexed.
                         self.index.remove(&key, std::slice::from_ref(&tag));
+                    } else if self.cache.remove(&key).is_some() {
+                        removed += 1;
                     }
                 }
             }
