@@ -794,3 +794,29 @@ async fn a_rule_keeps_its_entries_in_the_tiers_it_names() {
     );
     h.stop().await;
 }
+
+#[actix_web::test]
+async fn a_head_that_freshens_a_stored_get_keeps_the_rule_ttl() {
+    let h = Harness::with(
+        |req, _| {
+            Reply::ok(format!("{} body", req.path()))
+                .cc("max-age=5")
+                .header("etag", "\"v1\"")
+        },
+        |s| s.rules = rules("[[rules]]\npath = \"/h\"\nttl_seconds = 100"),
+    )
+    .await;
+    h.get("/h").await;
+    assert_eq!(ttl(&h.get("/h").await), Some(100));
+    h.advance(101);
+    let head = h.send(h.client.head(h.url("/h"))).await;
+    assert_eq!(head.status, 200);
+    let after = h.get("/h").await;
+    assert!(is_hit(&after), "{}", after.cache_status());
+    assert_eq!(
+        ttl(&after),
+        Some(100),
+        "the rule's TTL, not the origin's max-age=5"
+    );
+    h.stop().await;
+}

@@ -729,13 +729,19 @@ where
                     _ => false,
                 };
                 if same_validator {
+                    // The same options as a 304 freshening: the rule's lifetime and windows.
+                    let opts = route.store_options(
+                        st.policy.store,
+                        entry.status.as_u16(),
+                        Some(&entry.body),
+                    );
                     if let Ok(updated) = entry.freshen(
                         res.headers(),
                         &facts,
                         http_req.headers(),
                         request_time,
                         response_time,
-                        st.policy.store,
+                        opts,
                     ) {
                         st.store_entry(&key, route.tiers, Arc::new(updated));
                     }
