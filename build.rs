@@ -8,6 +8,17 @@ use std::path::PathBuf;
 const DUCKDB_VERSION: &str = "1.5.6";
 
 fn main() {
+    // For the labels of tierd_build_info.
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|v| v.split_whitespace().nth(1).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".into());
+    println!("cargo:rustc-env=TIERD_RUSTC_VERSION={version}");
+    println!("cargo:rustc-env=TIERD_DUCKDB_VERSION={DUCKDB_VERSION}");
     println!("cargo:rerun-if-env-changed=DUCKDB_LIB_DIR");
     println!("cargo:rerun-if-env-changed=TIERD_DUCKDB_DIR");
     if std::env::var_os("CARGO_FEATURE_BUNDLED").is_some() {

@@ -124,6 +124,12 @@ fn refuse(req: &HttpRequest, opts: &AdminOptions) -> Option<HttpResponse> {
 }
 
 async fn metrics(state: web::Data<CacheState>) -> HttpResponse {
+    if !state.metrics.enabled() {
+        return error(
+            StatusCode::NOT_FOUND,
+            "metrics are disabled: set [metrics] enabled = true",
+        );
+    }
     let l1 = state.store.l1().clone();
     // Exact counts need moka's pending maintenance; it is cheap but off the runtime thread.
     let _ = web::block(move || l1.sync()).await;

@@ -9,6 +9,7 @@ use actix_web::{App, Error};
 
 use crate::cache::{CacheHeaders, CacheState, ResponseCache};
 use crate::config::UpstreamConfig;
+use crate::observe::Observe;
 use crate::upstream::{Target, Upstream};
 
 /// What every worker needs to build its gateway app.
@@ -20,7 +21,7 @@ pub struct GatewayParts {
     pub max_header_bytes: usize,
 }
 
-/// Builds one worker's gateway: CacheHeaders ▶ ResponseCache ▶ upstream proxy.
+/// Builds one worker's gateway: Observe ▶ CacheHeaders ▶ ResponseCache ▶ upstream proxy.
 pub fn gateway_app(
     parts: &GatewayParts,
 ) -> App<
@@ -43,6 +44,7 @@ pub fn gateway_app(
         .wrap(
             CacheHeaders::new(parts.state.clock.clone()).with_metrics(parts.state.metrics.clone()),
         )
+        .wrap(Observe::new(parts.state.metrics.clone()))
         .default_service(fn_service(move |req: ServiceRequest| {
             let upstream = upstream.clone();
             async move { Ok::<_, Error>(upstream.forward(req).await) }

@@ -56,6 +56,7 @@ pub struct Settings {
     pub tiers: TiersConfig,
     pub demo_origin: DemoOriginConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
     /// `[[rules]]`, first match wins.
     pub rules: Vec<crate::policy::RuleConfig>,
 }
@@ -346,6 +347,21 @@ impl Default for LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
         }
+    }
+}
+
+/// `[metrics]`: Prometheus metrics on the admin listener's `/metrics`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Record per-request metrics. Off, `/metrics` answers 404 and the hot path records
+    /// nothing (the baseline of the metrics-cost benchmark).
+    pub enabled: bool,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { enabled: true }
     }
 }
 

@@ -17,6 +17,7 @@ pub mod config;
 pub mod demo;
 pub mod http;
 pub mod metrics;
+pub mod observe;
 pub mod policy;
 pub mod server;
 pub mod store;

@@ -3,12 +3,26 @@
 //!
 //! Label values are bounded enums; the hot path touches pre-resolved children only.
 
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use actix_web::http::Method;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::store::TierName;
+
+/// Histogram buckets for operations that can take from tens of microseconds (an L1 hit) to
+/// seconds (a slow origin).
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 10.0,
+];
+
+/// The `route` label of requests no rule matched.
+pub const OTHER_ROUTE: &str = "other";
 
 /// What the cache did with a request; feeds the `cache_status` label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +46,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 8] = [
+    pub const COUNT: usize = 8;
+    pub const ALL: [Outcome; Outcome::COUNT] = [
         Outcome::Hit,
         Outcome::StaleWhileRevalidate,
         Outcome::StaleIfError,
@@ -53,6 +68,95 @@ impl Outcome {
             Outcome::Revalidated => "revalidated",
             Outcome::Pass => "pass",
             Outcome::Error => "error",
+        }
+    }
+
+    /// Whether the body came from storage (the origin sent nothing, or only a 304).
+    pub fn from_cache(self) -> bool {
+        matches!(
+            self,
+            Outcome::Hit
+                | Outcome::StaleWhileRevalidate
+                | Outcome::StaleIfError
+                | Outcome::Collapsed
+                | Outcome::Revalidated
+        )
+    }
+}
+
+/// A request method as a bounded label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodLabel {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+    Other,
+}
+
+impl MethodLabel {
+    pub const COUNT: usize = 8;
+
+    pub fn of(m: &Method) -> MethodLabel {
+        match *m {
+            Method::GET => MethodLabel::Get,
+            Method::HEAD => MethodLabel::Head,
+            Method::POST => MethodLabel::Post,
+            Method::PUT => MethodLabel::Put,
+            Method::PATCH => MethodLabel::Patch,
+            Method::DELETE => MethodLabel::Delete,
+            Method::OPTIONS => MethodLabel::Options,
+            _ => MethodLabel::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodLabel::Get => "GET",
+            MethodLabel::Head => "HEAD",
+            MethodLabel::Post => "POST",
+            MethodLabel::Put => "PUT",
+            MethodLabel::Patch => "PATCH",
+            MethodLabel::Delete => "DELETE",
+            MethodLabel::Options => "OPTIONS",
+            MethodLabel::Other => "other",
+        }
+    }
+}
+
+/// A response status as a bounded label: `1xx` … `5xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+}
+
+impl StatusClass {
+    pub const COUNT: usize = 5;
+
+    pub fn of(status: u16) -> StatusClass {
+        match status {
+            0..=199 => StatusClass::Informational,
+            200..=299 => StatusClass::Success,
+            300..=399 => StatusClass::Redirection,
+            400..=499 => StatusClass::ClientError,
+            _ => StatusClass::ServerError,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Informational => "1xx",
+            StatusClass::Success => "2xx",
+            StatusClass::Redirection => "3xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
         }
     }
 }
@@ -90,14 +194,17 @@ pub enum OriginError {
     Timeout,
     Protocol,
     Body,
+    /// The origin answered with a 5xx status.
+    Status5xx,
 }
 
 impl OriginError {
-    pub const ALL: [OriginError; 4] = [
+    pub const ALL: [OriginError; 5] = [
         OriginError::Connect,
         OriginError::Timeout,
         OriginError::Protocol,
         OriginError::Body,
+        OriginError::Status5xx,
     ];
     pub fn as_str(self) -> &'static str {
         match self {
@@ -105,6 +212,7 @@ impl OriginError {
             OriginError::Timeout => "timeout",
             OriginError::Protocol => "protocol",
             OriginError::Body => "body",
+            OriginError::Status5xx => "5xx",
         }
     }
 }
@@ -112,17 +220,21 @@ impl OriginError {
 /// A lookup's result in one tier.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
+    /// A fresh entry.
     Hit,
+    /// An entry past its freshness lifetime (served stale, revalidated or refetched).
+    Stale,
     Miss,
     /// The tier failed or was skipped (timeout, open circuit, undecodable record): a miss.
     Error,
 }
 
 impl Lookup {
-    pub const ALL: [Lookup; 3] = [Lookup::Hit, Lookup::Miss, Lookup::Error];
+    pub const ALL: [Lookup; 4] = [Lookup::Hit, Lookup::Stale, Lookup::Miss, Lookup::Error];
     pub fn as_str(self) -> &'static str {
         match self {
             Lookup::Hit => "hit",
+            Lookup::Stale => "stale",
             Lookup::Miss => "miss",
             Lookup::Error => "error",
         }
@@ -182,6 +294,7 @@ impl WriteOutcome {
 
 /// One tier's metric children, resolved once.
 pub struct TierMetrics {
+    enabled: bool,
     lookups: Vec<IntCounter>,
     faults: Vec<IntCounter>,
     writes: Vec<IntCounter>,
@@ -191,14 +304,17 @@ pub struct TierMetrics {
     pub circuit_open: IntGauge,
     pub entries: IntGauge,
     pub bytes: IntGauge,
-    pub get_seconds: Histogram,
-    pub write_seconds: Histogram,
+    get_seconds: Histogram,
+    put_seconds: Histogram,
+    delete_seconds: Histogram,
 }
 
 impl TierMetrics {
     #[inline]
     pub fn lookup(&self, l: Lookup) {
-        self.lookups[l as usize].inc();
+        if self.enabled {
+            self.lookups[l as usize].inc();
+        }
     }
     pub fn fault(&self, f: TierFault) {
         self.faults[f as usize].inc();
@@ -209,30 +325,85 @@ impl TierMetrics {
     pub fn evicted(&self, c: EvictionCause, n: u64) {
         self.evictions[c as usize].inc_by(n);
     }
+
+    /// Starts timing an operation (`None` with metrics off: no clock read on the hot path).
+    #[inline]
+    pub fn timer(&self) -> Option<Instant> {
+        self.enabled.then(Instant::now)
+    }
+
+    /// Observes a lookup started at `t`.
+    #[inline]
+    pub fn observe_get(&self, t: Option<Instant>) {
+        if let Some(t) = t {
+            self.get_seconds.observe(t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Observes a write (for L2 and L3: one batch) started at `t`.
+    #[inline]
+    pub fn observe_put(&self, t: Option<Instant>) {
+        if let Some(t) = t {
+            self.put_seconds.observe(t.elapsed().as_secs_f64());
+        }
+    }
+
+    /// Observes a removal (a purge) started at `t`.
+    #[inline]
+    pub fn observe_delete(&self, t: Option<Instant>) {
+        if let Some(t) = t {
+            self.delete_seconds.observe(t.elapsed().as_secs_f64());
+        }
+    }
 }
 
-/// Request counters of one route, one child per [`Outcome`].
-pub struct RouteCounters(Vec<IntCounter>);
+/// The request counters of one route: one child per (cache status, method, status class),
+/// created on first use so only the combinations seen are exported.
+pub struct RouteCounters {
+    enabled: bool,
+    route: Arc<str>,
+    vec: IntCounterVec,
+    children: Box<[OnceLock<IntCounter>]>,
+}
 
 impl RouteCounters {
+    /// The `route` label.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
     #[inline]
-    pub fn count(&self, o: Outcome) {
-        self.0[o as usize].inc();
+    pub fn count(&self, o: Outcome, m: MethodLabel, s: StatusClass) {
+        if !self.enabled {
+            return;
+        }
+        let i = (o as usize * MethodLabel::COUNT + m as usize) * StatusClass::COUNT + s as usize;
+        self.children[i]
+            .get_or_init(|| {
+                self.vec
+                    .with_label_values(&[&*self.route, m.as_str(), s.as_str(), o.as_str()])
+            })
+            .inc();
     }
 }
 
 /// All of tierd's metrics.
 pub struct Metrics {
+    enabled: bool,
     tiers: [TierMetrics; 3],
     registry: Registry,
     requests_vec: IntCounterVec,
+    request_seconds: Vec<Histogram>,
+    /// Body bytes sent to clients: `[from cache, from the origin]`.
+    response_bytes: [IntCounter; 2],
+    stale_served: [IntCounter; 2],
     pub purges: IntCounterVec,
     pub purged_entries: IntCounterVec,
     pub invalidation_lag: Histogram,
     pub invalidation_messages: IntCounterVec,
     pub rule_reloads: IntCounterVec,
     pub rules_loaded: IntGauge,
-    pub not_modified: IntCounter,
+    not_modified: IntCounter,
     pub origin_requests: IntCounter,
     origin_errors: Vec<IntCounter>,
     pub origin_latency: Histogram,
@@ -251,21 +422,99 @@ fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> 
 }
 
 impl Metrics {
-    /// Creates and registers every metric.
+    /// Creates and registers every metric, recording on.
     pub fn new() -> Self {
+        Self::with_recording(true)
+    }
+
+    /// Creates and registers every metric. With `enabled` false the per-request recording
+    /// (request counters and latency, tier lookups and their timing, bytes served) is skipped:
+    /// `[metrics] enabled = false`, and the baseline of the metrics-cost benchmark.
+    pub fn with_recording(enabled: bool) -> Self {
         let r = Registry::new();
         let requests_vec = reg(
             &r,
             IntCounterVec::new(
                 Opts::new(
                     "tierd_requests_total",
-                    "Requests answered by the cache layer, by cache status and route template \
-                     (the matching rule's path, or \"unmatched\")",
+                    "Requests answered by the gateway, by route template (the matching rule's \
+                     path, or \"other\"), method, status class and cache status",
                 ),
-                &["cache_status", "route"],
+                &["route", "method", "status_class", "cache_status"],
             )
             .expect("static metric definition"),
         );
+        let request_vec = reg(
+            &r,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "tierd_request_duration_seconds",
+                    "Time from a request's arrival to its response head, by cache status",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+                &["cache_status"],
+            )
+            .expect("static metric definition"),
+        );
+        let request_seconds = Outcome::ALL
+            .iter()
+            .map(|o| request_vec.with_label_values(&[o.as_str()]))
+            .collect();
+        let bytes_vec = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tierd_response_bytes_total",
+                    "Body bytes sent to clients, by source: cache (hits, stale, collapsed, \
+                     revalidated) or origin (misses and passes)",
+                ),
+                &["source"],
+            )
+            .expect("static metric definition"),
+        );
+        let response_bytes = [
+            bytes_vec.with_label_values(&["cache"]),
+            bytes_vec.with_label_values(&["origin"]),
+        ];
+        let stale_vec = reg(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tierd_stale_served_total",
+                    "Stale responses served, by reason (while_revalidate, if_error)",
+                ),
+                &["reason"],
+            )
+            .expect("static metric definition"),
+        );
+        let stale_served = [
+            stale_vec.with_label_values(&["while_revalidate"]),
+            stale_vec.with_label_values(&["if_error"]),
+        ];
+        let build_info = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tierd_build_info",
+                    "Always 1; the labels say which tierd build is running",
+                ),
+                &["version", "rustc", "duckdb"],
+            )
+            .expect("static metric definition"),
+        );
+        build_info
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                env!("TIERD_RUSTC_VERSION"),
+                env!("TIERD_DUCKDB_VERSION"),
+            ])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        if let Err(e) = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )) {
+            tracing::error!(error = %e, "process metrics registration failed");
+        }
         let evictions = reg(
             &r,
             IntCounterVec::new(
@@ -298,7 +547,7 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "tierd_origin_errors_total",
-                    "Origin requests that failed, by kind",
+                    "Origin requests that failed, by kind (connect, timeout, protocol, body, 5xx)",
                 ),
                 &["kind"],
             )
@@ -324,9 +573,10 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "tierd_tier_lookups_total",
-                    "Lookups in a tier, by result (errors count as misses for the request)",
+                    "Lookups in a tier, by outcome: hit (fresh), stale, miss, error (a failed \
+                     or skipped tier, a miss for the request)",
                 ),
-                &["tier", "result"],
+                &["tier", "outcome"],
             )
             .expect("static metric definition"),
         );
@@ -387,12 +637,10 @@ impl Metrics {
             HistogramVec::new(
                 HistogramOpts::new(
                     "tierd_tier_operation_duration_seconds",
-                    "Time taken by tier operations (get: one lookup; write: one batch)",
+                    "Time taken by tier operations (get: one lookup; put: one entry in L1, one \
+                     batch in L2 and L3; delete: one purge)",
                 )
-                .buckets(vec![
-                    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                    0.25, 1.0,
-                ]),
+                .buckets(LATENCY_BUCKETS.to_vec()),
                 &["tier", "op"],
             )
             .expect("static metric definition"),
@@ -400,6 +648,7 @@ impl Metrics {
         let tier = |t: TierName| {
             let n = t.as_str();
             TierMetrics {
+                enabled,
                 lookups: Lookup::ALL
                     .iter()
                     .map(|l| lookups.with_label_values(&[n, l.as_str()]))
@@ -422,12 +671,17 @@ impl Metrics {
                 entries: entries.with_label_values(&[n]),
                 bytes: bytes.with_label_values(&[n]),
                 get_seconds: op_seconds.with_label_values(&[n, "get"]),
-                write_seconds: op_seconds.with_label_values(&[n, "write"]),
+                put_seconds: op_seconds.with_label_values(&[n, "put"]),
+                delete_seconds: op_seconds.with_label_values(&[n, "delete"]),
             }
         };
         Metrics {
+            enabled,
             tiers: [tier(TierName::L1), tier(TierName::L2), tier(TierName::L3)],
             requests_vec,
+            request_seconds,
+            response_bytes,
+            stale_served,
             purges: reg(
                 &r,
                 IntCounterVec::new(
@@ -508,12 +762,10 @@ impl Metrics {
                 &r,
                 Histogram::with_opts(
                     HistogramOpts::new(
-                        "tierd_origin_latency_seconds",
-                        "Time to the origin's response head",
+                        "tierd_origin_request_duration_seconds",
+                        "Time from sending a request to the origin to its response head",
                     )
-                    .buckets(vec![
-                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-                    ]),
+                    .buckets(LATENCY_BUCKETS.to_vec()),
                 )
                 .expect("static metric definition"),
             ),
@@ -546,14 +798,52 @@ impl Metrics {
         }
     }
 
-    /// The request counters of `route` (a rule's template, or "unmatched").
+    /// Whether per-request recording is on (`[metrics] enabled`).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The request counters of `route` (a rule's template, or [`OTHER_ROUTE`]).
     pub fn route_counters(&self, route: &str) -> RouteCounters {
-        RouteCounters(
-            Outcome::ALL
-                .iter()
-                .map(|o| self.requests_vec.with_label_values(&[o.as_str(), route]))
+        RouteCounters {
+            enabled: self.enabled,
+            route: route.into(),
+            vec: self.requests_vec.clone(),
+            children: (0..Outcome::COUNT * MethodLabel::COUNT * StatusClass::COUNT)
+                .map(|_| OnceLock::new())
                 .collect(),
-        )
+        }
+    }
+
+    /// Records one answered request: its latency to the response head and the body bytes sent.
+    #[inline]
+    pub fn observe_request(&self, o: Outcome, started: Instant, body_bytes: u64) {
+        if !self.enabled {
+            return;
+        }
+        self.request_seconds[o as usize].observe(started.elapsed().as_secs_f64());
+        self.response_bytes[usize::from(!o.from_cache())].inc_by(body_bytes);
+        match o {
+            Outcome::StaleWhileRevalidate => self.stale_served[0].inc(),
+            Outcome::StaleIfError => self.stale_served[1].inc(),
+            _ => {}
+        }
+    }
+
+    /// Counts body bytes sent after the response head (streamed bodies).
+    pub fn add_response_bytes(&self, from_cache: bool, n: u64) {
+        if self.enabled {
+            self.response_bytes[usize::from(!from_cache)].inc_by(n);
+        }
+    }
+
+    /// Counts a 304 sent to a client.
+    #[inline]
+    pub fn not_modified(&self) {
+        if self.enabled {
+            self.not_modified.inc();
+        }
     }
 
     /// One tier's metrics.

@@ -84,7 +84,7 @@ pub fn build_store(
 /// Builds the shared cache state from settings, and subscribes it to the other nodes'
 /// invalidations when L2 Redis is configured.
 pub fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> io::Result<Arc<CacheState>> {
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_recording(settings.metrics.enabled));
     let rules = RuleSet::compile(&settings.rules, &metrics).map_err(io::Error::other)?;
     let (store, bus) = build_store(settings, clock.clone(), metrics.clone())?;
     let mut state = CacheState::new(store, clock, settings.cache_policy(), metrics, rules);

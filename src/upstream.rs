@@ -181,7 +181,12 @@ impl Upstream {
             .origin_latency
             .observe(started.elapsed().as_secs_f64());
         let response = match sent {
-            Ok(cres) => convert(cres, &method),
+            Ok(cres) => {
+                if cres.status().is_server_error() {
+                    self.metrics.origin_error(OriginError::Status5xx);
+                }
+                convert(cres, &method)
+            }
             Err(e) => {
                 let (kind, status) = classify(&e);
                 self.metrics.origin_error(kind);

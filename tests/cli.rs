@@ -173,7 +173,9 @@ fn environment_alone_configures_a_working_gateway() {
     );
     assert!(second.contains("cache-status: tierd; hit;"), "{second}");
     assert!(
-        metrics.contains("tierd_requests_total{cache_status=\"hit\",route=\"unmatched\"} 1"),
+        metrics.contains(
+            "tierd_requests_total{cache_status=\"hit\",method=\"GET\",route=\"other\",status_class=\"2xx\"} 1"
+        ),
         "{metrics}"
     );
 }

@@ -679,7 +679,7 @@ async fn requests_count_under_their_route_template() {
         1.0
     );
     assert_eq!(
-        metric(&h, "tierd_requests_total", &[("route", "unmatched")]).await,
+        metric(&h, "tierd_requests_total", &[("route", "other")]).await,
         1.0
     );
     h.stop().await;

@@ -16,7 +16,7 @@ use actix_web::body::{BodySize, BodyStream, BoxBody, MessageBody};
 use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::{Error, HttpRequest, HttpResponse};
+use actix_web::{Error, HttpMessage, HttpRequest, HttpResponse};
 use bytes::{Bytes, BytesMut};
 use futures_util::future::LocalBoxFuture;
 use futures_util::stream::{self, Stream, StreamExt};
@@ -31,7 +31,8 @@ use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::storable::{
     self, LifetimeOverride, NotStorable, RequestFacts, Reuse, StoreOptions,
 };
-use crate::metrics::{Metrics, OriginError, Outcome, RouteCounters};
+use crate::metrics::{Lookup, Metrics, OriginError, Outcome, RouteCounters};
+use crate::observe::Served;
 use crate::policy::{self, Rule, RuleSet, Selector};
 use crate::store::{TierName, TierSet, TieredStore};
 use arc_swap::ArcSwap;
@@ -200,6 +201,8 @@ struct Route {
     tags: Vec<String>,
     /// The request carries a per-user scope value: stored privately for that user.
     private: bool,
+    /// A background refresh: no client is waiting, so nothing is noted for request metrics.
+    background: bool,
 }
 
 impl Route {
@@ -223,6 +226,7 @@ impl Route {
             tiers,
             tags: Vec::new(),
             private: false,
+            background: false,
         }
     }
 
@@ -238,9 +242,17 @@ impl Route {
         self.index.map(|i| self.rules.rule(i))
     }
 
+    /// Notes what the cache did with `req`, for the [`Observe`](crate::observe::Observe)
+    /// middleware that records the request once its final status is known.
     #[inline]
-    fn count(&self, o: Outcome) {
-        self.counters.count(o);
+    fn note(&self, req: &HttpRequest, outcome: Outcome, tier: Option<TierName>) {
+        if !self.background {
+            req.extensions_mut().insert(Served {
+                outcome,
+                tier,
+                counters: self.counters.clone(),
+            });
+        }
     }
 
     /// The store options for a response with `status`: the rule's lifetime and stale windows,
@@ -448,6 +460,7 @@ where
         let is_head = method == Method::HEAD;
         let mut route = Route::resolve(st.rules.load_full(), &method, req.path());
         if !st.policy.enabled {
+            route.note(req.request(), Outcome::Pass, None);
             return Ok(self.inner.call(req).await?.map_into_boxed_body());
         }
         if method != Method::GET && !is_head {
@@ -494,16 +507,28 @@ where
                 });
             }
         }
-        if found.is_none() && st.store.has_lower() {
-            if let Some((slot, tier)) = st.store.get_lower(&key, route.tiers).await {
-                slot_seen = true;
-                if let Some(e) = slot.select(req.headers()) {
-                    found = Some(Found {
-                        entry: e.clone(),
-                        tier,
-                    });
+        if found.is_none() {
+            st.metrics.tier(TierName::L1).lookup(Lookup::Miss);
+            if st.store.has_lower() {
+                if let Some((slot, tier)) = st.store.get_lower(&key, route.tiers).await {
+                    slot_seen = true;
+                    match slot.select(req.headers()) {
+                        Some(e) => {
+                            found = Some(Found {
+                                entry: e.clone(),
+                                tier,
+                            })
+                        }
+                        None => st.metrics.tier(tier).lookup(Lookup::Miss),
+                    }
                 }
             }
+        }
+        if let Some(f) = &found {
+            let fresh = f.entry.age(now) < f.entry.lifetime;
+            st.metrics
+                .tier(f.tier)
+                .lookup(if fresh { Lookup::Hit } else { Lookup::Stale });
         }
 
         if let Some(Found { entry, tier }) = &found {
@@ -515,12 +540,12 @@ where
             };
             match reuse {
                 Reuse::Fresh => {
-                    route.count(Outcome::Hit);
+                    route.note(req.request(), Outcome::Hit, Some(*tier));
                     let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
                     return Ok(req.into_response(respond(entry, age, cs)));
                 }
                 Reuse::StaleWhileRevalidate => {
-                    route.count(Outcome::StaleWhileRevalidate);
+                    route.note(req.request(), Outcome::StaleWhileRevalidate, Some(*tier));
                     let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
                     let res = respond(entry, age, cs);
                     if !is_head {
@@ -544,7 +569,7 @@ where
         }
         if facts.cc.only_if_cached {
             // RFC 9111 §5.2.1.7: nothing usable in storage.
-            route.count(Outcome::Error);
+            route.note(req.request(), Outcome::Error, None);
             return Ok(req.into_response(opaque(StatusCode::GATEWAY_TIMEOUT)));
         }
         let fwd = match &found {
@@ -567,7 +592,7 @@ where
         route: Route,
         why: Option<&'static str>,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
-        route.count(Outcome::Pass);
+        route.note(req.request(), Outcome::Pass, None);
         let mut res = self.inner.call(req).await?.map_into_boxed_body();
         let status = res.status().as_u16();
         append_status(
@@ -629,7 +654,7 @@ where
                         .flatten();
                 match outcome {
                     Some(FlightOutcome::Stored(entry)) if entry.vary_matches(req.headers()) => {
-                        route.count(Outcome::Collapsed);
+                        route.note(req.request(), Outcome::Collapsed, None);
                         let age = entry.age(st.clock.now());
                         let cs = CacheStatus {
                             hit: true,
@@ -644,10 +669,10 @@ where
                             .as_ref()
                             .and_then(|(e, t)| stale_for_error(e, *t, status, now))
                         {
-                            route.count(Outcome::StaleIfError);
+                            route.note(req.request(), Outcome::StaleIfError, stale.map(|s| s.1));
                             return Ok(req.into_response(res));
                         }
-                        route.count(Outcome::Error);
+                        route.note(req.request(), Outcome::Error, None);
                         let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
                         Ok(req.into_response(opaque(code)))
                     }
@@ -686,6 +711,8 @@ where
         };
         self.state.metrics.background_refreshes.inc();
         req.set_payload(Payload::None);
+        let mut route = route;
+        route.background = true;
         let epoch = self.state.store.purges().epoch();
         let route = route.with_tags(req.path());
         let job = Fetch {
@@ -716,7 +743,7 @@ where
         route: Route,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = self.state.clone();
-        route.count(Outcome::Pass);
+        route.note(req.request(), Outcome::Pass, None);
         upstream_conditionals(req.headers_mut(), None);
         let http_req = req.request().clone();
         let request_time = st.clock.now();
@@ -775,7 +802,7 @@ where
         route: Route,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = self.state.clone();
-        route.count(Outcome::Pass);
+        route.note(req.request(), Outcome::Pass, None);
         let http_req = req.request().clone();
         let res = self.inner.call(req).await?.map_into_boxed_body();
         let status = res.status();
@@ -984,9 +1011,10 @@ where
 
         // A 304 to our own conditional request: freshen the stored response (§4.3.4).
         if status == StatusCode::NOT_MODIFIED {
-            if let Some((entry, _)) = self.stale.clone() {
+            if let Some((entry, tier)) = self.stale.clone() {
                 return self.freshen(
                     &entry,
+                    Some(tier),
                     res.headers(),
                     &http_req,
                     request_time,
@@ -997,7 +1025,7 @@ where
 
         if failure.is_some() || storable::is_stale_if_error_status(status.as_u16()) {
             if let Some(res) =
-                self.stale_on_error(status.as_u16(), failure.is_some(), response_time)
+                self.stale_on_error(&http_req, status.as_u16(), failure.is_some(), response_time)
             {
                 return res;
             }
@@ -1005,7 +1033,7 @@ where
                 self.complete(FlightOutcome::Failed {
                     status: status.as_u16(),
                 });
-                self.route.count(Outcome::Error);
+                self.route.note(&http_req, Outcome::Error, None);
                 return res;
             }
         }
@@ -1032,7 +1060,7 @@ where
                     st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                 }
                 self.complete(FlightOutcome::Uncacheable);
-                self.route.count(Outcome::Pass);
+                self.route.note(&http_req, Outcome::Pass, None);
                 return with_status(res, self.forward_status(status, false));
             }
         };
@@ -1072,12 +1100,12 @@ where
                         st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                     }
                     self.complete(FlightOutcome::Uncacheable);
-                    self.route.count(Outcome::Pass);
+                    self.route.note(&http_req, Outcome::Pass, None);
                     return respond_uncached(&entry, self.forward_status(status, false));
                 }
                 st.store_entry(&self.key, self.route.tiers, entry.clone());
                 self.complete(FlightOutcome::Stored(entry.clone()));
-                self.route.count(Outcome::Miss);
+                self.route.note(&http_req, Outcome::Miss, None);
                 let age = entry.age(st.clock.now());
                 respond(&entry, age, self.forward_status(status, true))
             }
@@ -1085,7 +1113,7 @@ where
                 st.metrics
                     .not_stored(storable::NotStorable::TooLarge.as_str());
                 self.complete(FlightOutcome::Uncacheable);
-                self.route.count(Outcome::Pass);
+                self.route.note(&http_req, Outcome::Pass, None);
                 let chained =
                     stream::once(async move { Ok::<_, Box<dyn std::error::Error>>(prefix) })
                         .chain(BodyChunks(rest));
@@ -1106,11 +1134,11 @@ where
                 st.metrics.origin_error(OriginError::Body);
                 st.metrics
                     .not_stored(storable::NotStorable::Incomplete.as_str());
-                if let Some(res) = self.stale_on_error(502, true, st.clock.now()) {
+                if let Some(res) = self.stale_on_error(&http_req, 502, true, st.clock.now()) {
                     return res;
                 }
                 self.complete(FlightOutcome::Failed { status: 502 });
-                self.route.count(Outcome::Error);
+                self.route.note(&http_req, Outcome::Error, None);
                 opaque(StatusCode::BAD_GATEWAY)
             }
         }
@@ -1128,6 +1156,7 @@ where
     fn freshen(
         mut self,
         entry: &CachedResponse,
+        tier: Option<TierName>,
         not_modified: &HeaderMap,
         http_req: &HttpRequest,
         request_time: SystemTime,
@@ -1154,7 +1183,7 @@ where
                 let updated = Arc::new(updated);
                 st.store_entry(&self.key, self.route.tiers, updated.clone());
                 self.complete(FlightOutcome::Stored(updated.clone()));
-                self.route.count(Outcome::Revalidated);
+                self.route.note(http_req, Outcome::Revalidated, tier);
                 respond(&updated, updated.age(st.clock.now()), cs)
             }
             Err(reason) => {
@@ -1162,7 +1191,7 @@ where
                 st.metrics.not_stored(reason.as_str());
                 st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                 self.complete(FlightOutcome::Uncacheable);
-                self.route.count(Outcome::Revalidated);
+                self.route.note(http_req, Outcome::Revalidated, tier);
                 respond(entry, 0, cs)
             }
         }
@@ -1172,6 +1201,7 @@ where
     /// `must-revalidate` entry with the origin unreachable, answers 504 (§4.2.4).
     fn stale_on_error(
         &mut self,
+        http_req: &HttpRequest,
         status: u16,
         unreachable: bool,
         now: SystemTime,
@@ -1179,12 +1209,12 @@ where
         let (entry, tier) = self.stale.clone()?;
         if let Some(res) = stale_for_error(&entry, tier, status, now) {
             self.complete(FlightOutcome::Failed { status });
-            self.route.count(Outcome::StaleIfError);
+            self.route.note(http_req, Outcome::StaleIfError, Some(tier));
             return Some(res);
         }
         if entry.no_stale && unreachable {
             self.complete(FlightOutcome::Failed { status: 504 });
-            self.route.count(Outcome::Error);
+            self.route.note(http_req, Outcome::Error, None);
             return Some(opaque(StatusCode::GATEWAY_TIMEOUT));
         }
         None

@@ -56,9 +56,6 @@ pub fn compile_all(configs: &[RuleConfig]) -> Result<Vec<Rule>, String> {
     Ok(rules)
 }
 
-/// The `route` label of requests no rule matches.
-pub const UNMATCHED_ROUTE: &str = "unmatched";
-
 /// The compiled rules, in order, with their metric children.
 pub struct RuleSet {
     rules: Vec<(Rule, Arc<RouteCounters>)>,
@@ -93,7 +90,7 @@ impl RuleSet {
             .collect();
         Ok(RuleSet {
             rules,
-            unmatched: Arc::new(metrics.route_counters(UNMATCHED_ROUTE)),
+            unmatched: Arc::new(metrics.route_counters(crate::metrics::OTHER_ROUTE)),
         })
     }
 

@@ -432,15 +432,16 @@ impl Writer {
         }
         // Access times first, so the size cap below sees them.
         self.flush_touches();
-        let started = Instant::now();
+        let metrics = self.metrics.clone();
+        let tm = metrics.tier(TierName::L3);
+        let started = tm.timer();
         let puts = pending
             .values()
             .filter(|f| matches!(f, Final::Put(..)))
             .count() as u64;
         let now = millis(self.clock.now());
         let result = self.write_batch(pending, now).map_err(|e| e.to_string());
-        let tm = self.metrics.tier(TierName::L3);
-        tm.write_seconds.observe(started.elapsed().as_secs_f64());
+        tm.observe_put(started);
         match &result {
             Ok(()) => tm.writes(WriteOutcome::Written, puts),
             Err(e) => {

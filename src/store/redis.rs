@@ -7,7 +7,7 @@
 //! failures every operation fails fast until a probe succeeds; the pool reconnects by itself.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -347,7 +347,7 @@ impl Inner {
         }
         let n = puts.len() as u64;
         let tm = self.metrics.tier(TierName::L2);
-        let started = Instant::now();
+        let started = tm.timer();
         // Each record, then its key added to the set of every tag it carries.
         let mut cmds = Vec::with_capacity(puts.len() * 3);
         for (k, r) in puts.drain(..) {
@@ -370,7 +370,7 @@ impl Inner {
         let result = self
             .guarded(|mut c| async move { run_commands(&mut c, &cmds, cluster, false).await })
             .await;
-        tm.write_seconds.observe(started.elapsed().as_secs_f64());
+        tm.observe_put(started);
         match result {
             Ok(_) => tm.writes(WriteOutcome::Written, n),
             Err(e) => {

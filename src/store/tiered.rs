@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use super::memory::slot_tags;
 use super::queue::Record;
@@ -188,10 +188,15 @@ impl TieredStore {
             .map(|l| &l.tier)
     }
 
-    /// The slot for `key` from L1.
+    /// The slot for `key` from L1. The caller counts the lookup's outcome (it alone knows
+    /// whether the variant it needs is there, and fresh).
     #[inline]
     pub fn get_l1(&self, key: &str) -> Option<Arc<Slot>> {
-        self.l1.get_now(key)
+        let tm = self.metrics.tier(TierName::L1);
+        let t = tm.timer();
+        let slot = self.l1.get_now(key);
+        tm.observe_get(t);
+        slot
     }
 
     /// Whether any tier below L1 is configured.
@@ -220,7 +225,8 @@ impl TieredStore {
 
     /// Looks `key` up in the tiers below L1 that `tiers` holds, fastest first; a failing tier
     /// counts as a miss. A hit is copied into L1 and into the lower tiers faster than the one
-    /// that answered, with its remaining keep time.
+    /// that answered, with its remaining keep time. The tiers that missed or failed are counted
+    /// here; the caller counts the outcome in the tier that answered.
     pub async fn get_lower(&self, key: &str, tiers: TierSet) -> Option<(Arc<Slot>, TierName)> {
         for (i, lower) in self.lower.iter().enumerate() {
             let name = lower.tier.name();
@@ -228,11 +234,11 @@ impl TieredStore {
                 continue;
             }
             let tm = self.metrics.tier(name);
-            let started = Instant::now();
+            let started = tm.timer();
             let tier = lower.tier.clone();
             let k = key.to_owned();
             let got = self.on_runtime(async move { tier.get(&k).await }).await;
-            tm.get_seconds.observe(started.elapsed().as_secs_f64());
+            tm.observe_get(started);
             let record = match got {
                 Ok(Some(r)) => r,
                 Ok(None) => {
@@ -261,7 +267,6 @@ impl TieredStore {
                 tm.lookup(Lookup::Miss);
                 continue;
             }
-            tm.lookup(Lookup::Hit);
             tm.promotions.inc();
             let slot = Arc::new(decoded.slot);
             self.l1.put_now(key, slot.clone());
@@ -280,11 +285,14 @@ impl TieredStore {
         f: impl FnOnce(Option<&Arc<Slot>>) -> Option<Arc<Slot>>,
     ) {
         let mut result = None;
+        let l1 = self.metrics.tier(TierName::L1);
+        let t = l1.timer();
         self.l1.update(key, |current| {
             let next = f(current);
             result = Some(next.clone());
             next
         });
+        l1.observe_put(t);
         if self.lower.is_empty() {
             return;
         }
@@ -370,14 +378,20 @@ impl TieredStore {
     /// they accepted before it.
     pub async fn purge(&self, selector: &Selector) -> Vec<(TierName, Result<u64, TierError>)> {
         self.purges.record(selector);
+        let l1 = self.metrics.tier(TierName::L1);
+        let t = l1.timer();
         let mut out = vec![(TierName::L1, Ok(self.l1.purge(selector)))];
+        l1.observe_delete(t);
         for lower in &self.lower {
             let tier = lower.tier.clone();
             let sel = selector.clone();
+            let tm = self.metrics.tier(lower.tier.name());
+            let t = tm.timer();
             out.push((
                 lower.tier.name(),
                 self.on_runtime(async move { tier.purge(&sel).await }).await,
             ));
+            tm.observe_delete(t);
         }
         for (tier, r) in &out {
             match r {

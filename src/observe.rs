@@ -1,0 +1,212 @@
+//! The `Observe` middleware: the outermost layer of the gateway. It opens one `request` span
+//! per request (method, path, then route, cache status, tier and status once known) so every
+//! log line a request causes carries them, and records the request metrics from the final
+//! response: `tierd_requests_total{route,method,status_class,cache_status}`, the latency to the
+//! response head, and the body bytes served from the cache or from the origin.
+//!
+//! The cache layer leaves a [`Served`] in the request's extensions saying what it did; a
+//! request without one (a handler outside the cache) counts as `pass` on route `other`.
+//!
+//! ```no_run
+//! # use std::sync::Arc;
+//! # use actix_web::{web, App, HttpResponse};
+//! # fn state() -> Arc<tierd::cache::CacheState> { unimplemented!() }
+//! let st = state();
+//! let app = App::new()
+//!     .wrap(tierd::cache::ResponseCache::new(st.clone()))
+//!     .wrap(tierd::cache::CacheHeaders::new(st.clock.clone()))
+//!     .wrap(tierd::observe::Observe::new(st.metrics.clone()))
+//!     .route("/", web::get().to(|| async { HttpResponse::Ok().body("hi") }));
+//! ```
+//!
+//! Per-request access lines are DEBUG events with the target `tierd::access`: enable them with
+//! `log.level = "info,tierd::access=debug"`.
+
+use std::future::{ready, Ready};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use actix_web::body::{BodySize, BoxBody, MessageBody};
+use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{Error, HttpMessage};
+use bytes::Bytes;
+use futures_util::future::LocalBoxFuture;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+use crate::metrics::{MethodLabel, Metrics, Outcome, RouteCounters, StatusClass, OTHER_ROUTE};
+use crate::store::TierName;
+
+/// What the cache layer did with a request, left in the request's extensions.
+#[derive(Clone)]
+pub struct Served {
+    pub outcome: Outcome,
+    /// The tier whose entry answered (hits, stale serves, revalidations).
+    pub tier: Option<TierName>,
+    /// The counters of the rule that matched (its template is the `route` label).
+    pub counters: Arc<RouteCounters>,
+}
+
+/// The middleware; see the module docs.
+#[derive(Clone)]
+pub struct Observe {
+    metrics: Arc<Metrics>,
+    other: Arc<RouteCounters>,
+}
+
+impl Observe {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        let other = Arc::new(metrics.route_counters(OTHER_ROUTE));
+        Observe { metrics, other }
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Observe
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Transform = ObserveService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(ObserveService {
+            inner: service,
+            cfg: self.clone(),
+        }))
+    }
+}
+
+pub struct ObserveService<S> {
+    inner: S,
+    cfg: Observe,
+}
+
+impl<S, B> Service<ServiceRequest> for ObserveService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(inner);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let started = Instant::now();
+        let method = MethodLabel::of(req.method());
+        let bodiless = *req.method() == Method::HEAD;
+        let span = tracing::info_span!(
+            "request",
+            method = %req.method(),
+            path = req.path(),
+            route = Empty,
+            cache_status = Empty,
+            tier = Empty,
+            status = Empty,
+        );
+        let fut = span.in_scope(|| self.inner.call(req));
+        let cfg = self.cfg.clone();
+        Box::pin(async move {
+            let res = match fut.instrument(span.clone()).await {
+                Ok(res) => res.map_into_boxed_body(),
+                Err(e) => {
+                    let status = e.as_response_error().status_code();
+                    cfg.record(&span, None, method, status, started, 0);
+                    return Err(e);
+                }
+            };
+            let served = res.request().extensions().get::<Served>().cloned();
+            let status = res.status();
+            let size = match res.response().body().size() {
+                _ if bodiless || status == StatusCode::NOT_MODIFIED => 0,
+                BodySize::Sized(n) => n,
+                BodySize::None | BodySize::Stream => 0,
+            };
+            let streamed = !bodiless && matches!(res.response().body().size(), BodySize::Stream);
+            let from_cache = served.as_ref().is_some_and(|s| s.outcome.from_cache());
+            cfg.record(&span, served.as_ref(), method, status, started, size);
+            if streamed && cfg.metrics.enabled() {
+                let metrics = cfg.metrics.clone();
+                return Ok(res.map_body(move |_, body| {
+                    BoxBody::new(Counted {
+                        inner: body,
+                        metrics,
+                        from_cache,
+                    })
+                }));
+            }
+            Ok(res)
+        })
+    }
+}
+
+impl Observe {
+    fn record(
+        &self,
+        span: &tracing::Span,
+        served: Option<&Served>,
+        method: MethodLabel,
+        status: StatusCode,
+        started: Instant,
+        body_bytes: u64,
+    ) {
+        let (outcome, tier, counters) = match served {
+            Some(s) => (s.outcome, s.tier, &s.counters),
+            None => (Outcome::Pass, None, &self.other),
+        };
+        counters.count(outcome, method, StatusClass::of(status.as_u16()));
+        self.metrics.observe_request(outcome, started, body_bytes);
+        if !span.is_disabled() {
+            span.record("route", counters.route());
+            span.record("cache_status", outcome.as_str());
+            if let Some(t) = tier {
+                span.record("tier", t.as_str());
+            }
+            span.record("status", status.as_u16());
+        }
+        tracing::debug!(
+            target: "tierd::access",
+            parent: span,
+            status = status.as_u16(),
+            cache_status = outcome.as_str(),
+            duration_us = started.elapsed().as_micros() as u64,
+            bytes = body_bytes,
+            "request"
+        );
+    }
+}
+
+/// A streamed body whose bytes are counted as they are sent.
+struct Counted {
+    inner: BoxBody,
+    metrics: Arc<Metrics>,
+    from_cache: bool,
+}
+
+impl MessageBody for Counted {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        self.inner.size()
+    }
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Bytes, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_next(cx);
+        if let Poll::Ready(Some(Ok(chunk))) = &polled {
+            self.metrics
+                .add_response_bytes(self.from_cache, chunk.len() as u64);
+        }
+        polled
+    }
+}
