@@ -135,9 +135,12 @@ async fn metrics(state: web::Data<CacheState>) -> HttpResponse {
     let _ = web::block(move || l1.sync()).await;
     for t in state.store.stats() {
         let tm = state.metrics.tier(t.name);
-        if let Some(s) = t.stats {
-            tm.entries.set(s.entries as i64);
-            tm.bytes.set(s.bytes as i64);
+        match t.stats {
+            Some(s) => {
+                tm.entries.set(s.entries as i64);
+                tm.bytes.set(s.bytes as i64);
+            }
+            None => state.metrics.size_unknown(t.name),
         }
         tm.queue_depth.set(t.queue_depth as i64);
     }

@@ -392,6 +392,7 @@ pub struct Metrics {
     enabled: bool,
     tiers: [TierMetrics; 3],
     registry: Registry,
+    size_vecs: [IntGaugeVec; 2],
     requests_vec: IntCounterVec,
     request_seconds: Vec<Histogram>,
     /// Body bytes sent to clients: `[from cache, from the origin]`.
@@ -675,7 +676,8 @@ impl Metrics {
                 delete_seconds: op_seconds.with_label_values(&[n, "delete"]),
             }
         };
-        Metrics {
+        let m = Metrics {
+            size_vecs: [entries.clone(), bytes.clone()],
             enabled,
             tiers: [tier(TierName::L1), tier(TierName::L2), tier(TierName::L3)],
             requests_vec,
@@ -795,7 +797,24 @@ impl Metrics {
                 .expect("static metric definition"),
             ),
             registry: r,
+        };
+        // Every bounded combination exists from the start, so `rate()` and `increase()` in
+        // dashboards and alerts read 0 instead of nothing before the first event.
+        for kind in ["tag", "url", "prefix"] {
+            for source in ["admin", "rule", "method", "remote"] {
+                m.purges.with_label_values(&[kind, source]);
+            }
         }
+        for t in TierName::ALL {
+            m.purged_entries.with_label_values(&[t.as_str()]);
+        }
+        for d in ["published", "received", "rejected"] {
+            m.invalidation_messages.with_label_values(&[d]);
+        }
+        for r in ["ok", "rejected"] {
+            m.rule_reloads.with_label_values(&[r]);
+        }
+        m
     }
 
     /// Whether per-request recording is on (`[metrics] enabled`).
@@ -843,6 +862,14 @@ impl Metrics {
     pub fn not_modified(&self) {
         if self.enabled {
             self.not_modified.inc();
+        }
+    }
+
+    /// Stops exporting `t`'s entries and bytes: a tier that cannot count them (Redis shares
+    /// its keyspace; its size comes from redis_exporter) exports nothing rather than a 0.
+    pub fn size_unknown(&self, t: TierName) {
+        for v in &self.size_vecs {
+            let _ = v.remove_label_values(&[t.as_str()]);
         }
     }
 

@@ -9,26 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{client, metric_at, send, written_at, Harness, Reply, Resp};
+use common::{client, metric_at, rules, send, written_at, Harness, Reply, Resp};
 use tierd::config::Settings;
-use tierd::policy::RuleConfig;
 
 const TOKEN: &str = "s3cret-token";
-
-/// Parses `[[rules]]` tables the way the config file does.
-fn rules(toml: &str) -> Vec<RuleConfig> {
-    #[derive(serde::Deserialize)]
-    struct File {
-        rules: Vec<RuleConfig>,
-    }
-    let f: File = config::Config::builder()
-        .add_source(config::File::from_str(toml, config::FileFormat::Toml))
-        .build()
-        .unwrap()
-        .try_deserialize()
-        .unwrap();
-    f.rules
-}
 
 /// The `ttl=` of a Cache-Status.
 fn ttl(r: &Resp) -> Option<i64> {

@@ -169,6 +169,21 @@ impl Origin {
     }
 }
 
+/// Parses `[[rules]]` tables the way the config file does.
+pub fn rules(toml: &str) -> Vec<tierd::policy::RuleConfig> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        rules: Vec<tierd::policy::RuleConfig>,
+    }
+    let f: File = config::Config::builder()
+        .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+        .build()
+        .unwrap()
+        .try_deserialize()
+        .unwrap();
+    f.rules
+}
+
 /// Settings for a gateway on loopback port 0 in front of `upstream`.
 pub fn settings_for(upstream: SocketAddr) -> Settings {
     let mut s = Settings::default();

@@ -1,0 +1,520 @@
+//! `/metrics` against real traffic: hits from each tier (L1, L2 from Redis, L3 from a DuckDB
+//! file), misses, a 304, stale serves (while-revalidate, if-error), an origin 5xx, a mutation
+//! and a purge; then every metric family is checked with its labels and its exact counts.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{client, eventually, rules, send, settings_for, written_at, Origin, Reply, Resp};
+use tierd::clock::ManualClock;
+use tierd::config::Settings;
+use tierd::server::Gateway;
+
+const HOST: &str = "api.test";
+const TOKEN: &str = "metrics-token";
+const ITEMS: &str = r#"
+[[rules]]
+path = "/api/items/{id}"
+methods = ["GET", "POST"]
+ttl_seconds = 60
+tags = ["item:{id}"]
+"#;
+
+/// One exported sample.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: BTreeMap<String, String>,
+    value: f64,
+}
+
+/// Parses the text exposition format (enough of it for tierd's output).
+fn parse(text: &str) -> Vec<Sample> {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').expect("sample line");
+            let (name, labels) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            let labels = labels
+                .split("\",")
+                .filter(|p| !p.is_empty())
+                .map(|p| {
+                    let (k, v) = p.split_once('=').expect("label pair");
+                    (k.to_owned(), v.trim_matches('"').to_owned())
+                })
+                .collect();
+            Sample {
+                name: name.to_owned(),
+                labels,
+                value: value.parse().expect("sample value"),
+            }
+        })
+        .collect()
+}
+
+struct Scrape(Vec<Sample>);
+
+impl Scrape {
+    /// The sum of the series of `name` that carry every label in `labels`; panics when none
+    /// exists (a missing family is a failure, not a zero).
+    fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let matching: Vec<&Sample> = self
+            .0
+            .iter()
+            .filter(|s| s.name == name)
+            .filter(|s| {
+                labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+            })
+            .collect();
+        assert!(!matching.is_empty(), "no series {name}{labels:?}");
+        matching.iter().map(|s| s.value).sum()
+    }
+
+    /// The values `label` takes on `name`.
+    fn label_values(&self, name: &str, label: &str) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .0
+            .iter()
+            .filter(|s| s.name == name)
+            .filter_map(|s| s.labels.get(label).cloned())
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+}
+
+async fn scrape(gw: &Gateway) -> (String, Scrape) {
+    let text = send(client().get(format!("http://{}/metrics", gw.admin_addr)))
+        .await
+        .text();
+    let samples = parse(&text);
+    (text, Scrape(samples))
+}
+
+async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut r = client()
+        .get(format!("http://{}{}", gw.addr, path))
+        .insert_header(("host", HOST));
+    for h in headers {
+        r = r.insert_header(*h);
+    }
+    send(r).await
+}
+
+fn tweak<'a>(
+    s: &'a mut Settings,
+    redis: Option<&RedisServer>,
+    l3: Option<&std::path::Path>,
+) -> &'a mut Settings {
+    s.rules = rules(ITEMS);
+    s.admin.token = TOKEN.into();
+    if let Some(r) = redis {
+        s.tiers.l2.enabled = true;
+        s.tiers.l2.url = r.url();
+        s.tiers.l2.command_timeout_ms = 1_000;
+    }
+    if let Some(p) = l3 {
+        s.tiers.l3.enabled = true;
+        s.tiers.l3.path = p.display().to_string();
+    }
+    s
+}
+
+#[actix_web::test]
+async fn every_metric_family_moves_with_the_traffic_that_causes_it() {
+    let clock = Arc::new(ManualClock::new());
+    let sie_calls = Arc::new(AtomicU64::new(0));
+    let origin = Origin::start(clock.clone(), move |req, n| {
+        let path = req.path();
+        if let Some(id) = path.strip_prefix("/api/items/") {
+            return Reply::ok(format!("item {id}"))
+                .cc("max-age=60")
+                .header("etag", &format!("\"v{id}\""));
+        }
+        match path {
+            "/swr" => Reply::ok(format!("swr #{n}")).cc("max-age=1, stale-while-revalidate=100"),
+            "/sie" if sie_calls.fetch_add(1, Ordering::SeqCst) > 0 => Reply::ok("down").status(500),
+            "/sie" => Reply::ok("sie body").cc("max-age=1, stale-if-error=100"),
+            _ => Reply::ok("other"),
+        }
+    })
+    .await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let duck = dir.path().join("metrics.duckdb");
+
+    // Fill L3 from one node and L2 from another, so the node under test finds each there.
+    let mut s = settings_for(origin.addr);
+    let c = Gateway::start(tweak(&mut s, None, Some(&duck)), clock.clone(), None)
+        .await
+        .unwrap();
+    assert!(get(&c, "/api/items/3", &[])
+        .await
+        .cache_status()
+        .contains("stored"));
+    written_at(c.admin_addr, "l3", 1).await;
+    c.stop(true).await;
+    let mut s = settings_for(origin.addr);
+    let a = Gateway::start(tweak(&mut s, Some(&redis), None), clock.clone(), None)
+        .await
+        .unwrap();
+    assert!(get(&a, "/api/items/2", &[])
+        .await
+        .cache_status()
+        .contains("stored"));
+    written_at(a.admin_addr, "l2", 1).await;
+    a.stop(true).await;
+    let origin_before = origin.hits();
+
+    let mut s = settings_for(origin.addr);
+    let b = Gateway::start(
+        tweak(&mut s, Some(&redis), Some(&duck)),
+        clock.clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    let (mut from_cache, mut from_origin) = (0usize, 0usize);
+    let r = get(&b, "/api/items/3", &[]).await;
+    assert_eq!(r.detail(), "l3", "{}", r.cache_status());
+    from_cache += r.body.len();
+    let r = get(&b, "/api/items/2", &[]).await;
+    assert_eq!(r.detail(), "l2", "{}", r.cache_status());
+    from_cache += r.body.len();
+    let r = get(&b, "/api/items/1", &[]).await;
+    assert!(
+        r.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        r.cache_status()
+    );
+    from_origin += r.body.len();
+    let r = get(&b, "/api/items/1", &[]).await;
+    assert_eq!(r.detail(), "l1", "{}", r.cache_status());
+    from_cache += r.body.len();
+    let r = get(&b, "/api/items/1", &[("if-none-match", "\"v1\"")]).await;
+    assert_eq!(r.status, 304);
+
+    let first = get(&b, "/swr", &[]).await;
+    from_origin += first.body.len();
+    clock.advance(Duration::from_secs(5));
+    let r = get(&b, "/swr", &[]).await;
+    assert_eq!(r.text(), first.text(), "served stale while revalidating");
+    from_cache += r.body.len();
+    // The background refresh reaches the origin once; it is not a client request.
+    assert!(
+        eventually(Duration::from_secs(5), || origin.hits()
+            == origin_before + 3)
+        .await,
+        "background refresh"
+    );
+
+    let r = get(&b, "/sie", &[]).await;
+    from_origin += r.body.len();
+    clock.advance(Duration::from_secs(5));
+    let r = get(&b, "/sie", &[]).await;
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "sie body"),
+        "served stale on error"
+    );
+    from_cache += r.body.len();
+
+    let mut post = send(
+        client()
+            .post(format!("http://{}/api/items/1", b.addr))
+            .insert_header(("host", HOST)),
+    )
+    .await;
+    assert_eq!(post.status, 200);
+    from_origin += std::mem::take(&mut post.body).len();
+
+    let purged = send_purge(&b, r#"{"tag":"item:3"}"#).await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    // Item 3's promotion, item 1, /swr and /sie, at least (a refresh may share a batch).
+    written_at(b.admin_addr, "l2", 4).await;
+    written_at(b.admin_addr, "l3", 3).await;
+
+    let (text, m) = scrape(&b).await;
+    let route = "/api/items/{id}";
+
+    // Gateway: requests by route, method, status class and cache status; nothing else.
+    let req = "tierd_requests_total";
+    let get_ok = [("method", "GET"), ("status_class", "2xx")];
+    let by = |extra: &[(&'static str, &'static str)]| -> Vec<(&'static str, &'static str)> {
+        get_ok.iter().chain(extra).copied().collect()
+    };
+    assert_eq!(
+        m.sum(req, &by(&[("route", route), ("cache_status", "hit")])),
+        3.0
+    );
+    assert_eq!(
+        m.sum(req, &by(&[("route", route), ("cache_status", "miss")])),
+        1.0
+    );
+    assert_eq!(
+        m.sum(
+            req,
+            &[
+                ("route", route),
+                ("method", "GET"),
+                ("status_class", "3xx"),
+                ("cache_status", "hit")
+            ]
+        ),
+        1.0,
+        "the 304"
+    );
+    assert_eq!(
+        m.sum(
+            req,
+            &[
+                ("route", route),
+                ("method", "POST"),
+                ("status_class", "2xx"),
+                ("cache_status", "pass")
+            ]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum(req, &by(&[("route", "other"), ("cache_status", "miss")])),
+        2.0
+    );
+    assert_eq!(
+        m.sum(
+            req,
+            &by(&[
+                ("route", "other"),
+                ("cache_status", "stale_while_revalidate")
+            ])
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum(
+            req,
+            &by(&[("route", "other"), ("cache_status", "stale_if_error")])
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum(req, &[]),
+        10.0,
+        "one count per client request, none for the refresh"
+    );
+    assert_eq!(m.label_values(req, "route"), ["/api/items/{id}", "other"]);
+
+    let dur = "tierd_request_duration_seconds_count";
+    assert_eq!(m.sum(dur, &[("cache_status", "hit")]), 4.0);
+    assert_eq!(m.sum(dur, &[("cache_status", "miss")]), 3.0);
+    assert_eq!(m.sum(dur, &[]), 10.0);
+    assert!(
+        m.sum(
+            "tierd_request_duration_seconds_bucket",
+            &[("le", "0.00005")]
+        ) >= 0.0
+    );
+    assert_eq!(m.sum("tierd_not_modified_total", &[]), 1.0);
+    let bytes = "tierd_response_bytes_total";
+    assert_eq!(m.sum(bytes, &[("source", "cache")]), from_cache as f64);
+    assert_eq!(m.sum(bytes, &[("source", "origin")]), from_origin as f64);
+
+    // Tiers: lookups by outcome, promotions, timings, sizes, queues, breakers, errors.
+    let look = "tierd_tier_lookups_total";
+    for (tier, outcome, n) in [
+        ("l1", "hit", 2.0),
+        ("l1", "stale", 2.0),
+        ("l1", "miss", 5.0),
+        ("l2", "hit", 1.0),
+        ("l2", "miss", 4.0),
+        ("l3", "hit", 1.0),
+        ("l3", "miss", 3.0),
+    ] {
+        assert_eq!(
+            m.sum(look, &[("tier", tier), ("outcome", outcome)]),
+            n,
+            "{tier} {outcome}"
+        );
+    }
+    assert_eq!(
+        m.label_values(look, "outcome"),
+        ["error", "hit", "miss", "stale"]
+    );
+    assert_eq!(m.sum("tierd_tier_promotions_total", &[("tier", "l2")]), 1.0);
+    assert_eq!(m.sum("tierd_tier_promotions_total", &[("tier", "l3")]), 1.0);
+    let ops = "tierd_tier_operation_duration_seconds_count";
+    for tier in ["l1", "l2", "l3"] {
+        for op in ["get", "put", "delete"] {
+            assert!(
+                m.sum(ops, &[("tier", tier), ("op", op)]) > 0.0,
+                "{tier} {op}"
+            );
+        }
+        assert_eq!(m.sum("tierd_tier_errors_total", &[("tier", tier)]), 0.0);
+    }
+    assert_eq!(
+        m.label_values("tierd_tier_errors_total", "kind"),
+        ["circuit_open", "decode", "timeout", "unavailable"]
+    );
+    assert_eq!(
+        m.label_values("tierd_tier_evictions_total", "cause"),
+        ["expired", "explicit", "replaced", "size"]
+    );
+    // Redis cannot count one prefix's keys cheaply: L2 exports no size rather than a wrong one.
+    for family in ["tierd_tier_entries", "tierd_tier_bytes"] {
+        assert_eq!(m.label_values(family, "tier"), ["l1", "l3"], "{family}");
+        for tier in ["l1", "l3"] {
+            assert!(m.sum(family, &[("tier", tier)]) > 0.0, "{family} {tier}");
+        }
+    }
+    for tier in ["l2", "l3"] {
+        assert_eq!(m.sum("tierd_tier_queue_depth", &[("tier", tier)]), 0.0);
+        assert_eq!(m.sum("tierd_tier_circuit_open", &[("tier", tier)]), 0.0);
+        assert_eq!(
+            m.sum(
+                "tierd_tier_writes_total",
+                &[("tier", tier), ("outcome", "queue_full")]
+            ),
+            0.0
+        );
+        assert!(
+            m.sum(
+                "tierd_tier_writes_total",
+                &[("tier", tier), ("outcome", "written")]
+            ) >= 3.0
+        );
+    }
+
+    // Origin: six requests (three misses, the refresh, the failing revalidation, the POST).
+    assert_eq!(m.sum("tierd_origin_requests_total", &[]), 6.0);
+    assert_eq!(
+        m.sum("tierd_origin_request_duration_seconds_count", &[]),
+        6.0
+    );
+    assert_eq!(m.sum("tierd_origin_errors_total", &[("kind", "5xx")]), 1.0);
+    assert_eq!(m.sum("tierd_origin_errors_total", &[]), 1.0);
+    assert_eq!(
+        m.label_values("tierd_origin_errors_total", "kind"),
+        ["5xx", "body", "connect", "protocol", "timeout"]
+    );
+    assert_eq!(
+        m.sum(
+            "tierd_stale_served_total",
+            &[("reason", "while_revalidate")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        m.sum("tierd_stale_served_total", &[("reason", "if_error")]),
+        1.0
+    );
+    assert_eq!(m.sum("tierd_background_refreshes_total", &[]), 1.0);
+    assert_eq!(m.sum("tierd_coalesced_waiters_total", &[]), 0.0);
+
+    // Purges and invalidations.
+    assert_eq!(
+        m.sum(
+            "tierd_purges_total",
+            &[("kind", "tag"), ("source", "admin")]
+        ),
+        1.0
+    );
+    assert!(
+        m.sum("tierd_purges_total", &[("source", "method")]) >= 1.0,
+        "the POST"
+    );
+    for tier in ["l1", "l2", "l3"] {
+        assert!(
+            m.sum("tierd_purged_entries_total", &[("tier", tier)]) >= 1.0,
+            "{tier}: item 3 was in every tier after its promotion"
+        );
+    }
+    assert!(m.sum("tierd_invalidations_total", &[]) >= 1.0);
+    assert_eq!(m.sum("tierd_invalidation_lag_seconds_count", &[]), 0.0);
+    assert_eq!(
+        m.sum("tierd_rule_reloads_total", &[("result", "rejected")]),
+        0.0
+    );
+    assert_eq!(m.sum("tierd_rules", &[]), 1.0);
+
+    // Build and process.
+    assert_eq!(
+        m.sum(
+            "tierd_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    assert!(m.sum("process_resident_memory_bytes", &[]) > 0.0);
+    assert!(m.sum("process_open_fds", &[]) > 0.0);
+    assert!(m.sum("process_cpu_seconds_total", &[]) >= 0.0);
+
+    // Bounded labels: no URL, key, host, tag or address ever appears.
+    for leak in ["api.test", "/api/items/1", "item:3", "127.0.0.1", "/swr"] {
+        assert!(!text.contains(leak), "{leak} leaked into /metrics");
+    }
+    for s in &m.0 {
+        if s.name.starts_with("tierd_") {
+            for (k, v) in &s.labels {
+                assert!(
+                    v.len() <= 32,
+                    "unbounded-looking label {k}={v} on {}",
+                    s.name
+                );
+            }
+        }
+    }
+    b.stop(true).await;
+    origin.stop().await;
+}
+
+async fn send_purge(gw: &Gateway, body: &str) -> Resp {
+    let mut res = client()
+        .post(format!("http://{}/_tierd/purge", gw.admin_addr))
+        .insert_header(("authorization", format!("Bearer {TOKEN}")))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body.to_owned())
+        .await
+        .expect("purge request");
+    let status = res.status().as_u16();
+    let body = res.body().await.expect("purge body").to_vec();
+    Resp {
+        status,
+        headers: res.headers().clone(),
+        body,
+    }
+}
+
+#[actix_web::test]
+async fn metrics_off_records_nothing_and_serves_no_endpoint() {
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), |_, n| {
+        Reply::ok(format!("#{n}")).cc("max-age=60")
+    })
+    .await;
+    let mut s = settings_for(origin.addr);
+    s.metrics.enabled = false;
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    assert_eq!(get(&gw, "/a", &[]).await.text(), "#1");
+    assert_eq!(
+        get(&gw, "/a", &[]).await.text(),
+        "#1",
+        "the cache still works"
+    );
+    let r = send(client().get(format!("http://{}/metrics", gw.admin_addr))).await;
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("[metrics] enabled"), "{}", r.text());
+    gw.stop(true).await;
+    origin.stop().await;
+}
