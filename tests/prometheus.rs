@@ -1,0 +1,391 @@
+//! A real Prometheus (Debian's `prometheus` package) scrapes two real tierd nodes sharing a real
+//! Redis under a short mixed load; then every Grafana panel expression in `dashboards/` and
+//! every rule in `alerts/tierd.rules.yml` is evaluated through Prometheus' HTTP API. Each
+//! expression must be valid and each panel expression must return data; the rules must be
+//! healthy, and the one alert the load provokes (a rejected rule reload) must fire.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::redis::RedisServer;
+use common::{client, free_port, rules, send, settings_for, Origin, Proc, Reply, Resp};
+use serde_json::Value;
+use tierd::clock::ManualClock;
+use tierd::config::Settings;
+use tierd::server::Gateway;
+
+const TOKEN: &str = "prom-token";
+const RULES: &str = r#"
+[[rules]]
+path = "/api/items/{id}"
+methods = ["GET"]
+ttl_seconds = 60
+tags = ["item:{id}"]
+
+[[rules]]
+path = "/api/items/{id}"
+methods = ["POST"]
+invalidate = { tags = ["item:{id}"] }
+"#;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn prometheus_binary() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("prometheus"))
+            .find(|p| p.is_file())
+    });
+    found.expect(
+        "the prometheus binary is not on PATH: apt-get install prometheus (scripts/test.sh does)",
+    )
+}
+
+/// Starts Prometheus scraping `targets` every second and evaluating the shipped rules.
+fn start_prometheus(dir: &Path, targets: &[SocketAddr], port: u16) -> Proc {
+    let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+    let config = format!(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+         rule_files:\n  - {}\n\
+         scrape_configs:\n  - job_name: tierd\n    static_configs:\n      - targets: [{}]\n",
+        repo().join("alerts/tierd.rules.yml").display(),
+        targets.join(", ")
+    );
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+    let child = Command::new(prometheus_binary())
+        .arg(format!("--config.file={}", file.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            dir.join("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--log.level=warn")
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start prometheus");
+    Proc(child)
+}
+
+/// A GET on Prometheus' API; `Null` while it is not up yet.
+async fn api(port: u16, path: &str) -> Value {
+    let Ok(mut res) = client()
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .send()
+        .await
+    else {
+        return Value::Null;
+    };
+    let body = res.body().limit(64 << 20).await.unwrap_or_default();
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+/// An instant query; the whole API answer.
+async fn query(port: u16, expr: &str) -> Value {
+    let mut res = client()
+        .post(format!("http://127.0.0.1:{port}/api/v1/query"))
+        .send_form(&[("query", expr)])
+        .await
+        .expect("query prometheus");
+    let body = res.body().limit(64 << 20).await.expect("query body");
+    serde_json::from_slice(&body).unwrap_or(Value::Null)
+}
+
+/// Polls `expr` until it returns a sample whose value passes `ok`, for up to `secs`.
+async fn wait_for(port: u16, expr: &str, secs: u64, ok: impl Fn(f64) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let v = query(port, expr).await;
+        let value = v["data"]["result"][0]["value"][1]
+            .as_str()
+            .and_then(|s| s.parse::<f64>().ok());
+        if value.is_some_and(&ok) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prometheus: {expr} never satisfied the condition; last answer {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn node(origin: &Origin, redis: &RedisServer, l3: Option<&Path>) -> Settings {
+    let mut s = settings_for(origin.addr);
+    s.rules = rules(RULES);
+    s.admin.token = TOKEN.into();
+    s.tiers.l1.max_bytes = 64 * 1024;
+    s.tiers.l2.enabled = true;
+    s.tiers.l2.url = redis.url();
+    s.tiers.l2.command_timeout_ms = 1_000;
+    if let Some(p) = l3 {
+        s.tiers.l3.enabled = true;
+        s.tiers.l3.path = p.display().to_string();
+    }
+    s
+}
+
+async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut r = client()
+        .get(format!("http://{}{}", gw.addr, path))
+        .insert_header(("host", "api.test"));
+    for h in headers {
+        r = r.insert_header(*h);
+    }
+    send(r).await
+}
+
+async fn admin_post(gw: &Gateway, path: &str, body: &str) -> Resp {
+    let mut res = client()
+        .post(format!("http://{}{path}", gw.admin_addr))
+        .insert_header(("authorization", format!("Bearer {TOKEN}")))
+        .insert_header(("content-type", "application/json"))
+        .send_body(body.to_owned())
+        .await
+        .expect("admin request");
+    let status = res.status().as_u16();
+    let body = res.body().await.expect("admin body").to_vec();
+    Resp {
+        status,
+        headers: res.headers().clone(),
+        body,
+    }
+}
+
+/// One round of mixed traffic: misses and hits on two routes, a 304, stale serves, an origin
+/// failure, an unstorable response, coalesced requests, a mutation and (every third round) a
+/// purge that node B learns of through Redis.
+async fn round(a: &Gateway, b: &Gateway, clock: &ManualClock, n: u64) {
+    let id = n % 7;
+    for gw in [a, b] {
+        get(gw, &format!("/api/items/{id}"), &[]).await;
+        get(gw, &format!("/api/items/{id}"), &[]).await;
+        get(gw, "/api/items/1", &[("if-none-match", "\"v1\"")]).await;
+        get(gw, "/swr", &[]).await;
+        get(gw, "/sie", &[]).await;
+        get(gw, "/nostore", &[]).await;
+        get(gw, &format!("/page?n={n}"), &[]).await;
+    }
+    let slow = format!("/slow?n={n}");
+    futures_util::future::join3(get(b, &slow, &[]), get(b, &slow, &[]), get(b, &slow, &[])).await;
+    let post = client()
+        .post(format!("http://{}/api/items/{id}", a.addr))
+        .insert_header(("host", "api.test"));
+    send(post).await;
+    if n % 3 == 0 {
+        admin_post(
+            a,
+            "/_tierd/purge",
+            &format!(r#"{{"tag":"item:{}"}}"#, (id + 1) % 7),
+        )
+        .await;
+    }
+    clock.advance(Duration::from_secs(2));
+}
+
+#[actix_web::test]
+async fn prometheus_scrapes_tierd_and_every_panel_and_alert_evaluates() {
+    let clock = Arc::new(ManualClock::new());
+    let sie_calls = Arc::new(AtomicU64::new(0));
+    let origin = Origin::start(clock.clone(), move |req, n| {
+        let path = req.path();
+        if let Some(id) = path.strip_prefix("/api/items/") {
+            return Reply::ok(format!("item {id} #{n}"))
+                .cc("max-age=60")
+                .header("etag", &format!("\"v{id}\""));
+        }
+        match path {
+            "/swr" => Reply::ok(format!("swr #{n}")).cc("max-age=1, stale-while-revalidate=3600"),
+            "/sie" if sie_calls.fetch_add(1, Ordering::SeqCst) > 0 => Reply::ok("down").status(503),
+            "/sie" => Reply::ok("sie").cc("max-age=1, stale-if-error=86400"),
+            "/nostore" => Reply::ok("secret").cc("no-store"),
+            "/slow" => Reply::ok(format!("slow #{n}"))
+                .cc("max-age=60")
+                .delay_ms(50),
+            _ => Reply::ok(vec![b'x'; 4096]).cc("max-age=60"),
+        }
+    })
+    .await;
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = Gateway::start(
+        &node(&origin, &redis, Some(&dir.path().join("a.duckdb"))),
+        clock.clone(),
+        None,
+    )
+    .await
+    .unwrap();
+    let config = dir.path().join("b.toml");
+    std::fs::write(&config, "").unwrap();
+    let b = Gateway::start(
+        &node(&origin, &redis, None),
+        clock.clone(),
+        Some(config.clone()),
+    )
+    .await
+    .unwrap();
+
+    let port = free_port();
+    let _prom = start_prometheus(dir.path(), &[a.admin_addr, b.admin_addr], port);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while api(port, "/api/v1/status/buildinfo").await["status"] != "success" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "prometheus did not start: {}",
+            std::fs::read_to_string(dir.path().join("prometheus.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_for(port, r#"count(up{job="tierd"} == 1)"#, 30, |v| v == 2.0).await;
+
+    // Six seconds of traffic, so rates over the last 30 s have many samples.
+    let load_until = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut n = 0;
+    while tokio::time::Instant::now() < load_until {
+        n += 1;
+        round(&a, &b, &clock, n).await;
+    }
+    // A broken rule file: the reload is rejected, and its alert must fire.
+    std::fs::write(&config, "[[rules]]\npath = \"/x\"\nttl_seconds = -1\n").unwrap();
+    assert_eq!(admin_post(&b, "/_tierd/reload", "").await.status, 422);
+    let sent = {
+        let text = send(client().get(format!("http://{}/metrics", a.admin_addr)))
+            .await
+            .text();
+        text.lines()
+            .filter(|l| l.starts_with("tierd_requests_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    // Prometheus has scraped past the end of the load on both nodes.
+    wait_for(
+        port,
+        r#"sum(tierd_rule_reloads_total{result="rejected"})"#,
+        20,
+        |v| v == 1.0,
+    )
+    .await;
+    wait_for(
+        port,
+        &format!(
+            r#"sum(tierd_requests_total{{instance="{}"}})"#,
+            a.admin_addr
+        ),
+        20,
+        |v| v >= sent,
+    )
+    .await;
+
+    // Every panel expression of every dashboard, as Grafana would send it.
+    let mut failures = Vec::new();
+    let mut checked = 0;
+    let mut dashboards: Vec<PathBuf> = std::fs::read_dir(repo().join("dashboards"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    dashboards.sort();
+    assert_eq!(dashboards.len(), 3, "{dashboards:?}");
+    for path in &dashboards {
+        let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(
+            d["templating"]["list"][0]["query"],
+            "label_values(tierd_build_info, instance)"
+        );
+        let panels = d["panels"].as_array().expect("panels");
+        assert!(panels.len() >= 10, "{name}: {} panels", panels.len());
+        for p in panels {
+            assert_eq!(p["datasource"]["uid"], "tierd-prometheus", "{name}");
+            for t in p["targets"].as_array().expect("targets") {
+                let expr = t["expr"]
+                    .as_str()
+                    .expect("expr")
+                    .replace("$instance", ".*")
+                    .replace("$__rate_interval", "30s");
+                checked += 1;
+                let v = query(port, &expr).await;
+                let title = p["title"].as_str().unwrap_or_default();
+                if v["status"] != "success" {
+                    failures.push(format!("{name} / {title}: {expr}: {v}"));
+                } else if v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+                    failures.push(format!("{name} / {title}: {expr}: no data"));
+                } else if !expr.contains("tierd_") && !expr.contains("process_") {
+                    failures.push(format!("{name} / {title}: queries no tierd metric"));
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {checked} panel expressions failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    let instances = query(port, "tierd_build_info").await;
+    assert_eq!(
+        instances["data"]["result"].as_array().map(Vec::len),
+        Some(2),
+        "the instance variable lists both nodes"
+    );
+
+    // Every rule loaded, evaluated without error, and its expression valid on its own.
+    let rules = api(port, "/api/v1/rules").await;
+    let mut seen = Vec::new();
+    for g in rules["data"]["groups"].as_array().expect("rule groups") {
+        for r in g["rules"].as_array().expect("rules") {
+            let name = r["name"].as_str().unwrap_or_default().to_owned();
+            assert_eq!(r["health"], "ok", "{name}: {r}");
+            let v = query(port, r["query"].as_str().expect("rule query")).await;
+            assert_eq!(v["status"], "success", "{name}: {v}");
+            seen.push(name);
+        }
+    }
+    assert_eq!(seen.len(), 14, "{seen:?}");
+
+    // The rejected reload fires its alert for node B, and nothing else fires.
+    let firing = || async {
+        let alerts = api(port, "/api/v1/alerts").await;
+        alerts["data"]["alerts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|x| x["state"] == "firing")
+                    .map(|x| {
+                        format!(
+                            "{} {}",
+                            x["labels"]["alertname"].as_str().unwrap_or_default(),
+                            x["labels"]["instance"].as_str().unwrap_or_default()
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default()
+    };
+    let expected = vec![format!("TierdRuleReloadRejected {}", b.admin_addr)];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut now_firing = firing().await;
+    while now_firing != expected && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        now_firing = firing().await;
+    }
+    assert_eq!(now_firing, expected);
+    println!(
+        "{n} rounds of load; {checked} panel expressions and {} rules checked",
+        seen.len()
+    );
+
+    a.stop(true).await;
+    b.stop(true).await;
+    origin.stop().await;
+}
