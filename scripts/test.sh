@@ -15,9 +15,31 @@ command -v curl >/dev/null || need_apt+=(curl ca-certificates)
 # The tier tests start real Redis servers of their own on free ports.
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v redis-cli >/dev/null || need_apt+=(redis-tools)
+# promtool checks the rules and prometheus.yml; the Prometheus test runs a real server; amtool
+# checks the Alertmanager config.
+command -v prometheus >/dev/null || need_apt+=(prometheus)
+command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
+command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  # Packages install without starting their services (Prometheus would take port 9090).
+  policy_rc=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+    policy_rc=/usr/sbin/policy-rc.d
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  if [ -n "$policy_rc" ]; then rm -f "$policy_rc"; fi
+fi
+# JSON-schema checks of the dashboards and docker-compose.yml (no Docker engine needed).
+if ! python3 -m check_jsonschema --version >/dev/null 2>&1; then
+  echo "== installing check-jsonschema"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  python3 -m pip install -q check-jsonschema 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages check-jsonschema
 fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   echo "== installing rustfmt and clippy"
@@ -38,6 +60,14 @@ fi
 
 lint=1
 [ "${1:-}" = "--no-lint" ] && lint=0
+
+echo "== observability: promtool, amtool, dashboard and compose schemas"
+promtool check config prometheus.yml
+promtool check rules alerts/tierd.rules.yml
+promtool test rules alerts/tierd.rules.test.yml
+amtool check-config alerts/alertmanager.yml
+python3 -m check_jsonschema --schemafile dashboards/schema/grafana-dashboard.schema.json dashboards/*.json
+python3 -m check_jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 if [ $lint = 1 ]; then
   echo "== cargo fmt --check"
