@@ -1,5 +1,6 @@
-//! The L1 hit path through the full middleware stack (CacheHeaders ▶ ResponseCache), without
-//! sockets: key, lookup, variant selection, freshness, conditionals, response headers, metrics.
+//! The L1 hit path through the full middleware stack (Observe ▶ CacheHeaders ▶ ResponseCache),
+//! without sockets: key, lookup, variant selection, freshness, conditionals, response headers,
+//! metrics. The `_metrics_off` variant is the same stack with `[metrics] enabled = false`.
 //!
 //!     cargo bench --bench l1_hit
 
@@ -32,6 +33,9 @@ fn with_rules() -> Settings {
 
 fn bench(c: &mut Criterion) {
     run(c, "", Settings::default(), "/item.json");
+    let mut off = Settings::default();
+    off.metrics.enabled = false;
+    run(c, "_metrics_off", off, "/item.json");
     run(c, "_21_rules", with_rules(), "/api/items/42?b=2&a=1");
 }
 
@@ -43,6 +47,7 @@ fn run(c: &mut Criterion, suffix: &str, settings: Settings, uri: &'static str) {
         App::new()
             .wrap(tierd::cache::ResponseCache::new(state.clone()))
             .wrap(tierd::cache::CacheHeaders::new(state.clock.clone()))
+            .wrap(tierd::observe::Observe::new(state.metrics.clone()))
             .default_service(fn_service(move |req: ServiceRequest| {
                 let body = body.clone();
                 async move {
