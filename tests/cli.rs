@@ -179,3 +179,78 @@ fn environment_alone_configures_a_working_gateway() {
         "{metrics}"
     );
 }
+
+#[test]
+fn json_logs_carry_the_request_span_and_access_lines() {
+    let (origin_port, gw_port, admin_port) = (free_port(), free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("tierd.log");
+    let mut origin = bin()
+        .args([
+            "demo-origin",
+            "--listen",
+            &format!("127.0.0.1:{origin_port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gw = bin()
+        .arg("serve")
+        .env(
+            "TIERD__UPSTREAM__URL",
+            format!("http://127.0.0.1:{origin_port}"),
+        )
+        // The demo's report takes about a second: a timeout, logged at WARN inside the span.
+        .env("TIERD__UPSTREAM__TIMEOUT_MS", "200")
+        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{gw_port}"))
+        .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("TIERD__LOG__FORMAT", "json")
+        .env("TIERD__LOG__LEVEL", "info,tierd::access=debug")
+        .stdout(std::fs::File::create(&log_path).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ok = wait_port(origin_port) && wait_port(gw_port) && wait_port(admin_port);
+    if ok {
+        http_get(gw_port, "/api/assessments/7");
+        http_get(gw_port, "/api/assessments/7");
+        http_get(gw_port, "/api/metrics/report");
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &gw.id().to_string()])
+        .status();
+    let _ = gw.wait();
+    let _ = origin.kill();
+    let _ = origin.wait();
+    assert!(ok, "listeners did not come up");
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let access: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["fields"]["message"] == "request")
+        .collect();
+    assert_eq!(access.len(), 3, "{text}");
+    let hit = access[1];
+    assert_eq!(hit["level"], "DEBUG");
+    assert_eq!(hit["fields"]["status"], 200);
+    assert_eq!(hit["fields"]["cache_status"], "hit");
+    let span = &hit["span"];
+    assert_eq!(span["name"], "request", "{hit}");
+    assert_eq!(span["method"], "GET");
+    assert_eq!(span["path"], "/api/assessments/7");
+    assert_eq!(span["route"], "other");
+    assert_eq!(span["cache_status"], "hit");
+    assert_eq!(span["tier"], "l1");
+    assert_eq!(access[2]["fields"]["status"], 504, "{}", access[2]);
+    let warn = lines
+        .iter()
+        .find(|l| l["level"] == "WARN" && l["fields"]["message"] == "origin request failed")
+        .unwrap_or_else(|| panic!("no WARN for the origin timeout:\n{text}"));
+    assert_eq!(warn["fields"]["kind"], "timeout");
+    assert_eq!(warn["span"]["name"], "request", "{warn}");
+    assert_eq!(warn["span"]["path"], "/api/metrics/report");
+}

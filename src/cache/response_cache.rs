@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::LocalBoxFuture;
 use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 use super::bus::Bus;
 use super::entry::{CachedResponse, Slot};
@@ -636,11 +637,16 @@ where
                     epoch,
                     route,
                 };
-                actix_web::rt::spawn(async move {
-                    let res = job.run().await;
-                    // The client may be gone; the store and the waiters were served already.
-                    let _ = tx.send(res);
-                });
+                // The fetch runs in its own task, inside the request's span so its log lines
+                // name the request.
+                actix_web::rt::spawn(
+                    async move {
+                        let res = job.run().await;
+                        // The client may be gone; the store and the waiters were served already.
+                        let _ = tx.send(res);
+                    }
+                    .instrument(tracing::Span::current()),
+                );
                 let res = rx.await.unwrap_or_else(|_| opaque(StatusCode::BAD_GATEWAY));
                 Ok(ServiceResponse::new(http_req, res))
             }
@@ -726,9 +732,12 @@ where
             epoch,
             route,
         };
-        actix_web::rt::spawn(async move {
-            let _ = job.run().await;
-        });
+        actix_web::rt::spawn(
+            async move {
+                let _ = job.run().await;
+            }
+            .instrument(tracing::Span::current()),
+        );
     }
 
     /// HEAD that storage could not answer: forwarded as HEAD, never stored; a matching response
