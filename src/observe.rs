@@ -123,14 +123,14 @@ where
                     return Err(e);
                 }
             };
-            let served = res.request().extensions().get::<Served>().cloned();
+            let served = res.request().extensions_mut().remove::<Served>();
             let status = res.status();
-            let size = match res.response().body().size() {
-                _ if bodiless || status == StatusCode::NOT_MODIFIED => 0,
-                BodySize::Sized(n) => n,
-                BodySize::None | BodySize::Stream => 0,
+            let (size, streamed) = match res.response().body().size() {
+                _ if bodiless || status == StatusCode::NOT_MODIFIED => (0, false),
+                BodySize::Sized(n) => (n, false),
+                BodySize::Stream => (0, true),
+                BodySize::None => (0, false),
             };
-            let streamed = !bodiless && matches!(res.response().body().size(), BodySize::Stream);
             let from_cache = served.as_ref().is_some_and(|s| s.outcome.from_cache());
             cfg.record(&span, served.as_ref(), method, status, started, size);
             if streamed && cfg.metrics.enabled() {

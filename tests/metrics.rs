@@ -10,7 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{client, eventually, rules, send, settings_for, written_at, Origin, Reply, Resp};
+use common::{
+    admin_post_at, client, eventually, get_as, rules, send, settings_for, written_at, Origin,
+    Reply, Resp,
+};
 use tierd::clock::ManualClock;
 use tierd::config::Settings;
 use tierd::server::Gateway;
@@ -103,13 +106,7 @@ async fn scrape(gw: &Gateway) -> (String, Scrape) {
 }
 
 async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut r = client()
-        .get(format!("http://{}{}", gw.addr, path))
-        .insert_header(("host", HOST));
-    for h in headers {
-        r = r.insert_header(*h);
-    }
-    send(r).await
+    get_as(gw, HOST, path, headers).await
 }
 
 fn tweak<'a>(
@@ -239,7 +236,13 @@ async fn every_metric_family_moves_with_the_traffic_that_causes_it() {
     assert_eq!(post.status, 200);
     from_origin += std::mem::take(&mut post.body).len();
 
-    let purged = send_purge(&b, r#"{"tag":"item:3"}"#).await;
+    let purged = admin_post_at(
+        b.admin_addr,
+        "/_tierd/purge",
+        Some(TOKEN),
+        r#"{"tag":"item:3"}"#,
+    )
+    .await;
     assert_eq!(purged.status, 200, "{}", purged.text());
     // Item 3's promotion, item 1, /swr and /sie, at least (a refresh may share a batch).
     written_at(b.admin_addr, "l2", 4).await;
@@ -477,23 +480,6 @@ async fn every_metric_family_moves_with_the_traffic_that_causes_it() {
     }
     b.stop(true).await;
     origin.stop().await;
-}
-
-async fn send_purge(gw: &Gateway, body: &str) -> Resp {
-    let mut res = client()
-        .post(format!("http://{}/_tierd/purge", gw.admin_addr))
-        .insert_header(("authorization", format!("Bearer {TOKEN}")))
-        .insert_header(("content-type", "application/json"))
-        .send_body(body.to_owned())
-        .await
-        .expect("purge request");
-    let status = res.status().as_u16();
-    let body = res.body().await.expect("purge body").to_vec();
-    Resp {
-        status,
-        headers: res.headers().clone(),
-        body,
-    }
 }
 
 #[actix_web::test]

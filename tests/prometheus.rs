@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{client, free_port, rules, send, settings_for, Origin, Proc, Reply, Resp};
+use common::{
+    admin_post_at, client, free_port, get_as, metric_at, rules, send, settings_for, Origin, Proc,
+    Reply, Resp,
+};
 use serde_json::Value;
 use tierd::clock::ManualClock;
 use tierd::config::Settings;
@@ -136,30 +139,11 @@ fn node(origin: &Origin, redis: &RedisServer, l3: Option<&Path>) -> Settings {
 }
 
 async fn get(gw: &Gateway, path: &str, headers: &[(&str, &str)]) -> Resp {
-    let mut r = client()
-        .get(format!("http://{}{}", gw.addr, path))
-        .insert_header(("host", "api.test"));
-    for h in headers {
-        r = r.insert_header(*h);
-    }
-    send(r).await
+    get_as(gw, "api.test", path, headers).await
 }
 
 async fn admin_post(gw: &Gateway, path: &str, body: &str) -> Resp {
-    let mut res = client()
-        .post(format!("http://{}{path}", gw.admin_addr))
-        .insert_header(("authorization", format!("Bearer {TOKEN}")))
-        .insert_header(("content-type", "application/json"))
-        .send_body(body.to_owned())
-        .await
-        .expect("admin request");
-    let status = res.status().as_u16();
-    let body = res.body().await.expect("admin body").to_vec();
-    Resp {
-        status,
-        headers: res.headers().clone(),
-        body,
-    }
+    admin_post_at(gw.admin_addr, path, Some(TOKEN), body).await
 }
 
 /// One round of mixed traffic: misses and hits on two routes, a 304, stale serves, an origin
@@ -258,15 +242,7 @@ async fn prometheus_scrapes_tierd_and_every_panel_and_alert_evaluates() {
     // A broken rule file: the reload is rejected, and its alert must fire.
     std::fs::write(&config, "[[rules]]\npath = \"/x\"\nttl_seconds = -1\n").unwrap();
     assert_eq!(admin_post(&b, "/_tierd/reload", "").await.status, 422);
-    let sent = {
-        let text = send(client().get(format!("http://{}/metrics", a.admin_addr)))
-            .await
-            .text();
-        text.lines()
-            .filter(|l| l.starts_with("tierd_requests_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>()
-    };
+    let sent = metric_at(a.admin_addr, "tierd_requests_total", &[]).await;
     // Prometheus has scraped past the end of the load on both nodes.
     wait_for(
         port,

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::redis::RedisServer;
-use common::{client, metric_at, rules, send, written_at, Harness, Reply, Resp};
+use common::{
+    admin_post_at, client, metric_at, rules, send, send_body, written_at, Harness, Reply, Resp,
+};
 use tierd::config::Settings;
 
 const TOKEN: &str = "s3cret-token";
@@ -27,24 +29,7 @@ fn is_hit(r: &Resp) -> bool {
 }
 
 async fn admin_post(h: &Harness, path: &str, token: Option<&str>, body: &str) -> Resp {
-    let mut req = h
-        .client
-        .post(h.admin_url(path))
-        .insert_header(("content-type", "application/json"));
-    if let Some(t) = token {
-        req = req.insert_header(("authorization", format!("Bearer {t}")));
-    }
-    send_body(req, body.to_owned()).await
-}
-
-async fn send_body(req: awc::ClientRequest, body: String) -> Resp {
-    let mut res = req.send_body(body).await.expect("request failed");
-    let b = res.body().limit(1 << 20).await.expect("body");
-    Resp {
-        status: res.status().as_u16(),
-        headers: res.headers().clone(),
-        body: b.to_vec(),
-    }
+    admin_post_at(h.gw.admin_addr, path, token, body).await
 }
 
 fn json(r: &Resp) -> serde_json::Value {

@@ -329,6 +329,38 @@ impl Resp {
     }
 }
 
+/// A GET to `gw` under the public host name `host`, with extra headers.
+pub async fn get_as(gw: &Gateway, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut r = client()
+        .get(format!("http://{}{}", gw.addr, path))
+        .insert_header(("host", host));
+    for h in headers {
+        r = r.insert_header(*h);
+    }
+    send(r).await
+}
+
+/// A JSON POST to an admin listener, with the bearer `token` when given.
+pub async fn admin_post_at(admin: SocketAddr, path: &str, token: Option<&str>, body: &str) -> Resp {
+    let mut req = client()
+        .post(format!("http://{admin}{path}"))
+        .insert_header(("content-type", "application/json"));
+    if let Some(t) = token {
+        req = req.insert_header(("authorization", format!("Bearer {t}")));
+    }
+    send_body(req, body.to_owned()).await
+}
+
+pub async fn send_body(req: awc::ClientRequest, body: String) -> Resp {
+    let mut res = req.send_body(body).await.expect("request failed");
+    let b = res.body().limit(1 << 20).await.expect("body");
+    Resp {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: b.to_vec(),
+    }
+}
+
 pub async fn send(r: awc::ClientRequest) -> Resp {
     let mut res = r.send().await.expect("request failed");
     let body = res
