@@ -9,7 +9,9 @@ use actix_web::{App, Error};
 
 use crate::cache::{CacheHeaders, CacheState, ResponseCache};
 use crate::config::UpstreamConfig;
+use crate::guard::Guard;
 use crate::observe::Observe;
+use crate::ratelimit::RateLimit;
 use crate::upstream::{Target, Upstream};
 
 /// What every worker needs to build its gateway app.
@@ -18,10 +20,11 @@ pub struct GatewayParts {
     pub state: Arc<CacheState>,
     pub upstream: UpstreamConfig,
     pub target: Target,
-    pub max_header_bytes: usize,
+    pub guard: crate::guard::Limits,
 }
 
-/// Builds one worker's gateway: Observe ▶ CacheHeaders ▶ ResponseCache ▶ upstream proxy.
+/// Builds one worker's gateway:
+/// Observe ▶ Guard ▶ RateLimit ▶ CacheHeaders ▶ ResponseCache ▶ upstream proxy.
 pub fn gateway_app(
     parts: &GatewayParts,
 ) -> App<
@@ -36,7 +39,6 @@ pub fn gateway_app(
     let upstream = Rc::new(Upstream::new(
         &parts.upstream,
         parts.target.clone(),
-        parts.max_header_bytes,
         parts.state.metrics.clone(),
     ));
     App::new()
@@ -44,6 +46,8 @@ pub fn gateway_app(
         .wrap(
             CacheHeaders::new(parts.state.clock.clone()).with_metrics(parts.state.metrics.clone()),
         )
+        .wrap(RateLimit::new(parts.state.clone()))
+        .wrap(Guard::new(parts.guard, parts.state.metrics.clone()))
         .wrap(Observe::new(parts.state.metrics.clone()))
         .default_service(fn_service(move |req: ServiceRequest| {
             let upstream = upstream.clone();

@@ -39,6 +39,19 @@ pub const DEFAULT_L3_MAX_TTL_SECONDS: u64 = 7 * 86_400;
 pub const DEFAULT_L3_QUEUE_CAPACITY: usize = 100_000;
 pub const DEFAULT_L3_READ_TIMEOUT_MS: u64 = 100;
 pub const DEFAULT_L3_WRITE_TIMEOUT_MS: u64 = 5_000;
+pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
+/// actix-web's HTTP/1 parser refuses more than 96 headers on its own (431).
+pub const MAX_HEADERS_LIMIT: usize = 96;
+pub const DEFAULT_MAX_HEADERS: usize = 64;
+pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_CLIENT_BODY_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_RATE_LIMIT_RPS: f64 = 100.0;
+pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
+pub const DEFAULT_ORIGIN_RPS: f64 = 50.0;
+pub const DEFAULT_ORIGIN_BURST: u32 = 100;
+pub const DEFAULT_RATE_LIMIT_MAX_CLIENTS: usize = 100_000;
+pub const DEFAULT_RATE_LIMIT_CLEANUP_SECONDS: u64 = 10;
+pub const DEFAULT_IPV6_PREFIX_BITS: u8 = 64;
 
 /// A configuration that cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +70,7 @@ pub struct Settings {
     pub demo_origin: DemoOriginConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    pub rate_limit: RateLimitConfig,
     /// `[[rules]]`, first match wins.
     pub rules: Vec<crate::policy::RuleConfig>,
 }
@@ -74,8 +88,20 @@ pub struct ServerConfig {
     pub client_request_timeout_ms: u64,
     /// Grace period for in-flight requests on shutdown.
     pub shutdown_timeout_seconds: u64,
-    /// Largest total size of request headers forwarded to the origin (431 beyond).
+    /// Largest total size of a request's headers, names and values (431 beyond).
     pub max_header_bytes: usize,
+    /// Most headers a request may carry (431 beyond); at most 96, actix's own limit.
+    pub max_headers: usize,
+    /// Longest request target, path and query (414 beyond).
+    pub max_uri_bytes: usize,
+    /// Largest request body (413 beyond: at once for a declared `Content-Length`, as soon as
+    /// the limit is crossed for a chunked body).
+    pub max_request_body_bytes: u64,
+    /// Longest silence while a client sends a request body (408 beyond); the request head has
+    /// `client_request_timeout_ms`.
+    pub client_body_timeout_ms: u64,
+    /// Open client connections per worker; further connections wait in the backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerConfig {
@@ -87,6 +113,11 @@ impl Default for ServerConfig {
             client_request_timeout_ms: 5_000,
             shutdown_timeout_seconds: 10,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            max_headers: DEFAULT_MAX_HEADERS,
+            max_uri_bytes: DEFAULT_MAX_URI_BYTES,
+            max_request_body_bytes: DEFAULT_MAX_REQUEST_BODY_BYTES,
+            client_body_timeout_ms: DEFAULT_CLIENT_BODY_TIMEOUT_MS,
+            max_connections: 25_000,
         }
     }
 }
@@ -365,6 +396,97 @@ impl Default for MetricsConfig {
     }
 }
 
+/// `[rate_limit]`: per-client quotas (429 past them) and the origin quota.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// The per-client quota on every request. Rule quotas and the origin quota work without it.
+    pub enabled: bool,
+    /// Sustained rate each client may send (fractions allowed: 0.5 is one every 2 s).
+    pub requests_per_second: f64,
+    /// Requests a client may send at once after a quiet period.
+    pub burst: u32,
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
+    /// A request header that names the client (an API key) instead of its address; empty: off.
+    pub api_key_header: String,
+    /// IPv6 clients are keyed by this prefix of their address (one /64 is one subscriber).
+    pub ipv6_prefix_bits: u8,
+    /// Clients tracked per quota; new clients beyond it share one bucket until cleanup.
+    pub max_clients: usize,
+    /// How often buckets back at their full burst are dropped.
+    pub cleanup_interval_seconds: u64,
+    /// `[rate_limit.origin]`.
+    pub origin: OriginQuotaConfig,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            enabled: false,
+            requests_per_second: DEFAULT_RATE_LIMIT_RPS,
+            burst: DEFAULT_RATE_LIMIT_BURST,
+            trusted_proxies: Vec::new(),
+            api_key_header: String::new(),
+            ipv6_prefix_bits: DEFAULT_IPV6_PREFIX_BITS,
+            max_clients: DEFAULT_RATE_LIMIT_MAX_CLIENTS,
+            cleanup_interval_seconds: DEFAULT_RATE_LIMIT_CLEANUP_SECONDS,
+            origin: OriginQuotaConfig::default(),
+        }
+    }
+}
+
+/// Who shares an origin bucket.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginQuotaKey {
+    /// One bucket per client: no client can spend the origin's capacity for the others.
+    #[default]
+    Client,
+    /// One bucket for the whole node: a ceiling on the origin's load.
+    Node,
+}
+
+/// `[rate_limit.origin]`: limits only requests that would reach the origin (misses, passes,
+/// revalidations, mutations); hits never spend it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OriginQuotaConfig {
+    pub enabled: bool,
+    pub requests_per_second: f64,
+    pub burst: u32,
+    /// `client` or `node`.
+    pub per: OriginQuotaKey,
+}
+
+impl Default for OriginQuotaConfig {
+    fn default() -> Self {
+        OriginQuotaConfig {
+            enabled: false,
+            requests_per_second: DEFAULT_ORIGIN_RPS,
+            burst: DEFAULT_ORIGIN_BURST,
+            per: OriginQuotaKey::Client,
+        }
+    }
+}
+
+/// A rate and a burst, validated.
+pub fn check_quota(key: &str, requests_per_second: f64, burst: u32) -> Result<(), String> {
+    if !(requests_per_second.is_finite() && requests_per_second > 0.0 && requests_per_second <= 1e9)
+    {
+        return Err(format!(
+            "{key}.requests_per_second = {requests_per_second}: use a number above 0 \
+             (fractions allowed, e.g. 0.5 for one request every 2 s)"
+        ));
+    }
+    if burst == 0 {
+        return Err(format!(
+            "{key}.burst = 0: use at least 1 (requests allowed at once)"
+        ));
+    }
+    Ok(())
+}
+
 impl Settings {
     /// Loads defaults, then `file` (if any), then the environment, and validates.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
@@ -389,7 +511,9 @@ impl Settings {
         let mut environment = config::Environment::with_prefix("TIERD")
             .prefix_separator("__")
             .separator("__")
-            .try_parsing(true);
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("rate_limit.trusted_proxies");
         if let Some(vars) = env {
             environment = environment.source(Some(vars));
         }
@@ -473,6 +597,73 @@ impl Settings {
         }
         if self.server.max_header_bytes < 1024 {
             return err("server.max_header_bytes", "must be at least 1024".into());
+        }
+        if self.server.max_headers == 0 || self.server.max_headers > MAX_HEADERS_LIMIT {
+            return err(
+                "server.max_headers",
+                format!(
+                    "{} is out of range; use 1 to {MAX_HEADERS_LIMIT} (actix-web refuses more \
+                     headers on its own)",
+                    self.server.max_headers
+                ),
+            );
+        }
+        if self.server.max_uri_bytes < 256 {
+            return err("server.max_uri_bytes", "must be at least 256".into());
+        }
+        for (key, v) in [
+            (
+                "server.client_body_timeout_ms",
+                self.server.client_body_timeout_ms,
+            ),
+            ("server.max_connections", self.server.max_connections as u64),
+        ] {
+            if v == 0 {
+                return err(key, "must be greater than 0".into());
+            }
+        }
+        let rl = &self.rate_limit;
+        check_quota("rate_limit", rl.requests_per_second, rl.burst).map_err(ConfigError)?;
+        check_quota(
+            "rate_limit.origin",
+            rl.origin.requests_per_second,
+            rl.origin.burst,
+        )
+        .map_err(ConfigError)?;
+        for (i, p) in rl.trusted_proxies.iter().enumerate() {
+            if let Err(e) = crate::ratelimit::Cidr::parse(p) {
+                return err(
+                    &format!("rate_limit.trusted_proxies[{i}]"),
+                    format!("'{p}' {e}; use an address or a CIDR such as 10.0.0.0/8 or fd00::/8"),
+                );
+            }
+        }
+        if !rl.api_key_header.is_empty()
+            && actix_web::http::header::HeaderName::from_bytes(rl.api_key_header.as_bytes())
+                .is_err()
+        {
+            return err(
+                "rate_limit.api_key_header",
+                format!(
+                    "'{}' is not a header name; use e.g. x-api-key",
+                    rl.api_key_header
+                ),
+            );
+        }
+        if rl.ipv6_prefix_bits == 0 || rl.ipv6_prefix_bits > 128 {
+            return err(
+                "rate_limit.ipv6_prefix_bits",
+                "must be between 1 and 128 (64 keys one subscriber's /64)".into(),
+            );
+        }
+        if rl.max_clients == 0 {
+            return err("rate_limit.max_clients", "must be at least 1".into());
+        }
+        if rl.cleanup_interval_seconds == 0 {
+            return err(
+                "rate_limit.cleanup_interval_seconds",
+                "must be greater than 0".into(),
+            );
         }
         if self.tiers.l2.enabled {
             let l2 = &self.tiers.l2;

@@ -43,10 +43,16 @@ pub enum Outcome {
     Pass,
     /// tierd answered with an error of its own (502, 504).
     Error,
+    /// Stale response from storage because the origin quota was spent.
+    StaleOriginLimited,
+    /// Refused with 429 by a client, rule or origin quota.
+    RateLimited,
+    /// Refused by request hardening (414, 431, 413, 408) before reaching the cache.
+    Rejected,
 }
 
 impl Outcome {
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 11;
     pub const ALL: [Outcome; Outcome::COUNT] = [
         Outcome::Hit,
         Outcome::StaleWhileRevalidate,
@@ -56,6 +62,9 @@ impl Outcome {
         Outcome::Revalidated,
         Outcome::Pass,
         Outcome::Error,
+        Outcome::StaleOriginLimited,
+        Outcome::RateLimited,
+        Outcome::Rejected,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -68,6 +77,9 @@ impl Outcome {
             Outcome::Revalidated => "revalidated",
             Outcome::Pass => "pass",
             Outcome::Error => "error",
+            Outcome::StaleOriginLimited => "stale_origin_limited",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Rejected => "rejected",
         }
     }
 
@@ -80,6 +92,7 @@ impl Outcome {
                 | Outcome::StaleIfError
                 | Outcome::Collapsed
                 | Outcome::Revalidated
+                | Outcome::StaleOriginLimited
         )
     }
 }
@@ -397,7 +410,7 @@ pub struct Metrics {
     request_seconds: Vec<Histogram>,
     /// Body bytes sent to clients: `[from cache, from the origin]`.
     response_bytes: [IntCounter; 2],
-    stale_served: [IntCounter; 2],
+    stale_served: [IntCounter; 3],
     pub purges: IntCounterVec,
     pub purged_entries: IntCounterVec,
     pub invalidation_lag: Histogram,
@@ -412,6 +425,15 @@ pub struct Metrics {
     pub background_refreshes: IntCounter,
     not_stored: IntCounterVec,
     pub invalidations: IntCounter,
+    /// 429s, by route, quota (client, rule, origin) and key kind; never the key itself.
+    pub rate_limited: IntCounterVec,
+    /// Clients with a bucket, by quota (set by the limiter's housekeeping).
+    pub rate_limit_clients: IntGaugeVec,
+    /// Requests of new clients checked against the shared overflow bucket because the
+    /// table of clients was full, by quota.
+    pub rate_limit_overflow: IntCounterVec,
+    /// Requests refused by request hardening, by reason.
+    pub rejected: IntCounterVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -482,7 +504,8 @@ impl Metrics {
             IntCounterVec::new(
                 Opts::new(
                     "tierd_stale_served_total",
-                    "Stale responses served, by reason (while_revalidate, if_error)",
+                    "Stale responses served, by reason (while_revalidate, if_error, \
+                     origin_limited)",
                 ),
                 &["reason"],
             )
@@ -491,6 +514,7 @@ impl Metrics {
         let stale_served = [
             stale_vec.with_label_values(&["while_revalidate"]),
             stale_vec.with_label_values(&["if_error"]),
+            stale_vec.with_label_values(&["origin_limited"]),
         ];
         let build_info = reg(
             &r,
@@ -796,6 +820,52 @@ impl Metrics {
                 )
                 .expect("static metric definition"),
             ),
+            rate_limited: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tierd_rate_limited_total",
+                        "Requests refused with 429, by route template, quota (client, rule, \
+                         origin) and client key kind (ip, forwarded, api_key, node)",
+                    ),
+                    &["route", "quota", "key_kind"],
+                )
+                .expect("static metric definition"),
+            ),
+            rate_limit_clients: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tierd_rate_limit_clients",
+                        "Clients with a rate-limit bucket, by quota (updated at each cleanup)",
+                    ),
+                    &["quota"],
+                )
+                .expect("static metric definition"),
+            ),
+            rate_limit_overflow: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tierd_rate_limit_overflow_total",
+                        "Requests of new clients checked against one shared bucket because the \
+                         client table was full (rate_limit.max_clients), by quota",
+                    ),
+                    &["quota"],
+                )
+                .expect("static metric definition"),
+            ),
+            rejected: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tierd_requests_rejected_total",
+                        "Requests refused by request hardening, by reason",
+                    ),
+                    &["reason"],
+                )
+                .expect("static metric definition"),
+            ),
             registry: r,
         };
         // Every bounded combination exists from the start, so `rate()` and `increase()` in
@@ -813,6 +883,13 @@ impl Metrics {
         }
         for r in ["ok", "rejected"] {
             m.rule_reloads.with_label_values(&[r]);
+        }
+        for q in ["client", "rule", "origin"] {
+            m.rate_limit_clients.with_label_values(&[q]);
+            m.rate_limit_overflow.with_label_values(&[q]);
+        }
+        for r in crate::guard::Rejection::ALL {
+            m.rejected.with_label_values(&[r.as_str()]);
         }
         m
     }
@@ -846,6 +923,7 @@ impl Metrics {
         match o {
             Outcome::StaleWhileRevalidate => self.stale_served[0].inc(),
             Outcome::StaleIfError => self.stale_served[1].inc(),
+            Outcome::StaleOriginLimited => self.stale_served[2].inc(),
             _ => {}
         }
     }

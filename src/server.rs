@@ -15,6 +15,7 @@ use crate::clock::Clock;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::policy::RuleSet;
+use crate::ratelimit::Limits;
 use crate::store::{DuckTier, MemoryTier, RedisTier, StoreRuntime, TieredStore};
 use crate::upstream::Target;
 
@@ -87,7 +88,10 @@ pub fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> io::Result<Arc
     let metrics = Arc::new(Metrics::with_recording(settings.metrics.enabled));
     let rules = RuleSet::compile(&settings.rules, &metrics).map_err(io::Error::other)?;
     let (store, bus) = build_store(settings, clock.clone(), metrics.clone())?;
-    let mut state = CacheState::new(store, clock, settings.cache_policy(), metrics, rules);
+    let limits = Limits::from_config(&settings.rate_limit, clock.clone(), metrics.clone())
+        .map_err(io::Error::other)?;
+    let mut state =
+        CacheState::new(store, clock, settings.cache_policy(), metrics, rules).with_limits(limits);
     if let Some(bus) = bus {
         state = state.with_bus(bus);
     }
@@ -129,6 +133,29 @@ pub fn reload_rules(state: &CacheState, file: Option<&Path>) -> Result<usize, St
             Err(e)
         }
     }
+}
+
+/// Drops full rate-limit buckets every `cleanup_interval` (off the async threads: a sweep of a
+/// large client table takes milliseconds) until the state is gone.
+fn spawn_limits_cleanup(state: &Arc<CacheState>) {
+    let weak = Arc::downgrade(state);
+    let every = state.limits.cleanup_interval();
+    actix_web::rt::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(st) = weak.upgrade() else { break };
+            let swept = tokio::task::spawn_blocking(move || {
+                let rules = st.rules.load_full();
+                st.limits.cleanup(&rules);
+            });
+            if swept.await.is_err() {
+                tracing::error!("rate-limit cleanup panicked");
+            }
+        }
+    });
 }
 
 fn spawn(server: Server) -> (ServerHandle, tokio::task::JoinHandle<io::Result<()>>) {
@@ -198,14 +225,16 @@ impl Gateway {
             state: state.clone(),
             upstream: settings.upstream.clone(),
             target,
-            max_header_bytes: settings.server.max_header_bytes,
+            guard: crate::guard::Limits::from_config(&settings.server),
         };
+        spawn_limits_cleanup(&state);
         let mut server = HttpServer::new(move || gateway_app(&parts))
             .keep_alive(Duration::from_secs(settings.server.keep_alive_seconds))
             .client_request_timeout(Duration::from_millis(
                 settings.server.client_request_timeout_ms,
             ))
             .shutdown_timeout(settings.server.shutdown_timeout_seconds)
+            .max_connections(settings.server.max_connections)
             .backlog(4096);
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);

@@ -11,12 +11,13 @@ use actix_web::body::{BodyStream, BoxBody, SizedStream};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
-use actix_web::HttpResponse;
+use actix_web::{HttpMessage, HttpResponse};
 use awc::error::{ConnectError, SendRequestError};
 use futures_util::stream;
 
 use crate::cache::{opaque, UpstreamFailure};
 use crate::config::UpstreamConfig;
+use crate::guard::BodyCutOff;
 use crate::http::headers::HopByHop;
 use crate::metrics::{Metrics, OriginError};
 
@@ -54,7 +55,6 @@ pub struct Upstream {
     client: awc::Client,
     target: Target,
     preserve_host: bool,
-    max_header_bytes: usize,
     metrics: std::sync::Arc<Metrics>,
 }
 
@@ -70,12 +70,7 @@ fn x_forwarded_host() -> HeaderName {
 
 impl Upstream {
     /// Builds the proxy for one worker.
-    pub fn new(
-        cfg: &UpstreamConfig,
-        target: Target,
-        max_header_bytes: usize,
-        metrics: std::sync::Arc<Metrics>,
-    ) -> Self {
+    pub fn new(cfg: &UpstreamConfig, target: Target, metrics: std::sync::Arc<Metrics>) -> Self {
         let connector = awc::Connector::new()
             .timeout(Duration::from_millis(cfg.connect_timeout_ms))
             .limit(cfg.max_connections)
@@ -91,7 +86,6 @@ impl Upstream {
             client,
             target,
             preserve_host: cfg.preserve_host,
-            max_header_bytes,
             metrics,
         }
     }
@@ -99,22 +93,6 @@ impl Upstream {
     /// Forwards one request and converts the answer (or the failure) into a response.
     pub async fn forward(&self, req: ServiceRequest) -> ServiceResponse<BoxBody> {
         let (http_req, payload) = req.into_parts();
-        let header_bytes: usize = http_req
-            .headers()
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum();
-        if header_bytes > self.max_header_bytes {
-            tracing::warn!(
-                header_bytes,
-                limit = self.max_header_bytes,
-                "request headers too large"
-            );
-            return ServiceResponse::new(
-                http_req,
-                opaque(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
-            );
-        }
         let pq = http_req
             .uri()
             .path_and_query()
@@ -186,6 +164,15 @@ impl Upstream {
                     self.metrics.origin_error(OriginError::Status5xx);
                 }
                 convert(cres, &method)
+            }
+            Err(_)
+                if http_req
+                    .extensions()
+                    .get::<BodyCutOff>()
+                    .is_some_and(BodyCutOff::happened) =>
+            {
+                // The client's body was too large or too slow; the guard answers it.
+                opaque(StatusCode::BAD_REQUEST)
             }
             Err(e) => {
                 let (kind, status) = classify(&e);

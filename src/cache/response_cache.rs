@@ -35,6 +35,7 @@ use crate::http::storable::{
 use crate::metrics::{Lookup, Metrics, OriginError, Outcome, RouteCounters};
 use crate::observe::Served;
 use crate::policy::{self, Rule, RuleSet, Selector};
+use crate::ratelimit::{too_many_requests, Denial, KeyKind, Limits, QuotaKind};
 use crate::store::{TierName, TierSet, TieredStore};
 use arc_swap::ArcSwap;
 
@@ -87,6 +88,8 @@ pub struct CacheState {
     pub rules: ArcSwap<RuleSet>,
     /// Cross-node invalidation, when L2 Redis is configured.
     pub bus: Option<Bus>,
+    /// Client, rule and origin quotas.
+    pub limits: Arc<Limits>,
 }
 
 /// Who asked for a purge; the `source` label of `tierd_purges_total`.
@@ -120,6 +123,9 @@ impl CacheState {
         rules: RuleSet,
     ) -> Self {
         metrics.rules_loaded.set(rules.len() as i64);
+        let limits = Arc::new(Limits::disabled(clock.clone(), metrics.clone()));
+        let mut rules = rules;
+        limits.attach(&mut rules, None);
         CacheState {
             store,
             flights: Flights::new(),
@@ -128,7 +134,17 @@ impl CacheState {
             metrics,
             rules: ArcSwap::from_pointee(rules),
             bus: None,
+            limits,
         }
+    }
+
+    /// Enforces `limits` (and gives the rules' quotas their buckets).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        let mut rules = RuleSet::clone(&self.rules.load());
+        limits.attach(&mut rules, None);
+        self.rules.store(Arc::new(rules));
+        self.limits = Arc::new(limits);
+        self
     }
 
     /// Publishes this node's purges on `bus`.
@@ -140,6 +156,8 @@ impl CacheState {
     /// Replaces the rules in force (requests already running keep theirs).
     pub fn set_rules(&self, rules: RuleSet) {
         self.metrics.rules_loaded.set(rules.len() as i64);
+        let mut rules = rules;
+        self.limits.attach(&mut rules, Some(&self.rules.load()));
         self.rules.store(Arc::new(rules));
     }
 
@@ -461,6 +479,9 @@ where
         let is_head = method == Method::HEAD;
         let mut route = Route::resolve(st.rules.load_full(), &method, req.path());
         if !st.policy.enabled {
+            if let Err(denied) = st.limits.check_origin(req.request()) {
+                return Ok(self.refuse(req, &route, denied));
+            }
             route.note(req.request(), Outcome::Pass, None);
             return Ok(self.inner.call(req).await?.map_into_boxed_body());
         }
@@ -586,6 +607,45 @@ where
         self.fetch(req, key, stale, facts, fwd, route).await
     }
 
+    /// The 429 for a request the origin quota refused.
+    fn refuse(
+        &self,
+        req: ServiceRequest,
+        route: &Route,
+        (denial, kind): (Denial, KeyKind),
+    ) -> ServiceResponse<BoxBody> {
+        let limits = &self.state.limits;
+        limits.refused(route.counters.route(), QuotaKind::Origin, kind, &denial);
+        route.note(req.request(), Outcome::RateLimited, None);
+        req.into_response(too_many_requests(&denial))
+    }
+
+    /// The origin quota is spent: a merely stale entry is served (the origin is as good as
+    /// unreachable, RFC 9111 §4.2.4) unless it forbids stale serving; otherwise a 429.
+    fn origin_limited(
+        &self,
+        req: ServiceRequest,
+        route: &Route,
+        stale: Option<&(Arc<CachedResponse>, TierName)>,
+        fwd: Fwd,
+        denied: (Denial, KeyKind),
+    ) -> ServiceResponse<BoxBody> {
+        match stale {
+            Some((entry, tier)) if fwd == Fwd::Stale && !entry.no_stale => {
+                route.note(req.request(), Outcome::StaleOriginLimited, Some(*tier));
+                let age = entry.age(self.state.clock.now());
+                let cs = CacheStatus {
+                    hit: true,
+                    ttl: Some(storable_ttl(entry, age)),
+                    detail: Some("origin-limited"),
+                    ..Default::default()
+                };
+                req.into_response(respond(entry, age, cs))
+            }
+            _ => self.refuse(req, route, denied),
+        }
+    }
+
     /// Sends the request to the origin without looking in or storing to the cache.
     async fn bypass(
         self,
@@ -593,6 +653,9 @@ where
         route: Route,
         why: Option<&'static str>,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
+        if let Err(denied) = self.state.limits.check_origin(req.request()) {
+            return Ok(self.refuse(req, &route, denied));
+        }
         route.note(req.request(), Outcome::Pass, None);
         let mut res = self.inner.call(req).await?.map_into_boxed_body();
         let status = res.status().as_u16();
@@ -625,6 +688,11 @@ where
         let route = route.with_tags(http_req.path());
         match self.state.flights.join(&key) {
             Join::Leader(guard) => {
+                if let Err(denied) = self.state.limits.check_origin(&http_req) {
+                    // Waiters see the leader vanish and check the quota themselves.
+                    drop(guard);
+                    return Ok(self.origin_limited(req, &route, stale.as_ref(), fwd, denied));
+                }
                 let (tx, rx) = oneshot::channel();
                 let job = Fetch {
                     ctx: self,
@@ -684,6 +752,15 @@ where
                     }
                     // Not shareable, the leader vanished, or the wait timed out: fetch directly.
                     _ => {
+                        if let Err(denied) = st.limits.check_origin(&http_req) {
+                            return Ok(self.origin_limited(
+                                req,
+                                &route,
+                                stale.as_ref(),
+                                fwd,
+                                denied,
+                            ));
+                        }
                         let job = Fetch {
                             ctx: self,
                             req: Some(req),
@@ -715,6 +792,11 @@ where
         let Join::Leader(guard) = self.state.flights.join(&key) else {
             return;
         };
+        if self.state.limits.check_origin(req.request()).is_err() {
+            // The stale response is served already; the next request past its window retries.
+            tracing::debug!("origin quota spent; background refresh skipped");
+            return;
+        }
         self.state.metrics.background_refreshes.inc();
         req.set_payload(Payload::None);
         let mut route = route;
@@ -752,6 +834,9 @@ where
         route: Route,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = self.state.clone();
+        if let Err(denied) = st.limits.check_origin(req.request()) {
+            return Ok(self.origin_limited(req, &route, stale.as_ref(), fwd, denied));
+        }
         route.note(req.request(), Outcome::Pass, None);
         upstream_conditionals(req.headers_mut(), None);
         let http_req = req.request().clone();
@@ -811,6 +896,9 @@ where
         route: Route,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = self.state.clone();
+        if let Err(denied) = st.limits.check_origin(req.request()) {
+            return Ok(self.refuse(req, &route, denied));
+        }
         route.note(req.request(), Outcome::Pass, None);
         let http_req = req.request().clone();
         let res = self.inner.call(req).await?.map_into_boxed_body();

@@ -32,14 +32,15 @@ use actix_web::http::Method;
 use sha2::{Digest, Sha256};
 
 pub use rule::{
-    valid_tag, InvalidateConfig, KeyConfig, ParamPattern, Rule, RuleConfig, TtlByField,
-    TtlByFieldConfig, UserScope, MAX_TEXT_BYTES,
+    valid_tag, InvalidateConfig, KeyConfig, ParamPattern, QuotaConfig, Rule, RuleConfig,
+    TtlByField, TtlByFieldConfig, UserScope, MAX_TEXT_BYTES,
 };
 pub use template::{expand, Params, Template, TemplateError};
 
 use crate::http::freshness;
 pub use crate::http::storable::LifetimeOverride;
 use crate::metrics::{Metrics, RouteCounters};
+use crate::ratelimit::Limiter;
 use crate::store::TierName;
 
 /// Validates and compiles `configs`; the error names the rule and the key, and says what to
@@ -56,10 +57,13 @@ pub fn compile_all(configs: &[RuleConfig]) -> Result<Vec<Rule>, String> {
     Ok(rules)
 }
 
-/// The compiled rules, in order, with their metric children.
+/// The compiled rules, in order, with their metric children and their quotas' buckets.
+#[derive(Clone)]
 pub struct RuleSet {
     rules: Vec<(Rule, Arc<RouteCounters>)>,
     unmatched: Arc<RouteCounters>,
+    /// One per rule: the buckets of its `rate_limit`, once attached.
+    limiters: Vec<Option<Arc<Limiter>>>,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -76,6 +80,7 @@ pub struct Matched<'a> {
     rule: &'a Rule,
     params: Params<'a>,
     counters: &'a Arc<RouteCounters>,
+    limiter: Option<&'a Arc<Limiter>>,
 }
 
 impl RuleSet {
@@ -87,11 +92,31 @@ impl RuleSet {
                 let counters = Arc::new(metrics.route_counters(rule.template.as_str()));
                 (rule, counters)
             })
-            .collect();
+            .collect::<Vec<_>>();
         Ok(RuleSet {
+            limiters: vec![None; rules.len()],
             rules,
             unmatched: Arc::new(metrics.route_counters(crate::metrics::OTHER_ROUTE)),
         })
+    }
+
+    /// Gives each rule with a `rate_limit` its buckets (`make` may hand back a previous set's,
+    /// so a reload that keeps a quota keeps its clients' state).
+    pub fn attach_limiters(&mut self, mut make: impl FnMut(&Rule) -> Option<Arc<Limiter>>) {
+        self.limiters = self.rules.iter().map(|(r, _)| make(r)).collect();
+    }
+
+    /// Whether any rule has a quota with buckets attached.
+    pub fn has_limiters(&self) -> bool {
+        self.limiters.iter().any(Option::is_some)
+    }
+
+    /// The rules' buckets, with the rules they belong to.
+    pub fn limiters(&self) -> impl Iterator<Item = (&Rule, &Arc<Limiter>)> {
+        self.rules
+            .iter()
+            .zip(&self.limiters)
+            .filter_map(|((r, _), l)| l.as_ref().map(|l| (r, l)))
     }
 
     pub fn len(&self) -> usize {
@@ -122,6 +147,7 @@ impl RuleSet {
                     rule,
                     params,
                     counters,
+                    limiter: self.limiters.get(index).and_then(Option::as_ref),
                 })
             })
     }
@@ -162,6 +188,11 @@ impl<'a> Matched<'a> {
 
     pub fn counters(&self) -> &'a Arc<RouteCounters> {
         self.counters
+    }
+
+    /// The buckets of the rule's `rate_limit`, if it has one.
+    pub fn limiter(&self) -> Option<&'a Arc<Limiter>> {
+        self.limiter
     }
 
     /// The rule's tags with path parameters filled in.

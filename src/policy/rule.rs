@@ -45,6 +45,16 @@ pub struct RuleConfig {
     pub invalidate: Option<InvalidateConfig>,
     /// Tiers the rule's entries live in; must include `l1`. Default: every configured tier.
     pub tiers: Option<Vec<String>>,
+    /// A per-client quota on the requests this rule matches, on top of `[rate_limit]`.
+    pub rate_limit: Option<QuotaConfig>,
+}
+
+/// A rate and a burst: `{ requests_per_second = 5, burst = 10 }`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaConfig {
+    pub requests_per_second: f64,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
@@ -156,6 +166,8 @@ pub struct Rule {
     pub invalidate_prefixes: Vec<String>,
     /// `None`: every configured tier.
     pub tiers: Option<Vec<TierName>>,
+    /// The rule's per-client quota, validated.
+    pub rate_limit: Option<QuotaConfig>,
 }
 
 const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -360,6 +372,9 @@ impl RuleConfig {
                 Some(out)
             }
         };
+        if let Some(q) = &self.rate_limit {
+            crate::config::check_quota("rate_limit", q.requests_per_second, q.burst)?;
+        }
         Ok(Rule {
             name,
             template,
@@ -384,6 +399,7 @@ impl RuleConfig {
             invalidate_paths: inv.paths,
             invalidate_prefixes: inv.prefixes,
             tiers,
+            rate_limit: self.rate_limit,
         })
     }
 }

@@ -1,0 +1,325 @@
+//! The `Guard` middleware: request hardening before anything else looks at a request.
+//!
+//! - a request target longer than `server.max_uri_bytes`: 414;
+//! - more than `server.max_headers` headers, or more than `server.max_header_bytes` of them:
+//!   431 (actix-web itself answers 431 past 96 headers or a 128 KiB head);
+//! - a declared `Content-Length` over `server.max_request_body_bytes`: 413 at once, without
+//!   reading the body; a chunked body is cut off, and answered 413, when it crosses the limit;
+//! - a body that stalls for `server.client_body_timeout_ms`: 408. (A request head that is too
+//!   slow gets actix-web's own 408 after `server.client_request_timeout_ms`.)
+//!
+//! Each refusal has an opaque body, closes the connection when a body was left unread, is
+//! counted in `tierd_requests_rejected_total{reason}` and logged at INFO.
+
+use std::cell::Cell;
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::error::PayloadError;
+use actix_web::http::header::{self, HeaderMap};
+use actix_web::http::{ConnectionType, StatusCode};
+use actix_web::{Error, HttpMessage, HttpResponse};
+use bytes::Bytes;
+use futures_util::future::LocalBoxFuture;
+use futures_util::Stream;
+
+use crate::cache::opaque;
+use crate::config::ServerConfig;
+use crate::metrics::{Metrics, Outcome, RouteCounters, OTHER_ROUTE};
+use crate::observe::Served;
+
+/// Why a request was refused; the `reason` metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    UriTooLong,
+    TooManyHeaders,
+    HeadersTooLarge,
+    BodyTooLarge,
+    BodyTimeout,
+}
+
+impl Rejection {
+    pub const ALL: [Rejection; 5] = [
+        Rejection::UriTooLong,
+        Rejection::TooManyHeaders,
+        Rejection::HeadersTooLarge,
+        Rejection::BodyTooLarge,
+        Rejection::BodyTimeout,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rejection::UriTooLong => "uri_too_long",
+            Rejection::TooManyHeaders => "too_many_headers",
+            Rejection::HeadersTooLarge => "headers_too_large",
+            Rejection::BodyTooLarge => "body_too_large",
+            Rejection::BodyTimeout => "body_timeout",
+        }
+    }
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Rejection::UriTooLong => StatusCode::URI_TOO_LONG,
+            Rejection::TooManyHeaders | Rejection::HeadersTooLarge => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
+            Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+}
+
+/// The limits, from `[server]`.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_uri_bytes: usize,
+    pub max_headers: usize,
+    pub max_header_bytes: usize,
+    pub max_body_bytes: u64,
+    pub body_timeout: Duration,
+}
+
+impl Limits {
+    pub fn from_config(s: &ServerConfig) -> Self {
+        Limits {
+            max_uri_bytes: s.max_uri_bytes,
+            max_headers: s.max_headers,
+            max_header_bytes: s.max_header_bytes,
+            max_body_bytes: s.max_request_body_bytes,
+            body_timeout: Duration::from_millis(s.client_body_timeout_ms),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::from_config(&ServerConfig::default())
+    }
+}
+
+/// Total size of the headers as the limit counts them: names, values and `: ` + CRLF.
+pub fn header_bytes(h: &HeaderMap) -> usize {
+    h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum()
+}
+
+/// The middleware; see the module docs.
+#[derive(Clone)]
+pub struct Guard {
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    other: Arc<RouteCounters>,
+}
+
+impl Guard {
+    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
+        let other = Arc::new(metrics.route_counters(OTHER_ROUTE));
+        Guard {
+            limits,
+            metrics,
+            other,
+        }
+    }
+
+    /// The refusal response; the request is noted for [`Observe`](crate::observe::Observe).
+    fn refuse(&self, req: &ServiceRequest, why: Rejection, close: bool) -> HttpResponse {
+        self.metrics
+            .rejected
+            .with_label_values(&[why.as_str()])
+            .inc();
+        req.extensions_mut().insert(Served {
+            outcome: Outcome::Rejected,
+            tier: None,
+            counters: self.other.clone(),
+        });
+        let mut res = opaque(why.status());
+        if close {
+            res.head_mut().set_connection_type(ConnectionType::Close);
+        }
+        res
+    }
+
+    fn check_head(&self, req: &ServiceRequest) -> Option<(Rejection, usize, usize)> {
+        let l = &self.limits;
+        let uri = req.uri();
+        let target = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
+            + uri.authority().map_or(0, |a| a.as_str().len());
+        if target > l.max_uri_bytes {
+            return Some((Rejection::UriTooLong, target, l.max_uri_bytes));
+        }
+        let count = req.headers().len();
+        if count > l.max_headers {
+            return Some((Rejection::TooManyHeaders, count, l.max_headers));
+        }
+        let bytes = header_bytes(req.headers());
+        if bytes > l.max_header_bytes {
+            return Some((Rejection::HeadersTooLarge, bytes, l.max_header_bytes));
+        }
+        None
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Guard
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Transform = GuardService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(GuardService {
+            inner: service,
+            cfg: self.clone(),
+        }))
+    }
+}
+
+pub struct GuardService<S> {
+    inner: S,
+    cfg: Guard,
+}
+
+/// Set by the body watcher when it cut a body off.
+type Abort = Rc<Cell<Option<Rejection>>>;
+
+impl<S, B> Service<ServiceRequest> for GuardService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    forward_ready!(inner);
+
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        let cfg = &self.cfg;
+        let declared = declared_length(req.headers());
+        let has_body = declared.is_some_and(|n| n > 0)
+            || req.headers().contains_key(header::TRANSFER_ENCODING);
+        if let Some((why, size, limit)) = cfg.check_head(&req) {
+            tracing::info!(reason = why.as_str(), size, limit, "request refused");
+            let res = cfg.refuse(&req, why, has_body);
+            return Box::pin(ready(Ok(req.into_response(res))));
+        }
+        if let Some(n) = declared.filter(|n| *n > cfg.limits.max_body_bytes) {
+            tracing::info!(
+                reason = Rejection::BodyTooLarge.as_str(),
+                size = n,
+                limit = cfg.limits.max_body_bytes,
+                "request refused"
+            );
+            let res = cfg.refuse(&req, Rejection::BodyTooLarge, true);
+            return Box::pin(ready(Ok(req.into_response(res))));
+        }
+        if !has_body {
+            let fut = self.inner.call(req);
+            return Box::pin(async move { Ok(fut.await?.map_into_boxed_body()) });
+        }
+        let abort: Abort = Rc::new(Cell::new(None));
+        let watched = Watched {
+            inner: req.take_payload(),
+            seen: 0,
+            limit: cfg.limits.max_body_bytes,
+            idle: cfg.limits.body_timeout,
+            timer: Box::pin(tokio::time::sleep(cfg.limits.body_timeout)),
+            abort: abort.clone(),
+        };
+        req.set_payload(Payload::Stream {
+            payload: Box::pin(watched),
+        });
+        req.extensions_mut().insert(BodyCutOff(abort.clone()));
+        let fut = self.inner.call(req);
+        let cfg = cfg.clone();
+        Box::pin(async move {
+            let res = fut.await?;
+            match abort.get() {
+                None => Ok(res.map_into_boxed_body()),
+                Some(why) => {
+                    tracing::info!(
+                        reason = why.as_str(),
+                        limit = cfg.limits.max_body_bytes,
+                        timeout_ms = cfg.limits.body_timeout.as_millis() as u64,
+                        "request body refused"
+                    );
+                    let (req, _) = res.into_parts();
+                    let sreq = ServiceRequest::from_request(req);
+                    let refusal = cfg.refuse(&sreq, why, true);
+                    Ok(sreq.into_response(refusal))
+                }
+            }
+        })
+    }
+}
+
+/// Marks a request whose body the guard cut off, so the proxy does not count the failed
+/// upload as an origin error.
+#[derive(Clone)]
+pub struct BodyCutOff(Abort);
+
+impl BodyCutOff {
+    /// Whether the body was cut off (too large or too slow).
+    pub fn happened(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+fn declared_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// A request body under watch: it ends in an error past the size limit or after a silence.
+struct Watched {
+    inner: Payload,
+    seen: u64,
+    limit: u64,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    abort: Abort,
+}
+
+impl Stream for Watched {
+    type Item = Result<Bytes, PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.abort.get().is_some() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(chunk))) => {
+                this.seen += chunk.len() as u64;
+                if this.seen > this.limit {
+                    this.abort.set(Some(Rejection::BodyTooLarge));
+                    return Poll::Ready(Some(Err(PayloadError::Overflow)));
+                }
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => {
+                    this.abort.set(Some(Rejection::BodyTimeout));
+                    Poll::Ready(Some(Err(PayloadError::Io(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "request body stalled",
+                    )))))
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
