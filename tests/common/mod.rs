@@ -542,3 +542,74 @@ pub async fn written_at(admin: SocketAddr, tier: &str, n: u64) {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A response read off a raw connection.
+#[derive(Debug)]
+pub struct RawResp {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawResp {
+    /// Parses `HTTP/1.1 <status> ...\r\n<headers>\r\n\r\n<body>`.
+    pub fn parse(text: &str) -> RawResp {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        RawResp {
+            status,
+            head: head.to_owned(),
+            body: body.to_owned(),
+        }
+    }
+
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// One GET over a new connection from the loopback address `from` (127.0.0.2, 127.0.0.3...:
+/// distinct clients as the gateway sees them).
+pub async fn get_from(
+    from: [u8; 4],
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> RawResp {
+    send_from(from, addr, "GET", path, headers).await
+}
+
+/// One bodiless request over a new connection from the loopback address `from`.
+pub async fn send_from(
+    from: [u8; 4],
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> RawResp {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((from, 0))).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("response within 10 s")
+        .unwrap();
+    RawResp::parse(&String::from_utf8_lossy(&out))
+}
