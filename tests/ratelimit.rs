@@ -20,10 +20,6 @@ fn client_quota(s: &mut Settings, rps: f64, burst: u32) {
     s.rate_limit.burst = burst;
 }
 
-async fn cached() -> Harness {
-    cached_with(|_| {}).await
-}
-
 async fn cached_with(tweak: impl FnOnce(&mut Settings)) -> Harness {
     Harness::with(|_, _| Reply::ok("fine").cc("max-age=60"), tweak).await
 }
