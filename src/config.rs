@@ -543,8 +543,16 @@ impl Settings {
                 );
             }
         }
-        if self.server.listen == self.admin.listen && !self.server.listen.ends_with(":0") {
-            return err("admin.listen", "must differ from server.listen (the admin API is never exposed on the gateway port)".into());
+        if let (Ok(gw), Ok(admin)) = (
+            self.server.listen.parse::<SocketAddr>(),
+            self.admin.listen.parse::<SocketAddr>(),
+        ) {
+            let same_port = gw.port() == admin.port() && gw.port() != 0;
+            let overlap =
+                gw.ip() == admin.ip() || gw.ip().is_unspecified() || admin.ip().is_unspecified();
+            if same_port && overlap {
+                return err("admin.listen", format!("'{}' shares a port with server.listen '{}'; give the admin API its own port (it is never exposed on the gateway port)", self.admin.listen, self.server.listen));
+            }
         }
         if let Err(e) = Target::parse(&self.upstream.url) {
             return err("upstream.url", format!("'{}' {e}", self.upstream.url));

@@ -53,6 +53,29 @@ fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
             "[[rules]]\npath = \"/b\"\nttl_by_field = { pointr = \"/s\" }\n",
             "rules[0].ttl_by_field",
         ),
+        (
+            "[rate_limit]\nrequests_per_second = 0\n",
+            "rate_limit.requests_per_second = 0",
+        ),
+        (
+            "[rate_limit]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/33\"]\n",
+            "rate_limit.trusted_proxies[1]",
+        ),
+        ("[rate_limit.origin]\nburst = 0\n", "rate_limit.origin.burst"),
+        ("[rate_limit.origin]\nper = \"planet\"\n", "planet"),
+        ("[server]\nmax_headers = 200\n", "server.max_headers"),
+        (
+            "[[rules]]\nname = \"q\"\npath = \"/a\"\nrate_limit = { requests_per_second = -1, burst = 2 }\n",
+            "rules[0] (\"q\"): rate_limit.requests_per_second",
+        ),
+        (
+            "[[rules]]\npath = \"/a\"\nrate_limit = { requests_per_second = 1 }\n",
+            "burst",
+        ),
+        (
+            "[server]\nlisten = \"0.0.0.0:8080\"\n[admin]\nlisten = \"127.0.0.1:8080\"\n",
+            "admin.listen",
+        ),
     ];
     for (toml, needle) in cases {
         let f = dir.path().join("bad.toml");
@@ -253,4 +276,75 @@ fn json_logs_carry_the_request_span_and_access_lines() {
     assert_eq!(warn["fields"]["kind"], "timeout");
     assert_eq!(warn["span"]["name"], "request", "{warn}");
     assert_eq!(warn["span"]["path"], "/api/metrics/report");
+}
+
+#[test]
+fn rate_limits_are_configured_from_the_environment() {
+    let (origin_port, gw_port, admin_port) = (free_port(), free_port(), free_port());
+    let mut origin = bin()
+        .args([
+            "demo-origin",
+            "--listen",
+            &format!("127.0.0.1:{origin_port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut gw = bin()
+        .arg("serve")
+        .env(
+            "TIERD__UPSTREAM__URL",
+            format!("http://127.0.0.1:{origin_port}"),
+        )
+        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{gw_port}"))
+        .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("TIERD__RATE_LIMIT__ENABLED", "true")
+        .env("TIERD__RATE_LIMIT__REQUESTS_PER_SECOND", "0.01")
+        .env("TIERD__RATE_LIMIT__BURST", "2")
+        .env("TIERD__RATE_LIMIT__TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let ok = wait_port(origin_port) && wait_port(gw_port);
+    let get_as = |client: &str| {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(
+            s,
+            "GET /api/assessments/1 HTTP/1.1\r\nhost: localhost\r\nx-forwarded-for: {client}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    };
+    let answers: Vec<String> = if ok {
+        [
+            "198.51.100.1",
+            "198.51.100.1",
+            "198.51.100.1",
+            "198.51.100.2",
+        ]
+        .iter()
+        .map(|c| get_as(c))
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let _ = gw.kill();
+    let _ = origin.kill();
+    let _ = gw.wait();
+    let _ = origin.wait();
+    assert!(ok, "listeners did not come up");
+    let status: Vec<&str> = answers.iter().map(|a| &a[9..12]).collect();
+    assert_eq!(status, ["200", "200", "429", "200"], "{answers:?}");
+    // One request every 100 s.
+    assert!(
+        answers[2].contains("retry-after: 100\r\n"),
+        "{}",
+        answers[2]
+    );
 }
