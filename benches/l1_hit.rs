@@ -1,6 +1,8 @@
-//! The L1 hit path through the full middleware stack (Observe ▶ CacheHeaders ▶ ResponseCache),
-//! without sockets: key, lookup, variant selection, freshness, conditionals, response headers,
-//! metrics. The `_metrics_off` variant is the same stack with `[metrics] enabled = false`.
+//! The L1 hit path through the full middleware stack (Observe ▶ Guard ▶ RateLimit ▶
+//! CacheHeaders ▶ ResponseCache), without sockets: hardening checks, key, lookup, variant
+//! selection, freshness, conditionals, response headers, metrics. The `_metrics_off` variant is
+//! the same stack with `[metrics] enabled = false`; `_limiter_on` has a client quota (too high to
+//! refuse anything) and the origin quota on.
 //!
 //!     cargo bench --bench l1_hit
 
@@ -37,6 +39,12 @@ fn bench(c: &mut Criterion) {
     off.metrics.enabled = false;
     run(c, "_metrics_off", off, "/item.json");
     run(c, "_21_rules", with_rules(), "/api/items/42?b=2&a=1");
+    let mut limited = Settings::default();
+    limited.rate_limit.enabled = true;
+    limited.rate_limit.requests_per_second = 1e9;
+    limited.rate_limit.burst = u32::MAX;
+    limited.rate_limit.origin.enabled = true;
+    run(c, "_limiter_on", limited, "/item.json");
 }
 
 fn run(c: &mut Criterion, suffix: &str, settings: Settings, uri: &'static str) {
@@ -47,6 +55,11 @@ fn run(c: &mut Criterion, suffix: &str, settings: Settings, uri: &'static str) {
         App::new()
             .wrap(tierd::cache::ResponseCache::new(state.clone()))
             .wrap(tierd::cache::CacheHeaders::new(state.clock.clone()))
+            .wrap(tierd::ratelimit::RateLimit::new(state.clone()))
+            .wrap(tierd::guard::Guard::new(
+                tierd::guard::Limits::from_config(&settings.server),
+                state.metrics.clone(),
+            ))
             .wrap(tierd::observe::Observe::new(state.metrics.clone()))
             .default_service(fn_service(move |req: ServiceRequest| {
                 let body = body.clone();

@@ -35,6 +35,10 @@ tags = ["item:{id}"]
 path = "/api/items/{id}"
 methods = ["POST"]
 invalidate = { tags = ["item:{id}"] }
+
+[[rules]]
+path = "/search"
+rate_limit = { requests_per_second = 0.001, burst = 1 }
 "#;
 
 fn repo() -> PathBuf {
@@ -147,8 +151,8 @@ async fn admin_post(gw: &Gateway, path: &str, body: &str) -> Resp {
 }
 
 /// One round of mixed traffic: misses and hits on two routes, a 304, stale serves, an origin
-/// failure, an unstorable response, coalesced requests, a mutation and (every third round) a
-/// purge that node B learns of through Redis.
+/// failure, an unstorable response, coalesced requests, a request over its rule's quota, a
+/// mutation and (every third round) a purge that node B learns of through Redis.
 async fn round(a: &Gateway, b: &Gateway, clock: &ManualClock, n: u64) {
     let id = n % 7;
     for gw in [a, b] {
@@ -159,6 +163,8 @@ async fn round(a: &Gateway, b: &Gateway, clock: &ManualClock, n: u64) {
         get(gw, "/sie", &[]).await;
         get(gw, "/nostore", &[]).await;
         get(gw, &format!("/page?n={n}"), &[]).await;
+        // Past the rule's quota after the first round: 429s for the "Refused requests" panel.
+        get(gw, "/search", &[]).await;
     }
     let slow = format!("/slow?n={n}");
     futures_util::future::join3(get(b, &slow, &[]), get(b, &slow, &[]), get(b, &slow, &[])).await;
@@ -327,7 +333,7 @@ async fn prometheus_scrapes_tierd_and_every_panel_and_alert_evaluates() {
             seen.push(name);
         }
     }
-    assert_eq!(seen.len(), 14, "{seen:?}");
+    assert_eq!(seen.len(), 16, "{seen:?}");
 
     // The rejected reload fires its alert for node B, and nothing else fires.
     let firing = || async {

@@ -57,8 +57,7 @@ impl fmt::Display for ClientKey {
     }
 }
 
-/// A request's client, as found by [`Identity::of`]; left in the request's extensions by the
-/// [`RateLimit`](super::RateLimit) middleware for the origin quota.
+/// A request's client, as found by [`Identity::of`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientId {
     pub key: ClientKey,

@@ -66,7 +66,8 @@ impl Cell {
 
 /// The client table: at most `cap` buckets, plus one shared by the clients that did not fit.
 pub struct BoundedStore {
-    map: DashMap<ClientKey, Cell>,
+    // foldhash: fast for small keys, and seeded per map so keys cannot be chosen to collide.
+    map: DashMap<ClientKey, Cell, foldhash::fast::RandomState>,
     len: AtomicUsize,
     cap: usize,
     overflow: Cell,
@@ -76,7 +77,7 @@ pub struct BoundedStore {
 impl BoundedStore {
     fn new(cap: usize, overflowed: IntCounter) -> Self {
         BoundedStore {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(foldhash::fast::RandomState::default()),
             len: AtomicUsize::new(0),
             cap: cap.max(1),
             overflow: Cell::default(),

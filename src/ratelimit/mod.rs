@@ -205,8 +205,9 @@ impl Limits {
                 kind: KeyKind::Node,
             }
         } else {
-            let known = req.extensions().get::<ClientId>().copied();
-            known.unwrap_or_else(|| self.identity.of(req))
+            // Resolved again rather than carried in the request's extensions: cheaper than an
+            // extension insert on every request, and only requests bound for the origin get here.
+            self.identity.of(req)
         };
         limiter.check(&id.key).map_err(|d| (d, id.kind))
     }
@@ -379,7 +380,6 @@ where
             return Either::Right(ready(Ok(res.map_into_right_body())));
         }
         drop(matched);
-        req.extensions_mut().insert(id);
         Either::Left(self.inner.call(req).map_ok(pass))
     }
 }

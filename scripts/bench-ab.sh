@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Hit-path throughput of one tierd binary under two settings, in one run: two tierd processes
+# (settings A and B, as environment variables) in front of the same nginx origin, measured
+# alternately with wrk, one round after another. Prints each round and the median ratio A/B.
+#
+#   scripts/bench-ab.sh NAME_A "VAR=value ..." NAME_B "VAR=value ..." [--duration S]
+#                       [--connections N] [--rounds R]
+#
+# Used by scripts/bench-metrics.sh and scripts/bench-ratelimit.sh.
+# Servers run on CPU 1, wrk on CPU 0 (2-core machines). Needs nginx and wrk (apt-get install).
+# Ports: origin 19100, tierd A on 19103 (admin 19104), B on 19105 (admin 19106).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 4 ] || { echo "usage: $0 NAME_A ENV_A NAME_B ENV_B [options]" >&2; exit 2; }
+NA=$1; EA=$2; NB=$3; EB=$4; shift 4
+D=8; C=64; R=5
+while [ $# -gt 0 ]; do case $1 in
+  --duration) D=$2; shift 2;; --connections) C=$2; shift 2;; --rounds) R=$2; shift 2;;
+  *) echo "unknown argument $1" >&2; exit 2;; esac; done
+for b in nginx wrk curl; do
+  command -v $b >/dev/null || { echo "missing $b: apt-get install -y nginx wrk curl" >&2; exit 2; }
+done
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tierd-target}"
+DUCKDB_LIB_DIR="${DUCKDB_LIB_DIR:-$(scripts/duckdb-lib.sh)}"
+export DUCKDB_LIB_DIR
+cargo build --release --locked --quiet
+BIN="$CARGO_TARGET_DIR/release/tierd"
+
+W=$(mktemp -d /tmp/tierdbench.XXXX); PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
+  sleep 1; rm -rf "$W"
+}
+trap cleanup EXIT
+mkdir -p "$W/www" "$W/logs"; chmod 755 "$W"
+python3 -c 'import json; print(json.dumps({"id": 42, "status": "completed", "items": [{"k": i, "v": "x"*16} for i in range(40)]}))' > "$W/www/item.json"
+chmod -R a+rX "$W/www"
+cat > "$W/nginx.conf" <<NG
+worker_processes 1; daemon on; pid $W/nginx.pid; error_log $W/logs/err.log;
+events { worker_connections 4096; }
+http { access_log off;
+  server { listen 127.0.0.1:19100; root $W/www;
+    location / { add_header Cache-Control "public, max-age=300"; default_type application/json; } } }
+NG
+taskset -c 1 nginx -c "$W/nginx.conf" -p "$W"
+start() { # port admin_port "extra environment"
+  # shellcheck disable=SC2086
+  env TIERD__UPSTREAM__URL=http://127.0.0.1:19100 TIERD__SERVER__LISTEN=127.0.0.1:$1 \
+  TIERD__ADMIN__LISTEN=127.0.0.1:$2 TIERD__SERVER__WORKERS=1 \
+  TIERD__TIERS__L2__ENABLED=false TIERD__TIERS__L3__ENABLED=false TIERD__DEMO_ORIGIN__ENABLED=false \
+  $3 taskset -c 1 "$BIN" serve > "$W/logs/tierd-$1.log" 2>&1 &
+  PIDS+=($!)
+}
+start 19103 19104 "$EA"
+start 19105 19106 "$EB"
+for _ in $(seq 1 50); do
+  curl -sf -o /dev/null http://127.0.0.1:19104/healthz && curl -sf -o /dev/null http://127.0.0.1:19106/healthz && break
+  sleep 0.2
+done
+one() { # name port
+  local url=http://127.0.0.1:$2/item.json
+  for _ in 1 2 3; do curl -s -o /dev/null "$url" || true; done
+  local out; out=$(taskset -c 0 wrk -t1 -c"$C" -d"${D}s" --latency "$url" 2>&1)
+  local rps p50 p99 errs
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}'); p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+  echo "$1 rps=$rps p50=$p50 p99=$p99 $errs"
+}
+for r in $(seq 1 "$R"); do
+  echo "round=$r $(one "$NA" 19103)"
+  echo "round=$r $(one "$NB" 19105)"
+done | tee "$W/results"
+for a in 19104 19106; do
+  m=$(curl -s http://127.0.0.1:$a/metrics)
+  hits=$(echo "$m" | awk '/^tierd_requests_total\{.*cache_status="hit"/ {s+=$2} END {print s+0}')
+  limited=$(echo "$m" | awk '/^tierd_rate_limited_total\{/ {s+=$2} END {print s+0}')
+  echo "admin :$a counted $hits hits, $limited rate limited"
+done
+python3 - "$W/results" "$NA" "$NB" <<'PY'
+import sys, statistics, re
+rows = {}
+for line in open(sys.argv[1]):
+    m = re.match(r"round=(\d+) (\S+) rps=([\d.]+)", line)
+    if m: rows.setdefault(m.group(1), {})[m.group(2)] = float(m.group(3))
+a, b = sys.argv[2], sys.argv[3]
+v = [r[a] / r[b] for r in rows.values() if a in r and r.get(b)]
+if v:
+    x = statistics.median(v)
+    print(f"median ratio {a}/{b} = {x:.3f} (cost {100 * (1 - x):.1f}%)")
+PY
