@@ -143,32 +143,81 @@ fn http_get(port: u16, path: &str) -> String {
     out
 }
 
+/// The demo origin and a gateway in front of it, configured only by the environment (`env`
+/// added to the listen addresses and the upstream URL). Both are killed when dropped.
+struct EnvGateway {
+    gw_port: u16,
+    admin_port: u16,
+    children: Vec<std::process::Child>,
+    up: bool,
+}
+
+impl EnvGateway {
+    fn start(env: &[(&str, &str)]) -> EnvGateway {
+        Self::start_logging(env, Stdio::null())
+    }
+
+    /// As [`start`](Self::start), with the gateway's standard output (its log) sent to `log`.
+    fn start_logging(env: &[(&str, &str)], log: Stdio) -> EnvGateway {
+        let (origin_port, gw_port, admin_port) = (free_port(), free_port(), free_port());
+        let origin = bin()
+            .args([
+                "demo-origin",
+                "--listen",
+                &format!("127.0.0.1:{origin_port}"),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut gw = bin();
+        gw.arg("serve")
+            .env(
+                "TIERD__UPSTREAM__URL",
+                format!("http://127.0.0.1:{origin_port}"),
+            )
+            .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{gw_port}"))
+            .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
+            .stdout(log)
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            gw.env(k, v);
+        }
+        let gw = gw.spawn().unwrap();
+        let up = wait_port(origin_port) && wait_port(gw_port) && wait_port(admin_port);
+        EnvGateway {
+            gw_port,
+            admin_port,
+            children: vec![origin, gw],
+            up,
+        }
+    }
+}
+
+impl EnvGateway {
+    /// Stops the gateway with SIGTERM (a graceful stop: its log is flushed).
+    fn terminate(&mut self) {
+        let gw = &mut self.children[1];
+        let _ = Command::new("kill")
+            .args(["-TERM", &gw.id().to_string()])
+            .status();
+        let _ = gw.wait();
+    }
+}
+
+impl Drop for EnvGateway {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 #[test]
 fn environment_alone_configures_a_working_gateway() {
-    let (origin_port, gw_port, admin_port) = (free_port(), free_port(), free_port());
-    let mut origin = bin()
-        .args([
-            "demo-origin",
-            "--listen",
-            &format!("127.0.0.1:{origin_port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut gw = bin()
-        .arg("serve")
-        .env(
-            "TIERD__UPSTREAM__URL",
-            format!("http://127.0.0.1:{origin_port}"),
-        )
-        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{gw_port}"))
-        .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ok = wait_port(origin_port) && wait_port(gw_port) && wait_port(admin_port);
+    let g = EnvGateway::start(&[]);
+    let (ok, gw_port, admin_port) = (g.up, g.gw_port, g.admin_port);
     let first = if ok {
         http_get(gw_port, "/api/assessments/7")
     } else {
@@ -184,10 +233,7 @@ fn environment_alone_configures_a_working_gateway() {
     } else {
         String::new()
     };
-    let _ = gw.kill();
-    let _ = origin.kill();
-    let _ = gw.wait();
-    let _ = origin.wait();
+    drop(g);
     assert!(ok, "listeners did not come up");
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
     assert!(
@@ -205,47 +251,25 @@ fn environment_alone_configures_a_working_gateway() {
 
 #[test]
 fn json_logs_carry_the_request_span_and_access_lines() {
-    let (origin_port, gw_port, admin_port) = (free_port(), free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
     let log_path = dir.path().join("tierd.log");
-    let mut origin = bin()
-        .args([
-            "demo-origin",
-            "--listen",
-            &format!("127.0.0.1:{origin_port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut gw = bin()
-        .arg("serve")
-        .env(
-            "TIERD__UPSTREAM__URL",
-            format!("http://127.0.0.1:{origin_port}"),
-        )
-        // The demo's report takes about a second: a timeout, logged at WARN inside the span.
-        .env("TIERD__UPSTREAM__TIMEOUT_MS", "200")
-        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{gw_port}"))
-        .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
-        .env("TIERD__LOG__FORMAT", "json")
-        .env("TIERD__LOG__LEVEL", "info,tierd::access=debug")
-        .stdout(std::fs::File::create(&log_path).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ok = wait_port(origin_port) && wait_port(gw_port) && wait_port(admin_port);
+    let mut g = EnvGateway::start_logging(
+        &[
+            // The demo's report takes about a second: a timeout, logged at WARN inside the span.
+            ("TIERD__UPSTREAM__TIMEOUT_MS", "200"),
+            ("TIERD__LOG__FORMAT", "json"),
+            ("TIERD__LOG__LEVEL", "info,tierd::access=debug"),
+        ],
+        Stdio::from(std::fs::File::create(&log_path).unwrap()),
+    );
+    let (ok, gw_port) = (g.up, g.gw_port);
     if ok {
         http_get(gw_port, "/api/assessments/7");
         http_get(gw_port, "/api/assessments/7");
         http_get(gw_port, "/api/metrics/report");
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &gw.id().to_string()])
-        .status();
-    let _ = gw.wait();
-    let _ = origin.kill();
-    let _ = origin.wait();
+    g.terminate();
+    drop(g);
     assert!(ok, "listeners did not come up");
     let text = std::fs::read_to_string(&log_path).unwrap();
     let lines: Vec<serde_json::Value> = text
@@ -280,34 +304,13 @@ fn json_logs_carry_the_request_span_and_access_lines() {
 
 #[test]
 fn rate_limits_are_configured_from_the_environment() {
-    let (origin_port, gw_port, admin_port) = (free_port(), free_port(), free_port());
-    let mut origin = bin()
-        .args([
-            "demo-origin",
-            "--listen",
-            &format!("127.0.0.1:{origin_port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut gw = bin()
-        .arg("serve")
-        .env(
-            "TIERD__UPSTREAM__URL",
-            format!("http://127.0.0.1:{origin_port}"),
-        )
-        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{gw_port}"))
-        .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin_port}"))
-        .env("TIERD__RATE_LIMIT__ENABLED", "true")
-        .env("TIERD__RATE_LIMIT__REQUESTS_PER_SECOND", "0.01")
-        .env("TIERD__RATE_LIMIT__BURST", "2")
-        .env("TIERD__RATE_LIMIT__TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let ok = wait_port(origin_port) && wait_port(gw_port);
+    let g = EnvGateway::start(&[
+        ("TIERD__RATE_LIMIT__ENABLED", "true"),
+        ("TIERD__RATE_LIMIT__REQUESTS_PER_SECOND", "0.01"),
+        ("TIERD__RATE_LIMIT__BURST", "2"),
+        ("TIERD__RATE_LIMIT__TRUSTED_PROXIES", "10.0.0.0/8,127.0.0.1"),
+    ]);
+    let (ok, gw_port) = (g.up, g.gw_port);
     let get_as = |client: &str| {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
@@ -334,10 +337,7 @@ fn rate_limits_are_configured_from_the_environment() {
     } else {
         Vec::new()
     };
-    let _ = gw.kill();
-    let _ = origin.kill();
-    let _ = gw.wait();
-    let _ = origin.wait();
+    drop(g);
     assert!(ok, "listeners did not come up");
     let status: Vec<&str> = answers.iter().map(|a| &a[9..12]).collect();
     assert_eq!(status, ["200", "200", "429", "200"], "{answers:?}");
