@@ -57,7 +57,7 @@ fn run(c: &mut Criterion, suffix: &str, settings: Settings, uri: &'static str) {
             .wrap(tierd::cache::CacheHeaders::new(state.clock.clone()))
             .wrap(tierd::ratelimit::RateLimit::new(state.clone()))
             .wrap(tierd::guard::Guard::new(
-                tierd::guard::Limits::from_config(&settings.server),
+                tierd::guard::RequestLimits::from_config(&settings.server),
                 state.metrics.clone(),
             ))
             .wrap(tierd::observe::Observe::new(state.metrics.clone()))

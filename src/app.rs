@@ -20,7 +20,7 @@ pub struct GatewayParts {
     pub state: Arc<CacheState>,
     pub upstream: UpstreamConfig,
     pub target: Target,
-    pub guard: crate::guard::Limits,
+    pub guard: crate::guard::RequestLimits,
 }
 
 /// Builds one worker's gateway:

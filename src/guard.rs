@@ -77,7 +77,7 @@ impl Rejection {
 
 /// The limits, from `[server]`.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub struct RequestLimits {
     pub max_uri_bytes: usize,
     pub max_headers: usize,
     pub max_header_bytes: usize,
@@ -85,9 +85,9 @@ pub struct Limits {
     pub body_timeout: Duration,
 }
 
-impl Limits {
+impl RequestLimits {
     pub fn from_config(s: &ServerConfig) -> Self {
-        Limits {
+        RequestLimits {
             max_uri_bytes: s.max_uri_bytes,
             max_headers: s.max_headers,
             max_header_bytes: s.max_header_bytes,
@@ -97,9 +97,9 @@ impl Limits {
     }
 }
 
-impl Default for Limits {
+impl Default for RequestLimits {
     fn default() -> Self {
-        Limits::from_config(&ServerConfig::default())
+        RequestLimits::from_config(&ServerConfig::default())
     }
 }
 
@@ -111,13 +111,13 @@ pub fn header_bytes(h: &HeaderMap) -> usize {
 /// The middleware; see the module docs.
 #[derive(Clone)]
 pub struct Guard {
-    limits: Limits,
+    limits: RequestLimits,
     metrics: Arc<Metrics>,
     other: Arc<RouteCounters>,
 }
 
 impl Guard {
-    pub fn new(limits: Limits, metrics: Arc<Metrics>) -> Self {
+    pub fn new(limits: RequestLimits, metrics: Arc<Metrics>) -> Self {
         let other = Arc::new(metrics.route_counters(OTHER_ROUTE));
         Guard {
             limits,

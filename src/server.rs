@@ -225,7 +225,7 @@ impl Gateway {
             state: state.clone(),
             upstream: settings.upstream.clone(),
             target,
-            guard: crate::guard::Limits::from_config(&settings.server),
+            guard: crate::guard::RequestLimits::from_config(&settings.server),
         };
         spawn_limits_cleanup(&state);
         let mut server = HttpServer::new(move || gateway_app(&parts))
