@@ -2,7 +2,8 @@
 //! CacheHeaders ▶ ResponseCache), without sockets: hardening checks, key, lookup, variant
 //! selection, freshness, conditionals, response headers, metrics. The `_metrics_off` variant is
 //! the same stack with `[metrics] enabled = false`; `_limiter_on` has a client quota (too high to
-//! refuse anything) and the origin quota on.
+//! refuse anything) and the origin quota on; `_21_rules_quota` gives the matching rule of
+//! `_21_rules` a quota.
 //!
 //!     cargo bench --bench l1_hit
 
@@ -16,7 +17,7 @@ use tierd::config::Settings;
 
 /// Twenty rules ahead of the one that matches, as a real config might have; the matching rule
 /// sorts the query and tags the entry.
-fn with_rules() -> Settings {
+fn with_rules(quota: &str) -> Settings {
     let mut toml = String::new();
     for i in 0..20 {
         toml.push_str(&format!(
@@ -26,6 +27,7 @@ fn with_rules() -> Settings {
     toml.push_str(
         "[[rules]]\npath = \"/api/items/{id}\"\nttl_seconds = 300\ntags = [\"item:{id}\"]\nkey = { sort_query_params = true, ignore_query_params = [\"utm_*\"] }\n",
     );
+    toml.push_str(quota);
     let file = std::env::temp_dir().join(format!("tierd-bench-{}.toml", std::process::id()));
     std::fs::write(&file, toml).expect("write rules");
     let settings = Settings::load(Some(&file)).expect("rules");
@@ -38,7 +40,15 @@ fn bench(c: &mut Criterion) {
     let mut off = Settings::default();
     off.metrics.enabled = false;
     run(c, "_metrics_off", off, "/item.json");
-    run(c, "_21_rules", with_rules(), "/api/items/42?b=2&a=1");
+    run(c, "_21_rules", with_rules(""), "/api/items/42?b=2&a=1");
+    // The matching rule has a quota: the rate limiter matches the rule, the cache reuses it.
+    let quota = "rate_limit = { requests_per_second = 1e9, burst = 4000000000 }\n";
+    run(
+        c,
+        "_21_rules_quota",
+        with_rules(quota),
+        "/api/items/42?b=2&a=1",
+    );
     let mut limited = Settings::default();
     limited.rate_limit.enabled = true;
     limited.rate_limit.requests_per_second = 1e9;

@@ -19,14 +19,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap};
 use actix_web::http::{ConnectionType, StatusCode};
 use actix_web::{Error, HttpMessage, HttpResponse};
 use bytes::Bytes;
-use futures_util::future::LocalBoxFuture;
+use futures_util::future::{Either, LocalBoxFuture, MapOk, TryFutureExt};
 use futures_util::Stream;
 
 use crate::cache::opaque;
@@ -144,23 +144,37 @@ impl Guard {
         res
     }
 
-    fn check_head(&self, req: &ServiceRequest) -> Option<(Rejection, usize, usize)> {
+    /// What is wrong with the request's head (or its declared body size), with the size found
+    /// and the limit.
+    fn check_head(
+        &self,
+        req: &ServiceRequest,
+        declared: Option<u64>,
+    ) -> Option<(Rejection, u64, u64)> {
         let l = &self.limits;
         let uri = req.uri();
         let target = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
             + uri.authority().map_or(0, |a| a.as_str().len());
+        let size = |n: usize| n as u64;
         if target > l.max_uri_bytes {
-            return Some((Rejection::UriTooLong, target, l.max_uri_bytes));
+            return Some((Rejection::UriTooLong, size(target), size(l.max_uri_bytes)));
         }
         let count = req.headers().len();
         if count > l.max_headers {
-            return Some((Rejection::TooManyHeaders, count, l.max_headers));
+            return Some((Rejection::TooManyHeaders, size(count), size(l.max_headers)));
         }
         let bytes = header_bytes(req.headers());
         if bytes > l.max_header_bytes {
-            return Some((Rejection::HeadersTooLarge, bytes, l.max_header_bytes));
+            return Some((
+                Rejection::HeadersTooLarge,
+                size(bytes),
+                size(l.max_header_bytes),
+            ));
         }
-        None
+        match declared {
+            Some(n) if n > l.max_body_bytes => Some((Rejection::BodyTooLarge, n, l.max_body_bytes)),
+            _ => None,
+        }
     }
 }
 
@@ -169,7 +183,7 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<BoxBody>;
+    type Response = ServiceResponse<EitherBody<B, BoxBody>>;
     type Error = Error;
     type Transform = GuardService<S>;
     type InitError = ();
@@ -191,40 +205,34 @@ pub struct GuardService<S> {
 /// Set by the body watcher when it cut a body off.
 type Abort = Rc<Cell<Option<Rejection>>>;
 
+type Passed<B> = fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B, BoxBody>>;
+type Answer<B> = Result<ServiceResponse<EitherBody<B, BoxBody>>, Error>;
+
 impl<S, B> Service<ServiceRequest> for GuardService<S>
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
     B: MessageBody + 'static,
 {
-    type Response = ServiceResponse<BoxBody>;
+    type Response = ServiceResponse<EitherBody<B, BoxBody>>;
     type Error = Error;
-    type Future = LocalBoxFuture<'static, Result<Self::Response, Self::Error>>;
+    type Future = Either<MapOk<S::Future, Passed<B>>, LocalBoxFuture<'static, Answer<B>>>;
 
     forward_ready!(inner);
 
     fn call(&self, mut req: ServiceRequest) -> Self::Future {
+        let pass: Passed<B> = ServiceResponse::map_into_left_body;
         let cfg = &self.cfg;
         let declared = declared_length(req.headers());
         let has_body = declared.is_some_and(|n| n > 0)
             || req.headers().contains_key(header::TRANSFER_ENCODING);
-        if let Some((why, size, limit)) = cfg.check_head(&req) {
+        if let Some((why, size, limit)) = cfg.check_head(&req, declared) {
             tracing::info!(reason = why.as_str(), size, limit, "request refused");
             let res = cfg.refuse(&req, why, has_body);
-            return Box::pin(ready(Ok(req.into_response(res))));
-        }
-        if let Some(n) = declared.filter(|n| *n > cfg.limits.max_body_bytes) {
-            tracing::info!(
-                reason = Rejection::BodyTooLarge.as_str(),
-                size = n,
-                limit = cfg.limits.max_body_bytes,
-                "request refused"
-            );
-            let res = cfg.refuse(&req, Rejection::BodyTooLarge, true);
-            return Box::pin(ready(Ok(req.into_response(res))));
+            let res = req.into_response(res).map_into_right_body();
+            return Either::Right(Box::pin(ready(Ok(res))));
         }
         if !has_body {
-            let fut = self.inner.call(req);
-            return Box::pin(async move { Ok(fut.await?.map_into_boxed_body()) });
+            return Either::Left(self.inner.call(req).map_ok(pass));
         }
         let abort: Abort = Rc::new(Cell::new(None));
         let watched = Watched {
@@ -241,24 +249,21 @@ where
         req.extensions_mut().insert(BodyCutOff(abort.clone()));
         let fut = self.inner.call(req);
         let cfg = cfg.clone();
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let res = fut.await?;
-            match abort.get() {
-                None => Ok(res.map_into_boxed_body()),
-                Some(why) => {
-                    tracing::info!(
-                        reason = why.as_str(),
-                        limit = cfg.limits.max_body_bytes,
-                        timeout_ms = cfg.limits.body_timeout.as_millis() as u64,
-                        "request body refused"
-                    );
-                    let (req, _) = res.into_parts();
-                    let sreq = ServiceRequest::from_request(req);
-                    let refusal = cfg.refuse(&sreq, why, true);
-                    Ok(sreq.into_response(refusal))
-                }
-            }
-        })
+            let Some(why) = abort.get() else {
+                return Ok(res.map_into_left_body());
+            };
+            tracing::info!(
+                reason = why.as_str(),
+                limit = cfg.limits.max_body_bytes,
+                timeout_ms = cfg.limits.body_timeout.as_millis() as u64,
+                "request body refused"
+            );
+            let sreq = ServiceRequest::from_request(res.into_parts().0);
+            let refusal = cfg.refuse(&sreq, why, true);
+            Ok(sreq.into_response(refusal).map_into_right_body())
+        }))
     }
 }
 

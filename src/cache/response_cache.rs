@@ -34,7 +34,7 @@ use crate::http::storable::{
 };
 use crate::metrics::{Lookup, Metrics, OriginError, Outcome, RouteCounters};
 use crate::observe::Served;
-use crate::policy::{self, Rule, RuleSet, Selector};
+use crate::policy::{self, RouteMatch, Rule, RuleSet, Selector};
 use crate::ratelimit::{too_many_requests, Denial, KeyKind, Limits, QuotaKind};
 use crate::store::{TierName, TierSet, TieredStore};
 use arc_swap::ArcSwap;
@@ -226,18 +226,17 @@ struct Route {
 
 impl Route {
     fn resolve(rules: Arc<RuleSet>, method: &Method, path: &str) -> Route {
-        let (index, counters, tiers) = match rules.find(method, path) {
-            Some(m) => (
-                Some(m.index()),
-                m.counters().clone(),
-                m.rule()
-                    .tiers
-                    .as_deref()
-                    .map(TierSet::of)
-                    .unwrap_or(TierSet::ALL),
-            ),
-            None => (None, rules.unmatched().clone(), TierSet::ALL),
-        };
+        let index = rules.find(method, path).map(|m| m.index());
+        Route::at(rules, index)
+    }
+
+    /// The route of the rule at `index` (`None`: no rule matched).
+    fn at(rules: Arc<RuleSet>, index: Option<usize>) -> Route {
+        let counters = rules.counters(index).clone();
+        let tiers = index
+            .and_then(|i| rules.rule(i).tiers.as_deref())
+            .map(TierSet::of)
+            .unwrap_or(TierSet::ALL);
         Route {
             rules,
             index,
@@ -477,7 +476,11 @@ where
         let st = &self.state;
         let method = req.method().clone();
         let is_head = method == Method::HEAD;
-        let mut route = Route::resolve(st.rules.load_full(), &method, req.path());
+        let matched = req.extensions_mut().remove::<RouteMatch>();
+        let mut route = match matched {
+            Some(m) => Route::at(m.rules, m.index),
+            None => Route::resolve(st.rules.load_full(), &method, req.path()),
+        };
         if !st.policy.enabled {
             if let Err(denied) = st.limits.check_origin(req.request()) {
                 return Ok(self.refuse(req, &route, denied));

@@ -74,6 +74,15 @@ impl std::fmt::Debug for RuleSet {
     }
 }
 
+/// The rule a request matched (`None`: no rule), in the rule set it was looked up in. A layer
+/// that matched a request already leaves it in the request's extensions, so the cache does
+/// not match it again.
+#[derive(Clone)]
+pub struct RouteMatch {
+    pub rules: Arc<RuleSet>,
+    pub index: Option<usize>,
+}
+
 /// A rule that matched a request, with the captured path parameters.
 pub struct Matched<'a> {
     index: usize,
@@ -173,6 +182,14 @@ impl RuleSet {
     /// The counters of requests no rule matched.
     pub fn unmatched(&self) -> &Arc<RouteCounters> {
         &self.unmatched
+    }
+
+    /// The counters of the rule at `index`, or of requests no rule matched.
+    pub fn counters(&self, index: Option<usize>) -> &Arc<RouteCounters> {
+        match index {
+            Some(i) => &self.rules[i].1,
+            None => &self.unmatched,
+        }
     }
 }
 

@@ -55,7 +55,7 @@ use crate::clock::Clock;
 use crate::config::{OriginQuotaKey, RateLimitConfig};
 use crate::metrics::{Metrics, Outcome};
 use crate::observe::Served;
-use crate::policy::{Rule, RuleSet};
+use crate::policy::{RouteMatch, Rule, RuleSet};
 
 /// Which quota refused a request; the `quota` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,20 +356,21 @@ where
             .as_ref()
             .and_then(|l| l.check(&id.key).err())
             .map(|d| (d, QuotaKind::Client));
-        let matched = (rule_quotas || denied.is_some())
-            .then(|| rules.find(req.method(), req.path()))
-            .flatten();
-        if denied.is_none() {
-            denied = matched
-                .as_ref()
-                .and_then(|m| m.limiter())
-                .and_then(|l| l.check(&id.key).err())
-                .map(|d| (d, QuotaKind::Rule));
+        // The rule is needed for a rule quota and for the refusal's `route` label.
+        let mut index = None;
+        if rule_quotas || denied.is_some() {
+            if let Some(m) = rules.find(req.method(), req.path()) {
+                index = Some(m.index());
+                if denied.is_none() {
+                    denied = m
+                        .limiter()
+                        .and_then(|l| l.check(&id.key).err())
+                        .map(|d| (d, QuotaKind::Rule));
+                }
+            }
         }
         if let Some((d, quota)) = denied {
-            let counters = matched
-                .map(|m| m.counters().clone())
-                .unwrap_or_else(|| rules.unmatched().clone());
+            let counters = rules.counters(index).clone();
             limits.refused(counters.route(), quota, id.kind, &d);
             req.extensions_mut().insert(Served {
                 outcome: Outcome::RateLimited,
@@ -379,7 +380,13 @@ where
             let res = req.into_response(too_many_requests(&d));
             return Either::Right(ready(Ok(res.map_into_right_body())));
         }
-        drop(matched);
+        if rule_quotas {
+            // The cache below would match the same rule again: hand it over.
+            req.extensions_mut().insert(RouteMatch {
+                rules: arc_swap::Guard::into_inner(rules),
+                index,
+            });
+        }
         Either::Left(self.inner.call(req).map_ok(pass))
     }
 }
