@@ -1,6 +1,5 @@
 //! The `tierd` binary: configuration from the environment alone, and startup failures.
 
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,13 +14,9 @@ fn bin() -> Command {
     c
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[path = "common/ports.rs"]
+mod ports;
+use ports::free_port;
 
 #[test]
 fn unknown_keys_and_bad_values_exit_2_naming_the_key() {

@@ -23,9 +23,7 @@ async fn gateway_for(
 
 #[actix_web::test]
 async fn an_origin_refusing_connections_gives_502_with_an_opaque_body() {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    drop(l);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], common::free_port()));
     let gw = gateway_for(addr, |_| {}).await;
     let r = common::send(common::client().get(format!("http://{}/x", gw.addr))).await;
     assert_eq!((r.status, r.text().as_str()), (502, "Bad Gateway\n"));

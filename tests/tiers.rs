@@ -514,6 +514,8 @@ fn a_duckdb_file_locked_by_another_process_disables_l3_only() {
     );
     sys.block_on(async {
         wait_up(port).await;
+        // It opens its tiers before it binds, so listening means it holds the file.
+        assert!(holder.try_wait().unwrap().is_none(), "the holder runs");
         let a = start(&origin, &clock, |s| l3(s, &file)).await;
         let stats = admin(&a, "/_tierd/stats").await;
         assert!(!stats.contains("\"l3\""), "L3 left out: {stats}");

@@ -15,7 +15,10 @@ use tierd::config::Settings;
 use tierd::server::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod ports;
 pub mod redis;
+
+pub use ports::free_port;
 
 /// What the test origin answers.
 #[derive(Clone, Debug)]
@@ -420,15 +423,6 @@ pub async fn raw_origin(script: Vec<u8>, then: Then) -> (SocketAddr, Arc<AtomicU
         }
     });
     (addr, count)
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
 }
 
 /// Polls `cond` until it holds or `within` passes; for effects that happen in background tasks.
