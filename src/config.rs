@@ -416,6 +416,9 @@ pub struct RateLimitConfig {
     pub max_clients: usize,
     /// How often buckets back at their full burst are dropped.
     pub cleanup_interval_seconds: u64,
+    /// Measure the client quota without enforcing it: requests it would refuse are let
+    /// through and counted in `tierd_rate_limit_dry_run_total`.
+    pub dry_run: bool,
     /// `[rate_limit.origin]`.
     pub origin: OriginQuotaConfig,
 }
@@ -431,6 +434,7 @@ impl Default for RateLimitConfig {
             ipv6_prefix_bits: DEFAULT_IPV6_PREFIX_BITS,
             max_clients: DEFAULT_RATE_LIMIT_MAX_CLIENTS,
             cleanup_interval_seconds: DEFAULT_RATE_LIMIT_CLEANUP_SECONDS,
+            dry_run: false,
             origin: OriginQuotaConfig::default(),
         }
     }
@@ -457,6 +461,9 @@ pub struct OriginQuotaConfig {
     pub burst: u32,
     /// `client` or `node`.
     pub per: OriginQuotaKey,
+    /// Measure without enforcing: requests it would refuse (or answer from stale) reach the
+    /// origin and are counted in `tierd_rate_limit_dry_run_total`.
+    pub dry_run: bool,
 }
 
 impl Default for OriginQuotaConfig {
@@ -466,6 +473,7 @@ impl Default for OriginQuotaConfig {
             requests_per_second: DEFAULT_ORIGIN_RPS,
             burst: DEFAULT_ORIGIN_BURST,
             per: OriginQuotaKey::Client,
+            dry_run: false,
         }
     }
 }
@@ -809,4 +817,31 @@ fn describe(e: config::ConfigError) -> String {
         );
     }
     format!("{text}. See the config reference in README.md")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_env(vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let env = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load_with_env(None, Some(env))
+    }
+
+    #[test]
+    fn dry_run_switches_come_from_the_environment() {
+        let s = with_env(&[]).unwrap();
+        assert!(!s.rate_limit.dry_run && !s.rate_limit.origin.dry_run);
+        let s = with_env(&[
+            ("TIERD__RATE_LIMIT__DRY_RUN", "true"),
+            ("TIERD__RATE_LIMIT__ORIGIN__DRY_RUN", "true"),
+        ])
+        .unwrap();
+        assert!(s.rate_limit.dry_run && s.rate_limit.origin.dry_run);
+        let e = with_env(&[("TIERD__RATE_LIMIT__DRY_RUN", "maybe")]).unwrap_err();
+        assert!(e.to_string().contains("dry_run"), "{e}");
+    }
 }

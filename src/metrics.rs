@@ -427,6 +427,8 @@ pub struct Metrics {
     pub invalidations: IntCounter,
     /// 429s, by route, quota (client, rule, origin) and key kind; never the key itself.
     pub rate_limited: IntCounterVec,
+    /// Requests a dry-run quota would have refused (let through), by route, quota and key kind.
+    pub rate_limit_dry_run: IntCounterVec,
     /// Clients with a bucket, by quota (set by the limiter's housekeeping).
     pub rate_limit_clients: IntGaugeVec,
     /// Requests of new clients checked against the shared overflow bucket because the
@@ -827,6 +829,18 @@ impl Metrics {
                         "tierd_rate_limited_total",
                         "Requests refused with 429, by route template, quota (client, rule, \
                          origin) and client key kind (ip, forwarded, api_key, node)",
+                    ),
+                    &["route", "quota", "key_kind"],
+                )
+                .expect("static metric definition"),
+            ),
+            rate_limit_dry_run: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tierd_rate_limit_dry_run_total",
+                        "Requests a quota in dry-run mode would have refused and let through, \
+                         by route template, quota (client, rule, origin) and client key kind",
                     ),
                     &["route", "quota", "key_kind"],
                 )

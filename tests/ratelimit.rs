@@ -266,6 +266,68 @@ async fn the_origin_quota_throttles_misses_while_hits_keep_flowing() {
 }
 
 #[actix_web::test]
+async fn dry_run_quotas_count_what_they_would_refuse_and_refuse_nothing() {
+    let h = Harness::with(
+        |req, _| Reply::ok(format!("body of {}", req.path())).cc("max-age=60"),
+        |s| {
+            client_quota(s, 1.0, 3);
+            s.rate_limit.dry_run = true;
+            s.rate_limit.origin.enabled = true;
+            s.rate_limit.origin.requests_per_second = 0.01;
+            s.rate_limit.origin.burst = 2;
+            s.rate_limit.origin.dry_run = true;
+            s.rules = common::rules(
+                r#"
+                [[rules]]
+                path = "/search"
+                rate_limit = { requests_per_second = 0.5, burst = 1, dry_run = true }
+                [[rules]]
+                path = "/enforced"
+                rate_limit = { requests_per_second = 0.5, burst = 1 }
+                "#,
+            );
+        },
+    )
+    .await;
+    let (addr, admin) = (h.gw.addr, h.gw.admin_addr);
+    // Past the client quota (burst 3) from the fourth request on: let through all the same.
+    assert_eq!(statuses(addr, A, "/a", 5).await, [200; 5]);
+    // Past the rule quota (burst 1) from the second: let through.
+    assert_eq!(statuses(addr, A, "/search", 3).await, [200; 3]);
+    // /a and /search spent the origin quota (burst 2); these misses still reach the origin
+    // and get its answer, not a stale entry or a 429.
+    for p in ["/b", "/c"] {
+        let r = get_from(A, addr, p, &[]).await;
+        assert_eq!((r.status, r.body.clone()), (200, format!("body of {p}")));
+        assert!(r.header("cache-status").unwrap().contains("fwd=uri-miss"));
+    }
+    // An enforced rule quota beside the dry-run ones still refuses.
+    assert_eq!(get_from(A, addr, "/enforced", &[]).await.status, 200);
+    assert_refusal(&get_from(A, addr, "/enforced", &[]).await);
+    assert_eq!(h.origin.hits(), 5);
+
+    let dry = |route: &'static str, quota: &'static str| async move {
+        let labels = [("route", route), ("quota", quota), ("key_kind", "ip")];
+        metric_at(admin, "tierd_rate_limit_dry_run_total", &labels).await
+    };
+    // The client quota would have refused /a 4-5, /b, /c, all of /search and /enforced.
+    assert_eq!(dry("other", "client").await, 4.0);
+    assert_eq!(dry("/search", "client").await, 3.0);
+    assert_eq!(dry("/enforced", "client").await, 2.0);
+    assert_eq!(dry("/search", "rule").await, 2.0);
+    assert_eq!(dry("other", "origin").await, 2.0);
+    assert_eq!(dry("/enforced", "origin").await, 1.0);
+    // Only the enforced quota refused anything.
+    assert_eq!(metric_at(admin, "tierd_rate_limited_total", &[]).await, 1.0);
+    let refused = [("route", "/enforced"), ("quota", "rule")];
+    assert_eq!(
+        metric_at(admin, "tierd_rate_limited_total", &refused).await,
+        1.0
+    );
+    h.stop().await;
+}
+
+#[actix_web::test]
 async fn a_node_wide_origin_quota_is_shared_by_every_client() {
     let h = Harness::with(
         |_, _| Reply::ok("x").cc("max-age=60"),

@@ -482,7 +482,10 @@ where
             None => Route::resolve(st.rules.load_full(), &method, req.path()),
         };
         if !st.policy.enabled {
-            if let Err(denied) = st.limits.check_origin(req.request()) {
+            if let Err(denied) = st
+                .limits
+                .check_origin(req.request(), route.counters.route())
+            {
                 return Ok(self.refuse(req, &route, denied));
             }
             route.note(req.request(), Outcome::Pass, None);
@@ -656,7 +659,11 @@ where
         route: Route,
         why: Option<&'static str>,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
-        if let Err(denied) = self.state.limits.check_origin(req.request()) {
+        if let Err(denied) = self
+            .state
+            .limits
+            .check_origin(req.request(), route.counters.route())
+        {
             return Ok(self.refuse(req, &route, denied));
         }
         route.note(req.request(), Outcome::Pass, None);
@@ -691,7 +698,11 @@ where
         let route = route.with_tags(http_req.path());
         match self.state.flights.join(&key) {
             Join::Leader(guard) => {
-                if let Err(denied) = self.state.limits.check_origin(&http_req) {
+                if let Err(denied) = self
+                    .state
+                    .limits
+                    .check_origin(&http_req, route.counters.route())
+                {
                     // Waiters see the leader vanish and check the quota themselves.
                     drop(guard);
                     return Ok(self.origin_limited(req, &route, stale.as_ref(), fwd, denied));
@@ -755,7 +766,9 @@ where
                     }
                     // Not shareable, the leader vanished, or the wait timed out: fetch directly.
                     _ => {
-                        if let Err(denied) = st.limits.check_origin(&http_req) {
+                        if let Err(denied) =
+                            st.limits.check_origin(&http_req, route.counters.route())
+                        {
                             return Ok(self.origin_limited(
                                 req,
                                 &route,
@@ -795,7 +808,12 @@ where
         let Join::Leader(guard) = self.state.flights.join(&key) else {
             return;
         };
-        if self.state.limits.check_origin(req.request()).is_err() {
+        if self
+            .state
+            .limits
+            .check_origin(req.request(), route.counters.route())
+            .is_err()
+        {
             // The stale response is served already; the next request past its window retries.
             tracing::debug!("origin quota spent; background refresh skipped");
             return;
@@ -837,7 +855,10 @@ where
         route: Route,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = self.state.clone();
-        if let Err(denied) = st.limits.check_origin(req.request()) {
+        if let Err(denied) = st
+            .limits
+            .check_origin(req.request(), route.counters.route())
+        {
             return Ok(self.origin_limited(req, &route, stale.as_ref(), fwd, denied));
         }
         route.note(req.request(), Outcome::Pass, None);
@@ -899,7 +920,10 @@ where
         route: Route,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = self.state.clone();
-        if let Err(denied) = st.limits.check_origin(req.request()) {
+        if let Err(denied) = st
+            .limits
+            .check_origin(req.request(), route.counters.route())
+        {
             return Ok(self.refuse(req, &route, denied));
         }
         route.note(req.request(), Outcome::Pass, None);

@@ -49,12 +49,15 @@ pub struct RuleConfig {
     pub rate_limit: Option<QuotaConfig>,
 }
 
-/// A rate and a burst: `{ requests_per_second = 5, burst = 10 }`.
+/// A rate and a burst: `{ requests_per_second = 5, burst = 10 }`, optionally
+/// `dry_run = true` (measured and counted, never enforced).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
     pub requests_per_second: f64,
     pub burst: u32,
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]

@@ -29,6 +29,11 @@
 //!     .route("/", web::get().to(|| async { HttpResponse::Ok().body("hi") }));
 //! ```
 //!
+//! Any quota can be put in **dry-run** mode (`dry_run = true`): it is measured as usual, but a
+//! request it would refuse goes on and is counted in
+//! `tierd_rate_limit_dry_run_total{route,quota,key_kind}` instead, to size quotas on real
+//! traffic before enforcing them.
+//!
 //! Quotas are per node: with N nodes a client may send N times its quota in all.
 
 mod identity;
@@ -81,6 +86,10 @@ pub struct Limits {
     client: Option<Limiter>,
     origin: Option<Limiter>,
     origin_per_node: bool,
+    /// The client quota is measured, not enforced.
+    client_dry_run: bool,
+    /// The origin quota is measured, not enforced.
+    origin_dry_run: bool,
     clock: Arc<dyn Clock>,
     max_clients: usize,
     cleanup_interval: Duration,
@@ -106,6 +115,8 @@ impl Limits {
             client: None,
             origin: None,
             origin_per_node: false,
+            client_dry_run: false,
+            origin_dry_run: false,
             clock,
             max_clients: crate::config::DEFAULT_RATE_LIMIT_MAX_CLIENTS,
             cleanup_interval: Duration::from_secs(
@@ -143,6 +154,7 @@ impl Limits {
                 },
                 QuotaKind::Client,
             ));
+            limits.client_dry_run = cfg.dry_run;
         }
         if cfg.origin.enabled {
             limits.origin = Some(limits.limiter(
@@ -153,6 +165,7 @@ impl Limits {
                 QuotaKind::Origin,
             ));
             limits.origin_per_node = cfg.origin.per == OriginQuotaKey::Node;
+            limits.origin_dry_run = cfg.origin.dry_run;
         }
         Ok(limits)
     }
@@ -193,9 +206,10 @@ impl Limits {
         });
     }
 
-    /// Spends one origin request for the client of `req` (or for the node). `Err` when the
-    /// origin quota is spent: serve stale or refuse.
-    pub fn check_origin(&self, req: &HttpRequest) -> Result<(), (Denial, KeyKind)> {
+    /// Spends one origin request for the client of `req` (or for the node), on `route` (the
+    /// metric label). `Err` when the origin quota is spent: serve stale or refuse. In dry-run
+    /// mode a spent quota is counted and the request goes on.
+    pub fn check_origin(&self, req: &HttpRequest, route: &str) -> Result<(), (Denial, KeyKind)> {
         let Some(limiter) = &self.origin else {
             return Ok(());
         };
@@ -209,7 +223,14 @@ impl Limits {
             // extension insert on every request, and only requests bound for the origin get here.
             self.identity.of(req)
         };
-        limiter.check(&id.key).map_err(|d| (d, id.kind))
+        match limiter.check(&id.key) {
+            Ok(()) => Ok(()),
+            Err(d) if self.origin_dry_run => {
+                self.would_refuse(route, QuotaKind::Origin, id.kind, &d);
+                Ok(())
+            }
+            Err(d) => Err((d, id.kind)),
+        }
     }
 
     /// Counts and logs one refusal.
@@ -224,6 +245,20 @@ impl Limits {
             key_kind = kind.as_str(),
             retry_after_ms = d.retry_after.as_millis() as u64,
             "rate limited"
+        );
+    }
+
+    /// Counts and logs a request a dry-run quota would have refused.
+    pub fn would_refuse(&self, route: &str, quota: QuotaKind, kind: KeyKind, d: &Denial) {
+        self.metrics
+            .rate_limit_dry_run
+            .with_label_values(&[route, quota.as_str(), kind.as_str()])
+            .inc();
+        tracing::debug!(
+            quota = quota.as_str(),
+            key_kind = kind.as_str(),
+            retry_after_ms = d.retry_after.as_millis() as u64,
+            "rate limit dry run: would have refused"
         );
     }
 
@@ -351,22 +386,38 @@ where
             return Either::Left(self.inner.call(req).map_ok(pass));
         }
         let id = limits.identity.of(req.request());
-        let mut denied = limits
-            .client
-            .as_ref()
-            .and_then(|l| l.check(&id.key).err())
-            .map(|d| (d, QuotaKind::Client));
-        // The rule is needed for a rule quota and for the refusal's `route` label.
+        // The quota that refuses the request, and those in dry-run mode that would have.
+        let mut denied = None;
+        let mut dry = [None, None];
+        if let Some(d) = limits.client.as_ref().and_then(|l| l.check(&id.key).err()) {
+            let slot = if limits.client_dry_run {
+                &mut dry[0]
+            } else {
+                &mut denied
+            };
+            *slot = Some((d, QuotaKind::Client));
+        }
+        // The rule is needed for a rule quota and for the `route` label.
         let mut index = None;
-        if rule_quotas || denied.is_some() {
+        if rule_quotas || denied.is_some() || dry[0].is_some() {
             if let Some(m) = rules.find(req.method(), req.path()) {
                 index = Some(m.index());
                 if denied.is_none() {
-                    denied = m
-                        .limiter()
-                        .and_then(|l| l.check(&id.key).err())
-                        .map(|d| (d, QuotaKind::Rule));
+                    if let Some(d) = m.limiter().and_then(|l| l.check(&id.key).err()) {
+                        let slot = if m.rule().rate_limit.is_some_and(|q| q.dry_run) {
+                            &mut dry[1]
+                        } else {
+                            &mut denied
+                        };
+                        *slot = Some((d, QuotaKind::Rule));
+                    }
                 }
+            }
+        }
+        if dry.iter().any(Option::is_some) {
+            let route = rules.counters(index).route();
+            for (d, quota) in dry.iter().flatten() {
+                limits.would_refuse(route, *quota, id.kind, d);
             }
         }
         if let Some((d, quota)) = denied {
