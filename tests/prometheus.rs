@@ -39,6 +39,10 @@ invalidate = { tags = ["item:{id}"] }
 [[rules]]
 path = "/search"
 rate_limit = { requests_per_second = 0.001, burst = 1 }
+
+[[rules]]
+path = "/page"
+rate_limit = { requests_per_second = 0.001, burst = 1, dry_run = true }
 "#;
 
 fn repo() -> PathBuf {
@@ -163,7 +167,8 @@ async fn round(a: &Gateway, b: &Gateway, clock: &ManualClock, n: u64) {
         get(gw, "/sie", &[]).await;
         get(gw, "/nostore", &[]).await;
         get(gw, &format!("/page?n={n}"), &[]).await;
-        // Past the rule's quota after the first round: 429s for the "Refused requests" panel.
+        // Past the rule's quota after the first round: 429s for the "Refused requests" panel
+        // (and /page above past its dry-run quota: counted, not refused).
         get(gw, "/search", &[]).await;
     }
     let slow = format!("/slow?n={n}");
