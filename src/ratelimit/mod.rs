@@ -51,6 +51,7 @@ use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{Error, HttpMessage, HttpRequest, HttpResponse};
 use futures_util::future::{Either, MapOk, TryFutureExt};
+use prometheus::IntCounterVec;
 
 pub use identity::{Cidr, ClientId, ClientKey, Identity, KeyKind};
 pub use limiter::{Denial, Limiter, QuotaSpec};
@@ -236,29 +237,18 @@ impl Limits {
     /// Counts and logs one refusal.
     pub fn refused(&self, route: &str, quota: QuotaKind, kind: KeyKind, d: &Denial) {
         self.refused.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .rate_limited
-            .with_label_values(&[route, quota.as_str(), kind.as_str()])
-            .inc();
-        tracing::debug!(
-            quota = quota.as_str(),
-            key_kind = kind.as_str(),
-            retry_after_ms = d.retry_after.as_millis() as u64,
-            "rate limited"
-        );
+        record(&self.metrics.rate_limited, route, quota, kind, d, false);
     }
 
     /// Counts and logs a request a dry-run quota would have refused.
     pub fn would_refuse(&self, route: &str, quota: QuotaKind, kind: KeyKind, d: &Denial) {
-        self.metrics
-            .rate_limit_dry_run
-            .with_label_values(&[route, quota.as_str(), kind.as_str()])
-            .inc();
-        tracing::debug!(
-            quota = quota.as_str(),
-            key_kind = kind.as_str(),
-            retry_after_ms = d.retry_after.as_millis() as u64,
-            "rate limit dry run: would have refused"
+        record(
+            &self.metrics.rate_limit_dry_run,
+            route,
+            quota,
+            kind,
+            d,
+            true,
         );
     }
 
@@ -295,6 +285,26 @@ impl Limits {
             );
         }
     }
+}
+
+fn record(
+    counter: &IntCounterVec,
+    route: &str,
+    quota: QuotaKind,
+    kind: KeyKind,
+    d: &Denial,
+    dry_run: bool,
+) {
+    counter
+        .with_label_values(&[route, quota.as_str(), kind.as_str()])
+        .inc();
+    tracing::debug!(
+        quota = quota.as_str(),
+        key_kind = kind.as_str(),
+        retry_after_ms = d.retry_after.as_millis() as u64,
+        dry_run,
+        "rate limited"
+    );
 }
 
 fn seconds_header(d: Duration) -> HeaderValue {
