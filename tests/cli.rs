@@ -14,9 +14,9 @@ fn bin() -> Command {
     c
 }
 
-#[path = "common/ports.rs"]
-mod ports;
-use ports::free_port;
+#[path = "common/external.rs"]
+mod external;
+use external::free_port;
 
 #[test]
 fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
@@ -94,7 +94,7 @@ fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
 
 #[test]
 fn the_shipped_config_is_valid() {
-    let f = concat!(env!("CARGO_MANIFEST_DIR"), "/config/tierd.toml");
+    let f = external::repo().join("config/tierd.toml");
     let out = bin().arg("check-config").arg(f).output().unwrap();
     assert!(
         out.status.success(),

@@ -46,7 +46,7 @@ rate_limit = { requests_per_second = 0.001, burst = 1, dry_run = true }
 "#;
 
 fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    common::external::repo()
 }
 
 fn prometheus_binary() -> PathBuf {

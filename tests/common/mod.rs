@@ -15,10 +15,10 @@ use tierd::config::Settings;
 use tierd::server::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-pub mod ports;
+pub mod external;
 pub mod redis;
 
-pub use ports::free_port;
+pub use external::free_port;
 
 /// What the test origin answers.
 #[derive(Clone, Debug)]

@@ -1,4 +1,5 @@
-//! Ports for servers the tests start in other processes (tierd, redis-server, prometheus).
+//! What tests need for servers they start in other processes (tierd, redis-server, prometheus):
+//! free ports, and the checkout's own files.
 //!
 //! Such a server binds the port some time after the test picked it. A port taken from
 //! `bind("127.0.0.1:0")` comes from the kernel's ephemeral range, the very range every other
@@ -31,4 +32,13 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free loopback port in {FIRST}..{}", FIRST + SPAN);
+}
+
+/// The checkout under test. Read when the test runs (cargo sets it then too) rather than baked
+/// in at build time: with a target directory shared by two checkouts, a test binary built in one
+/// may be reused, unchanged, by the other.
+pub fn repo() -> std::path::PathBuf {
+    std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")))
 }
