@@ -31,6 +31,7 @@ use futures_util::Stream;
 
 use crate::cache::opaque;
 use crate::config::ServerConfig;
+use crate::http::headers::content_length;
 use crate::metrics::{Metrics, Outcome, RouteCounters, OTHER_ROUTE};
 use crate::observe::Served;
 
@@ -222,7 +223,7 @@ where
     fn call(&self, mut req: ServiceRequest) -> Self::Future {
         let pass: Passed<B> = ServiceResponse::map_into_left_body;
         let cfg = &self.cfg;
-        let declared = declared_length(req.headers());
+        let declared = content_length(req.headers());
         let has_body = declared.is_some_and(|n| n > 0)
             || req.headers().contains_key(header::TRANSFER_ENCODING);
         if let Some((why, size, limit)) = cfg.check_head(&req, declared) {
@@ -277,12 +278,6 @@ impl BodyCutOff {
     pub fn happened(&self) -> bool {
         self.0.get().is_some()
     }
-}
-
-fn declared_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.trim().parse().ok())
 }
 
 /// A request body under watch: it ends in an error past the size limit or after a silence.

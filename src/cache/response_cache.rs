@@ -1241,7 +1241,7 @@ where
                 let chained =
                     stream::once(async move { Ok::<_, Box<dyn std::error::Error>>(prefix) })
                         .chain(BodyChunks(rest));
-                let size = content_length(head.headers());
+                let size = crate::http::headers::content_length(head.headers());
                 let mut res = match size {
                     Some(n) => {
                         head.set_body(BoxBody::new(actix_web::body::SizedStream::new(n, chained)))
@@ -1343,13 +1343,4 @@ where
         }
         None
     }
-}
-
-fn content_length(h: &HeaderMap) -> Option<u64> {
-    h.get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }

@@ -62,6 +62,16 @@ impl HopByHop {
     }
 }
 
+/// The `Content-Length` a message declares, if it is a valid number.
+pub fn content_length(h: &HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -64,6 +64,8 @@ pub struct RuleSet {
     unmatched: Arc<RouteCounters>,
     /// One per rule: the buckets of its `rate_limit`, once attached.
     limiters: Vec<Option<Arc<Limiter>>>,
+    /// Whether any rule has buckets attached (asked on every request).
+    any_limiter: bool,
 }
 
 impl std::fmt::Debug for RuleSet {
@@ -104,6 +106,7 @@ impl RuleSet {
             .collect::<Vec<_>>();
         Ok(RuleSet {
             limiters: vec![None; rules.len()],
+            any_limiter: false,
             rules,
             unmatched: Arc::new(metrics.route_counters(crate::metrics::OTHER_ROUTE)),
         })
@@ -113,11 +116,13 @@ impl RuleSet {
     /// so a reload that keeps a quota keeps its clients' state).
     pub fn attach_limiters(&mut self, mut make: impl FnMut(&Rule) -> Option<Arc<Limiter>>) {
         self.limiters = self.rules.iter().map(|(r, _)| make(r)).collect();
+        self.any_limiter = self.limiters.iter().any(Option::is_some);
     }
 
     /// Whether any rule has a quota with buckets attached.
+    #[inline]
     pub fn has_limiters(&self) -> bool {
-        self.limiters.iter().any(Option::is_some)
+        self.any_limiter
     }
 
     /// The rules' buckets, with the rules they belong to.

@@ -38,8 +38,7 @@ impl governor::clock::Clock for GovClock {
     }
 }
 
-/// One GCRA state: the theoretical arrival time, in nanoseconds since the limiter started
-/// (0: never used).
+/// One GCRA state: the theoretical arrival time, in [`GovClock`] nanoseconds (0: never used).
 #[derive(Default)]
 struct Cell(AtomicU64);
 
@@ -167,7 +166,6 @@ pub struct Denial {
 pub struct Limiter {
     gov: RateLimiter<ClientKey, BoundedStore, GovClock, NoOpMiddleware<Nanos>>,
     spec: QuotaSpec,
-    overflowed: IntCounter,
 }
 
 impl std::fmt::Debug for Limiter {
@@ -189,11 +187,10 @@ impl Limiter {
         let quota = Quota::with_period(spec.period())
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MAX))
             .allow_burst(burst);
-        let store = BoundedStore::new(max_clients, overflowed.clone());
+        let store = BoundedStore::new(max_clients, overflowed);
         Limiter {
             gov: RateLimiter::new(quota, store, GovClock(clock)),
             spec,
-            overflowed,
         }
     }
 
@@ -231,11 +228,6 @@ impl Limiter {
     pub fn clients(&self) -> usize {
         self.gov.len()
     }
-
-    /// Requests checked against the overflow bucket so far (the table was full).
-    pub fn overflowed(&self) -> u64 {
-        self.overflowed.get()
-    }
 }
 
 #[cfg(test)]
@@ -244,7 +236,14 @@ mod tests {
     use crate::clock::ManualClock;
 
     fn limiter(rps: f64, burst: u32, cap: usize) -> (Limiter, Arc<ManualClock>) {
+        let (l, clock, _) = counted(rps, burst, cap);
+        (l, clock)
+    }
+
+    /// A limiter, its clock and its overflow counter.
+    fn counted(rps: f64, burst: u32, cap: usize) -> (Limiter, Arc<ManualClock>, IntCounter) {
         let clock = Arc::new(ManualClock::new());
+        let overflowed = IntCounter::new("overflow", "test").unwrap();
         let l = Limiter::new(
             QuotaSpec {
                 requests_per_second: rps,
@@ -252,9 +251,9 @@ mod tests {
             },
             clock.clone(),
             cap,
-            IntCounter::new("overflow", "test").unwrap(),
+            overflowed.clone(),
         );
-        (l, clock)
+        (l, clock, overflowed)
     }
 
     #[test]
@@ -289,12 +288,12 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded_and_cleanup_empties_it() {
-        let (l, clock) = limiter(10.0, 2, 100);
+        let (l, clock, overflowed) = counted(10.0, 2, 100);
         for i in 0..1000 {
             let _ = l.check(&ClientKey::V4(i));
         }
         assert_eq!(l.clients(), 100);
-        assert_eq!(l.overflowed(), 900);
+        assert_eq!(overflowed.get(), 900);
         // The clients beyond the cap share one bucket: its burst of 2 is long spent.
         assert!(l.check(&ClientKey::V4(5000)).is_err());
         // Known clients keep their own bucket.
