@@ -19,6 +19,8 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 pub const DEFAULT_UPSTREAM_URL: &str = "http://127.0.0.1:9080";
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
+/// Half the upstream timeout: a waiter with a servable stale copy stops waiting on a slow fetch.
+pub const DEFAULT_COALESCE_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_UPSTREAM_MAX_CONNECTIONS: usize = 256;
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_L1_MAX_BYTES: u64 = 256 * 1024 * 1024;
@@ -172,7 +174,9 @@ pub struct CacheConfig {
     pub enabled: bool,
     /// Responses with larger bodies stream through uncached.
     pub max_body_bytes: u64,
-    /// How long a request waits on another's origin fetch before fetching itself.
+    /// How long a request waits on another request's origin fetch of the same key before it
+    /// serves a stale copy instead, when it has one it may serve. Without one it keeps waiting
+    /// for that fetch (never fetching the key a second time) until the upstream timeout.
     pub coalesce_timeout_ms: u64,
     /// Heuristic freshness: this percentage of `Date - Last-Modified`...
     pub heuristic_percent: u64,
@@ -191,7 +195,7 @@ impl Default for CacheConfig {
         CacheConfig {
             enabled: true,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            coalesce_timeout_ms: DEFAULT_TIMEOUT_MS,
+            coalesce_timeout_ms: DEFAULT_COALESCE_TIMEOUT_MS,
             heuristic_percent: 10,
             heuristic_max_seconds: 86_400,
             keep_stale_seconds: DEFAULT_KEEP_STALE_SECONDS,
@@ -534,6 +538,21 @@ impl Settings {
         Ok(settings)
     }
 
+    /// Settings that are valid but probably not what the operator meant; `check-config` prints
+    /// them and `serve` logs them at WARN.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.cache.coalesce_timeout_ms >= self.upstream.timeout_ms {
+            out.push(format!(
+                "cache.coalesce_timeout_ms ({}) is not below upstream.timeout_ms ({}): requests \
+                 waiting on a slow origin fetch never fall back to a stale copy before the fetch \
+                 times out; set cache.coalesce_timeout_ms lower (default {DEFAULT_COALESCE_TIMEOUT_MS})",
+                self.cache.coalesce_timeout_ms, self.upstream.timeout_ms
+            ));
+        }
+        out
+    }
+
     /// Checks values that types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::policy::compile_all(&self.rules).map_err(ConfigError)?;
@@ -783,6 +802,14 @@ impl Settings {
             enabled: self.cache.enabled,
             max_body_bytes: usize::try_from(self.cache.max_body_bytes).unwrap_or(usize::MAX),
             coalesce_timeout: Duration::from_millis(self.cache.coalesce_timeout_ms),
+            // The leader's fetch ends within the upstream timeouts (connect, then the response);
+            // a second on top covers reading a body already arriving.
+            fetch_timeout: Duration::from_millis(
+                self.upstream
+                    .connect_timeout_ms
+                    .saturating_add(self.upstream.timeout_ms)
+                    .saturating_add(1_000),
+            ),
             store: StoreOptions {
                 heuristic: Heuristic {
                     percent: self.cache.heuristic_percent,

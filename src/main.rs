@@ -44,7 +44,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::CheckConfig { file }) => match Settings::load(Some(&file)) {
-            Ok(_) => {
+            Ok(settings) => {
+                for w in settings.warnings() {
+                    eprintln!("tierd: warning: {w}");
+                }
                 println!("{}: ok", file.display());
                 ExitCode::SUCCESS
             }
@@ -84,6 +87,9 @@ fn serve(file: Option<&Path>) -> ExitCode {
         }
     };
     init_logging(settings.log.format, &settings.log.level);
+    for w in settings.warnings() {
+        tracing::warn!(warning = %w, "configuration");
+    }
     match run(settings, file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -228,6 +228,17 @@ impl OriginError {
             OriginError::Status5xx => "5xx",
         }
     }
+
+    /// The `Cache-Status` detail of an error response tierd makes because of this failure.
+    pub fn cache_status_detail(self) -> &'static str {
+        match self {
+            OriginError::Connect => "origin-unreachable",
+            OriginError::Timeout => "origin-timeout",
+            OriginError::Protocol => "origin-protocol-error",
+            OriginError::Body => "origin-body-error",
+            OriginError::Status5xx => "origin-error",
+        }
+    }
 }
 
 /// A lookup's result in one tier.
@@ -415,6 +426,9 @@ pub struct Metrics {
     pub purged_entries: IntCounterVec,
     pub invalidation_lag: Histogram,
     pub invalidation_messages: IntCounterVec,
+    /// Whole-L1 clears because cross-node invalidations may have been missed, by reason
+    /// (resubscribed, backlog).
+    pub l1_resyncs: IntCounterVec,
     pub rule_reloads: IntCounterVec,
     pub rules_loaded: IntGauge,
     not_modified: IntCounter,
@@ -422,6 +436,8 @@ pub struct Metrics {
     origin_errors: Vec<IntCounter>,
     pub origin_latency: Histogram,
     pub coalesced_waiters: IntCounter,
+    /// Waiters whose leader's fetch outlasted their wait, by result (stale, gateway_timeout).
+    pub coalesce_timeouts: IntCounterVec,
     pub background_refreshes: IntCounter,
     not_stored: IntCounterVec,
     pub invalidations: IntCounter,
@@ -760,6 +776,18 @@ impl Metrics {
                 )
                 .expect("static metric definition"),
             ),
+            l1_resyncs: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tierd_l1_resyncs_total",
+                        "L1 cleared whole because invalidations from other nodes may have been \
+                         missed, by reason (resubscribed, backlog)",
+                    ),
+                    &["reason"],
+                )
+                .expect("static metric definition"),
+            ),
             rule_reloads: reg(
                 &r,
                 IntCounterVec::new(
@@ -802,6 +830,18 @@ impl Metrics {
                 IntCounter::new(
                     "tierd_coalesced_waiters_total",
                     "Requests that waited on another request's origin fetch",
+                )
+                .expect("static metric definition"),
+            ),
+            coalesce_timeouts: reg(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tierd_coalesce_timeouts_total",
+                        "Requests that stopped waiting on another request's slow origin fetch, \
+                         by result (stale: served a stale copy; gateway_timeout: answered 504)",
+                    ),
+                    &["result"],
                 )
                 .expect("static metric definition"),
             ),
@@ -894,6 +934,12 @@ impl Metrics {
         }
         for d in ["published", "received", "rejected"] {
             m.invalidation_messages.with_label_values(&[d]);
+        }
+        for r in ["stale", "gateway_timeout"] {
+            m.coalesce_timeouts.with_label_values(&[r]);
+        }
+        for r in ["resubscribed", "backlog"] {
+            m.l1_resyncs.with_label_values(&[r]);
         }
         for r in ["ok", "rejected"] {
             m.rule_reloads.with_label_values(&[r]);

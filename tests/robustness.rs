@@ -27,7 +27,11 @@ async fn an_origin_refusing_connections_gives_502_with_an_opaque_body() {
     let gw = gateway_for(addr, |_| {}).await;
     let r = common::send(common::client().get(format!("http://{}/x", gw.addr))).await;
     assert_eq!((r.status, r.text().as_str()), (502, "Bad Gateway\n"));
-    assert!(r.header("cache-status").is_none());
+    // tierd's own 502 says why (RFC 9211): it went forward and the origin was unreachable.
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("tierd; fwd=uri-miss; detail=origin-unreachable")
+    );
     gw.stop(false).await;
 }
 
@@ -37,6 +41,10 @@ async fn an_origin_that_hangs_gives_504() {
     let gw = gateway_for(addr, |_| {}).await;
     let r = common::send(common::client().get(format!("http://{}/x", gw.addr))).await;
     assert_eq!((r.status, r.text().as_str()), (504, "Gateway Timeout\n"));
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("tierd; fwd=uri-miss; detail=origin-timeout")
+    );
     gw.stop(false).await;
 }
 

@@ -126,6 +126,7 @@ async fn apply_loop(mut rx: mpsc::Receiver<Received>, state: Weak<CacheState>) {
             Received::Purge(sel, sent_us) => st.apply_remote(&sel, sent_us).await,
             Received::Resync(why) => {
                 st.store.l1().clear();
+                st.metrics.l1_resyncs.with_label_values(&[why]).inc();
                 tracing::warn!(
                     reason = why,
                     "L1 cleared: invalidations from other nodes may have been missed"
@@ -180,6 +181,7 @@ async fn subscribe_loop(
         let (mut sink, mut stream) = pubsub.split();
         let mut ping = tokio::time::interval(PING_EVERY);
         ping.tick().await;
+        let mut lost = "connection closed".to_owned();
         loop {
             tokio::select! {
                 msg = stream.next() => {
@@ -194,6 +196,7 @@ async fn subscribe_loop(
                             if tx.try_send(Received::Purge(w.selector, w.sent_us)).is_err() {
                                 // Falling behind: clearing L1 is always safe.
                                 st.store.l1().clear();
+                                st.metrics.l1_resyncs.with_label_values(&["backlog"]).inc();
                                 tracing::warn!("invalidation backlog full; L1 cleared");
                             }
                         }
@@ -204,14 +207,29 @@ async fn subscribe_loop(
                     }
                 }
                 _ = ping.tick() => {
-                    let alive = tokio::time::timeout(connect_timeout.max(Duration::from_secs(1)), sink.ping::<String>()).await;
-                    if !matches!(alive, Ok(Ok(_))) {
-                        break;
+                    // In subscribed mode a RESP2 server answers PING with the array
+                    // `["pong", ""]`, a RESP3 server with `PONG`: any answer proves the
+                    // connection alive, so the reply is read as an untyped value.
+                    let alive = tokio::time::timeout(
+                        connect_timeout.max(Duration::from_secs(1)),
+                        sink.ping::<redis::Value>(),
+                    )
+                    .await;
+                    match alive {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => {
+                            lost = format!("ping failed: {e}");
+                            break;
+                        }
+                        Err(_) => {
+                            lost = "ping unanswered".to_owned();
+                            break;
+                        }
                     }
                 }
             }
         }
-        tracing::warn!(channel = %channel, "invalidation subscription lost; reconnecting");
+        tracing::warn!(channel = %channel, reason = %lost, "invalidation subscription lost; reconnecting");
     }
 }
 

@@ -6,6 +6,7 @@
 //! for the requests waiting on it, and a background refresh outlives the request that started it.
 
 use std::future::{ready, Ready};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -55,8 +56,13 @@ pub struct CachePolicy {
     pub enabled: bool,
     /// Responses with larger bodies stream through without being stored.
     pub max_body_bytes: usize,
-    /// How long a request waits on another request's fetch before going to the origin itself.
+    /// How long a request waits on another request's fetch of its key before serving a stale
+    /// copy instead (when it has one it may serve). It never fetches the key itself while
+    /// that fetch runs.
     pub coalesce_timeout: Duration,
+    /// How long a request waits on another request's fetch in all; then a 504. The gateway sets
+    /// it from the upstream timeouts, which bound that fetch.
+    pub fetch_timeout: Duration,
     pub store: StoreOptions,
     /// How long past its stale windows an entry with validators is kept for revalidation.
     pub keep_stale: Duration,
@@ -69,7 +75,8 @@ impl Default for CachePolicy {
         CachePolicy {
             enabled: true,
             max_body_bytes: 8 * 1024 * 1024,
-            coalesce_timeout: Duration::from_secs(10),
+            coalesce_timeout: Duration::from_secs(5),
+            fetch_timeout: Duration::from_secs(30),
             store: StoreOptions::default(),
             keep_stale: Duration::from_secs(3600),
             max_variants: 16,
@@ -444,6 +451,44 @@ pub fn opaque(status: StatusCode) -> HttpResponse {
         ))
 }
 
+/// An opaque 500 as an actix error, for when no request is left to answer with (the inner
+/// service took it and panicked).
+fn internal_error() -> Error {
+    actix_web::error::InternalError::from_response(
+        "internal error",
+        opaque(StatusCode::INTERNAL_SERVER_ERROR),
+    )
+    .into()
+}
+
+/// Calls the inner service (the upstream proxy, or an application's routes). A panic in it, a
+/// handler's bug, becomes an opaque 500 and an ERROR line instead of a dropped connection, and
+/// never leaves the requests coalesced on it waiting.
+async fn call_inner<S, B>(inner: &S, req: ServiceRequest) -> Result<ServiceResponse<BoxBody>, Error>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error>,
+    B: MessageBody + 'static,
+{
+    use futures_util::FutureExt;
+    let called = std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req)));
+    let res = match called {
+        Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
+        Err(p) => Err(p),
+    };
+    match res {
+        Ok(r) => r.map(ServiceResponse::map_into_boxed_body),
+        Err(_) => {
+            tracing::error!("the inner service panicked; answered 500");
+            Err(internal_error())
+        }
+    }
+}
+
+/// Held in the extensions of a stale-while-revalidate response: dropped once actix has taken
+/// the response (and with it the response's copy of the request), which lets the background
+/// refresh start. The inner service (an application's router) needs the request to itself.
+struct RefreshGate(#[allow(dead_code)] oneshot::Sender<()>);
+
 fn is_unsafe(m: &Method) -> bool {
     !matches!(
         *m,
@@ -489,7 +534,7 @@ where
                 return Ok(self.refuse(req, &route, denied));
             }
             route.note(req.request(), Outcome::Pass, None);
-            return Ok(self.inner.call(req).await?.map_into_boxed_body());
+            return call_inner(&*self.inner, req).await;
         }
         if method != Method::GET && !is_head {
             return self.forward_other(req, route).await;
@@ -575,20 +620,22 @@ where
                 Reuse::StaleWhileRevalidate => {
                     route.note(req.request(), Outcome::StaleWhileRevalidate, Some(*tier));
                     let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
-                    let res = respond(entry, age, cs);
-                    if !is_head {
-                        upstream_conditionals(req.headers_mut(), Some(entry));
+                    let mut res = respond(entry, age, cs);
+                    if is_head {
+                        return Ok(req.into_response(res));
                     }
+                    upstream_conditionals(req.headers_mut(), Some(entry));
                     let http_req = req.request().clone();
-                    if !is_head {
-                        self.clone().refresh_in_background(
-                            req,
-                            key,
-                            entry.clone(),
-                            *tier,
-                            facts,
-                            route,
-                        );
+                    let gate = self.clone().refresh_in_background(
+                        req,
+                        key,
+                        entry.clone(),
+                        *tier,
+                        facts,
+                        route,
+                    );
+                    if let Some(gate) = gate {
+                        res.extensions_mut().insert(gate);
                     }
                     return Ok(ServiceResponse::new(http_req, res));
                 }
@@ -667,21 +714,17 @@ where
             return Ok(self.refuse(req, &route, denied));
         }
         route.note(req.request(), Outcome::Pass, None);
-        let mut res = self.inner.call(req).await?.map_into_boxed_body();
-        let status = res.status().as_u16();
-        append_status(
-            res.headers_mut(),
-            CacheStatus {
-                fwd: Some(Fwd::Bypass),
-                fwd_status: Some(status),
-                detail: why,
-                ..Default::default()
-            },
-        );
+        let mut res = call_inner(&*self.inner, req).await?;
+        let mut cs = forwarded(Fwd::Bypass, res.response());
+        cs.detail = cs.detail.or(why);
+        append_status(res.headers_mut(), cs);
         Ok(res)
     }
 
-    /// Fills or revalidates `key` through a coalesced fetch.
+    /// Fills or revalidates `key` through one coalesced fetch. The first request leads it (in a
+    /// task of its own); later ones wait for its outcome and never fetch the key themselves
+    /// while it runs, however slow the origin: past `coalesce_timeout` a waiter serves a stale
+    /// copy it may serve, otherwise it waits up to `fetch_timeout`, then answers 504.
     async fn fetch(
         self,
         mut req: ServiceRequest,
@@ -693,109 +736,138 @@ where
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         // Must happen before the request is shared (actix panics on mutating a shared head).
         upstream_conditionals(req.headers_mut(), stale.as_ref().map(|(e, _)| &**e));
-        let http_req = req.request().clone();
-        let epoch = self.state.store.purges().epoch();
-        let route = route.with_tags(http_req.path());
-        match self.state.flights.join(&key) {
-            Join::Leader(guard) => {
-                if let Err(denied) = self
-                    .state
-                    .limits
-                    .check_origin(&http_req, route.counters.route())
-                {
-                    // Waiters see the leader vanish and check the quota themselves.
-                    drop(guard);
-                    return Ok(self.origin_limited(req, &route, stale.as_ref(), fwd, denied));
+        let route = route.with_tags(req.path());
+        let st = self.state.clone();
+        let started = tokio::time::Instant::now();
+        // Serving stale past the coalesce timeout is for a merely stale entry that permits it;
+        // not when the client asked for validation, nor for `must-revalidate` and the like.
+        let stale_servable = fwd == Fwd::Stale && stale.as_ref().is_some_and(|(e, _)| !e.no_stale);
+        let mut counted = false;
+        loop {
+            let epoch = st.store.purges().epoch();
+            let mut rx = match st.flights.join(&key) {
+                Join::Leader(guard) => {
+                    let job = Fetch {
+                        ctx: self,
+                        req: Some(req),
+                        key,
+                        stale,
+                        facts,
+                        fwd,
+                        guard: Some(guard),
+                        epoch,
+                        route,
+                    };
+                    return job.lead().await;
                 }
-                let (tx, rx) = oneshot::channel();
-                let job = Fetch {
-                    ctx: self,
-                    req: Some(req),
-                    key,
-                    stale,
-                    facts,
-                    fwd,
-                    guard: Some(guard),
-                    epoch,
-                    route,
-                };
-                // The fetch runs in its own task, inside the request's span so its log lines
-                // name the request.
-                actix_web::rt::spawn(
-                    async move {
-                        let res = job.run().await;
-                        // The client may be gone; the store and the waiters were served already.
-                        let _ = tx.send(res);
-                    }
-                    .instrument(tracing::Span::current()),
-                );
-                let res = rx.await.unwrap_or_else(|_| opaque(StatusCode::BAD_GATEWAY));
-                Ok(ServiceResponse::new(http_req, res))
-            }
-            Join::Waiter(rx) => {
-                let st = &self.state;
+                Join::Waiter(rx) => rx,
+            };
+            if !counted {
                 st.metrics.coalesced_waiters.inc();
-                let outcome =
-                    tokio::time::timeout(st.policy.coalesce_timeout, single_flight::wait(rx))
-                        .await
-                        .ok()
-                        .flatten();
-                match outcome {
-                    Some(FlightOutcome::Stored(entry)) if entry.vary_matches(req.headers()) => {
-                        route.note(req.request(), Outcome::Collapsed, None);
+                counted = true;
+            }
+            let limit = if stale_servable {
+                st.policy.coalesce_timeout
+            } else {
+                st.policy.fetch_timeout
+            };
+            let waited =
+                tokio::time::timeout_at(started + limit, single_flight::wait(&mut rx)).await;
+            match waited {
+                Ok(FlightOutcome::Stored(entry)) if entry.vary_matches(req.headers()) => {
+                    route.note(req.request(), Outcome::Collapsed, None);
+                    let age = entry.age(st.clock.now());
+                    let cs = CacheStatus {
+                        hit: true,
+                        collapsed: true,
+                        ..Default::default()
+                    };
+                    return Ok(req.into_response(respond(&entry, age, cs)));
+                }
+                // Another variant was stored, or the leader went away: join again, so that
+                // one request leads the next fetch and the rest wait for it.
+                Ok(FlightOutcome::Stored(_)) | Ok(FlightOutcome::Abandoned) => continue,
+                Ok(FlightOutcome::Failed { status, detail }) => {
+                    let now = st.clock.now();
+                    if let Some(res) = stale
+                        .as_ref()
+                        .and_then(|(e, t)| stale_for_error(e, *t, status, now))
+                    {
+                        route.note(req.request(), Outcome::StaleIfError, stale.map(|s| s.1));
+                        return Ok(req.into_response(res));
+                    }
+                    route.note(req.request(), Outcome::Error, None);
+                    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+                    let cs = CacheStatus {
+                        fwd: Some(fwd),
+                        collapsed: true,
+                        detail: Some(detail),
+                        ..Default::default()
+                    };
+                    return Ok(req.into_response(with_status(opaque(code), cs)));
+                }
+                // The response may not be shared: this request fetches its own, at once.
+                Ok(FlightOutcome::Uncacheable) => {
+                    if let Err(denied) = st
+                        .limits
+                        .check_origin(req.request(), route.counters.route())
+                    {
+                        return Ok(self.origin_limited(req, &route, stale.as_ref(), fwd, denied));
+                    }
+                    let job = Fetch {
+                        ctx: self,
+                        req: Some(req),
+                        key,
+                        stale,
+                        facts,
+                        fwd,
+                        guard: None,
+                        epoch,
+                        route,
+                    };
+                    return job.run().await;
+                }
+                Err(_elapsed) => {
+                    if let Some((entry, tier)) = stale.filter(|_| stale_servable) {
+                        st.metrics
+                            .coalesce_timeouts
+                            .with_label_values(&["stale"])
+                            .inc();
+                        route.note(req.request(), Outcome::StaleIfError, Some(tier));
                         let age = entry.age(st.clock.now());
                         let cs = CacheStatus {
                             hit: true,
-                            collapsed: true,
+                            ttl: Some(storable_ttl(&entry, age)),
+                            detail: Some("origin-slow"),
                             ..Default::default()
                         };
-                        Ok(req.into_response(respond(&entry, age, cs)))
+                        return Ok(req.into_response(respond(&entry, age, cs)));
                     }
-                    Some(FlightOutcome::Failed { status }) => {
-                        let now = st.clock.now();
-                        if let Some(res) = stale
-                            .as_ref()
-                            .and_then(|(e, t)| stale_for_error(e, *t, status, now))
-                        {
-                            route.note(req.request(), Outcome::StaleIfError, stale.map(|s| s.1));
-                            return Ok(req.into_response(res));
-                        }
-                        route.note(req.request(), Outcome::Error, None);
-                        let code = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
-                        Ok(req.into_response(opaque(code)))
-                    }
-                    // Not shareable, the leader vanished, or the wait timed out: fetch directly.
-                    _ => {
-                        if let Err(denied) =
-                            st.limits.check_origin(&http_req, route.counters.route())
-                        {
-                            return Ok(self.origin_limited(
-                                req,
-                                &route,
-                                stale.as_ref(),
-                                fwd,
-                                denied,
-                            ));
-                        }
-                        let job = Fetch {
-                            ctx: self,
-                            req: Some(req),
-                            key,
-                            stale,
-                            facts,
-                            fwd,
-                            guard: None,
-                            epoch,
-                            route,
-                        };
-                        Ok(ServiceResponse::new(http_req, job.run().await))
-                    }
+                    tracing::warn!(
+                        waited_ms = started.elapsed().as_millis() as u64,
+                        "origin fetch of this key still running past the fetch timeout; 504"
+                    );
+                    st.metrics
+                        .coalesce_timeouts
+                        .with_label_values(&["gateway_timeout"])
+                        .inc();
+                    route.note(req.request(), Outcome::Error, None);
+                    let cs = CacheStatus {
+                        fwd: Some(fwd),
+                        collapsed: true,
+                        detail: Some(OriginError::Timeout.cache_status_detail()),
+                        ..Default::default()
+                    };
+                    let res = with_status(opaque(StatusCode::GATEWAY_TIMEOUT), cs);
+                    return Ok(req.into_response(res));
                 }
             }
         }
     }
 
     /// Starts one background refresh of `key` unless one is already running (RFC 5861 §3).
+    /// The refresh calls the inner service once the client's response is taken by actix (the
+    /// returned gate, put in that response, is dropped then).
     fn refresh_in_background(
         self,
         mut req: ServiceRequest,
@@ -804,9 +876,9 @@ where
         tier: TierName,
         facts: RequestFacts,
         route: Route,
-    ) {
+    ) -> Option<RefreshGate> {
         let Join::Leader(guard) = self.state.flights.join(&key) else {
-            return;
+            return None;
         };
         if self
             .state
@@ -816,7 +888,7 @@ where
         {
             // The stale response is served already; the next request past its window retries.
             tracing::debug!("origin quota spent; background refresh skipped");
-            return;
+            return None;
         }
         self.state.metrics.background_refreshes.inc();
         req.set_payload(Payload::None);
@@ -835,12 +907,15 @@ where
             epoch,
             route,
         };
+        let (gate, opened) = oneshot::channel::<()>();
         actix_web::rt::spawn(
             async move {
+                let _ = opened.await;
                 let _ = job.run().await;
             }
             .instrument(tracing::Span::current()),
         );
+        Some(RefreshGate(gate))
     }
 
     /// HEAD that storage could not answer: forwarded as HEAD, never stored; a matching response
@@ -863,10 +938,11 @@ where
         }
         route.note(req.request(), Outcome::Pass, None);
         upstream_conditionals(req.headers_mut(), None);
-        let http_req = req.request().clone();
         let request_time = st.clock.now();
-        let res = self.inner.call(req).await?.map_into_boxed_body();
+        let res = call_inner(&*self.inner, req).await?;
         let response_time = st.clock.now();
+        // Read only after the inner service is done with the request.
+        let http_req = res.request().clone();
         if let Some((entry, _)) = &stale {
             if res.status() == entry.status {
                 let same_validator = match (&entry.etag, res.headers().get(header::ETAG)) {
@@ -896,16 +972,9 @@ where
                 }
             }
         }
-        let status = res.status().as_u16();
         let mut res = res;
-        append_status(
-            res.headers_mut(),
-            CacheStatus {
-                fwd: Some(fwd),
-                fwd_status: Some(status),
-                ..Default::default()
-            },
-        );
+        let cs = forwarded(fwd, res.response());
+        append_status(res.headers_mut(), cs);
         Ok(res)
     }
 
@@ -927,8 +996,8 @@ where
             return Ok(self.refuse(req, &route, denied));
         }
         route.note(req.request(), Outcome::Pass, None);
-        let http_req = req.request().clone();
-        let res = self.inner.call(req).await?.map_into_boxed_body();
+        let res = call_inner(&*self.inner, req).await?;
+        let http_req = res.request().clone();
         let status = res.status();
         let origin_answered = res
             .response()
@@ -971,17 +1040,27 @@ where
                 }
             }
         }
-        let code = status.as_u16();
         let mut res = res;
-        append_status(
-            res.headers_mut(),
-            CacheStatus {
-                fwd: Some(Fwd::Method),
-                fwd_status: Some(code),
-                ..Default::default()
-            },
-        );
+        let cs = forwarded(Fwd::Method, res.response());
+        append_status(res.headers_mut(), cs);
         Ok(res)
+    }
+}
+
+/// The `Cache-Status` of a response that went forward: the origin's status, or, when tierd
+/// answered because the origin failed (502, 504), what failed.
+fn forwarded(fwd: Fwd, res: &HttpResponse) -> CacheStatus {
+    match res.extensions().get::<UpstreamFailure>() {
+        Some(UpstreamFailure(kind)) => CacheStatus {
+            fwd: Some(fwd),
+            detail: Some(kind.cache_status_detail()),
+            ..Default::default()
+        },
+        None => CacheStatus {
+            fwd: Some(fwd),
+            fwd_status: Some(res.status().as_u16()),
+            ..Default::default()
+        },
     }
 }
 
@@ -1118,18 +1197,86 @@ where
         }
     }
 
-    async fn run(mut self) -> HttpResponse {
+    /// Leads the flight: the fetch runs in a task of its own, so a client that goes away does
+    /// not cancel it for the requests waiting on it.
+    async fn lead(self) -> Result<ServiceResponse<BoxBody>, Error> {
+        let Some(req) = &self.req else {
+            return Err(internal_error());
+        };
+        if let Err(denied) = self
+            .ctx
+            .state
+            .limits
+            .check_origin(req.request(), self.route.counters.route())
+        {
+            // Waiters see the flight abandoned; they join again and check the quota themselves.
+            let Fetch {
+                ctx,
+                req,
+                stale,
+                fwd,
+                route,
+                guard,
+                ..
+            } = self;
+            drop(guard);
+            let Some(req) = req else {
+                return Err(internal_error());
+            };
+            return Ok(ctx.origin_limited(req, &route, stale.as_ref(), fwd, denied));
+        }
+        let (tx, rx) = oneshot::channel();
+        // Inside the request's span, so the fetch's log lines name the request.
+        actix_web::rt::spawn(
+            async move {
+                // The client may be gone; the store and the waiters were served already.
+                let _ = tx.send(self.run().await);
+            }
+            .instrument(tracing::Span::current()),
+        );
+        rx.await.unwrap_or_else(|_| Err(internal_error()))
+    }
+
+    /// Sends the request to the inner service (the origin, or the application's handlers) and
+    /// stores, freshens or passes on what it answers.
+    async fn run(mut self) -> Result<ServiceResponse<BoxBody>, Error> {
         let st = self.ctx.state.clone();
         let Some(req) = self.req.take() else {
-            return opaque(StatusCode::INTERNAL_SERVER_ERROR);
+            return Err(internal_error());
         };
-        let http_req: HttpRequest = req.request().clone();
         let request_time = st.clock.now();
-        let res = match self.ctx.inner.call(req).await {
-            Ok(r) => r.into_parts().1.map_into_boxed_body(),
-            Err(e) => e.error_response(),
-        };
+        let called = call_inner(&*self.ctx.inner, req).await;
         let response_time = st.clock.now();
+        let res = match called {
+            Ok(res) => res,
+            Err(e) => {
+                // No response to store (a panic, an inner middleware's error); waiters may
+                // serve stale.
+                let status = e.as_response_error().status_code().as_u16();
+                self.complete(FlightOutcome::Failed {
+                    status,
+                    detail: "application-error",
+                });
+                return Err(e);
+            }
+        };
+        // The request comes back with the response: the inner service (an app's router)
+        // needed it to itself while it ran, so no copy was kept.
+        let (http_req, res) = res.into_parts();
+        let res = self
+            .finish(&http_req, res, request_time, response_time)
+            .await;
+        Ok(ServiceResponse::new(http_req, res))
+    }
+
+    async fn finish(
+        mut self,
+        http_req: &HttpRequest,
+        res: HttpResponse,
+        request_time: SystemTime,
+        response_time: SystemTime,
+    ) -> HttpResponse {
+        let st = self.ctx.state.clone();
         let status = res.status();
         let failure = res.extensions().get::<UpstreamFailure>().copied();
 
@@ -1140,7 +1287,7 @@ where
                     &entry,
                     Some(tier),
                     res.headers(),
-                    &http_req,
+                    http_req,
                     request_time,
                     response_time,
                 );
@@ -1149,15 +1296,19 @@ where
 
         if failure.is_some() || storable::is_stale_if_error_status(status.as_u16()) {
             if let Some(res) =
-                self.stale_on_error(&http_req, status.as_u16(), failure.is_some(), response_time)
+                self.stale_on_error(http_req, status.as_u16(), failure.is_some(), response_time)
             {
                 return res;
             }
-            if failure.is_some() {
+            if let Some(UpstreamFailure(kind)) = failure {
+                let detail = kind.cache_status_detail();
                 self.complete(FlightOutcome::Failed {
                     status: status.as_u16(),
+                    detail,
                 });
-                self.route.note(&http_req, Outcome::Error, None);
+                self.route.note(http_req, Outcome::Error, None);
+                let mut res = res;
+                append_status(res.headers_mut(), self.failed_status(detail));
                 return res;
             }
         }
@@ -1184,7 +1335,7 @@ where
                     st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                 }
                 self.complete(FlightOutcome::Uncacheable);
-                self.route.note(&http_req, Outcome::Pass, None);
+                self.route.note(http_req, Outcome::Pass, None);
                 return with_status(res, self.forward_status(status, false));
             }
         };
@@ -1224,12 +1375,12 @@ where
                         st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                     }
                     self.complete(FlightOutcome::Uncacheable);
-                    self.route.note(&http_req, Outcome::Pass, None);
+                    self.route.note(http_req, Outcome::Pass, None);
                     return respond_uncached(&entry, self.forward_status(status, false));
                 }
                 st.store_entry(&self.key, self.route.tiers, entry.clone());
                 self.complete(FlightOutcome::Stored(entry.clone()));
-                self.route.note(&http_req, Outcome::Miss, None);
+                self.route.note(http_req, Outcome::Miss, None);
                 let age = entry.age(st.clock.now());
                 respond(&entry, age, self.forward_status(status, true))
             }
@@ -1237,7 +1388,7 @@ where
                 st.metrics
                     .not_stored(storable::NotStorable::TooLarge.as_str());
                 self.complete(FlightOutcome::Uncacheable);
-                self.route.note(&http_req, Outcome::Pass, None);
+                self.route.note(http_req, Outcome::Pass, None);
                 let chained =
                     stream::once(async move { Ok::<_, Box<dyn std::error::Error>>(prefix) })
                         .chain(BodyChunks(rest));
@@ -1258,13 +1409,26 @@ where
                 st.metrics.origin_error(OriginError::Body);
                 st.metrics
                     .not_stored(storable::NotStorable::Incomplete.as_str());
-                if let Some(res) = self.stale_on_error(&http_req, 502, true, st.clock.now()) {
+                if let Some(res) = self.stale_on_error(http_req, 502, true, st.clock.now()) {
                     return res;
                 }
-                self.complete(FlightOutcome::Failed { status: 502 });
-                self.route.note(&http_req, Outcome::Error, None);
-                opaque(StatusCode::BAD_GATEWAY)
+                let detail = OriginError::Body.cache_status_detail();
+                self.complete(FlightOutcome::Failed {
+                    status: 502,
+                    detail,
+                });
+                self.route.note(http_req, Outcome::Error, None);
+                with_status(opaque(StatusCode::BAD_GATEWAY), self.failed_status(detail))
             }
+        }
+    }
+
+    /// The `Cache-Status` of an error tierd answers itself because the origin failed.
+    fn failed_status(&self, detail: &'static str) -> CacheStatus {
+        CacheStatus {
+            fwd: Some(self.fwd),
+            detail: Some(detail),
+            ..Default::default()
         }
     }
 
@@ -1332,14 +1496,25 @@ where
     ) -> Option<HttpResponse> {
         let (entry, tier) = self.stale.clone()?;
         if let Some(res) = stale_for_error(&entry, tier, status, now) {
-            self.complete(FlightOutcome::Failed { status });
+            self.complete(FlightOutcome::Failed {
+                status,
+                detail: "origin-error",
+            });
             self.route.note(http_req, Outcome::StaleIfError, Some(tier));
             return Some(res);
         }
         if entry.no_stale && unreachable {
-            self.complete(FlightOutcome::Failed { status: 504 });
+            let detail = "stale-must-revalidate";
+            self.complete(FlightOutcome::Failed {
+                status: 504,
+                detail,
+            });
             self.route.note(http_req, Outcome::Error, None);
-            return Some(opaque(StatusCode::GATEWAY_TIMEOUT));
+            let res = with_status(
+                opaque(StatusCode::GATEWAY_TIMEOUT),
+                self.failed_status(detail),
+            );
+            return Some(res);
         }
         None
     }

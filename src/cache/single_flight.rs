@@ -21,7 +21,11 @@ pub enum FlightOutcome {
     /// the origin on its own, at once.
     Uncacheable,
     /// The origin could not be reached or answered with an error; waiters may serve stale.
-    Failed { status: u16 },
+    /// `detail` is the `Cache-Status` detail of the failure (`origin-timeout`, ...).
+    Failed { status: u16, detail: &'static str },
+    /// The leader went away without an outcome (its task was cancelled or panicked): waiters
+    /// join again, so exactly one of them fetches next.
+    Abandoned,
 }
 
 type Slot = watch::Sender<Option<FlightOutcome>>;
@@ -106,17 +110,17 @@ impl Drop for FlightGuard {
     fn drop(&mut self) {
         if !self.done {
             self.remove();
-            // Waiters see the sender close once the last Arc goes and fetch on their own.
-            self.tx.send_replace(Some(FlightOutcome::Uncacheable));
+            self.tx.send_replace(Some(FlightOutcome::Abandoned));
         }
     }
 }
 
-/// Waits for a flight's outcome; `None` if the leader vanished without one.
-pub async fn wait(mut rx: watch::Receiver<Option<FlightOutcome>>) -> Option<FlightOutcome> {
+/// Waits for a flight's outcome; [`FlightOutcome::Abandoned`] if the leader vanished without
+/// one. Cancel-safe: a caller may wait again on the same receiver after a timeout.
+pub async fn wait(rx: &mut watch::Receiver<Option<FlightOutcome>>) -> FlightOutcome {
     match rx.wait_for(Option::is_some).await {
-        Ok(v) => v.clone(),
-        Err(_) => None,
+        Ok(v) => v.clone().unwrap_or(FlightOutcome::Abandoned),
+        Err(_) => FlightOutcome::Abandoned,
     }
 }
 
@@ -137,12 +141,15 @@ mod tests {
             })
             .collect();
         assert!(f.in_flight("k"));
-        g.complete(FlightOutcome::Failed { status: 502 });
+        g.complete(FlightOutcome::Failed {
+            status: 502,
+            detail: "origin-unreachable",
+        });
         assert!(!f.in_flight("k"), "completed flight is removed");
-        for rx in waiters {
+        for mut rx in waiters {
             assert!(matches!(
-                wait(rx).await,
-                Some(FlightOutcome::Failed { status: 502 })
+                wait(&mut rx).await,
+                FlightOutcome::Failed { status: 502, .. }
             ));
         }
         assert!(
@@ -157,11 +164,15 @@ mod tests {
         let Join::Leader(g) = f.join("k") else {
             panic!()
         };
-        let Join::Waiter(rx) = f.join("k") else {
+        let Join::Waiter(mut rx) = f.join("k") else {
             panic!()
         };
         drop(g);
-        assert!(matches!(wait(rx).await, Some(FlightOutcome::Uncacheable)));
+        assert!(matches!(wait(&mut rx).await, FlightOutcome::Abandoned));
         assert!(f.is_empty());
+        assert!(
+            matches!(f.join("k"), Join::Leader(_)),
+            "a waiter leads next"
+        );
     }
 }
