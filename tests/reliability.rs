@@ -6,8 +6,14 @@ mod common;
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
 use common::redis::RedisServer;
 use common::{Harness, Reply};
+use tierd::cache::{CacheHeaders, ResponseCache};
+use tierd::clock::ManualClock;
 
 /// The one value of a metric series; a missing series fails the test (a renamed metric must
 /// not read as zero).
@@ -87,4 +93,347 @@ async fn a_healthy_subscription_keeps_l1_for_resp2_and_resp3() {
     }
     h2.stop().await;
     h3.stop().await;
+}
+
+/// An application with routes, embedding the cache the way the README shows, at one level.
+#[derive(Clone, Copy, Debug)]
+enum Level {
+    App,
+    Scope,
+    Resource,
+}
+
+struct EmbeddedApp {
+    addr: std::net::SocketAddr,
+    clock: Arc<ManualClock>,
+    calls: Arc<AtomicU64>,
+    handle: actix_web::dev::ServerHandle,
+}
+
+async fn item(path: web::Path<u32>, calls: web::Data<AtomicU64>) -> HttpResponse {
+    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "max-age=60, stale-while-revalidate=60"))
+        .body(format!("item {} call {n}", path.into_inner()))
+}
+
+async fn slow_item(path: web::Path<u32>, calls: web::Data<AtomicU64>) -> HttpResponse {
+    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "max-age=60"))
+        .body(format!("slow {} call {n}", path.into_inner()))
+}
+
+async fn update(calls: web::Data<AtomicU64>) -> HttpResponse {
+    calls.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::NoContent().finish()
+}
+
+async fn boom() -> HttpResponse {
+    panic!("a handler bug")
+}
+
+impl EmbeddedApp {
+    async fn start(level: Level) -> EmbeddedApp {
+        let clock = Arc::new(ManualClock::new());
+        let mut settings = tierd::config::Settings::default();
+        settings.tiers.l2.enabled = false;
+        settings.tiers.l3.enabled = false;
+        let state = tierd::server::build_state(&settings, clock.clone()).unwrap();
+        let calls = web::Data::new(AtomicU64::new(0));
+        let counter = calls.clone().into_inner();
+        let (st, data) = (state.clone(), calls.clone());
+        fn routes(cfg: &mut web::ServiceConfig) {
+            cfg.route("/items/{id}", web::get().to(item))
+                .route("/items/{id}", web::put().to(update))
+                .route("/slow/{id}", web::get().to(slow_item))
+                .route("/boom", web::get().to(boom));
+        }
+        macro_rules! serve {
+            ($app:expr) => {{
+                let srv = HttpServer::new($app)
+                    .workers(1)
+                    .disable_signals()
+                    .bind("127.0.0.1:0")
+                    .unwrap();
+                (srv.addrs()[0], srv.run())
+            }};
+        }
+        let (addr, server) = match level {
+            // The README's recipe: the whole app, its router included, inside the cache.
+            Level::App => serve!(move || {
+                App::new()
+                    .app_data(data.clone())
+                    .wrap(ResponseCache::new(st.clone()))
+                    .wrap(CacheHeaders::new(st.clock.clone()))
+                    // An application middleware that awaits after the response is built (an
+                    // async audit log, say): the response's copy of the request lives on.
+                    .wrap(actix_web::middleware::from_fn(
+                        |req, next: actix_web::middleware::Next<_>| async move {
+                            let res = next.call(req).await?;
+                            tokio::task::yield_now().await;
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            Ok::<_, actix_web::Error>(res)
+                        },
+                    ))
+                    .service(web::scope("/app").configure(routes))
+            }),
+            Level::Scope => serve!(move || {
+                App::new().app_data(data.clone()).service(
+                    web::scope("/app")
+                        .wrap(ResponseCache::new(st.clone()))
+                        .wrap(CacheHeaders::new(st.clock.clone()))
+                        .configure(routes),
+                )
+            }),
+            Level::Resource => serve!(move || {
+                let cache = ResponseCache::new(st.clone());
+                let headers = CacheHeaders::new(st.clock.clone());
+                App::new().app_data(data.clone()).service(
+                    web::scope("/app")
+                        .service(
+                            web::resource("/items/{id}")
+                                .route(web::get().to(item))
+                                .route(web::put().to(update))
+                                .wrap(cache.clone())
+                                .wrap(headers.clone()),
+                        )
+                        .service(
+                            web::resource("/slow/{id}")
+                                .route(web::get().to(slow_item))
+                                .wrap(cache.clone())
+                                .wrap(headers.clone()),
+                        )
+                        .service(
+                            web::resource("/boom")
+                                .route(web::get().to(boom))
+                                .wrap(cache)
+                                .wrap(headers),
+                        ),
+                )
+            }),
+        };
+        let handle = server.handle();
+        actix_web::rt::spawn(server);
+        EmbeddedApp {
+            addr,
+            clock,
+            calls: counter,
+            handle,
+        }
+    }
+
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> common::Resp {
+        let url = format!("http://{}{path}", self.addr);
+        let mut req = common::client().request(method.parse().unwrap(), url);
+        for h in headers {
+            req = req.insert_header(*h);
+        }
+        common::send(req).await
+    }
+
+    fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+/// Issue: wrapping an app (or scope) that has routes answered every request 502, because the
+/// middleware kept a copy of the request while actix's router needed it to itself; a
+/// panicking handler gave a gateway's 502. At each level: a miss reaches the routed handler
+/// with its path parameter, a hit is served from L1, a conditional request gets 304, a PUT
+/// invalidates, a stale-while-revalidate hit refreshes through the router in the background,
+/// concurrent misses coalesce into one handler call, and a panicking handler gives 500 while
+/// the app keeps serving.
+#[actix_web::test]
+async fn the_cache_works_wrapped_around_an_app_a_scope_and_a_resource() {
+    for level in [Level::App, Level::Scope, Level::Resource] {
+        let app = EmbeddedApp::start(level).await;
+        let miss = app.send("GET", "/app/items/7", &[]).await;
+        assert_eq!(miss.status, 200, "{level:?}: {}", miss.text());
+        assert_eq!(miss.text(), "item 7 call 1", "{level:?}");
+        assert_eq!(
+            miss.cache_status(),
+            "tierd; fwd=uri-miss; fwd-status=200; stored"
+        );
+
+        let hit = app.send("GET", "/app/items/7", &[]).await;
+        assert_eq!(
+            (hit.text().as_str(), hit.detail().as_str()),
+            ("item 7 call 1", "l1")
+        );
+        let etag = hit.header("etag").expect("an ETag");
+        let not_modified = app
+            .send("GET", "/app/items/7", &[("if-none-match", &etag)])
+            .await;
+        assert_eq!(not_modified.status, 304, "{level:?}");
+        assert_eq!(
+            app.calls(),
+            1,
+            "{level:?}: hits and 304s never reach the handler"
+        );
+
+        let put = app.send("PUT", "/app/items/7", &[]).await;
+        assert_eq!(put.status, 204, "{level:?}");
+        let refetched = app.send("GET", "/app/items/7", &[]).await;
+        assert_eq!(
+            refetched.text(),
+            "item 7 call 3",
+            "{level:?}: the PUT invalidated"
+        );
+
+        // Stale within stale-while-revalidate: served at once, refreshed through the router.
+        app.clock.advance(Duration::from_secs(61));
+        let stale = app.send("GET", "/app/items/7", &[]).await;
+        assert_eq!(stale.text(), "item 7 call 3", "{level:?}");
+        assert!(
+            stale.cache_status().contains("ttl=-1"),
+            "{}",
+            stale.cache_status()
+        );
+        let refreshed = common::eventually(Duration::from_secs(5), || app.calls() == 4).await;
+        assert!(
+            refreshed,
+            "{level:?}: the background refresh reached the handler"
+        );
+        let mut fresh = String::new();
+        for _ in 0..100 {
+            fresh = app.send("GET", "/app/items/7", &[]).await.text();
+            if fresh == "item 7 call 4" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(fresh, "item 7 call 4", "{level:?}: the refresh was stored");
+
+        let before = app.calls();
+        let concurrent = (0..20).map(|_| app.send("GET", "/app/slow/1", &[]));
+        for r in futures_util::future::join_all(concurrent).await {
+            assert_eq!(r.text(), format!("slow 1 call {}", before + 1), "{level:?}");
+        }
+        assert_eq!(
+            app.calls(),
+            before + 1,
+            "{level:?}: one handler call for 20 misses"
+        );
+
+        let boom = app.send("GET", "/app/boom", &[]).await;
+        assert_eq!(boom.status, 500, "{level:?}");
+        assert_eq!(
+            boom.text(),
+            "Internal Server Error\n",
+            "{level:?}: an opaque body"
+        );
+        let after = app.send("GET", "/app/items/7", &[]).await;
+        assert_eq!(after.status, 200, "{level:?}: still serving after a panic");
+        app.handle.stop(false).await;
+    }
+}
+
+/// Issue: with the origin slower than `coalesce_timeout_ms`, every waiter gave up and fetched
+/// the key itself (200 clients, 200 origin requests). Now exactly one origin request is made
+/// however slow the origin: without a stored copy every client waits for that one fetch; with
+/// a stale copy, waiters past the coalesce timeout are served it (`detail=origin-slow`) while
+/// the one fetch completes and is stored.
+#[actix_web::test]
+async fn a_slow_origin_gets_one_request_per_key_however_many_wait() {
+    let h = Harness::with(
+        |req, n| {
+            Reply::ok(format!("{} #{n}", req.path()))
+                .cc("max-age=60")
+                .delay_ms(1_500)
+        },
+        |s| {
+            s.cache.coalesce_timeout_ms = 200;
+            s.upstream.timeout_ms = 4_000;
+        },
+    )
+    .await;
+    let cold = (0..200).map(|_| h.get("/hot"));
+    let answers = futures_util::future::join_all(cold).await;
+    assert_eq!(h.origin.hits(), 1, "one origin request for 200 clients");
+    let mut collapsed = 0;
+    for r in &answers {
+        assert_eq!((r.status, r.text().as_str()), (200, "/hot #1"));
+        collapsed += usize::from(r.cache_status().contains("collapsed"));
+    }
+    assert_eq!(collapsed, 199, "every other client waited for the leader");
+    let waited = metric(h.gw.admin_addr, "tierd_coalesced_waiters_total", &[]).await;
+    assert_eq!(waited, 199.0);
+
+    // Stale now (no stale-while-revalidate): the leader revalidates, slowly; the others get
+    // the stale copy once the coalesce timeout passes, and nobody else goes to the origin.
+    h.advance(61);
+    let started = std::time::Instant::now();
+    let stale = (0..50).map(|_| h.get("/hot"));
+    let answers = futures_util::future::join_all(stale).await;
+    assert_eq!(h.origin.hits(), 2, "one revalidation for 50 clients");
+    let slow: Vec<_> = answers
+        .iter()
+        .filter(|r| r.cache_status() == "tierd; hit; ttl=-1; detail=origin-slow")
+        .collect();
+    assert_eq!(
+        slow.len(),
+        49,
+        "waiters served stale past the coalesce timeout"
+    );
+    assert!(slow
+        .iter()
+        .all(|r| r.text() == "/hot #1" && r.age() == Some(61)));
+    let led: Vec<_> = answers.iter().filter(|r| r.text() == "/hot #2").collect();
+    assert_eq!(led.len(), 1, "the leader waited for the origin");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "one slow fetch, not fifty"
+    );
+    let served_stale = metric(
+        h.gw.admin_addr,
+        "tierd_coalesce_timeouts_total",
+        &[("result", "stale")],
+    )
+    .await;
+    assert_eq!(served_stale, 49.0);
+    assert_eq!(
+        h.get("/hot").await.text(),
+        "/hot #2",
+        "the fetch was stored"
+    );
+    h.stop().await;
+}
+
+/// A `must-revalidate` entry is never served stale to a waiter; an origin that does not
+/// answer in time gives every waiter the leader's 504, with a `Cache-Status` saying why, and
+/// still one origin request.
+#[actix_web::test]
+async fn waiters_on_a_hanging_origin_share_its_504() {
+    let h = Harness::with(
+        |req, n| {
+            let r = Reply::ok(format!("{} #{n}", req.path())).cc("max-age=60, must-revalidate");
+            if n == 1 {
+                r
+            } else {
+                r.delay_ms(5_000)
+            }
+        },
+        |s| {
+            s.cache.coalesce_timeout_ms = 100;
+            s.upstream.timeout_ms = 700;
+        },
+    )
+    .await;
+    assert_eq!(h.get("/mr").await.text(), "/mr #1");
+    h.advance(61);
+    let answers = futures_util::future::join_all((0..20).map(|_| h.get("/mr"))).await;
+    assert_eq!(h.origin.hits(), 2, "one origin request for 20 clients");
+    for r in &answers {
+        assert_eq!(r.status, 504, "{}", r.cache_status());
+        assert_eq!(r.text(), "Gateway Timeout\n");
+        let cs = r.cache_status();
+        assert!(
+            cs == "tierd; fwd=stale; detail=stale-must-revalidate"
+                || cs == "tierd; fwd=stale; collapsed; detail=stale-must-revalidate",
+            "{cs}"
+        );
+    }
+    h.stop().await;
 }
