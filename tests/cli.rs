@@ -96,10 +96,37 @@ fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
 fn the_shipped_config_is_valid() {
     let f = external::repo().join("config/tierd.toml");
     let out = bin().arg("check-config").arg(f).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        !err.contains("warning"),
+        "the shipped config has no warning: {err}"
+    );
+}
+
+#[test]
+fn check_config_warns_about_contradictory_timeouts() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.toml");
+    std::fs::write(
+        &f,
+        "[upstream]\ntimeout_ms = 3000\n[cache]\ncoalesce_timeout_ms = 3000\n",
+    )
+    .unwrap();
+    let out = bin().arg("check-config").arg(&f).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "valid, with a warning: {err}");
+    assert!(
+        err.contains(
+            "warning: cache.coalesce_timeout_ms (3000) is not below upstream.timeout_ms (3000)"
+        ),
+        "{err}"
+    );
+    std::fs::write(&f, "[upstream]\ntimeout_ms = 10000\n").unwrap();
+    let out = bin().arg("check-config").arg(&f).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).is_empty(),
+        "the defaults agree"
     );
 }
 
