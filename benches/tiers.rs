@@ -211,11 +211,9 @@ async fn bench_l3(full: bool) {
         let handle = rt.handle();
         let metrics = Arc::new(Metrics::new());
         let opts = DuckOptions {
-            path: dir.path().join("bench.duckdb"),
-            max_bytes: u64::MAX,
-            queue_capacity: 100_000,
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(600),
+            ..DuckOptions::new(dir.path().join("bench.duckdb"), u64::MAX)
         };
         let tier: Arc<dyn Tier> = Arc::new(
             DuckTier::open(&opts, Arc::new(SystemClock), metrics.clone(), &handle).expect("l3"),

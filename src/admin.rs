@@ -163,16 +163,33 @@ async fn readyz(state: web::Data<CacheState>) -> HttpResponse {
         .into_iter()
         .map(|t| {
             let circuit = t.circuit.map(|c| c.as_str());
-            let ok = !matches!(circuit, Some("open"));
+            let ok = !matches!(circuit, Some("open")) && t.healthy;
             degraded |= !ok;
+            let state = if !t.healthy {
+                "reopening"
+            } else if ok {
+                "ok"
+            } else {
+                "circuit_open"
+            };
             json!({
                 "tier": t.name.as_str(),
                 "ok": ok,
+                "state": state,
                 "circuit": circuit,
                 "queue_depth": t.queue_depth,
             })
         })
+        .chain(state.store.failed_tiers().iter().map(|(name, reason)| {
+            json!({
+                "tier": name.as_str(),
+                "ok": false,
+                "state": "failed",
+                "error": reason,
+            })
+        }))
         .collect();
+    degraded |= !state.store.failed_tiers().is_empty();
     HttpResponse::Ok().json(json!({
         "ready": true,
         "status": if degraded { "degraded" } else { "ok" },

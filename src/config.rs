@@ -299,6 +299,12 @@ pub struct L3Config {
     pub read_timeout_ms: u64,
     /// How long a delete waits behind queued writes.
     pub write_timeout_ms: u64,
+    /// DuckDB's worker threads.
+    pub threads: usize,
+    /// DuckDB's memory limit (its buffer pool; the default DuckDB would take is 80% of RAM).
+    pub memory_limit_bytes: u64,
+    /// How often the WAL is folded into the file when anything was written.
+    pub checkpoint_interval_seconds: u64,
 }
 
 impl Default for L3Config {
@@ -311,6 +317,9 @@ impl Default for L3Config {
             queue_capacity: DEFAULT_L3_QUEUE_CAPACITY,
             read_timeout_ms: DEFAULT_L3_READ_TIMEOUT_MS,
             write_timeout_ms: DEFAULT_L3_WRITE_TIMEOUT_MS,
+            threads: crate::store::DEFAULT_DUCK_THREADS,
+            memory_limit_bytes: crate::store::DEFAULT_DUCK_MEMORY_LIMIT_BYTES,
+            checkpoint_interval_seconds: crate::store::DEFAULT_CHECKPOINT_INTERVAL.as_secs(),
         }
     }
 }
@@ -324,6 +333,9 @@ impl L3Config {
             queue_capacity: self.queue_capacity,
             read_timeout: Duration::from_millis(self.read_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
+            threads: self.threads,
+            memory_limit_bytes: self.memory_limit_bytes,
+            checkpoint_interval: Duration::from_secs(self.checkpoint_interval_seconds),
         }
     }
 }

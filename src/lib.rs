@@ -17,6 +17,7 @@ pub mod config;
 pub mod demo;
 pub mod guard;
 pub mod http;
+pub mod log_limit;
 pub mod metrics;
 pub mod observe;
 pub mod policy;

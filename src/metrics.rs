@@ -326,6 +326,8 @@ pub struct TierMetrics {
     pub promotions: IntCounter,
     pub queue_depth: IntGauge,
     pub circuit_open: IntGauge,
+    /// 1 while a configured tier is failed: could not start, or is being reopened.
+    pub failed: IntGauge,
     pub entries: IntGauge,
     pub bytes: IntGauge,
     get_seconds: Histogram,
@@ -675,6 +677,18 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
+        let failed = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tierd_tier_failed",
+                    "1 while a configured tier is failed: it could not start, or (L3) DuckDB \
+                     invalidated the database and it is being reopened",
+                ),
+                &["tier"],
+            )
+            .expect("static metric definition"),
+        );
         let op_seconds = reg(
             &r,
             HistogramVec::new(
@@ -711,6 +725,7 @@ impl Metrics {
                 promotions: promotions.with_label_values(&[n]),
                 queue_depth: queue_depth.with_label_values(&[n]),
                 circuit_open: circuit_open.with_label_values(&[n]),
+                failed: failed.with_label_values(&[n]),
                 entries: entries.with_label_values(&[n]),
                 bytes: bytes.with_label_values(&[n]),
                 get_seconds: op_seconds.with_label_values(&[n, "get"]),

@@ -65,7 +65,10 @@ pub fn build_store(
                 bus = Some(Bus::new(tier.clone(), &l2.key_prefix, handle.clone()));
                 store = store.with_tier(tier, Duration::from_secs(l2.max_ttl_seconds));
             }
-            Err(e) => tracing::error!(tier = "l2", error = %e, "L2 disabled"),
+            Err(e) => {
+                tracing::error!(tier = "l2", error = %e, "L2 disabled");
+                store = store.with_failed_tier(crate::store::TierName::L2, e.to_string());
+            }
         }
     }
     if l3.enabled {
@@ -75,7 +78,8 @@ pub fn build_store(
                 store = store.with_tier(Arc::new(tier), Duration::from_secs(l3.max_ttl_seconds));
             }
             Err(e) => {
-                tracing::error!(tier = "l3", error = %e, "L3 disabled; tierd keeps serving from the other tiers")
+                tracing::error!(tier = "l3", error = %e, "L3 disabled; tierd keeps serving from the other tiers");
+                store = store.with_failed_tier(crate::store::TierName::L3, e.to_string());
             }
         }
     }

@@ -19,6 +19,7 @@ use crate::cache::{opaque, UpstreamFailure};
 use crate::config::UpstreamConfig;
 use crate::guard::BodyCutOff;
 use crate::http::headers::HopByHop;
+use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
 use crate::metrics::{Metrics, OriginError};
 
 /// Where requests go, parsed from `upstream.url`.
@@ -177,7 +178,10 @@ impl Upstream {
             Err(e) => {
                 let (kind, status) = classify(&e);
                 self.metrics.origin_error(kind);
-                tracing::warn!(error = %e, kind = kind.as_str(), path = http_req.path(), "origin request failed");
+                static FAILED: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
+                if let Some(occurrences) = FAILED.check() {
+                    tracing::warn!(error = %e, kind = kind.as_str(), path = http_req.path(), occurrences, "origin request failed");
+                }
                 let mut res = opaque(status);
                 res.extensions_mut().insert(UpstreamFailure(kind));
                 res

@@ -16,11 +16,10 @@ const ROW: usize = 8 * 1024;
 
 fn options(path: &Path, max_bytes: u64) -> DuckOptions {
     DuckOptions {
-        path: path.to_owned(),
-        max_bytes,
         queue_capacity: 10_000,
         read_timeout: Duration::from_secs(5),
         write_timeout: Duration::from_secs(30),
+        ..DuckOptions::new(path, max_bytes)
     }
 }
 

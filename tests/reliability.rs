@@ -437,3 +437,201 @@ async fn waiters_on_a_hanging_origin_share_its_504() {
     }
     h.stop().await;
 }
+
+/// A small filesystem of its own (tmpfs; the test command runs as root), so the disk can fill
+/// up under a running tierd without touching the machine's. Unmounted when dropped.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(mib: u64) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}M"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("mount");
+        assert!(
+            out.status.success(),
+            "mounting a tmpfs needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { dir }
+    }
+
+    fn path(&self, name: &str) -> std::path::PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Fills the disk, leaving `slack` bytes free.
+    fn fill_leaving(&self, slack: u64) {
+        use std::io::Write;
+        let mut f = std::fs::File::create(self.path("filler")).unwrap();
+        let chunk = vec![0u8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.flush();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len.saturating_sub(slack)).unwrap();
+    }
+
+    fn free(&self) {
+        std::fs::remove_file(self.path("filler")).unwrap();
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// The `state` of `tier` in `/readyz`.
+async fn tier_state(admin: u16, tier: &str) -> String {
+    let text = common::send(common::client().get(format!("http://127.0.0.1:{admin}/readyz")))
+        .await
+        .text();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["tiers"]
+        .as_array()
+        .and_then(|t| t.iter().find(|t| t["tier"] == tier))
+        .map(|t| t["state"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| panic!("{tier} not in /readyz: {text}"))
+}
+
+async fn until_state(admin: u16, tier: &str, want: &str, within: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if tier_state(admin, tier).await == want {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// Issue: a checkpoint that fails (here: the disk fills up) makes DuckDB invalidate the
+/// database; tierd then failed every L3 read and write until restarted, logged two WARN lines
+/// per batch, and `/readyz` said L3 was fine. Now the binary, with L3 on a small disk: the
+/// disk fills, the next checkpoint fails, `/readyz` shows L3 reopening with one ERROR line,
+/// requests are still answered (never a 5xx), and once space is freed L3 reopens on its own;
+/// after a restart on the same file, entries written before and after the outage are served
+/// from L3.
+#[actix_web::test]
+async fn a_database_duckdb_invalidated_is_reopened_once_the_disk_has_room() {
+    let disk = SmallDisk::mount(24);
+    let clock = Arc::new(ManualClock::new());
+    let origin = common::Origin::start(clock, |req, _| {
+        Reply::ok(vec![b'x'; 8 * 1024])
+            .cc("max-age=3600")
+            .header("x-path", req.path())
+            .no_date()
+    })
+    .await;
+    let db = disk.path("l3.duckdb").display().to_string();
+    let log = disk
+        .dir
+        .path()
+        .join("..")
+        .join(format!("tierd-reliability-{}.log", std::process::id()));
+    let start = |port: u16, admin: u16| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"));
+        cmd.arg("serve")
+            .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+            .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+            .env("TIERD__UPSTREAM__URL", format!("http://{}", origin.addr))
+            .env("TIERD__LOG__LEVEL", "info")
+            .env("TIERD__TIERS__L3__ENABLED", "true")
+            .env("TIERD__TIERS__L3__PATH", &db)
+            .env("TIERD__TIERS__L3__CHECKPOINT_INTERVAL_SECONDS", "1")
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::process::Stdio::null());
+        common::Proc(cmd.spawn().expect("tierd binary"))
+    };
+    let get = |port: u16, path: &str| {
+        let url = format!("http://127.0.0.1:{port}{path}");
+        async move { common::send(common::client().get(url)).await }
+    };
+    let (port, admin) = (common::free_port(), common::free_port());
+    let mut node = start(port, admin);
+    common::wait_up(port).await;
+    for i in 0..10 {
+        assert_eq!(get(port, &format!("/before/{i}")).await.status, 200);
+    }
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    common::written_at(admin_addr, "l3", 10).await;
+    assert_eq!(tier_state(admin, "l3").await, "ok");
+
+    // Room for the WAL to grow a little, not for the checkpoint to write a new block.
+    disk.fill_leaving(96 * 1024);
+    let mut i = 0;
+    let invalidated = loop {
+        if tier_state(admin, "l3").await == "reopening" {
+            break true;
+        }
+        if i == 400 {
+            break false;
+        }
+        let r = get(port, &format!("/during/{i}")).await;
+        assert_eq!(r.status, 200, "requests are answered while L3 fails");
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(invalidated, "a failed checkpoint puts L3 in 'reopening'");
+    let failed = metric(admin_addr, "tierd_tier_failed", &[("tier", "l3")]).await;
+    assert_eq!(failed, 1.0);
+    // Misses while L3 is out reach the origin and are answered; nothing blocks.
+    for j in 0..50 {
+        let r = get(port, &format!("/outage/{j}")).await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(get(port, "/before/3").await.detail(), "l1");
+
+    disk.free();
+    assert!(
+        until_state(admin, "l3", "ok", Duration::from_secs(20)).await,
+        "L3 reopened on its own once the disk had room"
+    );
+    assert_eq!(
+        metric(admin_addr, "tierd_tier_failed", &[("tier", "l3")]).await,
+        0.0
+    );
+    assert_eq!(get(port, "/after/1").await.status, 200);
+    let written = metric(
+        admin_addr,
+        "tierd_tier_writes_total",
+        &[("tier", "l3"), ("outcome", "written")],
+    )
+    .await;
+    common::written_at(admin_addr, "l3", written as u64).await;
+    assert!(common::sigterm(&mut node).success());
+
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("ERROR")).collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "one ERROR line for the outage: {errors:#?}"
+    );
+    assert!(errors[0].contains("invalidated"), "{}", errors[0]);
+    let warns = text.lines().filter(|l| l.contains("WARN")).count();
+    assert!(
+        warns <= 10,
+        "the outage does not flood the log ({warns} WARN lines):\n{text}"
+    );
+    assert!(text.contains("L3 reopened"), "{text}");
+
+    // The file is whole: a new process serves what was written before and after the outage.
+    let mut node = start(port, admin);
+    common::wait_up(port).await;
+    for path in ["/before/3", "/after/1"] {
+        let r = get(port, path).await;
+        assert_eq!((r.status, r.detail().as_str()), (200, "l3"), "{path}");
+    }
+    assert!(common::sigterm(&mut node).success());
+    origin.stop().await;
+}

@@ -350,6 +350,19 @@ async fn an_unusable_duckdb_file_disables_l3_and_tierd_keeps_serving() {
         let a = start(&origin, &clock, |s| l3(s, path)).await;
         let stats = admin(&a, "/_tierd/stats").await;
         assert!(!stats.contains("\"l3\""), "L3 left out: {stats}");
+        // ...and reported failed, not silently absent.
+        let ready: serde_json::Value = serde_json::from_str(&admin(&a, "/readyz").await).unwrap();
+        assert_eq!(ready["status"], "degraded", "{ready}");
+        let l3 = ready["tiers"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["tier"] == "l3"))
+            .unwrap_or_else(|| panic!("l3 in /readyz: {ready}"));
+        assert_eq!((&l3["ok"], &l3["state"]), (&false.into(), &"failed".into()));
+        let name = path.file_name().unwrap().to_str().unwrap();
+        assert!(
+            l3["error"].as_str().unwrap_or_default().contains(name),
+            "{l3}"
+        );
         let before = origin.hits();
         assert_eq!(get(&a, "/still").await.status, 200);
         assert_eq!(detail(&get(&a, "/still").await), "l1");
@@ -519,6 +532,12 @@ fn a_duckdb_file_locked_by_another_process_disables_l3_only() {
         let a = start(&origin, &clock, |s| l3(s, &file)).await;
         let stats = admin(&a, "/_tierd/stats").await;
         assert!(!stats.contains("\"l3\""), "L3 left out: {stats}");
+        let ready: serde_json::Value = serde_json::from_str(&admin(&a, "/readyz").await).unwrap();
+        let l3 = ready["tiers"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["tier"] == "l3"))
+            .unwrap_or_else(|| panic!("l3 in /readyz: {ready}"));
+        assert_eq!((&l3["ok"], &l3["state"]), (&false.into(), &"failed".into()));
         assert_eq!(get(&a, "/locked").await.status, 200);
         assert_eq!(detail(&get(&a, "/locked").await), "l1");
         a.stop(true).await;

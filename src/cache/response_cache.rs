@@ -33,6 +33,7 @@ use crate::http::cache_status::{CacheStatus, Fwd};
 use crate::http::storable::{
     self, LifetimeOverride, NotStorable, RequestFacts, Reuse, StoreOptions,
 };
+use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
 use crate::metrics::{Lookup, Metrics, OriginError, Outcome, RouteCounters};
 use crate::observe::Served;
 use crate::policy::{self, RouteMatch, Rule, RuleSet, Selector};
@@ -843,10 +844,14 @@ where
                         };
                         return Ok(req.into_response(respond(&entry, age, cs)));
                     }
-                    tracing::warn!(
-                        waited_ms = started.elapsed().as_millis() as u64,
-                        "origin fetch of this key still running past the fetch timeout; 504"
-                    );
+                    static SLOW: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
+                    if let Some(occurrences) = SLOW.check() {
+                        tracing::warn!(
+                            waited_ms = started.elapsed().as_millis() as u64,
+                            occurrences,
+                            "origin fetch of this key still running past the fetch timeout; 504"
+                        );
+                    }
                     st.metrics
                         .coalesce_timeouts
                         .with_label_values(&["gateway_timeout"])
@@ -1158,7 +1163,10 @@ async fn collect(mut body: BoxBody, limit: usize) -> Collected {
         match next {
             // A body shorter than its Content-Length was cut off: never store a truncated entry.
             None if declared.is_some_and(|n| n != buf.len() as u64) => {
-                tracing::warn!(declared = ?declared, received = buf.len(), "origin body ended early; nothing stored");
+                static CUT: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
+                if let Some(occurrences) = CUT.check() {
+                    tracing::warn!(declared = ?declared, received = buf.len(), occurrences, "origin body ended early; nothing stored");
+                }
                 return Collected::Failed;
             }
             None => return Collected::Full(buf.freeze()),
@@ -1169,7 +1177,10 @@ async fn collect(mut body: BoxBody, limit: usize) -> Collected {
                 }
             }
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "origin body failed mid-stream; nothing stored");
+                static FAILED: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
+                if let Some(occurrences) = FAILED.check() {
+                    tracing::warn!(error = %e, occurrences, "origin body failed mid-stream; nothing stored");
+                }
                 return Collected::Failed;
             }
         }

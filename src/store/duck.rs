@@ -12,10 +12,17 @@
 //!
 //! Entries are keyed by a 64-bit xxh3 hash of the cache key; the key itself is stored and checked,
 //! so a hash collision is a miss, not a wrong answer.
+//!
+//! DuckDB invalidates a database after a fatal error (a checkpoint that fails on a full disk, a
+//! WAL it cannot remove, a damaged block): every later statement fails until the database is
+//! opened again. The writer notices (in its own statements or through a reader's), logs one
+//! ERROR line, closes every connection and reopens the file with backoff; meanwhile reads are
+//! misses without touching DuckDB, writes are dropped and counted, and `/readyz` shows L3
+//! degraded. Once the cause is gone the tier comes back on its own, WAL replayed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -28,6 +35,7 @@ use super::queue::{Finished, Op, Record, WriteQueue};
 use super::{Tier, TierError, TierName, TierStats};
 use crate::cache::codec::millis;
 use crate::clock::Clock;
+use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
 use crate::metrics::{EvictionCause, Metrics, WriteOutcome};
 use crate::policy::Selector;
 
@@ -78,6 +86,19 @@ CREATE TEMP TABLE staging_del (key_hash UBIGINT);
 CREATE TEMP TABLE staging_touch (key_hash UBIGINT, ts UBIGINT);
 ";
 
+/// DuckDB's worker threads for the tier (reads are single-row lookups; more threads only help
+/// eviction scans).
+pub const DEFAULT_DUCK_THREADS: usize = 2;
+/// DuckDB's buffer memory: a cache's L3 wants a bounded, predictable footprint, not DuckDB's
+/// default of 80% of RAM.
+pub const DEFAULT_DUCK_MEMORY_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
+/// How often the writer checkpoints (folds the WAL into the file, making the space of deleted
+/// rows reusable), when anything was written since the last checkpoint.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+/// The first wait before reopening an invalidated database; doubled per failure up to the max.
+const REOPEN_FIRST: Duration = Duration::from_secs(1);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+
 /// Where the file is and how big it may grow.
 #[derive(Debug, Clone)]
 pub struct DuckOptions {
@@ -87,20 +108,59 @@ pub struct DuckOptions {
     pub read_timeout: Duration,
     /// How long a delete or purge waits behind queued writes.
     pub write_timeout: Duration,
+    /// DuckDB `threads`.
+    pub threads: usize,
+    /// DuckDB `memory_limit`, in bytes.
+    pub memory_limit_bytes: u64,
+    /// See [`DEFAULT_CHECKPOINT_INTERVAL`].
+    pub checkpoint_interval: Duration,
 }
+
+impl DuckOptions {
+    /// Options for the file at `path` with the defaults for everything else.
+    pub fn new(path: impl Into<PathBuf>, max_bytes: u64) -> Self {
+        DuckOptions {
+            path: path.into(),
+            max_bytes,
+            queue_capacity: 100_000,
+            read_timeout: Duration::from_millis(100),
+            write_timeout: Duration::from_secs(5),
+            threads: DEFAULT_DUCK_THREADS,
+            memory_limit_bytes: DEFAULT_DUCK_MEMORY_LIMIT_BYTES,
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+        }
+    }
+}
+
+/// The tier's health, as `/readyz` reports it.
+const HEALTHY: u8 = 0;
+const REOPENING: u8 = 1;
 
 struct Shared {
     entries: AtomicU64,
     bytes: AtomicU64,
     touches: Mutex<Vec<(u64, u64)>>,
+    /// HEALTHY or REOPENING.
+    health: AtomicU8,
+    /// A reader saw DuckDB's fatal error; the writer reopens.
+    fatal: AtomicBool,
+    /// Bumped at each reopen: connections of an older generation are not reused.
+    generation: AtomicU64,
+    /// Reads holding a connection right now (a reopen waits for them).
+    active_reads: AtomicUsize,
+}
+
+/// The connections readers clone from and reuse, replaced whole on reopen.
+struct Pool {
+    /// Kept to clone new reader connections from; taken at close so the file is released.
+    origin: Mutex<Option<Connection>>,
+    /// Idle reader connections (clones of `origin`) and their generation.
+    idle: Mutex<Vec<(u64, Connection)>>,
 }
 
 /// The DuckDB tier.
 pub struct DuckTier {
-    /// Idle reader connections (clones of one database instance).
-    readers: Arc<Mutex<Vec<Connection>>>,
-    /// Kept to clone new reader connections from; taken at close so the file is released.
-    origin: Arc<Mutex<Option<Connection>>>,
+    pool: Arc<Pool>,
     shared: Arc<Shared>,
     queue: WriteQueue,
     clock: Arc<dyn Clock>,
@@ -117,6 +177,88 @@ fn db_err(e: duckdb::Error) -> TierError {
     TierError::Unavailable(e.to_string())
 }
 
+/// DuckDB's error for a database it has invalidated (and for the fatal error that does it):
+/// nothing works on this instance any more; it must be opened again.
+fn is_fatal(msg: &str) -> bool {
+    msg.contains("FATAL Error") || msg.contains("database has been invalidated")
+}
+
+/// Opens (or creates) the file, checks it is tierd's and migrates it; the connection and the
+/// entry count and bytes it holds.
+fn open_db(opts: &DuckOptions) -> Result<(Connection, u64, u64), TierError> {
+    let fail = |what: &str, e: &dyn std::fmt::Display| {
+        TierError::Unavailable(format!("{what} {}: {e}", opts.path.display()))
+    };
+    if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| fail("cannot create the directory of", &e))?;
+    }
+    let config = duckdb::Config::default()
+        .threads(opts.threads.max(1) as i64)
+        .and_then(|c| c.max_memory(&format!("{}B", opts.memory_limit_bytes)))
+        .and_then(|c| c.enable_autoload_extension(false))
+        .map_err(|e| fail("cannot configure", &e))?;
+    let conn =
+        Connection::open_with_flags(&opts.path, config).map_err(|e| fail("cannot open", &e))?;
+    let tables: Vec<String> = conn
+        .prepare("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")
+        .and_then(|mut st| {
+            st.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<duckdb::Result<Vec<_>>>()
+        })
+        .map_err(|e| fail("cannot read", &e))?;
+    if !tables.is_empty() && !tables.iter().any(|t| t == "tierd_meta") {
+        return Err(TierError::Unavailable(format!(
+            "{} is a DuckDB file of another program (tables: {}); point tiers.l3.path at a file of tierd's own",
+            opts.path.display(),
+            tables.join(", ")
+        )));
+    }
+    conn.execute_batch(META)
+        .map_err(|e| fail("cannot create tables in", &e))?;
+    let read_version = |conn: &Connection| -> Result<String, TierError> {
+        conn.query_row(
+            "SELECT value FROM tierd_meta WHERE name = 'schema'",
+            [],
+            |r| r.get(0),
+        )
+        .map_err(|e| fail("cannot read the schema version of", &e))
+    };
+    let mut version = read_version(&conn)?;
+    if version == "1" {
+        conn.execute_batch(&format!("BEGIN TRANSACTION;{MIGRATE_1_TO_2}COMMIT;"))
+            .map_err(|e| {
+                let _ = conn.execute_batch("ROLLBACK");
+                fail("cannot migrate (schema 1 to 2)", &e)
+            })?;
+        tracing::info!(tier = "l3", path = %opts.path.display(), "schema migrated from 1 to 2");
+        version = read_version(&conn)?;
+    }
+    if version != SCHEMA_VERSION {
+        return Err(TierError::Unavailable(format!(
+            "{} has schema version {version}; this build uses {SCHEMA_VERSION} (point tiers.l3.path at a new file)",
+            opts.path.display()
+        )));
+    }
+    conn.execute_batch(SCHEMA)
+        .map_err(|e| fail("cannot create tables in", &e))?;
+    let (entries, bytes) = count(&conn).map_err(|e| fail("cannot read", &e))?;
+    Ok((conn, entries, bytes))
+}
+
+/// The writer's own connection to the database `origin` belongs to, with its staging tables.
+fn writer_connection(origin: &Connection, opts: &DuckOptions) -> Result<Connection, TierError> {
+    let conn = origin
+        .try_clone()
+        .map_err(|e| TierError::Unavailable(format!("cannot open {}: {e}", opts.path.display())))?;
+    conn.execute_batch(STAGING).map_err(|e| {
+        TierError::Unavailable(format!(
+            "cannot create staging tables for {}: {e}",
+            opts.path.display()
+        ))
+    })?;
+    Ok(conn)
+}
+
 impl DuckTier {
     /// Opens (or creates) the file and starts the writer thread. Fails when the file is locked
     /// by another process, cannot be created, is not a DuckDB file or has another schema.
@@ -126,84 +268,46 @@ impl DuckTier {
         metrics: Arc<Metrics>,
         rt: &tokio::runtime::Handle,
     ) -> Result<Self, TierError> {
-        let fail = |what: &str, e: &dyn std::fmt::Display| {
-            TierError::Unavailable(format!("{what} {}: {e}", opts.path.display()))
-        };
-        if let Some(dir) = opts.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| fail("cannot create the directory of", &e))?;
-        }
-        let config = duckdb::Config::default()
-            .threads(2)
-            .and_then(|c| c.enable_autoload_extension(false))
-            .map_err(|e| fail("cannot configure", &e))?;
-        let conn =
-            Connection::open_with_flags(&opts.path, config).map_err(|e| fail("cannot open", &e))?;
-        let tables: Vec<String> = conn
-            .prepare("SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'")
-            .and_then(|mut st| {
-                st.query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<duckdb::Result<Vec<_>>>()
-            })
-            .map_err(|e| fail("cannot read", &e))?;
-        if !tables.is_empty() && !tables.iter().any(|t| t == "tierd_meta") {
-            return Err(TierError::Unavailable(format!(
-                "{} is a DuckDB file of another program (tables: {}); point tiers.l3.path at a file of tierd's own",
-                opts.path.display(),
-                tables.join(", ")
-            )));
-        }
-        conn.execute_batch(META)
-            .map_err(|e| fail("cannot create tables in", &e))?;
-        let read_version = |conn: &Connection| -> Result<String, TierError> {
-            conn.query_row(
-                "SELECT value FROM tierd_meta WHERE name = 'schema'",
-                [],
-                |r| r.get(0),
-            )
-            .map_err(|e| fail("cannot read the schema version of", &e))
-        };
-        let mut version = read_version(&conn)?;
-        if version == "1" {
-            conn.execute_batch(&format!("BEGIN TRANSACTION;{MIGRATE_1_TO_2}COMMIT;"))
-                .map_err(|e| {
-                    let _ = conn.execute_batch("ROLLBACK");
-                    fail("cannot migrate (schema 1 to 2)", &e)
-                })?;
-            tracing::info!(tier = "l3", path = %opts.path.display(), "schema migrated from 1 to 2");
-            version = read_version(&conn)?;
-        }
-        if version != SCHEMA_VERSION {
-            return Err(TierError::Unavailable(format!(
-                "{} has schema version {version}; this build uses {SCHEMA_VERSION} (point tiers.l3.path at a new file)",
-                opts.path.display()
-            )));
-        }
-        conn.execute_batch(SCHEMA)
-            .map_err(|e| fail("cannot create tables in", &e))?;
-        let (entries, bytes) = count(&conn).map_err(|e| fail("cannot read", &e))?;
+        let (conn, entries, bytes) = open_db(opts)?;
         let shared = Arc::new(Shared {
             entries: AtomicU64::new(entries),
             bytes: AtomicU64::new(bytes),
             touches: Mutex::new(Vec::new()),
+            health: AtomicU8::new(HEALTHY),
+            fatal: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            active_reads: AtomicUsize::new(0),
         });
-        let writer_conn = conn.try_clone().map_err(|e| fail("cannot open", &e))?;
-        writer_conn
-            .execute_batch(STAGING)
-            .map_err(|e| fail("cannot create staging tables for", &e))?;
+        let writer_conn = writer_connection(&conn, opts)?;
+        let pool = Arc::new(Pool {
+            origin: Mutex::new(Some(conn)),
+            idle: Mutex::new(Vec::new()),
+        });
+        metrics.tier(TierName::L3).failed.set(0);
         let (queue, rx, finished) = WriteQueue::new(opts.queue_capacity);
         let writer = Writer {
             conn: writer_conn,
             shared: shared.clone(),
+            pool: pool.clone(),
+            opts: opts.clone(),
             clock: clock.clone(),
             metrics,
             max_bytes: opts.max_bytes,
             last_expire: Instant::now(),
+            last_checkpoint: Instant::now(),
+            dirty: false,
             estimated: false,
+            outage: None,
         };
         std::thread::Builder::new()
             .name("tierd-l3-writer".into())
             .spawn(move || writer.run(rx, finished))
-            .map_err(|e| fail("cannot start the writer thread for", &e))?;
+            .map_err(|e| {
+                TierError::Unavailable(format!(
+                    "cannot start the writer thread for {}: {e}",
+                    opts.path.display()
+                ))
+            })?;
         if let Some(weak) = queue.weak() {
             // Housekeeping ticks; the ticker holds no strong sender, so closing the queue ends it.
             rt.spawn(async move {
@@ -221,8 +325,7 @@ impl DuckTier {
             });
         }
         Ok(DuckTier {
-            readers: Arc::new(Mutex::new(Vec::new())),
-            origin: Arc::new(Mutex::new(Some(conn))),
+            pool,
             shared,
             queue,
             clock,
@@ -267,46 +370,23 @@ impl Tier for DuckTier {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>, TierError> {
+        if self.shared.health.load(Ordering::Acquire) != HEALTHY {
+            return Err(TierError::Unavailable("l3 is being reopened".into()));
+        }
         let key = key.to_owned();
-        let readers = self.readers.clone();
-        let origin = self.origin.clone();
+        let pool = self.pool.clone();
         let shared = self.shared.clone();
         let now = millis(self.clock.now());
         let read = tokio::task::spawn_blocking(move || {
-            let idle = readers.lock().ok().and_then(|mut r| r.pop());
-            let conn = match idle {
-                Some(c) => c,
-                None => origin
-                    .lock()
-                    .map_err(|_| TierError::Unavailable("l3 connection lock poisoned".into()))?
-                    .as_ref()
-                    .ok_or(TierError::Closed)?
-                    .try_clone()
-                    .map_err(db_err)?,
-            };
-            let hash = key_hash(&key);
-            let row: Option<(String, Vec<u8>)> = {
-                let mut st = conn
-                    .prepare_cached("SELECT cache_key, value FROM entries WHERE key_hash = ?")
-                    .map_err(db_err)?;
-                st.query_row(params![hash], |r| Ok((r.get(0)?, r.get(1)?)))
-                    .optional()
-                    .map_err(db_err)?
-            };
-            if let Ok(mut r) = readers.lock() {
-                r.push(conn);
-            }
-            match row {
-                Some((k, v)) if k == key => {
-                    if let Ok(mut t) = shared.touches.lock() {
-                        if t.len() < MAX_TOUCHES {
-                            t.push((hash, now));
-                        }
-                    }
-                    Ok(Some(Bytes::from(v)))
+            shared.active_reads.fetch_add(1, Ordering::AcqRel);
+            let out = read_row(&pool, &shared, &key, now);
+            shared.active_reads.fetch_sub(1, Ordering::AcqRel);
+            if let Err(TierError::Unavailable(msg)) = &out {
+                if is_fatal(msg) {
+                    shared.fatal.store(true, Ordering::Release);
                 }
-                _ => Ok(None),
             }
+            out
         });
         match tokio::time::timeout(self.read_timeout, read).await {
             Ok(Ok(r)) => r,
@@ -344,16 +424,70 @@ impl Tier for DuckTier {
         self.queue.depth()
     }
 
+    fn healthy(&self) -> bool {
+        self.shared.health.load(Ordering::Acquire) == HEALTHY
+    }
+
     async fn close(&self) {
         self.queue.close().await;
         // The writer has checkpointed and dropped its connection; drop ours so the file is
         // released when the store goes away.
-        if let Ok(mut r) = self.readers.lock() {
+        self.pool.close();
+    }
+}
+
+impl Pool {
+    /// Drops every connection this tier holds to the database.
+    fn close(&self) {
+        if let Ok(mut r) = self.idle.lock() {
             r.clear();
         }
         if let Ok(mut o) = self.origin.lock() {
             o.take();
         }
+    }
+}
+
+/// One lookup on a reader connection (an idle one of the current generation, else a new clone).
+fn read_row(pool: &Pool, shared: &Shared, key: &str, now: u64) -> Result<Option<Bytes>, TierError> {
+    let generation = shared.generation.load(Ordering::Acquire);
+    let idle = pool.idle.lock().ok().and_then(|mut r| r.pop());
+    let conn = match idle {
+        Some((g, c)) if g == generation => c,
+        _ => pool
+            .origin
+            .lock()
+            .map_err(|_| TierError::Unavailable("l3 connection lock poisoned".into()))?
+            .as_ref()
+            .ok_or(TierError::Unavailable("l3 is being reopened".into()))?
+            .try_clone()
+            .map_err(db_err)?,
+    };
+    let hash = key_hash(key);
+    let row: Option<(String, Vec<u8>)> = {
+        let mut st = conn
+            .prepare_cached("SELECT cache_key, value FROM entries WHERE key_hash = ?")
+            .map_err(db_err)?;
+        st.query_row(params![hash], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()
+            .map_err(db_err)?
+    };
+    // A connection of an older generation (the database was reopened meanwhile) is dropped.
+    if shared.generation.load(Ordering::Acquire) == generation {
+        if let Ok(mut r) = pool.idle.lock() {
+            r.push((generation, conn));
+        }
+    }
+    match row {
+        Some((k, v)) if k == key => {
+            if let Ok(mut t) = shared.touches.lock() {
+                if t.len() < MAX_TOUCHES {
+                    t.push((hash, now));
+                }
+            }
+            Ok(Some(Bytes::from(v)))
+        }
+        _ => Ok(None),
     }
 }
 
@@ -368,13 +502,32 @@ type Ack = oneshot::Sender<Result<(), TierError>>;
 struct Writer {
     conn: Connection,
     shared: Arc<Shared>,
+    pool: Arc<Pool>,
+    opts: DuckOptions,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     max_bytes: u64,
     last_expire: Instant,
+    last_checkpoint: Instant,
+    /// Written since the last checkpoint.
+    dirty: bool,
     /// The shared counts include estimates since the last exact count.
     estimated: bool,
+    /// Set while the database is invalidated and being reopened.
+    outage: Option<Outage>,
 }
+
+/// An invalidated database being reopened.
+struct Outage {
+    since: Instant,
+    next_try: Instant,
+    backoff: Duration,
+    /// Writes dropped meanwhile.
+    dropped: u64,
+}
+
+/// Batch failures repeat while the cause lasts: one line per interval.
+static BATCH_FAILED: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
 
 impl Writer {
     /// Runs on its own thread (no async runtime needed) until the queue is closed and drained.
@@ -382,18 +535,135 @@ impl Writer {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut last_tick = Instant::now();
         while rx.blocking_recv_many(&mut batch, WRITE_BATCH) > 0 {
+            if self.outage.is_none() && self.shared.fatal.load(Ordering::Acquire) {
+                self.invalidated("a lookup failed on the invalidated database");
+            }
+            if self.outage.is_some() {
+                self.drop_batch(&mut batch);
+                self.try_reopen();
+                continue;
+            }
             let ticked = self.apply(&mut batch);
             if ticked || last_tick.elapsed() >= TICK {
                 last_tick = Instant::now();
                 self.tick();
             }
         }
-        self.tick();
-        if let Err(e) = self.conn.execute_batch("CHECKPOINT") {
-            tracing::warn!(tier = "l3", error = %e, "checkpoint at shutdown failed; the WAL will be replayed at next start");
+        if self.outage.is_none() {
+            self.tick();
+            if let Err(e) = self.conn.execute_batch("CHECKPOINT") {
+                tracing::warn!(tier = "l3", error = %e, "checkpoint at shutdown failed; the WAL will be replayed at next start");
+            }
         }
         drop(self);
         drop(finished);
+    }
+
+    /// Notes a failed statement: DuckDB's fatal error starts an outage. True when it was one.
+    fn check_fatal(&mut self, e: &dyn std::fmt::Display) -> bool {
+        let msg = e.to_string();
+        if self.outage.is_none() && is_fatal(&msg) {
+            self.invalidated(&msg);
+        }
+        self.outage.is_some()
+    }
+
+    /// DuckDB invalidated the database: one ERROR line, every connection closed, lookups fail
+    /// fast, and the file is reopened with backoff.
+    fn invalidated(&mut self, error: &str) {
+        self.shared.health.store(REOPENING, Ordering::Release);
+        self.metrics.tier(TierName::L3).failed.set(1);
+        tracing::error!(tier = "l3", path = %self.opts.path.display(), error = %error,
+            "DuckDB invalidated the database (a fatal error, such as a checkpoint failing on a full disk); \
+             L3 lookups are misses and writes are dropped until it is reopened, retried with backoff");
+        self.close_connections();
+        let now = Instant::now();
+        self.outage = Some(Outage {
+            since: now,
+            next_try: now + REOPEN_FIRST,
+            backoff: REOPEN_FIRST,
+            dropped: 0,
+        });
+    }
+
+    /// Closes this writer's and the readers' connections, so the invalidated instance is gone
+    /// before the file is opened again (two instances must never share a file).
+    fn close_connections(&mut self) {
+        self.shared.generation.fetch_add(1, Ordering::AcqRel);
+        self.pool.close();
+        match Connection::open_in_memory() {
+            Ok(placeholder) => drop(std::mem::replace(&mut self.conn, placeholder)),
+            Err(e) => {
+                tracing::warn!(tier = "l3", error = %e, "cannot close the writer's connection")
+            }
+        }
+        // Lookups already running hold clones; they fail fast on an invalidated database.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self.shared.active_reads.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// During an outage: writes are dropped (and counted), deletes and purges answered as
+    /// failed (the other tiers already applied them).
+    fn drop_batch(&mut self, batch: &mut Vec<Op>) {
+        let tm = self.metrics.tier(TierName::L3);
+        let mut dropped = 0;
+        for op in batch.drain(..) {
+            match op {
+                Op::Put { .. } => dropped += 1,
+                Op::Delete { done, .. } => {
+                    let _ = done.send(Err(TierError::Unavailable("l3 is being reopened".into())));
+                }
+                Op::Purge { done, .. } => {
+                    let _ = done.send(Err(TierError::Unavailable("l3 is being reopened".into())));
+                }
+                Op::Tick => {}
+            }
+        }
+        tm.writes(WriteOutcome::Failed, dropped);
+        if let Some(o) = &mut self.outage {
+            o.dropped += dropped;
+        }
+    }
+
+    /// Reopens the file when the backoff allows; success ends the outage.
+    fn try_reopen(&mut self) {
+        let Some(outage) = &mut self.outage else {
+            return;
+        };
+        if Instant::now() < outage.next_try {
+            return;
+        }
+        let reopened = open_db(&self.opts).and_then(|(origin, entries, bytes)| {
+            let writer = writer_connection(&origin, &self.opts)?;
+            Ok((origin, writer, entries, bytes))
+        });
+        match reopened {
+            Ok((origin, writer, entries, bytes)) => {
+                self.conn = writer;
+                if let Ok(mut o) = self.pool.origin.lock() {
+                    *o = Some(origin);
+                }
+                self.shared.entries.store(entries, Ordering::Relaxed);
+                self.shared.bytes.store(bytes, Ordering::Relaxed);
+                self.shared.fatal.store(false, Ordering::Release);
+                self.shared.health.store(HEALTHY, Ordering::Release);
+                self.metrics.tier(TierName::L3).failed.set(0);
+                tracing::info!(tier = "l3", path = %self.opts.path.display(),
+                    outage_ms = outage.since.elapsed().as_millis() as u64,
+                    dropped_writes = outage.dropped, entries, "L3 reopened");
+                self.outage = None;
+            }
+            Err(e) => {
+                tracing::warn!(tier = "l3", error = %e, retry_in_ms = outage.backoff.as_millis() as u64,
+                    "L3 not reopened yet");
+                outage.next_try = Instant::now() + outage.backoff;
+                outage.backoff = (outage.backoff * 2).min(REOPEN_MAX);
+                // The attempt may have left a half-open instance behind: gone before the next.
+                self.pool.close();
+            }
+        }
     }
 
     /// Applies a batch; true when it held a housekeeping tick.
@@ -401,7 +671,8 @@ impl Writer {
         let mut pending: HashMap<u64, Final> = HashMap::new();
         let mut acks: Vec<Ack> = Vec::new();
         let mut ticked = false;
-        for op in batch.drain(..) {
+        let mut ops = std::mem::take(batch).into_iter();
+        while let Some(op) = ops.next() {
             match op {
                 Op::Tick => ticked = true,
                 Op::Put { key, record } => {
@@ -413,12 +684,24 @@ impl Writer {
                 }
                 Op::Purge { selector, done } => {
                     self.commit(&mut pending, &mut acks);
-                    let r = self.purge(&selector).map_err(db_err);
-                    if r.is_err() {
-                        let _ = self.conn.execute_batch("ROLLBACK");
+                    let r = if self.outage.is_some() {
+                        Err(TierError::Unavailable("l3 is being reopened".into()))
+                    } else {
+                        let r = self.purge(&selector).map_err(db_err);
+                        if let Err(e) = &r {
+                            let _ = self.conn.execute_batch("ROLLBACK");
+                            self.check_fatal(e);
+                        }
+                        self.dirty = true;
+                        r
+                    };
+                    let _ = done.send(r);
+                    if self.outage.is_some() {
+                        let mut rest: Vec<Op> = ops.collect();
+                        self.drop_batch(&mut rest);
+                        return ticked;
                     }
                     self.recount();
-                    let _ = done.send(r);
                 }
             }
         }
@@ -446,9 +729,21 @@ impl Writer {
             Ok(()) => tm.writes(WriteOutcome::Written, puts),
             Err(e) => {
                 tm.writes(WriteOutcome::Failed, puts);
-                tracing::warn!(tier = "l3", error = %e, entries = puts, "write batch failed; rolled back");
                 let _ = self.conn.execute_batch("ROLLBACK");
+                if !self.check_fatal(e) {
+                    if let Some(occurrences) = BATCH_FAILED.check() {
+                        tracing::warn!(tier = "l3", error = %e, entries = puts, occurrences, "write batch failed; rolled back");
+                    }
+                }
             }
+        }
+        self.dirty = true;
+        if self.outage.is_some() {
+            pending.clear();
+            for a in acks.drain(..) {
+                let _ = a.send(Err(TierError::Unavailable("l3 is being reopened".into())));
+            }
+            return;
         }
         if acks.is_empty() && result.is_ok() {
             // Counting scans the whole table; during bulk writes add the new rows' sizes instead
@@ -566,18 +861,33 @@ impl Writer {
     }
 
     fn recount(&mut self) {
+        if self.outage.is_some() {
+            return;
+        }
         self.estimated = false;
         match count(&self.conn) {
             Ok((entries, bytes)) => {
                 self.shared.entries.store(entries, Ordering::Relaxed);
                 self.shared.bytes.store(bytes, Ordering::Relaxed);
             }
-            Err(e) => tracing::warn!(tier = "l3", error = %e, "cannot count entries"),
+            Err(e) => {
+                if !self.check_fatal(&e) {
+                    tracing::warn!(tier = "l3", error = %e, "cannot count entries");
+                }
+            }
         }
     }
 
-    /// Writes buffered access times; deletes expired rows now and then.
+    /// Writes buffered access times; deletes expired rows now and then; checkpoints.
     fn tick(&mut self) {
+        if self.outage.is_some() {
+            self.try_reopen();
+            return;
+        }
+        self.checkpoint_if_due();
+        if self.outage.is_some() {
+            return;
+        }
         self.flush_touches();
         if self.estimated {
             self.recount();
@@ -589,6 +899,22 @@ impl Writer {
         }
         if self.shared.bytes.load(Ordering::Relaxed) > self.max_bytes {
             self.enforce_cap();
+        }
+    }
+
+    /// Folds the WAL into the file every `checkpoint_interval` when anything was written, so
+    /// the WAL stays small and the space of deleted rows is reused instead of growing the file.
+    fn checkpoint_if_due(&mut self) {
+        if !self.dirty || self.last_checkpoint.elapsed() < self.opts.checkpoint_interval {
+            return;
+        }
+        self.last_checkpoint = Instant::now();
+        self.dirty = false;
+        if let Err(e) = self.conn.execute_batch("CHECKPOINT") {
+            if !self.check_fatal(&e) {
+                tracing::warn!(tier = "l3", error = %e, "checkpoint failed; retried at the next interval");
+                self.dirty = true;
+            }
         }
     }
 
@@ -640,7 +966,9 @@ impl Writer {
                 n as u64
             }
             Err(e) => {
-                tracing::warn!(tier = "l3", error = %e, "cannot delete expired entries");
+                if !self.check_fatal(&e) {
+                    tracing::warn!(tier = "l3", error = %e, "cannot delete expired entries");
+                }
                 0
             }
         }
@@ -672,7 +1000,11 @@ impl Writer {
                 .metrics
                 .tier(TierName::L3)
                 .evicted(EvictionCause::Size, n as u64),
-            Err(e) => tracing::warn!(tier = "l3", error = %e, "size-cap eviction failed"),
+            Err(e) => {
+                if !self.check_fatal(&e) {
+                    tracing::warn!(tier = "l3", error = %e, "size-cap eviction failed");
+                }
+            }
         }
         self.recount();
     }

@@ -18,7 +18,10 @@ use bytes::Bytes;
 use crate::policy::Selector;
 
 pub use breaker::CircuitState;
-pub use duck::{key_hash, DuckOptions, DuckTier};
+pub use duck::{
+    key_hash, DuckOptions, DuckTier, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DUCK_MEMORY_LIMIT_BYTES,
+    DEFAULT_DUCK_THREADS,
+};
 pub use memory::MemoryTier;
 pub use queue::Record;
 pub use redis::{RedisOptions, RedisTier};
@@ -74,6 +77,8 @@ pub struct TierReport {
     pub stats: Option<TierStats>,
     pub queue_depth: usize,
     pub circuit: Option<CircuitState>,
+    /// See [`Tier::healthy`].
+    pub healthy: bool,
 }
 
 /// A storage tier below L1: a store of encoded records keyed by cache key.
@@ -98,6 +103,11 @@ pub trait Tier: Send + Sync + 'static {
     /// The circuit breaker's state, for tiers that have one.
     fn circuit(&self) -> Option<CircuitState> {
         None
+    }
+    /// False while the tier cannot serve at all and is recovering on its own (an invalidated
+    /// DuckDB database being reopened).
+    fn healthy(&self) -> bool {
+        true
     }
     /// Stops accepting writes and returns once every accepted write is applied.
     async fn close(&self);

@@ -11,6 +11,10 @@ use super::{MemoryTier, Tier, TierError, TierName, TierReport};
 use crate::cache::codec::{self, millis};
 use crate::cache::entry::Slot;
 use crate::clock::Clock;
+use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
+
+/// Deletes fail per request while a tier is down: one line per interval.
+static DELETE_FAILED: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
 use crate::metrics::{Lookup, Metrics, TierFault, WriteOutcome};
 use crate::policy::Selector;
 
@@ -148,6 +152,8 @@ pub struct TieredStore {
     metrics: Arc<Metrics>,
     rt: Option<StoreRuntime>,
     purges: PurgeLog,
+    /// Configured tiers that could not start.
+    failed: Vec<(TierName, String)>,
 }
 
 impl TieredStore {
@@ -160,6 +166,7 @@ impl TieredStore {
             metrics,
             rt: None,
             purges: PurgeLog::default(),
+            failed: Vec::new(),
         }
     }
 
@@ -259,7 +266,10 @@ impl TieredStore {
                 Err(e) => {
                     tm.lookup(Lookup::Error);
                     tm.fault(TierFault::Decode);
-                    tracing::warn!(tier = name.as_str(), reason = e.as_str(), error = %e, "stored record unreadable; treated as a miss");
+                    static UNREADABLE: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
+                    if let Some(occurrences) = UNREADABLE.check() {
+                        tracing::warn!(tier = name.as_str(), reason = e.as_str(), error = %e, occurrences, "stored record unreadable; treated as a miss");
+                    }
                     continue;
                 }
             };
@@ -308,7 +318,9 @@ impl TieredStore {
                     if let Some(rt) = &self.rt {
                         rt.handle().spawn(async move {
                             if let Err(e) = tier.delete(&k).await {
-                                tracing::warn!(tier = tier.name().as_str(), error = %e, "tier delete failed");
+                                if let Some(occurrences) = DELETE_FAILED.check() {
+                                    tracing::warn!(tier = tier.name().as_str(), error = %e, occurrences, "tier delete failed");
+                                }
                             }
                         });
                     }
@@ -368,7 +380,9 @@ impl TieredStore {
             let tier = lower.tier.clone();
             let k = key.to_owned();
             if let Err(e) = self.on_runtime(async move { tier.delete(&k).await }).await {
-                tracing::warn!(tier = lower.tier.name().as_str(), error = %e, "tier delete failed");
+                if let Some(occurrences) = DELETE_FAILED.check() {
+                    tracing::warn!(tier = lower.tier.name().as_str(), error = %e, occurrences, "tier delete failed");
+                }
             }
         }
     }
@@ -439,14 +453,28 @@ impl TieredStore {
             stats: Some(self.l1.stats()),
             queue_depth: 0,
             circuit: None,
+            healthy: true,
         })
         .chain(self.lower.iter().map(|l| TierReport {
             name: l.tier.name(),
             stats: l.tier.stats(),
             queue_depth: l.tier.queue_depth(),
             circuit: l.tier.circuit(),
+            healthy: l.tier.healthy(),
         }))
         .collect()
+    }
+
+    /// Tiers the configuration enables that could not start, with the reason (for `/readyz`).
+    pub fn failed_tiers(&self) -> &[(TierName, String)] {
+        &self.failed
+    }
+
+    /// Records that `tier` is configured but could not start.
+    pub fn with_failed_tier(mut self, tier: TierName, reason: String) -> Self {
+        self.metrics.tier(tier).failed.set(1);
+        self.failed.push((tier, reason));
+        self
     }
 
     /// Graceful shutdown: stops accepting lower-tier writes and waits until every accepted one
