@@ -9,6 +9,7 @@ use actix_web::{App, Error};
 
 use crate::cache::{CacheHeaders, CacheState, ResponseCache};
 use crate::config::UpstreamConfig;
+use crate::drain::Drain;
 use crate::guard::Guard;
 use crate::observe::Observe;
 use crate::ratelimit::RateLimit;
@@ -21,10 +22,12 @@ pub struct GatewayParts {
     pub upstream: UpstreamConfig,
     pub target: Target,
     pub guard: crate::guard::RequestLimits,
+    /// Set on shutdown: every response closes its connection.
+    pub draining: crate::drain::Draining,
 }
 
 /// Builds one worker's gateway:
-/// Observe ▶ Guard ▶ RateLimit ▶ CacheHeaders ▶ ResponseCache ▶ upstream proxy.
+/// Drain ▶ Observe ▶ Guard ▶ RateLimit ▶ CacheHeaders ▶ ResponseCache ▶ upstream proxy.
 pub fn gateway_app(
     parts: &GatewayParts,
 ) -> App<
@@ -49,6 +52,7 @@ pub fn gateway_app(
         .wrap(RateLimit::new(parts.state.clone()))
         .wrap(Guard::new(parts.guard, parts.state.metrics.clone()))
         .wrap(Observe::new(parts.state.metrics.clone()))
+        .wrap(Drain::new(parts.draining.clone()))
         .default_service(fn_service(move |req: ServiceRequest| {
             let upstream = upstream.clone();
             async move { Ok::<_, Error>(upstream.forward(req).await) }

@@ -90,6 +90,9 @@ pub struct ServerConfig {
     pub client_request_timeout_ms: u64,
     /// Grace period for in-flight requests on shutdown.
     pub shutdown_timeout_seconds: u64,
+    /// On SIGTERM, how long tierd keeps serving, closing each keep-alive connection after its
+    /// next response (`Connection: close`), before it stops accepting; 0 stops at once.
+    pub drain_ms: u64,
     /// Largest total size of a request's headers, names and values (431 beyond).
     pub max_header_bytes: usize,
     /// Most headers a request may carry (431 beyond); at most 96, actix's own limit.
@@ -114,6 +117,7 @@ impl Default for ServerConfig {
             keep_alive_seconds: 15,
             client_request_timeout_ms: 5_000,
             shutdown_timeout_seconds: 10,
+            drain_ms: 1_000,
             max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
             max_headers: DEFAULT_MAX_HEADERS,
             max_uri_bytes: DEFAULT_MAX_URI_BYTES,

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod guard;
 pub mod http;
 pub mod log_limit;

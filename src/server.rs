@@ -13,6 +13,7 @@ use crate::app::{gateway_app, GatewayParts};
 use crate::cache::{Bus, CacheState};
 use crate::clock::Clock;
 use crate::config::Settings;
+use crate::drain::Draining;
 use crate::metrics::Metrics;
 use crate::policy::RuleSet;
 use crate::ratelimit::Limits;
@@ -28,6 +29,7 @@ pub struct Gateway {
     pub demo_addr: Option<SocketAddr>,
     main: ServerHandle,
     others: Vec<ServerHandle>,
+    draining: Draining,
     main_task: tokio::task::JoinHandle<io::Result<()>>,
 }
 
@@ -162,6 +164,51 @@ fn spawn_limits_cleanup(state: &Arc<CacheState>) {
     });
 }
 
+/// SIGTERM: keep serving for `drain`, every response closing its keep-alive connection, then
+/// stop gracefully (in-flight requests finish). SIGINT (Ctrl-C): stop gracefully at once.
+/// SIGQUIT: stop now.
+fn stop_on_signals(main: ServerHandle, draining: Draining, drain: Duration) -> io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut quit = signal(SignalKind::quit())?;
+        actix_web::rt::spawn(async move {
+            let graceful = tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!(drain_ms = drain.as_millis() as u64,
+                        "SIGTERM received; closing keep-alive connections after their next response, then stopping");
+                    draining.start();
+                    tokio::time::sleep(drain).await;
+                    true
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT received; stopping gracefully");
+                    draining.start();
+                    true
+                }
+                _ = quit.recv() => {
+                    tracing::info!("SIGQUIT received; stopping now");
+                    false
+                }
+            };
+            main.stop(graceful).await;
+        });
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = drain;
+        actix_web::rt::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                draining.start();
+                main.stop(true).await;
+            }
+        });
+    }
+    Ok(())
+}
+
 fn spawn(server: Server) -> (ServerHandle, tokio::task::JoinHandle<io::Result<()>>) {
     let handle = server.handle();
     (handle, actix_web::rt::spawn(server))
@@ -225,11 +272,13 @@ impl Gateway {
         others.push(spawn(admin.run()).0);
 
         let target = Target::parse(&settings.upstream.url).map_err(io::Error::other)?;
+        let draining = Draining::new();
         let parts = GatewayParts {
             state: state.clone(),
             upstream: settings.upstream.clone(),
             target,
             guard: crate::guard::RequestLimits::from_config(&settings.server),
+            draining: draining.clone(),
         };
         spawn_limits_cleanup(&state);
         let mut server = HttpServer::new(move || gateway_app(&parts))
@@ -239,7 +288,9 @@ impl Gateway {
             ))
             .shutdown_timeout(settings.server.shutdown_timeout_seconds)
             .max_connections(settings.server.max_connections)
-            .backlog(4096);
+            .backlog(4096)
+            // tierd handles the signals itself (see `stop_on_signals`).
+            .disable_signals();
         if settings.server.workers > 0 {
             server = server.workers(settings.server.workers);
         }
@@ -250,6 +301,11 @@ impl Gateway {
             .copied()
             .ok_or_else(|| io::Error::other("gateway listener has no address"))?;
         let (main, main_task) = spawn(server.run());
+        stop_on_signals(
+            main.clone(),
+            draining.clone(),
+            Duration::from_millis(settings.server.drain_ms),
+        )?;
         Ok(Gateway {
             state,
             addr,
@@ -257,6 +313,7 @@ impl Gateway {
             demo_addr,
             main,
             others,
+            draining,
             main_task,
         })
     }
@@ -274,6 +331,9 @@ impl Gateway {
 
     /// Stops every listener, then drains the lower tiers' write queues.
     pub async fn stop(self, graceful: bool) {
+        if graceful {
+            self.draining.start();
+        }
         self.main.stop(graceful).await;
         for h in &self.others {
             h.stop(graceful).await;
