@@ -184,6 +184,7 @@ async fn bench_l2(full: bool) {
         command_timeout: Duration::from_secs(1),
         key_prefix: "bench".into(),
         queue_capacity: 10_000,
+        queue_max_bytes: 1 << 30,
         failure_threshold: 5,
         open_for: Duration::from_secs(1),
         max_ttl: Duration::from_secs(3600),
@@ -213,6 +214,7 @@ async fn bench_l3(full: bool) {
         let opts = DuckOptions {
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(600),
+            queue_max_bytes: usize::MAX,
             ..DuckOptions::new(dir.path().join("bench.duckdb"), u64::MAX)
         };
         let tier: Arc<dyn Tier> = Arc::new(

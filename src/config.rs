@@ -26,6 +26,7 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_L1_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_KEEP_STALE_SECONDS: u64 = 3_600;
+pub const DEFAULT_MAX_VARY_BYTES: usize = 4096;
 pub const DEFAULT_L2_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_L2_POOL_SIZE: usize = 8;
 pub const DEFAULT_L2_CONNECT_TIMEOUT_MS: u64 = 250;
@@ -192,6 +193,9 @@ pub struct CacheConfig {
     pub store_set_cookie: bool,
     /// Stored variants per URI when the origin sends `Vary`.
     pub max_variants: usize,
+    /// Most bytes of request header values (names and values) one variant may be selected by;
+    /// a response varying on more is passed on uncached.
+    pub max_vary_bytes: usize,
 }
 
 impl Default for CacheConfig {
@@ -205,6 +209,7 @@ impl Default for CacheConfig {
             keep_stale_seconds: DEFAULT_KEEP_STALE_SECONDS,
             store_set_cookie: false,
             max_variants: 16,
+            max_vary_bytes: DEFAULT_MAX_VARY_BYTES,
         }
     }
 }
@@ -237,6 +242,8 @@ pub struct L2Config {
     pub max_ttl_seconds: u64,
     /// Writes waiting for Redis; beyond it writes are dropped (and counted).
     pub queue_capacity: usize,
+    /// Record bytes the write queue may hold; more writes are dropped (and counted).
+    pub queue_max_bytes: u64,
     /// Consecutive failures that open the circuit breaker.
     pub circuit_failure_threshold: u32,
     /// How long an open circuit skips Redis before probing it again.
@@ -256,6 +263,7 @@ impl Default for L2Config {
             key_prefix: DEFAULT_L2_KEY_PREFIX.into(),
             max_ttl_seconds: DEFAULT_L2_MAX_TTL_SECONDS,
             queue_capacity: DEFAULT_L2_QUEUE_CAPACITY,
+            queue_max_bytes: crate::store::DEFAULT_QUEUE_MAX_BYTES as u64,
             circuit_failure_threshold: DEFAULT_L2_CIRCUIT_FAILURES,
             circuit_open_ms: DEFAULT_L2_CIRCUIT_OPEN_MS,
         }
@@ -279,6 +287,7 @@ impl L2Config {
             command_timeout: Duration::from_millis(self.command_timeout_ms),
             key_prefix: self.key_prefix.clone(),
             queue_capacity: self.queue_capacity,
+            queue_max_bytes: usize::try_from(self.queue_max_bytes).unwrap_or(usize::MAX),
             failure_threshold: self.circuit_failure_threshold,
             open_for: Duration::from_millis(self.circuit_open_ms),
             max_ttl: Duration::from_secs(self.max_ttl_seconds),
@@ -299,6 +308,8 @@ pub struct L3Config {
     pub max_ttl_seconds: u64,
     /// Writes waiting for the writer thread; beyond it writes are dropped (and counted).
     pub queue_capacity: usize,
+    /// Record bytes the write queue may hold; more writes are dropped (and counted).
+    pub queue_max_bytes: u64,
     /// A slower lookup counts as a miss.
     pub read_timeout_ms: u64,
     /// How long a delete waits behind queued writes.
@@ -319,6 +330,7 @@ impl Default for L3Config {
             max_bytes: DEFAULT_L3_MAX_BYTES,
             max_ttl_seconds: DEFAULT_L3_MAX_TTL_SECONDS,
             queue_capacity: DEFAULT_L3_QUEUE_CAPACITY,
+            queue_max_bytes: crate::store::DEFAULT_QUEUE_MAX_BYTES as u64,
             read_timeout_ms: DEFAULT_L3_READ_TIMEOUT_MS,
             write_timeout_ms: DEFAULT_L3_WRITE_TIMEOUT_MS,
             threads: crate::store::DEFAULT_DUCK_THREADS,
@@ -335,6 +347,7 @@ impl L3Config {
             path: self.path.clone().into(),
             max_bytes: self.max_bytes,
             queue_capacity: self.queue_capacity,
+            queue_max_bytes: usize::try_from(self.queue_max_bytes).unwrap_or(usize::MAX),
             read_timeout: Duration::from_millis(self.read_timeout_ms),
             write_timeout: Duration::from_millis(self.write_timeout_ms),
             threads: self.threads,
@@ -836,6 +849,7 @@ impl Settings {
             },
             keep_stale: Duration::from_secs(self.cache.keep_stale_seconds),
             max_variants: self.cache.max_variants,
+            max_vary_bytes: self.cache.max_vary_bytes,
         }
     }
 }

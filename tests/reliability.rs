@@ -80,7 +80,9 @@ async fn a_healthy_subscription_keeps_l1_for_resp2_and_resp3() {
         let cleared = metric(h.gw.admin_addr, "tierd_l1_resyncs_total", &[]).await;
         assert_eq!(cleared, 0.0, "{name}: L1 never cleared");
         assert_eq!(subscribers(r), 1, "{name}: still subscribed");
-        // Another node's purge still arrives on the same subscription.
+        // Another node's purge still arrives on the same subscription. That node has purged
+        // the shared L2 before publishing, as tierd does.
+        r.flushall();
         let wire = r#"{"v":1,"node":"other","sent_us":0,"selector":{"kind":"prefix","value":{"host":null,"prefix":"/hot"}}}"#;
         r.cli(&["PUBLISH", "tierd:invalidate", wire]).unwrap();
         let purged = common::eventually(Duration::from_secs(5), || {
@@ -769,5 +771,113 @@ async fn sigterm_answers_every_request_it_received_on_kept_alive_connections() {
         dropped.is_empty(),
         "received by the origin, never answered: {dropped:?}"
     );
+    origin.stop().await;
+}
+
+/// Resident memory of a process, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .expect("VmRSS")
+        * 1024
+}
+
+/// Issue: L1 weighed only bodies and response headers, so variants selected by large request
+/// headers (`Vary: User-Agent`) held far more than `tiers.l1.max_bytes`. 600 variants with a
+/// 2,000-byte `User-Agent` each: the weight L1 reports covers at least the values it holds.
+#[actix_web::test]
+async fn l1_weighs_the_request_header_values_its_variants_keep() {
+    let h = Harness::with(
+        |_, _| {
+            Reply::ok(vec![b'b'; 100])
+                .cc("max-age=600")
+                .header("vary", "user-agent")
+        },
+        |s| s.tiers.l1.max_bytes = 64 << 20,
+    )
+    .await;
+    for i in 0..600 {
+        let ua = format!("{i:04}{}", "u".repeat(1_996));
+        let r = h
+            .get_with(&format!("/v/{}", i % 30), &[("user-agent", &ua)])
+            .await;
+        assert_eq!(r.status, 200);
+    }
+    let l1 = h.gw.state.store.l1();
+    l1.sync();
+    let stats = l1.stats();
+    assert_eq!(stats.entries, 30, "30 URLs, 20 variants each");
+    let held = 600 * (2_000 + 100);
+    assert!(
+        stats.bytes >= held,
+        "L1 weighs {} bytes for at least {held} bytes of bodies and Vary values",
+        stats.bytes
+    );
+    h.stop().await;
+}
+
+/// Issue: with an 8 MiB L1 and an origin that varies on `Cookie` and `User-Agent` (15 KB
+/// values), 6,000 variants were weighed at 3.3 MB while the process grew by 236 MB. The binary,
+/// the same traffic: such variants are not stored (`vary_too_large`), and resident memory grows
+/// by well under the L1 budget.
+#[actix_web::test]
+async fn huge_vary_values_do_not_grow_memory_past_the_l1_budget() {
+    let clock = Arc::new(ManualClock::new());
+    let origin = common::Origin::start(clock, |_, _| {
+        Reply::ok(vec![b'b'; 512])
+            .cc("max-age=600")
+            .header("vary", "cookie, user-agent")
+    })
+    .await;
+    let port = common::free_port();
+    let admin = common::free_port();
+    let mut node = common::spawn_tierd(
+        port,
+        &origin,
+        &[
+            ("TIERD__ADMIN__LISTEN", &format!("127.0.0.1:{admin}")),
+            ("TIERD__TIERS__L1__MAX_BYTES", "8388608"),
+            ("TIERD__SERVER__MAX_HEADER_BYTES", "65536"),
+        ],
+    );
+    common::wait_up(port).await;
+    let url = |i: usize| format!("http://127.0.0.1:{port}/p/{i}");
+    // Warm up the connection pools and allocator before the baseline.
+    for i in 0..200 {
+        common::send(common::client().get(url(i))).await;
+    }
+    let before = rss(node.id());
+    let big = |c: char, i: usize| format!("{i:06}{}", c.to_string().repeat(15_000));
+    let client = common::client();
+    for chunk in (0..6_000).collect::<Vec<_>>().chunks(50) {
+        let sends = chunk.iter().map(|&i| {
+            let req = client
+                .get(url(i))
+                .insert_header(("cookie", format!("s={}", big('c', i))))
+                .insert_header(("user-agent", big('u', i)));
+            common::send(req)
+        });
+        for r in futures_util::future::join_all(sends).await {
+            assert_eq!(r.status, 200);
+        }
+    }
+    let grown = rss(node.id()).saturating_sub(before);
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let refused = metric(
+        admin_addr,
+        "tierd_not_stored_total",
+        &[("reason", "vary_too_large")],
+    )
+    .await;
+    assert_eq!(refused, 6_000.0);
+    assert!(
+        grown < 24 << 20,
+        "resident memory grew by {} MiB for an 8 MiB L1",
+        grown >> 20
+    );
+    assert!(common::sigterm(&mut node).success());
     origin.stop().await;
 }

@@ -186,13 +186,8 @@ pub fn decode(record: Bytes, now: SystemTime) -> Result<Decoded, DecodeError> {
         .duration_since(now)
         .unwrap_or(Duration::ZERO)
         .max(Duration::from_secs(1));
-    let weight: usize = variants.iter().map(|v| v.weight()).sum();
     Ok(Decoded {
-        slot: Slot {
-            variants: variants.into_boxed_slice(),
-            keep_for,
-            weight: u32::try_from(weight).unwrap_or(u32::MAX),
-        },
+        slot: Slot::kept_for(variants, keep_for),
         tier_expires,
         keep_until,
     })
@@ -409,15 +404,13 @@ mod tests {
     }
 
     fn slot() -> Slot {
-        Slot {
-            variants: vec![
+        Slot::kept_for(
+            vec![
                 Arc::new(entry("{\"a\":1}", Some("en"))),
                 Arc::new(entry("x", Some("fr"))),
-            ]
-            .into_boxed_slice(),
-            keep_for: Duration::from_secs(100),
-            weight: 1,
-        }
+            ],
+            Duration::from_secs(100),
+        )
     }
 
     #[test]

@@ -81,13 +81,16 @@ impl CachedResponse {
             {
                 continue;
             }
+            // A parsed header value shares the buffer of the whole response head: copied to its
+            // own exact allocation, so a stored entry pins only what it weighs.
+            let value = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
             if name == header::ETAG && etag.is_none() && ETag::parse(value.as_bytes()).is_some() {
                 etag = Some(value.clone());
             }
             if name == header::LAST_MODIFIED && parse_http_date(value.as_bytes()).is_some() {
                 last_modified = Some(value.clone());
             }
-            headers.push((name.clone(), value.clone()));
+            headers.push((name.clone(), value));
         }
         let origin_etag = etag.is_some();
         if etag.is_none() && status == StatusCode::OK {
@@ -228,7 +231,13 @@ impl CachedResponse {
             .map(|(n, v)| n.as_str().len() + v.len() + HEADER_OVERHEAD_BYTES)
             .sum();
         let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
-        ENTRY_OVERHEAD_BYTES + headers + tags + self.body.len()
+        let vary = self.vary.len() * HEADER_OVERHEAD_BYTES + self.vary_bytes();
+        ENTRY_OVERHEAD_BYTES + headers + tags + vary + self.body.len()
+    }
+
+    /// The bytes of the request header values this response was selected by (`Vary`).
+    pub fn vary_bytes(&self) -> usize {
+        vary::captured_bytes(&self.vary)
     }
 
     /// How long storage should keep this entry: its remaining freshness, plus the stale windows,
@@ -251,7 +260,11 @@ pub struct Slot {
     pub variants: Box<[Arc<CachedResponse>]>,
     /// How long the slot is kept (the longest of its variants), fixed at insertion.
     pub keep_for: Duration,
+    /// The variants' [`CachedResponse::weight`]s.
     pub weight: u32,
+    /// Tags over all variants (with repeats) and their bytes: L1 weighs its tag index by them.
+    pub tag_count: u32,
+    pub tag_bytes: u32,
 }
 
 impl Slot {
@@ -270,11 +283,24 @@ impl Slot {
             .map(|v| v.keep_for(now, keep_stale))
             .max()
             .unwrap_or(Duration::from_secs(1));
+        Slot::kept_for(variants, keep_for)
+    }
+
+    /// A slot of `variants` kept for `keep_for`.
+    pub fn kept_for(variants: Vec<Arc<CachedResponse>>, keep_for: Duration) -> Self {
         let weight: usize = variants.iter().map(|v| v.weight()).sum();
+        let tag_count: usize = variants.iter().map(|v| v.tags.len()).sum();
+        let tag_bytes: usize = variants
+            .iter()
+            .flat_map(|v| v.tags.iter())
+            .map(String::len)
+            .sum();
         Slot {
             variants: variants.into_boxed_slice(),
             keep_for,
             weight: u32::try_from(weight).unwrap_or(u32::MAX),
+            tag_count: u32::try_from(tag_count).unwrap_or(u32::MAX),
+            tag_bytes: u32::try_from(tag_bytes).unwrap_or(u32::MAX),
         }
     }
 

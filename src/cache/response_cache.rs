@@ -69,6 +69,9 @@ pub struct CachePolicy {
     pub keep_stale: Duration,
     /// Variants kept per URI when the origin sends `Vary`.
     pub max_variants: usize,
+    /// Most bytes of request header values a variant may be selected by (`Vary`); a response
+    /// varying on more (on `Cookie`, say) is passed on uncached.
+    pub max_vary_bytes: usize,
 }
 
 impl Default for CachePolicy {
@@ -81,6 +84,7 @@ impl Default for CachePolicy {
             store: StoreOptions::default(),
             keep_stale: Duration::from_secs(3600),
             max_variants: 16,
+            max_vary_bytes: 4096,
         }
     }
 }
@@ -1157,7 +1161,8 @@ async fn collect(mut body: BoxBody, limit: usize) -> Collected {
         BodySize::Sized(n) => Some(n),
         _ => None,
     };
-    let mut buf = BytesMut::new();
+    // Sized from Content-Length when there is one, so the stored body has no spare capacity.
+    let mut buf = BytesMut::with_capacity(declared.map_or(0, |n| n as usize));
     loop {
         let next = std::future::poll_fn(|cx| Pin::new(&mut body).poll_next(cx)).await;
         match next {
@@ -1169,7 +1174,7 @@ async fn collect(mut body: BoxBody, limit: usize) -> Collected {
                 }
                 return Collected::Failed;
             }
-            None => return Collected::Full(buf.freeze()),
+            None => return Collected::Full(shrink(buf)),
             Some(Ok(chunk)) => {
                 buf.extend_from_slice(&chunk);
                 if buf.len() > limit {
@@ -1184,6 +1189,16 @@ async fn collect(mut body: BoxBody, limit: usize) -> Collected {
                 return Collected::Failed;
             }
         }
+    }
+}
+
+/// The collected body without the spare capacity growth left (a chunked body grows its buffer
+/// geometrically: up to twice its size, held as long as the entry is stored, and not weighed).
+fn shrink(buf: BytesMut) -> Bytes {
+    if buf.capacity() - buf.len() > buf.len() / 16 {
+        Bytes::copy_from_slice(&buf)
+    } else {
+        buf.freeze()
     }
 }
 
@@ -1372,6 +1387,9 @@ where
                     response_time,
                     &self.route.tags,
                 ));
+                if refused.is_none() && entry.vary_bytes() > st.policy.max_vary_bytes {
+                    refused = Some(NotStorable::VaryTooLarge);
+                }
                 if refused.is_none()
                     && st
                         .store

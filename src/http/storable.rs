@@ -27,6 +27,9 @@ pub enum NotStorable {
     RuleTtlZero,
     /// A purge ran while the response was being fetched; it may predate the purge.
     PurgedDuringFetch,
+    /// The request header values the response varies on exceed `cache.max_vary_bytes`
+    /// (an origin varying on `Cookie` would otherwise store a copy per cookie).
+    VaryTooLarge,
 }
 
 impl NotStorable {
@@ -45,6 +48,7 @@ impl NotStorable {
             NotStorable::Incomplete => "incomplete",
             NotStorable::RuleTtlZero => "rule_ttl_zero",
             NotStorable::PurgedDuringFetch => "purged_during_fetch",
+            NotStorable::VaryTooLarge => "vary_too_large",
         }
     }
 }

@@ -77,8 +77,20 @@ pub type VaryValues = Box<[(HeaderName, Option<Bytes>)]>;
 pub fn capture(names: &[HeaderName], request: &HeaderMap) -> VaryValues {
     names
         .iter()
-        .map(|n| (n.clone(), normalized_value(request, n)))
+        // Copied to their exact size: a stored value holds no spare capacity.
+        .map(|n| {
+            let v = normalized_value(request, n).map(|b| Bytes::copy_from_slice(&b));
+            (n.clone(), v)
+        })
         .collect()
+}
+
+/// The bytes the captured values hold (names and values).
+pub fn captured_bytes(stored: &[(HeaderName, Option<Bytes>)]) -> usize {
+    stored
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.as_ref().map_or(0, Bytes::len))
+        .sum()
 }
 
 /// True when `request` presents the same selecting header values as `stored` (§4.1).

@@ -95,6 +95,11 @@ pub const DEFAULT_DUCK_MEMORY_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
 /// How often the writer checkpoints (folds the WAL into the file, making the space of deleted
 /// rows reusable), when anything was written since the last checkpoint.
 pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+/// Record bytes a tier's write queue holds at most (a tier that falls behind cannot grow memory
+/// past it; further writes are dropped and counted).
+pub const DEFAULT_QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
+/// Record bytes one write batch takes at most (besides `WRITE_BATCH` operations).
+const BATCH_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// The first wait before reopening an invalidated database; doubled per failure up to the max.
 const REOPEN_FIRST: Duration = Duration::from_secs(1);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
@@ -105,6 +110,8 @@ pub struct DuckOptions {
     pub path: PathBuf,
     pub max_bytes: u64,
     pub queue_capacity: usize,
+    /// Record bytes the write queue may hold.
+    pub queue_max_bytes: usize,
     pub read_timeout: Duration,
     /// How long a delete or purge waits behind queued writes.
     pub write_timeout: Duration,
@@ -123,6 +130,7 @@ impl DuckOptions {
             path: path.into(),
             max_bytes,
             queue_capacity: 100_000,
+            queue_max_bytes: DEFAULT_QUEUE_MAX_BYTES,
             read_timeout: Duration::from_millis(100),
             write_timeout: Duration::from_secs(5),
             threads: DEFAULT_DUCK_THREADS,
@@ -284,7 +292,7 @@ impl DuckTier {
             idle: Mutex::new(Vec::new()),
         });
         metrics.tier(TierName::L3).failed.set(0);
-        let (queue, rx, finished) = WriteQueue::new(opts.queue_capacity);
+        let (queue, rx, finished) = WriteQueue::new(opts.queue_capacity, opts.queue_max_bytes);
         let writer = Writer {
             conn: writer_conn,
             shared: shared.clone(),
@@ -534,7 +542,18 @@ impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Op>, finished: Finished) {
         let mut batch = Vec::with_capacity(WRITE_BATCH);
         let mut last_tick = Instant::now();
-        while rx.blocking_recv_many(&mut batch, WRITE_BATCH) > 0 {
+        while rx.blocking_recv_many(&mut batch, 256) > 0 {
+            // Up to WRITE_BATCH operations, and no more than BATCH_MAX_BYTES of records.
+            let mut bytes: usize = batch.iter().map(Op::bytes).sum();
+            while batch.len() < WRITE_BATCH && bytes < BATCH_MAX_BYTES {
+                match rx.try_recv() {
+                    Ok(op) => {
+                        bytes += op.bytes();
+                        batch.push(op);
+                    }
+                    Err(_) => break,
+                }
+            }
             if self.outage.is_none() && self.shared.fatal.load(Ordering::Acquire) {
                 self.invalidated("a lookup failed on the invalidated database");
             }
@@ -675,7 +694,7 @@ impl Writer {
         while let Some(op) = ops.next() {
             match op {
                 Op::Tick => ticked = true,
-                Op::Put { key, record } => {
+                Op::Put { key, record, .. } => {
                     pending.insert(key_hash(&key), Final::Put(key, record));
                 }
                 Op::Delete { key, done } => {

@@ -99,6 +99,21 @@ pub fn slot_tags(key: &str, slot: &Slot) -> Vec<String> {
     tags
 }
 
+/// moka's own bookkeeping per entry and the key's `String`.
+const KEY_OVERHEAD_BYTES: u64 = 160;
+/// One key in one tag's set of the tag index (hash-set slot, `String`).
+const INDEX_ENTRY_OVERHEAD_BYTES: u64 = 64;
+
+/// Everything an entry holds in L1: its variants (bodies, headers, `Vary` values, tags), its
+/// key, and its copies in the tag index (the key once per tag, the path tag included).
+fn weigh(key: &str, slot: &Slot) -> u32 {
+    let key_len = key.len() as u64;
+    let tags = u64::from(slot.tag_count) + 1;
+    let index = tags * (key_len + INDEX_ENTRY_OVERHEAD_BYTES) + u64::from(slot.tag_bytes) + key_len;
+    let total = u64::from(slot.weight) + key_len + KEY_OVERHEAD_BYTES + index;
+    u32::try_from(total).unwrap_or(u32::MAX)
+}
+
 /// The in-process tier. Reads are synchronous and lock-free on the hit path.
 #[derive(Clone)]
 pub struct MemoryTier {
@@ -114,7 +129,7 @@ impl MemoryTier {
         let listener_index = index.clone();
         let cache = Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &String, v: &Arc<Slot>| v.weight.saturating_add(k.len() as u32))
+            .weigher(|k: &String, v: &Arc<Slot>| weigh(k, v))
             .expire_after(SlotExpiry)
             .eviction_listener(move |k: Arc<String>, v: Arc<Slot>, cause| {
                 // A replacement keeps the key; the new slot indexed itself when stored.

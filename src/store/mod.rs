@@ -20,7 +20,7 @@ use crate::policy::Selector;
 pub use breaker::CircuitState;
 pub use duck::{
     key_hash, DuckOptions, DuckTier, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DUCK_MEMORY_LIMIT_BYTES,
-    DEFAULT_DUCK_THREADS,
+    DEFAULT_DUCK_THREADS, DEFAULT_QUEUE_MAX_BYTES,
 };
 pub use memory::MemoryTier;
 pub use queue::Record;

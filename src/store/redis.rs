@@ -39,6 +39,8 @@ pub struct RedisOptions {
     /// Prefix of every key; the record format version is appended to it.
     pub key_prefix: String,
     pub queue_capacity: usize,
+    /// Record bytes the write queue may hold.
+    pub queue_max_bytes: usize,
     /// Consecutive failures that open the circuit.
     pub failure_threshold: u32,
     /// How long an open circuit skips Redis before probing it.
@@ -135,7 +137,7 @@ impl RedisTier {
             breaker: Breaker::new(opts.failure_threshold, opts.open_for),
             metrics,
         });
-        let (queue, rx, finished) = WriteQueue::new(opts.queue_capacity);
+        let (queue, rx, finished) = WriteQueue::new(opts.queue_capacity, opts.queue_max_bytes);
         rt.spawn(inner.clone().write_worker(rx, finished));
         Ok(RedisTier { inner, queue })
     }
@@ -324,7 +326,7 @@ impl Inner {
         while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
             for op in batch.drain(..) {
                 match op {
-                    Op::Put { key, record } => puts.push((key, record)),
+                    Op::Put { key, record, .. } => puts.push((key, record)),
                     Op::Delete { key, done } => {
                         self.write_puts(&mut puts).await;
                         let _ = done.send(self.delete_now(&key).await);
