@@ -328,6 +328,8 @@ pub struct TierMetrics {
     pub circuit_open: IntGauge,
     /// 1 while a configured tier is failed: could not start, or is being reopened.
     pub failed: IntGauge,
+    /// The tier's size on disk (L3: the DuckDB file and its WAL).
+    pub file_bytes: IntGauge,
     pub entries: IntGauge,
     pub bytes: IntGauge,
     get_seconds: Histogram,
@@ -443,6 +445,8 @@ pub struct Metrics {
     pub background_refreshes: IntCounter,
     not_stored: IntCounterVec,
     pub invalidations: IntCounter,
+    /// L3 files rewritten to reclaim the space of deleted rows.
+    pub l3_compactions: IntCounter,
     /// 429s, by route, quota (client, rule, origin) and key kind; never the key itself.
     pub rate_limited: IntCounterVec,
     /// Requests a dry-run quota would have refused (let through), by route, quota and key kind.
@@ -689,6 +693,18 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
+        let file_bytes = reg(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tierd_tier_file_bytes",
+                    "A tier's size on disk (L3: the DuckDB file with its WAL); compared with \
+                     tierd_tier_bytes, the counted size of its entries",
+                ),
+                &["tier"],
+            )
+            .expect("static metric definition"),
+        );
         let op_seconds = reg(
             &r,
             HistogramVec::new(
@@ -726,6 +742,7 @@ impl Metrics {
                 queue_depth: queue_depth.with_label_values(&[n]),
                 circuit_open: circuit_open.with_label_values(&[n]),
                 failed: failed.with_label_values(&[n]),
+                file_bytes: file_bytes.with_label_values(&[n]),
                 entries: entries.with_label_values(&[n]),
                 bytes: bytes.with_label_values(&[n]),
                 get_seconds: op_seconds.with_label_values(&[n, "get"]),
@@ -869,6 +886,15 @@ impl Metrics {
                 .expect("static metric definition"),
             ),
             not_stored,
+            l3_compactions: reg(
+                &r,
+                IntCounter::new(
+                    "tierd_l3_compactions_total",
+                    "L3 files rewritten because deleted rows' space took the file past 1.5x \
+                     tiers.l3.max_bytes",
+                )
+                .expect("static metric definition"),
+            ),
             invalidations: reg(
                 &r,
                 IntCounter::new(

@@ -100,6 +100,9 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 pub const DEFAULT_QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Record bytes one write batch takes at most (besides `WRITE_BATCH` operations).
 const BATCH_MAX_BYTES: usize = 16 * 1024 * 1024;
+/// The file (with its WAL) may grow to this share of `max_bytes`, in percent, before it is
+/// compacted: DuckDB reuses little of the space deleted rows leave behind.
+const COMPACT_AT_PERCENT: u64 = 150;
 /// The first wait before reopening an invalidated database; doubled per failure up to the max.
 const REOPEN_FIRST: Duration = Duration::from_secs(1);
 const REOPEN_MAX: Duration = Duration::from_secs(30);
@@ -304,6 +307,7 @@ impl DuckTier {
             last_expire: Instant::now(),
             last_checkpoint: Instant::now(),
             dirty: false,
+            compacted_size: 0,
             estimated: false,
             outage: None,
         };
@@ -456,6 +460,18 @@ impl Pool {
     }
 }
 
+fn wal_path(path: &std::path::Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".wal");
+    PathBuf::from(p)
+}
+
+fn compact_path(path: &std::path::Path) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(".compact");
+    PathBuf::from(p)
+}
+
 /// One lookup on a reader connection (an idle one of the current generation, else a new clone).
 fn read_row(pool: &Pool, shared: &Shared, key: &str, now: u64) -> Result<Option<Bytes>, TierError> {
     let generation = shared.generation.load(Ordering::Acquire);
@@ -519,6 +535,8 @@ struct Writer {
     last_checkpoint: Instant,
     /// Written since the last checkpoint.
     dirty: bool,
+    /// The file's size after the last compaction (0: none yet).
+    compacted_size: u64,
     /// The shared counts include estimates since the last exact count.
     estimated: bool,
     /// Set while the database is invalidated and being reopened.
@@ -785,6 +803,8 @@ impl Writer {
         if self.shared.bytes.load(Ordering::Relaxed) > self.max_bytes {
             self.enforce_cap();
         }
+        // DuckDB may have checkpointed on its own (its WAL passed 16 MB) and grown the file.
+        self.compact_if_bloated();
         // Acknowledged last: whoever waited on a delete sees the tier as the batch left it.
         for a in acks.drain(..) {
             let _ = a.send(result.clone().map_err(TierError::Unavailable));
@@ -907,6 +927,10 @@ impl Writer {
         if self.outage.is_some() {
             return;
         }
+        self.compact_if_bloated();
+        if self.outage.is_some() {
+            return;
+        }
         self.flush_touches();
         if self.estimated {
             self.recount();
@@ -933,6 +957,119 @@ impl Writer {
             if !self.check_fatal(&e) {
                 tracing::warn!(tier = "l3", error = %e, "checkpoint failed; retried at the next interval");
                 self.dirty = true;
+            }
+        }
+    }
+
+    /// The file's size on disk, WAL included.
+    fn file_bytes(&self) -> u64 {
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        size(&self.opts.path) + size(&wal_path(&self.opts.path))
+    }
+
+    /// Past `COMPACT_AT_PERCENT` of `max_bytes` on disk, rewrites the live rows into a fresh
+    /// file and swaps it in. Not again before the file has grown a quarter past what the last
+    /// compaction left (rows whose storage outweighs their counted size would loop otherwise).
+    fn compact_if_bloated(&mut self) {
+        let file = self.file_bytes();
+        let metrics = self.metrics.clone();
+        let tm = metrics.tier(TierName::L3);
+        tm.file_bytes.set(i64::try_from(file).unwrap_or(i64::MAX));
+        let limit = self.max_bytes.saturating_mul(COMPACT_AT_PERCENT) / 100;
+        if file <= limit || file <= self.compacted_size.saturating_mul(5) / 4 {
+            return;
+        }
+        let started = Instant::now();
+        match self.compact() {
+            Ok(()) => {
+                self.compacted_size = self.file_bytes();
+                tm.file_bytes
+                    .set(i64::try_from(self.compacted_size).unwrap_or(i64::MAX));
+                self.metrics.l3_compactions.inc();
+                tracing::info!(
+                    tier = "l3",
+                    before = file,
+                    after = self.compacted_size,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    "L3 file compacted"
+                );
+                if self.compacted_size > limit {
+                    tracing::warn!(tier = "l3", size = self.compacted_size, max_bytes = self.max_bytes,
+                        "L3 file still over 1.5x tiers.l3.max_bytes after compaction (rows take more room than counted); lower tiers.l3.max_bytes");
+                }
+            }
+            Err(e) => {
+                // Not again until the file grows further; the WARN says why.
+                self.compacted_size = file;
+                tracing::warn!(tier = "l3", error = %e, "L3 compaction failed; the file keeps its size");
+            }
+        }
+    }
+
+    /// Copies the live rows into `<file>.compact`, closes every connection, moves the copy over
+    /// the file and opens it. Lookups fail fast meanwhile; writes wait in the queue.
+    fn compact(&mut self) -> Result<(), TierError> {
+        let path = self.opts.path.clone();
+        let tmp = compact_path(&path);
+        for p in [&tmp, &wal_path(&tmp)] {
+            let _ = std::fs::remove_file(p);
+        }
+        self.conn.execute_batch("CHECKPOINT").map_err(db_err)?;
+        let main: String = self
+            .conn
+            .query_row("SELECT current_database()", [], |r| r.get(0))
+            .map_err(db_err)?;
+        let quoted = tmp.display().to_string().replace('\'', "''");
+        let main = main.replace('"', "\"\"");
+        let copy = format!(
+            "ATTACH '{quoted}' AS tierd_compact;
+             USE tierd_compact;
+             {META}
+             {SCHEMA}
+             USE \"{main}\";
+             DELETE FROM tierd_compact.tierd_meta;
+             INSERT INTO tierd_compact.tierd_meta SELECT * FROM \"{main}\".tierd_meta;
+             INSERT INTO tierd_compact.entries SELECT * FROM \"{main}\".entries;
+             CHECKPOINT tierd_compact;
+             DETACH tierd_compact;"
+        );
+        if let Err(e) = self.conn.execute_batch(&copy) {
+            let _ = self.conn.execute_batch(&format!(
+                "USE \"{main}\"; DETACH DATABASE IF EXISTS tierd_compact;"
+            ));
+            let _ = std::fs::remove_file(&tmp);
+            self.check_fatal(&e);
+            return Err(db_err(e));
+        }
+        self.shared.health.store(REOPENING, Ordering::Release);
+        self.close_connections();
+        let swapped = std::fs::rename(&tmp, &path).map_err(|e| {
+            TierError::Unavailable(format!(
+                "cannot move {} over {}: {e}",
+                tmp.display(),
+                path.display()
+            ))
+        });
+        let _ = std::fs::remove_file(wal_path(&path));
+        // Reopened whether or not the move worked: the old file is whole either way.
+        let reopened = open_db(&self.opts).and_then(|(origin, entries, bytes)| {
+            let writer = writer_connection(&origin, &self.opts)?;
+            Ok((origin, writer, entries, bytes))
+        });
+        match reopened {
+            Ok((origin, writer, entries, bytes)) => {
+                self.conn = writer;
+                if let Ok(mut o) = self.pool.origin.lock() {
+                    *o = Some(origin);
+                }
+                self.shared.entries.store(entries, Ordering::Relaxed);
+                self.shared.bytes.store(bytes, Ordering::Relaxed);
+                self.shared.health.store(HEALTHY, Ordering::Release);
+                swapped
+            }
+            Err(e) => {
+                self.invalidated(&format!("reopening after compaction failed: {e}"));
+                Err(e)
             }
         }
     }
