@@ -87,10 +87,11 @@ import sys
 keys, body, l1, l3, l3max, base, peak, idle, l1b, rows, file, wal, secs, dropped = sys.argv[1:]
 MiB = 1 << 20
 l1, base, peak, idle, l3max = int(l1), int(base), int(peak), int(idle), int(l3max)
-# The README's formula (see "Memory"): the base process, L1 with its allocator overhead, the
-# L2/L3 write queues' byte caps and L3's batch, and DuckDB's memory limit.
-duck = 256 * MiB + 64 * MiB + 16 * MiB if l3 == "on" else 0
-formula = 40 * MiB + int(1.5 * l1) + duck
+# The README's formula (see "Memory"): the process, L1 with its allocator overhead, and with L3
+# on DuckDB's memory limit, the L3 write queue's byte cap and 180 MiB of batches and DuckDB
+# allocations outside its buffer pool (defaults: 256 MiB, 64 MiB).
+duck = 256 * MiB + 64 * MiB + 180 * MiB if l3 == "on" else 0
+formula = 25 * MiB + int(1.2 * l1) + duck
 print(f"keys={keys} body={body} l1.max_bytes={l1 // MiB} MiB l3={l3} flood={secs}s")
 print(f"rss: start {base / MiB:.0f} MiB, peak {peak / MiB:.0f} MiB, idle {idle / MiB:.0f} MiB; formula {formula / MiB:.0f} MiB (peak/formula {peak / formula:.2f})")
 print(f"l1 weighed {float(l1b or 0) / MiB:.0f} MiB of {l1 // MiB} MiB")
