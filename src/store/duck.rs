@@ -664,6 +664,24 @@ impl Writer {
         }
     }
 
+    /// Opens the file again (every connection was closed) and serves from it; its entry count.
+    fn open_again(&mut self) -> Result<u64, TierError> {
+        let (origin, writer, entries, bytes) =
+            open_db(&self.opts).and_then(|(origin, entries, bytes)| {
+                let writer = writer_connection(&origin, &self.opts)?;
+                Ok((origin, writer, entries, bytes))
+            })?;
+        self.conn = writer;
+        if let Ok(mut o) = self.pool.origin.lock() {
+            *o = Some(origin);
+        }
+        self.shared.entries.store(entries, Ordering::Relaxed);
+        self.shared.bytes.store(bytes, Ordering::Relaxed);
+        self.shared.fatal.store(false, Ordering::Release);
+        self.shared.health.store(HEALTHY, Ordering::Release);
+        Ok(entries)
+    }
+
     /// Reopens the file when the backoff allows; success ends the outage.
     fn try_reopen(&mut self) {
         let Some(outage) = &mut self.outage else {
@@ -672,20 +690,12 @@ impl Writer {
         if Instant::now() < outage.next_try {
             return;
         }
-        let reopened = open_db(&self.opts).and_then(|(origin, entries, bytes)| {
-            let writer = writer_connection(&origin, &self.opts)?;
-            Ok((origin, writer, entries, bytes))
-        });
+        let reopened = self.open_again();
+        let Some(outage) = &mut self.outage else {
+            return;
+        };
         match reopened {
-            Ok((origin, writer, entries, bytes)) => {
-                self.conn = writer;
-                if let Ok(mut o) = self.pool.origin.lock() {
-                    *o = Some(origin);
-                }
-                self.shared.entries.store(entries, Ordering::Relaxed);
-                self.shared.bytes.store(bytes, Ordering::Relaxed);
-                self.shared.fatal.store(false, Ordering::Release);
-                self.shared.health.store(HEALTHY, Ordering::Release);
+            Ok(entries) => {
                 self.metrics.tier(TierName::L3).failed.set(0);
                 tracing::info!(tier = "l3", path = %self.opts.path.display(),
                     outage_ms = outage.since.elapsed().as_millis() as u64,
@@ -1052,21 +1062,8 @@ impl Writer {
         });
         let _ = std::fs::remove_file(wal_path(&path));
         // Reopened whether or not the move worked: the old file is whole either way.
-        let reopened = open_db(&self.opts).and_then(|(origin, entries, bytes)| {
-            let writer = writer_connection(&origin, &self.opts)?;
-            Ok((origin, writer, entries, bytes))
-        });
-        match reopened {
-            Ok((origin, writer, entries, bytes)) => {
-                self.conn = writer;
-                if let Ok(mut o) = self.pool.origin.lock() {
-                    *o = Some(origin);
-                }
-                self.shared.entries.store(entries, Ordering::Relaxed);
-                self.shared.bytes.store(bytes, Ordering::Relaxed);
-                self.shared.health.store(HEALTHY, Ordering::Release);
-                swapped
-            }
+        match self.open_again() {
+            Ok(_) => swapped,
             Err(e) => {
                 self.invalidated(&format!("reopening after compaction failed: {e}"));
                 Err(e)
