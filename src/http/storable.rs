@@ -358,7 +358,9 @@ pub fn reuse(req: &RequestFacts, s: StoredFacts) -> Reuse {
         Some(Some(Delta::Valid(ms))) if staleness <= ms => return Reuse::Fresh,
         _ => {}
     }
-    if staleness <= s.stale_while_revalidate {
+    // A stale response (even stale by 0 s: `max-age=0`, an `Expires` in the past) is reused
+    // without validation only when a stale window strictly covers it (§4.2.4).
+    if s.stale_while_revalidate > 0 && staleness <= s.stale_while_revalidate {
         return Reuse::StaleWhileRevalidate;
     }
     Reuse::Forward
@@ -372,7 +374,7 @@ pub fn may_serve_stale_on_error(
     age: u64,
 ) -> bool {
     let ttl = freshness::ttl(lifetime, age);
-    !no_stale && ttl <= 0 && (-ttl) as u64 <= stale_if_error
+    !no_stale && stale_if_error > 0 && ttl <= 0 && (-ttl) as u64 <= stale_if_error
 }
 
 /// Origin statuses that count as errors for `stale-if-error` (RFC 5861 §4).
@@ -663,11 +665,25 @@ mod tests {
         let mut nc = stored(60, 1);
         nc.no_cache = true;
         assert_eq!(reuse(&r(&[]), nc), Reuse::Forward);
+        // §4.2.4: without a stale window, stale by 0 s is still stale (`max-age=0`, or a
+        // lifetime just run out): validated, never reused as it is.
+        let no_window = |lifetime, age| StoredFacts {
+            stale_while_revalidate: 0,
+            ..stored(lifetime, age)
+        };
+        assert_eq!(reuse(&r(&[]), no_window(0, 0)), Reuse::Forward);
+        assert_eq!(reuse(&r(&[]), no_window(60, 60)), Reuse::Forward);
+        assert_eq!(reuse(&r(&[]), no_window(60, 59)), Reuse::Fresh);
     }
 
     // RFC 5861 §4 and RFC 9111 §4.2.4.
     #[test]
     fn stale_if_error_window() {
+        assert!(
+            !may_serve_stale_on_error(0, false, 0, 0),
+            "no window, no stale"
+        );
+        assert!(!may_serve_stale_on_error(0, false, 60, 60));
         assert!(may_serve_stale_on_error(30, false, 60, 90));
         assert!(!may_serve_stale_on_error(30, false, 60, 91));
         assert!(!may_serve_stale_on_error(30, true, 60, 70));
