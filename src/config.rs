@@ -196,6 +196,9 @@ pub struct CacheConfig {
     /// Most bytes of request header values (names and values) one variant may be selected by;
     /// a response varying on more is passed on uncached.
     pub max_vary_bytes: usize,
+    /// A GET or HEAD with a body: `strip` (the body is not forwarded) or `pass` (forwarded with
+    /// its body, uncached).
+    pub get_with_body: crate::cache::GetWithBody,
 }
 
 impl Default for CacheConfig {
@@ -210,6 +213,7 @@ impl Default for CacheConfig {
             store_set_cookie: false,
             max_variants: 16,
             max_vary_bytes: DEFAULT_MAX_VARY_BYTES,
+            get_with_body: crate::cache::GetWithBody::Strip,
         }
     }
 }
@@ -850,6 +854,7 @@ impl Settings {
             keep_stale: Duration::from_secs(self.cache.keep_stale_seconds),
             max_variants: self.cache.max_variants,
             max_vary_bytes: self.cache.max_vary_bytes,
+            get_with_body: self.cache.get_with_body,
         }
     }
 }

@@ -69,3 +69,71 @@ async fn a_response_with_max_age_zero_is_revalidated_before_every_reuse() {
     assert!(again.body.starts_with("user=alice"), "{}", again.body);
     h.stop().await;
 }
+
+/// Item 2: a GET with a body ("fat GET") was forwarded with the body, and the response stored
+/// and served to clients that sent none. By default the body is not forwarded (Varnish does the
+/// same), so the stored response cannot depend on it; `cache.get_with_body = "pass"` sends such
+/// requests to the origin with their body, uncached.
+#[actix_web::test]
+async fn the_body_of_a_get_never_reaches_the_origin_or_the_cache() {
+    let h = Harness::new(|req, n| reflect(req, n).cc("max-age=600")).await;
+    let fat = "GET /search HTTP/1.1\r\nHost: victim.test\r\nContent-Length: 23\r\nConnection: close\r\n\r\n<script>poison</script>";
+    let r = send(&h, fat).await;
+    assert_eq!(r.status, 200, "{}", r.head);
+    assert_eq!(h.origin.hits(), 1);
+    assert_eq!(h.origin.bodies.lock().unwrap()[0], b"", "no body forwarded");
+    let (_, _, headers) = h.origin.last_request();
+    assert!(
+        headers.get("content-length").is_none_or(|v| v == "0"),
+        "{headers:?}"
+    );
+    assert!(headers.get("transfer-encoding").is_none());
+    // A chunked body is dropped the same way.
+    let chunked = "GET /search2 HTTP/1.1\r\nHost: victim.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n6\r\npoison\r\n0\r\n\r\n";
+    assert_eq!(send(&h, chunked).await.status, 200);
+    assert_eq!(h.origin.bodies.lock().unwrap()[1], b"");
+    // The innocent client gets the stored response, which no body shaped.
+    let innocent = send(
+        &h,
+        "GET /search HTTP/1.1\r\nHost: victim.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(innocent.status, 200);
+    assert!(innocent
+        .header("cache-status")
+        .unwrap_or_default()
+        .contains("hit"));
+    assert_eq!(h.origin.hits(), 2);
+    h.stop().await;
+
+    let h = Harness::with(
+        |req, n| reflect(req, n).cc("max-age=600"),
+        |s| s.cache.get_with_body = tierd::cache::GetWithBody::Pass,
+    )
+    .await;
+    let r = send(&h, fat).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("tierd; fwd=bypass; fwd-status=200; detail=request_body")
+    );
+    assert_eq!(
+        h.origin.bodies.lock().unwrap()[0],
+        b"<script>poison</script>"
+    );
+    let innocent = send(
+        &h,
+        "GET /search HTTP/1.1\r\nHost: victim.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        innocent
+            .header("cache-status")
+            .unwrap_or_default()
+            .contains("fwd=uri-miss"),
+        "the passed response was not stored: {}",
+        innocent.head
+    );
+    assert_eq!(h.origin.hits(), 2);
+    h.stop().await;
+}

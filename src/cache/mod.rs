@@ -15,6 +15,6 @@ pub mod single_flight;
 pub use bus::Bus;
 pub use cache_headers::CacheHeaders;
 pub use response_cache::{
-    cache_status_header, opaque, CachePolicy, CacheState, PurgeSource, ResponseCache,
+    cache_status_header, opaque, CachePolicy, CacheState, GetWithBody, PurgeSource, ResponseCache,
     UpstreamFailure,
 };

@@ -50,6 +50,19 @@ pub fn cache_status_header() -> HeaderName {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpstreamFailure(pub OriginError);
 
+/// What happens to the body of a GET or HEAD (a "fat GET").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GetWithBody {
+    /// The body is not forwarded (as Varnish does): a response is stored and shared only when
+    /// no client's body can have shaped it.
+    #[default]
+    Strip,
+    /// The request goes to the origin with its body, uncached (`fwd=bypass;
+    /// detail=request_body`).
+    Pass,
+}
+
 /// The cache's tunables.
 #[derive(Debug, Clone)]
 pub struct CachePolicy {
@@ -72,6 +85,8 @@ pub struct CachePolicy {
     /// Most bytes of request header values a variant may be selected by (`Vary`); a response
     /// varying on more (on `Cookie`, say) is passed on uncached.
     pub max_vary_bytes: usize,
+    /// The body of a GET or HEAD.
+    pub get_with_body: GetWithBody,
 }
 
 impl Default for CachePolicy {
@@ -85,6 +100,7 @@ impl Default for CachePolicy {
             keep_stale: Duration::from_secs(3600),
             max_variants: 16,
             max_vary_bytes: 4096,
+            get_with_body: GetWithBody::Strip,
         }
     }
 }
@@ -494,6 +510,24 @@ where
 /// refresh start. The inner service (an application's router) needs the request to itself.
 struct RefreshGate(#[allow(dead_code)] oneshot::Sender<()>);
 
+/// Whether a request says it has a body.
+fn has_body(h: &HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING)
+        || crate::http::headers::content_length(h).is_some_and(|n| n > 0)
+}
+
+/// A GET or HEAD goes to the origin without the client's body (and without the headers that
+/// announce one): its response is shared, so no client's body may shape it. The body is left
+/// unread; actix closes the connection after the response when one was sent.
+fn strip_body(req: &mut ServiceRequest) {
+    if has_body(req.headers()) {
+        let h = req.headers_mut();
+        h.remove(header::CONTENT_LENGTH);
+        h.remove(header::TRANSFER_ENCODING);
+    }
+    req.set_payload(Payload::None);
+}
+
 fn is_unsafe(m: &Method) -> bool {
     !matches!(
         *m,
@@ -543,6 +577,9 @@ where
         }
         if method != Method::GET && !is_head {
             return self.forward_other(req, route).await;
+        }
+        if st.policy.get_with_body == GetWithBody::Pass && has_body(req.headers()) {
+            return self.bypass(req, route, Some("request_body")).await;
         }
         if req.headers().contains_key(header::RANGE) {
             // Partial content is not stored; range requests go to the origin untouched.
@@ -741,6 +778,7 @@ where
     ) -> Result<ServiceResponse<BoxBody>, Error> {
         // Must happen before the request is shared (actix panics on mutating a shared head).
         upstream_conditionals(req.headers_mut(), stale.as_ref().map(|(e, _)| &**e));
+        strip_body(&mut req);
         let route = route.with_tags(req.path());
         let st = self.state.clone();
         let started = tokio::time::Instant::now();
@@ -900,7 +938,7 @@ where
             return None;
         }
         self.state.metrics.background_refreshes.inc();
-        req.set_payload(Payload::None);
+        strip_body(&mut req);
         let mut route = route;
         route.background = true;
         let epoch = self.state.store.purges().epoch();
@@ -947,6 +985,7 @@ where
         }
         route.note(req.request(), Outcome::Pass, None);
         upstream_conditionals(req.headers_mut(), None);
+        strip_body(&mut req);
         let request_time = st.clock.now();
         let res = call_inner(&*self.inner, req).await?;
         let response_time = st.clock.now();

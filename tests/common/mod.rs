@@ -71,6 +71,8 @@ pub struct Origin {
     pub in_flight: Arc<AtomicU64>,
     pub peak_in_flight: Arc<AtomicU64>,
     pub requests: Arc<Mutex<Vec<(String, String, HeaderMap)>>>,
+    /// The body of each request, in the order of `requests`.
+    pub bodies: Arc<Mutex<Vec<Vec<u8>>>>,
     handle: ServerHandle,
 }
 
@@ -81,11 +83,12 @@ struct OriginState {
     in_flight: Arc<AtomicU64>,
     peak: Arc<AtomicU64>,
     requests: Arc<Mutex<Vec<(String, String, HeaderMap)>>>,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 async fn origin_handler(
     req: HttpRequest,
-    _body: web::Bytes,
+    body: web::Bytes,
     st: web::Data<OriginState>,
 ) -> HttpResponse {
     let n = st.hits.fetch_add(1, Ordering::SeqCst) + 1;
@@ -96,6 +99,7 @@ async fn origin_handler(
         req.uri().to_string(),
         req.headers().clone(),
     ));
+    st.bodies.lock().unwrap().push(body.to_vec());
     let reply = (st.handler)(&req, n);
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
@@ -121,6 +125,7 @@ impl Origin {
         let in_flight = Arc::new(AtomicU64::new(0));
         let peak = Arc::new(AtomicU64::new(0));
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
         let state = web::Data::new(OriginState {
             handler: Arc::new(f),
             clock,
@@ -128,6 +133,7 @@ impl Origin {
             in_flight: in_flight.clone(),
             peak: peak.clone(),
             requests: requests.clone(),
+            bodies: bodies.clone(),
         });
         let srv = HttpServer::new(move || {
             App::new()
@@ -150,6 +156,7 @@ impl Origin {
             in_flight,
             peak_in_flight: peak,
             requests,
+            bodies,
             handle,
         }
     }
