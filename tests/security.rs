@@ -137,3 +137,41 @@ async fn the_body_of_a_get_never_reaches_the_origin_or_the_cache() {
     assert_eq!(h.origin.hits(), 2);
     h.stop().await;
 }
+
+/// Item 9: a response to a request carrying `Cookie`, with no explicit freshness but a
+/// `Last-Modified`, was stored heuristically (for up to a day) and served to anonymous clients
+/// (an account page requested as `/account.css`). Heuristic freshness now never applies to a
+/// credentialed request's response; an anonymous request's response still gets it.
+#[actix_web::test]
+async fn heuristic_freshness_never_shares_a_credentialed_response() {
+    let h = Harness::new(|req, n| {
+        let user = req
+            .headers()
+            .get("cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("anonymous")
+            .to_owned();
+        Reply::ok(format!("account of {user} #{n}"))
+            .header("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")
+    })
+    .await;
+    let with_cookie = "GET /account.css HTTP/1.1\r\nHost: victim.test\r\nCookie: session=alice\r\nConnection: close\r\n\r\n";
+    let anonymous = "GET /account.css HTTP/1.1\r\nHost: victim.test\r\nConnection: close\r\n\r\n";
+    let alice = send(&h, with_cookie).await;
+    assert_eq!(alice.body, "account of session=alice #1");
+    assert_eq!(
+        alice.header("cache-status").as_deref(),
+        Some("tierd; fwd=uri-miss; fwd-status=200"),
+        "not stored"
+    );
+    let anon = send(&h, anonymous).await;
+    assert_eq!(anon.body, "account of anonymous #2", "never alice's page");
+    // The anonymous response is shared, heuristically fresh.
+    let again = send(&h, anonymous).await;
+    assert_eq!(again.body, "account of anonymous #2");
+    assert!(again
+        .header("cache-status")
+        .unwrap_or_default()
+        .contains("hit"));
+    h.stop().await;
+}

@@ -30,6 +30,10 @@ pub enum NotStorable {
     /// The request header values the response varies on exceed `cache.max_vary_bytes`
     /// (an origin varying on `Cookie` would otherwise store a copy per cookie).
     VaryTooLarge,
+    /// Only heuristic freshness, for a request that carried `Cookie` or `Authorization`: the
+    /// response may be that user's (an account page with a `.css` suffix) and the origin did not
+    /// say it may be shared.
+    CredentialedHeuristic,
 }
 
 impl NotStorable {
@@ -49,6 +53,7 @@ impl NotStorable {
             NotStorable::RuleTtlZero => "rule_ttl_zero",
             NotStorable::PurgedDuringFetch => "purged_during_fetch",
             NotStorable::VaryTooLarge => "vary_too_large",
+            NotStorable::CredentialedHeuristic => "credentialed_heuristic",
         }
     }
 }
@@ -58,6 +63,8 @@ impl NotStorable {
 pub struct RequestFacts {
     pub cc: CacheControl,
     pub has_authorization: bool,
+    /// `Cookie` or `Authorization`: the request speaks for one user.
+    pub credentialed: bool,
     /// `Pragma: no-cache` without `Cache-Control` (§5.4).
     pub pragma_no_cache: bool,
 }
@@ -79,6 +86,7 @@ impl RequestFacts {
         RequestFacts {
             cc,
             has_authorization: h.contains_key(header::AUTHORIZATION),
+            credentialed: h.contains_key(header::AUTHORIZATION) || h.contains_key(header::COOKIE),
             pragma_no_cache,
         }
     }
@@ -234,6 +242,16 @@ pub fn plan_store(
         no_cache = false;
     }
     let explicit = lifetime.is_explicit() || input.expires != Expires::Absent;
+    // Heuristic freshness is a guess about a shared resource; a credentialed request's response
+    // is shared only when the origin says so (explicit freshness, `public`) or a rule does.
+    if req.credentialed
+        && !opts.private
+        && !explicit
+        && !cc.public
+        && opts.lifetime == LifetimeOverride::Origin
+    {
+        return Err(NotStorable::CredentialedHeuristic);
+    }
     // §3: explicit freshness, `public`, or a heuristically cacheable status.
     let deferred = opts.lifetime == LifetimeOverride::FromBody;
     if !(explicit || deferred || cc.public || freshness::is_heuristically_cacheable(status)) {
@@ -674,6 +692,45 @@ mod tests {
         assert_eq!(reuse(&r(&[]), no_window(0, 0)), Reuse::Forward);
         assert_eq!(reuse(&r(&[]), no_window(60, 60)), Reuse::Forward);
         assert_eq!(reuse(&r(&[]), no_window(60, 59)), Reuse::Fresh);
+    }
+
+    // RFC 9111 §4.2.2, §3.5: heuristic freshness is not for a credentialed request's response
+    // unless the origin says it may be shared.
+    #[test]
+    fn no_heuristic_freshness_for_credentialed_requests() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2_000_000_000);
+        let lm = [("last-modified", "Mon, 01 Jan 2024 00:00:00 GMT")];
+        let plan = |req: &[(&str, &str)], res: &[(&str, &str)]| {
+            plan_store(
+                &RequestFacts::from_headers(&hm(req)),
+                200,
+                &hm(res),
+                now,
+                now,
+                StoreOptions::default(),
+            )
+            .map(|p| p.lifetime)
+        };
+        assert!(matches!(plan(&[], &lm), Ok(Lifetime::Heuristic(_))));
+        assert_eq!(
+            plan(&[("cookie", "s=1")], &lm),
+            Err(NotStorable::CredentialedHeuristic)
+        );
+        // Authorization is refused before (§3.5), whatever the freshness.
+        assert_eq!(
+            plan(&[("authorization", "Bearer x")], &lm),
+            Err(NotStorable::Authorization)
+        );
+        let public = [lm[0], ("cache-control", "public")];
+        assert!(
+            plan(&[("cookie", "s=1")], &public).is_ok(),
+            "public allows it"
+        );
+        let explicit = [lm[0], ("cache-control", "max-age=60")];
+        assert_eq!(
+            plan(&[("cookie", "s=1")], &explicit),
+            Ok(Lifetime::Explicit(60))
+        );
     }
 
     // RFC 5861 §4 and RFC 9111 §4.2.4.
