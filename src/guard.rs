@@ -43,10 +43,13 @@ pub enum Rejection {
     HeadersTooLarge,
     BodyTooLarge,
     BodyTimeout,
+    /// No valid `Host`: missing in HTTP/1.1, sent twice, or not a `host[:port]`.
+    BadHost,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 5] = [
+    pub const ALL: [Rejection; 6] = [
+        Rejection::BadHost,
         Rejection::UriTooLong,
         Rejection::TooManyHeaders,
         Rejection::HeadersTooLarge,
@@ -61,6 +64,7 @@ impl Rejection {
             Rejection::HeadersTooLarge => "headers_too_large",
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::BodyTimeout => "body_timeout",
+            Rejection::BadHost => "bad_host",
         }
     }
 
@@ -72,6 +76,7 @@ impl Rejection {
             }
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Rejection::BadHost => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -153,6 +158,20 @@ impl Guard {
         declared: Option<u64>,
     ) -> Option<(Rejection, u64, u64)> {
         let l = &self.limits;
+        // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, with two, or with one that
+        // is not a host[:port] (it would reach into the key's path: `Host: victim.test/account`).
+        let mut hosts = req.headers().get_all(header::HOST);
+        let bad_host = match (hosts.next(), hosts.next()) {
+            (Some(h), None) => !crate::http::host::is_valid(h.as_bytes()),
+            (Some(_), Some(_)) => true,
+            (None, _) => {
+                req.version() == actix_web::http::Version::HTTP_11
+                    && req.uri().authority().is_none()
+            }
+        };
+        if bad_host {
+            return Some((Rejection::BadHost, 0, 0));
+        }
         let uri = req.uri();
         let target = uri.path_and_query().map_or(0, |pq| pq.as_str().len())
             + uri.authority().map_or(0, |a| a.as_str().len());

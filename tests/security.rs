@@ -175,3 +175,65 @@ async fn heuristic_freshness_never_shares_a_credentialed_response() {
         .contains("hit"));
     h.stop().await;
 }
+
+/// Item 1: `Host: victim.test/account` with `GET /login` was stored under the key of
+/// `GET /account/login` on victim.test (the same with `?`), so the attacker chose what an
+/// innocent client got. A Host that is not a `host[:port]` now gets 400 (as do two Hosts, and
+/// none in HTTP/1.1), and equivalent spellings of one host share one key.
+#[actix_web::test]
+async fn a_host_that_is_not_host_port_is_refused_and_spellings_share_a_key() {
+    let h = Harness::new(|req, n| reflect(req, n).cc("max-age=600")).await;
+    for (name, request) in [
+        ("slash", "GET /login HTTP/1.1\r\nHost: victim.test/account\r\nX-User: mallory\r\nConnection: close\r\n\r\n"),
+        ("query", "GET /login HTTP/1.1\r\nHost: victim.test?account\r\nX-User: mallory\r\nConnection: close\r\n\r\n"),
+        ("at", "GET /login HTTP/1.1\r\nHost: mallory@victim.test\r\nConnection: close\r\n\r\n"),
+        ("two hosts", "GET /account/login HTTP/1.1\r\nHost: victim.test\r\nHost: evil.test\r\nConnection: close\r\n\r\n"),
+        ("no host", "GET /account/login HTTP/1.1\r\nConnection: close\r\n\r\n"),
+        ("non-ascii", "GET /account/login HTTP/1.1\r\nHost: vict\u{ef}m.test\r\nConnection: close\r\n\r\n"),
+    ] {
+        let r = send(&h, request).await;
+        assert_eq!(r.status, 400, "{name}: {}", r.head);
+        assert!(r.header("cache-status").is_none(), "{name}");
+    }
+    assert_eq!(h.origin.hits(), 0, "nothing reached the origin");
+    let innocent = send(
+        &h,
+        "GET /account/login HTTP/1.1\r\nHost: victim.test\r\nX-User: alice\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(innocent.status, 200);
+    assert!(innocent.body.starts_with("user=alice"), "{}", innocent.body);
+    for spelling in [
+        "VICTIM.test",
+        "victim.test.",
+        "victim.test:80",
+        "Victim.Test.:80",
+    ] {
+        let r = send(
+            &h,
+            &format!(
+                "GET /account/login HTTP/1.1\r\nHost: {spelling}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert!(r.body.starts_with("user=alice"), "{spelling}: {}", r.body);
+        assert!(
+            r.header("cache-status").unwrap_or_default().contains("hit"),
+            "{spelling}"
+        );
+    }
+    assert_eq!(h.origin.hits(), 1);
+    let metrics = common::send(common::client().get(h.admin_url("/metrics")))
+        .await
+        .text();
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("tierd_requests_rejected_total{") && l.contains("reason=\"bad_host\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    // Two Hosts and no Host in HTTP/1.1 are refused by actix's parser before tierd sees them.
+    assert_eq!(counted, 4.0, "each of tierd's refusals counted");
+    h.stop().await;
+}

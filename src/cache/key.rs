@@ -4,6 +4,8 @@
 use actix_web::http::header;
 use actix_web::HttpRequest;
 
+use crate::http::host;
+
 /// The raw authority a request was made to: `Host`, or the URI's authority (HTTP/2).
 fn host_bytes(req: &HttpRequest) -> &[u8] {
     req.headers()
@@ -13,9 +15,9 @@ fn host_bytes(req: &HttpRequest) -> &[u8] {
         .unwrap_or_default()
 }
 
-/// The authority a request was made to, lower-cased.
+/// The authority a request was made to, normalised ([`host::push_normalized`]).
 pub fn request_host(req: &HttpRequest) -> String {
-    String::from_utf8_lossy(host_bytes(req)).to_ascii_lowercase()
+    host::normalized(host_bytes(req))
 }
 
 /// The key for a request: `host` + path + `?query`.
@@ -27,9 +29,8 @@ pub fn for_request(req: &HttpRequest) -> String {
         .map(|p| p.as_str())
         .unwrap_or("/");
     let mut key = String::with_capacity(host.len() + pq.len());
-    for &b in host {
-        key.push(char::from(b.to_ascii_lowercase()));
-    }
+    // A validated host holds no `/`: the first `/` of the key starts the path.
+    host::push_normalized(&mut key, host);
     key.push_str(pq);
     key
 }
@@ -51,7 +52,7 @@ pub fn for_location(host: &str, value: &[u8]) -> Option<String> {
     }
     let uri: actix_web::http::Uri = s.parse().ok()?;
     let authority = uri.authority()?;
-    if !authority.as_str().eq_ignore_ascii_case(host) {
+    if host::normalized(authority.as_str().as_bytes()) != host {
         return None;
     }
     let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");

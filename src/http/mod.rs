@@ -8,5 +8,6 @@ pub mod cache_status;
 pub mod conditional;
 pub mod freshness;
 pub mod headers;
+pub mod host;
 pub mod storable;
 pub mod vary;

@@ -1,0 +1,166 @@
+//! The authority a request names (RFC 9110 §7.2, RFC 3986 §3.2.2): validated once at the edge
+//! (a `Host` that is not a `host[:port]` gets 400) and normalised the same way wherever a cache
+//! key or a purge selector is built, so that equivalent spellings share one key and no spelling
+//! can reach into another key's path.
+
+/// Whether `raw` is a valid `host[:port]`: a registered name (letters, digits, `-._~`, `%`-escapes
+/// and sub-delimiters), an IPv4 address, or an IP literal in brackets, then an optional decimal
+/// port. No `/ ? # @`, whitespace, control or non-ASCII bytes.
+pub fn is_valid(raw: &[u8]) -> bool {
+    split(raw).is_some()
+}
+
+/// Host and port (possibly empty) of a valid authority.
+fn split(raw: &[u8]) -> Option<(&[u8], &[u8])> {
+    if raw.is_empty() || raw.len() > 255 {
+        return None;
+    }
+    let (host, port) = if raw[0] == b'[' {
+        let end = raw.iter().position(|&b| b == b']')?;
+        let inner = &raw[1..end];
+        if inner.is_empty()
+            || !inner
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        match &raw[end + 1..] {
+            [] => (&raw[..=end], &[][..]),
+            [b':', port @ ..] => (&raw[..=end], port),
+            _ => return None,
+        }
+    } else {
+        let (host, port) = match raw.iter().rposition(|&b| b == b':') {
+            Some(i) => (&raw[..i], &raw[i + 1..]),
+            None => (raw, &[][..]),
+        };
+        if host.is_empty() || !host.iter().all(|&b| reg_name_byte(b)) {
+            return None;
+        }
+        (host, port)
+    };
+    if port.len() > 5 || !port.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some((host, port))
+}
+
+fn reg_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'-' | b'.'
+                | b'_'
+                | b'~'
+                | b'%'
+                | b'!'
+                | b'$'
+                | b'&'
+                | b'\''
+                | b'('
+                | b')'
+                | b'*'
+                | b'+'
+                | b','
+                | b';'
+                | b'='
+        )
+}
+
+/// Appends the normalised authority to `out`: lower-case, without a trailing dot, without the
+/// default port (80, the gateway speaks plain HTTP) or an empty one. An invalid authority (the
+/// guard answers those with 400 before they get here) is appended with every byte that could
+/// reach into a path replaced by `_`.
+pub fn push_normalized(out: &mut String, raw: &[u8]) {
+    match split(raw) {
+        Some((host, port)) => {
+            let host = host.strip_suffix(b".").unwrap_or(host);
+            for &b in host {
+                out.push(char::from(b.to_ascii_lowercase()));
+            }
+            if !port.is_empty() && port != b"80" {
+                out.push(':');
+                for &b in port {
+                    out.push(char::from(b));
+                }
+            }
+        }
+        None => {
+            for &b in raw {
+                out.push(if reg_name_byte(b) || b == b':' {
+                    char::from(b.to_ascii_lowercase())
+                } else {
+                    '_'
+                });
+            }
+        }
+    }
+}
+
+/// The normalised authority as a new string.
+pub fn normalized(raw: &[u8]) -> String {
+    let mut s = String::with_capacity(raw.len());
+    push_normalized(&mut s, raw);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // RFC 9110 §7.2, RFC 3986 §3.2.2: what a Host may be.
+    #[test]
+    fn valid_and_invalid_hosts() {
+        for ok in [
+            "victim.test",
+            "victim.test:8080",
+            "VICTIM.test.",
+            "127.0.0.1:80",
+            "[::1]",
+            "[::1]:8080",
+            "a-b_c~d",
+            "xn--bcher-kva.example",
+        ] {
+            assert!(is_valid(ok.as_bytes()), "{ok}");
+        }
+        for bad in [
+            "",
+            "victim.test/account",
+            "victim.test?x",
+            "victim.test#x",
+            "user@victim.test",
+            "victim.test:80:80",
+            "victim.test:8o",
+            "victim.test:123456",
+            "vic tim.test",
+            "victim.test\t",
+            "[::1",
+            "[]",
+            "[::1]x",
+            ":80",
+        ] {
+            assert!(!is_valid(bad.as_bytes()), "{bad:?}");
+        }
+        assert!(!is_valid("bücher.test".as_bytes()));
+        assert!(!is_valid(b"victim\x00.test"));
+        assert!(!is_valid(b"victim\xff.test"));
+    }
+
+    // Equivalent spellings share one key: case, a trailing dot, the default port.
+    #[test]
+    fn normalisation() {
+        for same in [
+            "victim.test",
+            "VICTIM.TEST",
+            "victim.test.",
+            "victim.test:80",
+            "victim.test:",
+        ] {
+            assert_eq!(normalized(same.as_bytes()), "victim.test", "{same}");
+        }
+        assert_eq!(normalized(b"Victim.Test:8080"), "victim.test:8080");
+        assert_eq!(normalized(b"[::1]:80"), "[::1]");
+        assert_eq!(normalized(b"victim.test/account"), "victim.test_account");
+    }
+}
