@@ -98,6 +98,22 @@ fn refuse(req: &HttpRequest, opts: &AdminOptions) -> Option<HttpResponse> {
             "mutating admin calls are disabled: set admin.token (or TIERD__ADMIN__TOKEN) and send Authorization: Bearer <token>",
         ));
     }
+    refuse_without_token(req, opts)
+}
+
+/// A read call (`/_tierd/stats`, `/_tierd/entry`): open while no token is configured (a
+/// loopback development setup), else the token is required like for a mutating call (an
+/// unauthenticated cache oracle tells an attacker what is stored).
+fn refuse_read(req: &HttpRequest, opts: &AdminOptions) -> Option<HttpResponse> {
+    if opts.token.is_empty() {
+        return None;
+    }
+    refuse_without_token(req, opts)
+}
+
+/// The 401, unless the request carries `Authorization: Bearer <admin.token>` (compared in
+/// constant time).
+fn refuse_without_token(req: &HttpRequest, opts: &AdminOptions) -> Option<HttpResponse> {
     let given = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -198,7 +214,14 @@ async fn readyz(state: web::Data<CacheState>) -> HttpResponse {
     }))
 }
 
-async fn stats(state: web::Data<CacheState>) -> HttpResponse {
+async fn stats(
+    req: HttpRequest,
+    state: web::Data<CacheState>,
+    opts: web::Data<AdminOptions>,
+) -> HttpResponse {
+    if let Some(res) = refuse_read(&req, &opts) {
+        return res;
+    }
     let l1 = state.store.l1().clone();
     let _ = web::block(move || l1.sync()).await;
     let tiers: Vec<_> = state
@@ -407,7 +430,15 @@ struct EntryQuery {
 }
 
 /// Where an entry is held: per tier, its variants with status, TTL, age, size and tags.
-async fn entry(state: web::Data<CacheState>, q: web::Query<EntryQuery>) -> HttpResponse {
+async fn entry(
+    req: HttpRequest,
+    state: web::Data<CacheState>,
+    opts: web::Data<AdminOptions>,
+    q: web::Query<EntryQuery>,
+) -> HttpResponse {
+    if let Some(res) = refuse_read(&req, &opts) {
+        return res;
+    }
     let Some(url) = q.url.as_deref() else {
         return error(
             StatusCode::BAD_REQUEST,

@@ -28,6 +28,16 @@ fn is_hit(r: &Resp) -> bool {
     r.cache_status().contains("; hit")
 }
 
+/// A read call on the admin API with the token (required once one is configured).
+async fn admin_get(h: &Harness, path: &str) -> Resp {
+    h.send(
+        h.client
+            .get(h.admin_url(path))
+            .insert_header(("authorization", format!("Bearer {TOKEN}"))),
+    )
+    .await
+}
+
 async fn admin_post(h: &Harness, path: &str, token: Option<&str>, body: &str) -> Resp {
     admin_post_at(h.gw.admin_addr, path, token, body).await
 }
@@ -353,7 +363,7 @@ async fn a_purge_by_tag_removes_the_entry_from_l1_l2_and_l3() {
     written(&h, "l2", 2).await;
     written(&h, "l3", 2).await;
     let url = format!("http://{}/api/assessments/7", h.gw.addr);
-    let entry = h.get_admin(&format!("/_tierd/entry?url={url}")).await;
+    let entry = admin_get(&h, &format!("/_tierd/entry?url={url}")).await;
     let e = json(&entry);
     assert_eq!(entry.status, 200, "{e}");
     for t in ["l1", "l2", "l3"] {
@@ -375,7 +385,7 @@ async fn a_purge_by_tag_removes_the_entry_from_l1_l2_and_l3() {
         serde_json::json!({"l1": 1, "l2": 1, "l3": 1}),
         "{p}"
     );
-    let entry = h.get_admin(&format!("/_tierd/entry?url={url}")).await;
+    let entry = admin_get(&h, &format!("/_tierd/entry?url={url}")).await;
     assert_eq!(entry.status, 404, "{}", entry.text());
     assert_eq!(redis.count("tierd:v1:*assessments/7"), 0);
     assert_eq!(
@@ -738,7 +748,7 @@ async fn a_rule_keeps_its_entries_in_the_tiers_it_names() {
     let hr = &h;
     let entry = |p: &str| {
         let url = format!("/_tierd/entry?url=http://{}{p}", hr.gw.addr);
-        async move { json(&hr.get_admin(&url).await) }
+        async move { json(&admin_get(hr, &url).await) }
     };
     let v = entry("/volatile/1").await;
     assert!(

@@ -237,3 +237,63 @@ async fn a_host_that_is_not_host_port_is_refused_and_spellings_share_a_key() {
     assert_eq!(counted, 4.0, "each of tierd's refusals counted");
     h.stop().await;
 }
+
+/// Item 10: with `admin.token` set, the read calls (`/_tierd/stats`, `/_tierd/entry`) were open
+/// to anyone who reached the admin listener: a cache oracle. They now need the token like the
+/// mutating calls; `/metrics`, `/healthz` and `/readyz` stay open for scrapers and probes.
+#[actix_web::test]
+async fn admin_read_calls_need_the_token_once_one_is_set() {
+    let h = Harness::with(
+        |req, n| reflect(req, n).cc("max-age=600"),
+        |s| s.admin.token = "admin-secret".into(),
+    )
+    .await;
+    let admin = h.gw.admin_addr;
+    let get = |path: &str, token: Option<&str>| {
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        format!("GET {path} HTTP/1.1\r\nHost: admin\r\n{auth}Connection: close\r\n\r\n")
+    };
+    let entry = "/_tierd/entry?url=http://victim.test/x";
+    for path in ["/_tierd/stats", entry] {
+        for token in [None, Some("wrong")] {
+            let r = RawResp::parse(
+                &raw(admin, get(path, token).as_bytes(), Duration::from_secs(5)).await,
+            );
+            assert_eq!(r.status, 401, "{path} with {token:?}");
+            assert!(
+                !r.body.contains("victim"),
+                "nothing about the cache: {}",
+                r.body
+            );
+        }
+    }
+    let stats = RawResp::parse(
+        &raw(
+            admin,
+            get("/_tierd/stats", Some("admin-secret")).as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await,
+    );
+    assert_eq!(stats.status, 200);
+    let missing = RawResp::parse(
+        &raw(
+            admin,
+            get(entry, Some("admin-secret")).as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await,
+    );
+    assert_eq!(
+        missing.status, 404,
+        "with the token: an answer about the entry"
+    );
+    for open in ["/metrics", "/healthz", "/readyz"] {
+        let r =
+            RawResp::parse(&raw(admin, get(open, None).as_bytes(), Duration::from_secs(5)).await);
+        assert_eq!(r.status, 200, "{open}");
+    }
+    h.stop().await;
+}

@@ -927,6 +927,16 @@ where
         let Join::Leader(guard) = self.state.flights.join(&key) else {
             return None;
         };
+        // Another refresh may have finished between this request's lookup and its joining the
+        // (then empty) flight table: its entry is stored before its flight ends, so a stored
+        // variant other than the stale one seen means there is nothing to refresh.
+        if tier == TierName::L1 {
+            let current = self.state.store.l1().get_now(&key);
+            let selected = current.as_ref().and_then(|slot| slot.select(req.headers()));
+            if !selected.is_some_and(|e| Arc::ptr_eq(e, &entry)) {
+                return None;
+            }
+        }
         if self
             .state
             .limits
