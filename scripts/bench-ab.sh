@@ -17,33 +17,12 @@ D=8; C=64; R=5
 while [ $# -gt 0 ]; do case $1 in
   --duration) D=$2; shift 2;; --connections) C=$2; shift 2;; --rounds) R=$2; shift 2;;
   *) echo "unknown argument $1" >&2; exit 2;; esac; done
-for b in nginx wrk curl; do
-  command -v $b >/dev/null || { echo "missing $b: apt-get install -y nginx wrk curl" >&2; exit 2; }
-done
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tierd-target}"
-DUCKDB_LIB_DIR="${DUCKDB_LIB_DIR:-$(scripts/duckdb-lib.sh)}"
-export DUCKDB_LIB_DIR
-cargo build --release --locked --quiet
-BIN="$CARGO_TARGET_DIR/release/tierd"
-
-W=$(mktemp -d /tmp/tierdbench.XXXX); PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
-  sleep 1; rm -rf "$W"
-}
-trap cleanup EXIT
-mkdir -p "$W/www" "$W/logs"; chmod 755 "$W"
+. scripts/bench-lib.sh
+bench_need nginx wrk curl
+bench_build
+bench_workdir
 python3 -c 'import json; print(json.dumps({"id": 42, "status": "completed", "items": [{"k": i, "v": "x"*16} for i in range(40)]}))' > "$W/www/item.json"
-chmod -R a+rX "$W/www"
-cat > "$W/nginx.conf" <<NG
-worker_processes 1; daemon on; pid $W/nginx.pid; error_log $W/logs/err.log;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:19100; root $W/www;
-    location / { add_header Cache-Control "public, max-age=300"; default_type application/json; } } }
-NG
-taskset -c 1 nginx -c "$W/nginx.conf" -p "$W"
+bench_origin 'add_header Cache-Control "public, max-age=300"; default_type application/json;' 1
 start() { # port admin_port "extra environment"
   # shellcheck disable=SC2086
   env TIERD__UPSTREAM__URL=http://127.0.0.1:19100 TIERD__SERVER__LISTEN=127.0.0.1:$1 \

@@ -16,33 +16,12 @@ BIN=""; D=30; DELAY=50
 while [ $# -gt 0 ]; do case $1 in
   --tierd) BIN=$2; shift 2;; --duration) D=$2; shift 2;; --delay-ms) DELAY=$2; shift 2;;
   *) echo "unknown argument $1" >&2; exit 2;; esac; done
-for b in nginx wrk curl redis-server; do
-  command -v $b >/dev/null || { echo "missing $b: apt-get install -y nginx wrk curl redis-server" >&2; exit 2; }
-done
-if [ -z "$BIN" ]; then
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tierd-target}"
-  DUCKDB_LIB_DIR="${DUCKDB_LIB_DIR:-$(scripts/duckdb-lib.sh)}"
-  export DUCKDB_LIB_DIR
-  cargo build --release --locked --quiet
-  BIN="$CARGO_TARGET_DIR/release/tierd"
-fi
-W=$(mktemp -d /tmp/tierdshare.XXXX); PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
-  sleep 1; rm -rf "$W"
-}
-trap cleanup EXIT
-mkdir -p "$W/www" "$W/logs"; chmod 755 "$W"
-head -c 2048 /dev/zero | tr '\0' 'x' > "$W/www/body"; chmod -R a+rX "$W/www"
-cat > "$W/nginx.conf" <<NG
-worker_processes 1; daemon on; pid $W/nginx.pid; error_log $W/logs/err.log;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:19100; root $W/www;
-    location / { rewrite ^ /body break; add_header Cache-Control "max-age=3600"; default_type text/plain; } } }
-NG
-nginx -c "$W/nginx.conf" -p "$W"
+. scripts/bench-lib.sh
+bench_need nginx wrk curl redis-server
+[ -n "$BIN" ] || bench_build
+bench_workdir
+head -c 2048 /dev/zero | tr '\0' 'x' > "$W/www/body"
+bench_origin 'rewrite ^ /body break; add_header Cache-Control "max-age=3600"; default_type text/plain;'
 redis-server --port 19200 --bind 127.0.0.1 --save "" --appendonly no --dir "$W" > "$W/logs/redis.log" 2>&1 &
 PIDS+=($!)
 sleep 0.5

@@ -17,33 +17,13 @@ while [ $# -gt 0 ]; do case $1 in
   --keys) KEYS=$2; shift 2;; --body) BODY=$2; shift 2;; --l1) L1=$2; shift 2;;
   --l3) L3=$2; shift 2;; --l3-max) L3MAX=$2; shift 2;; --connections) C=$2; shift 2;;
   *) echo "unknown argument $1" >&2; exit 2;; esac; done
-for b in nginx wrk curl; do
-  command -v $b >/dev/null || { echo "missing $b: apt-get install -y nginx wrk curl" >&2; exit 2; }
-done
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tierd-target}"
-DUCKDB_LIB_DIR="${DUCKDB_LIB_DIR:-$(scripts/duckdb-lib.sh)}"
-export DUCKDB_LIB_DIR
-cargo build --release --locked --quiet
-BIN="$CARGO_TARGET_DIR/release/tierd"
-
-W=$(mktemp -d /tmp/tierdmem.XXXX); PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$W/nginx.pid" ] && kill "$(cat "$W/nginx.pid")" 2>/dev/null || true
-  sleep 1; rm -rf "$W"
-}
-trap cleanup EXIT
-mkdir -p "$W/www" "$W/logs" "$W/data"; chmod 755 "$W"
+. scripts/bench-lib.sh
+bench_need nginx wrk curl
+bench_build
+bench_workdir
+mkdir -p "$W/data"
 head -c "$BODY" /dev/zero | tr '\0' 'x' > "$W/www/body"
-chmod -R a+rX "$W/www"
-cat > "$W/nginx.conf" <<NG
-worker_processes 1; daemon on; pid $W/nginx.pid; error_log $W/logs/err.log;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:19100; root $W/www;
-    location / { rewrite ^ /body break; add_header Cache-Control "max-age=3600"; default_type text/plain; } } }
-NG
-taskset -c 1 nginx -c "$W/nginx.conf" -p "$W"
+bench_origin 'rewrite ^ /body break; add_header Cache-Control "max-age=3600"; default_type text/plain;' 1
 l3_enabled=false; [ "$L3" = on ] && l3_enabled=true
 env TIERD__UPSTREAM__URL=http://127.0.0.1:19100 TIERD__SERVER__LISTEN=127.0.0.1:19103 \
   TIERD__ADMIN__LISTEN=127.0.0.1:19104 TIERD__TIERS__L1__MAX_BYTES="$L1" \
