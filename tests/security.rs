@@ -297,3 +297,114 @@ async fn admin_read_calls_need_the_token_once_one_is_set() {
     }
     h.stop().await;
 }
+
+/// Splits what came back on one connection into responses, framing each by the request it
+/// answers (a response to HEAD has no body whatever its `Content-Length`). Returns the heads and
+/// bodies, and what was left over.
+fn responses(mut text: &str, heads: &[bool]) -> (Vec<RawResp>, String) {
+    let mut out = Vec::new();
+    for &head in heads {
+        let Some((h, rest)) = text.split_once("\r\n\r\n") else {
+            break;
+        };
+        let r = RawResp::parse(&format!("{h}\r\n\r\n"));
+        let len = if head {
+            0
+        } else {
+            r.header("content-length")
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0)
+        };
+        let len = len.min(rest.len());
+        out.push(RawResp {
+            body: rest[..len].to_owned(),
+            ..r
+        });
+        text = &rest[len..];
+    }
+    (out, text.to_owned())
+}
+
+/// Item 7: the HTTP/1 codec kept the method and version of the *last request it read* and
+/// framed every response with them, so a pipelined request read while an earlier one was still
+/// at the origin reframed the earlier answer: a GET answered with a Content-Length and no body
+/// (a HEAD had followed), a HEAD answered with a body (a GET had followed), an HTTP/1.1 answer
+/// labelled HTTP/1.0. Every pipelined request now gets its own correctly framed answer.
+#[actix_web::test]
+async fn pipelined_requests_each_get_their_own_correctly_framed_answer() {
+    let h = Harness::new(|req, n| {
+        let r = reflect(req, n).cc("max-age=600");
+        if req.path().starts_with("/slow") {
+            r.delay_ms(300)
+        } else {
+            r
+        }
+    })
+    .await;
+    // (request line, is HEAD, version)
+    type Pipeline<'a> = &'a [(&'a str, bool, &'a str)];
+    let cases: [(&str, Pipeline); 3] = [
+        (
+            "slow GET then HEAD",
+            &[
+                ("GET /slow1", false, "HTTP/1.1"),
+                ("HEAD /a", true, "HTTP/1.1"),
+            ],
+        ),
+        (
+            "slow HEAD miss then GET",
+            &[
+                ("HEAD /slow2", true, "HTTP/1.1"),
+                ("GET /b", false, "HTTP/1.1"),
+            ],
+        ),
+        (
+            "slow HTTP/1.1 then HTTP/1.0",
+            &[
+                ("GET /slow3", false, "HTTP/1.1"),
+                ("GET /c", false, "HTTP/1.0"),
+            ],
+        ),
+    ];
+    for (name, requests) in cases {
+        let mut bytes = String::new();
+        for (i, (line, _, version)) in requests.iter().enumerate() {
+            let close = if i + 1 == requests.len() {
+                "Connection: close\r\n"
+            } else {
+                ""
+            };
+            bytes.push_str(&format!(
+                "{line} {version}\r\nHost: victim.test\r\nX-User: u{i}\r\n{close}\r\n"
+            ));
+        }
+        let text = raw(h.gw.addr, bytes.as_bytes(), Duration::from_secs(5)).await;
+        let heads: Vec<bool> = requests.iter().map(|r| r.1).collect();
+        let (got, rest) = responses(&text, &heads);
+        assert_eq!(
+            got.len(),
+            requests.len(),
+            "{name}: every request answered:\n{text}"
+        );
+        assert_eq!(rest, "", "{name}: nothing after the last answer:\n{text}");
+        for (i, ((line, head, version), r)) in requests.iter().zip(&got).enumerate() {
+            assert_eq!(r.status, 200, "{name}: {line}: {}", r.head);
+            assert!(
+                r.head.starts_with(version),
+                "{name}: {line} answered as {}",
+                r.head
+            );
+            let path = line.split(' ').nth(1).unwrap_or_default();
+            if *head {
+                assert_eq!(r.body, "", "{name}: {line} has no body");
+            } else {
+                assert_eq!(
+                    r.body,
+                    format!("user=u{i} host={} path={path}", h.origin.addr),
+                    "{name}: {line}"
+                );
+            }
+        }
+    }
+    h.stop().await;
+}
