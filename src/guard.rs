@@ -158,16 +158,17 @@ impl Guard {
         declared: Option<u64>,
     ) -> Option<(Rejection, u64, u64)> {
         let l = &self.limits;
-        // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, with two, or with one that
-        // is not a host[:port] (it would reach into the key's path: `Host: victim.test/account`).
+        // RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host, with two, or with an
+        // authority that is not a host[:port] (it would reach into the key's path:
+        // `Host: victim.test/account`). In absolute form the target's authority is the one
+        // that counts (§3.2.2) and is checked the same way.
         let mut hosts = req.headers().get_all(header::HOST);
         let bad_host = match (hosts.next(), hosts.next()) {
-            (Some(h), None) => !crate::http::host::is_valid(h.as_bytes()),
             (Some(_), Some(_)) => true,
-            (None, _) => {
-                req.version() == actix_web::http::Version::HTTP_11
-                    && req.uri().authority().is_none()
-            }
+            _ => match crate::http::host::authority(req.uri(), req.headers()) {
+                Some(a) => !crate::http::host::is_valid(a),
+                None => req.version() == actix_web::http::Version::HTTP_11,
+            },
         };
         if bad_host {
             return Some((Rejection::BadHost, 0, 0));

@@ -19,6 +19,7 @@ use crate::cache::{opaque, UpstreamFailure};
 use crate::config::UpstreamConfig;
 use crate::guard::BodyCutOff;
 use crate::http::headers::HopByHop;
+use crate::http::host;
 use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
 use crate::metrics::{Metrics, OriginError};
 
@@ -136,11 +137,14 @@ impl Upstream {
                 }
             }
             h.insert(xfp, HeaderValue::from_static("http"));
-            if let Some(host) = http_req.headers().get(header::HOST) {
-                h.insert(xfh, host.clone());
+            // The authority the cache key names (absolute form or Host), never another.
+            let authority = host::authority(http_req.uri(), http_req.headers())
+                .and_then(|a| HeaderValue::from_bytes(a).ok());
+            if let Some(host) = authority {
                 if self.preserve_host {
                     h.insert(header::HOST, host.clone());
                 }
+                h.insert(xfh, host);
             }
             h.append(header::VIA, HeaderValue::from_static("1.1 tierd"));
         }

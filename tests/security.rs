@@ -408,3 +408,68 @@ async fn pipelined_requests_each_get_their_own_correctly_framed_answer() {
     }
     h.stop().await;
 }
+
+/// Item 6: `GET http://victim.test/x HTTP/1.0` without Host was keyed under victim.test but the
+/// origin was not told that host. RFC 9112 §3.2.2: in absolute form, the target's authority is
+/// the request's host and a `Host` field is ignored. Key and forwarded request now come from the
+/// same authority, so what is stored under a host is what the origin answered for that host.
+#[actix_web::test]
+async fn the_key_and_the_forwarded_request_name_the_same_authority() {
+    let h = Harness::with(
+        |req, n| {
+            let fwd = req
+                .headers()
+                .get("x-forwarded-host")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            reflect(req, n).cc("max-age=600").header("x-saw-host", &fwd)
+        },
+        |_| {},
+    )
+    .await;
+    for (name, request, host) in [
+        (
+            "HTTP/1.0 absolute form, no Host",
+            "GET http://victim.test/x HTTP/1.0\r\nX-User: alice\r\n\r\n",
+            "victim.test",
+        ),
+        (
+            "HTTP/1.1 absolute form, another Host",
+            "GET http://other.test/y HTTP/1.1\r\nHost: victim.test\r\nX-User: alice\r\nConnection: close\r\n\r\n",
+            "other.test",
+        ),
+    ] {
+        let r = send(&h, request).await;
+        assert_eq!(r.status, 200, "{name}: {}", r.head);
+        assert_eq!(
+            r.header("x-saw-host").as_deref(),
+            Some(host),
+            "{name}: the origin was told the host the key names"
+        );
+    }
+    // An innocent client asking victim.test and other.test by Host gets what the origin answered
+    // for those hosts, from the cache.
+    for (path, host) in [("/x", "victim.test"), ("/y", "other.test")] {
+        let r = send(
+            &h,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert!(
+            r.header("cache-status").unwrap_or_default().contains("hit"),
+            "{host}{path}: {}",
+            r.head
+        );
+        assert_eq!(
+            r.header("x-saw-host").as_deref(),
+            Some(host),
+            "{host}{path}"
+        );
+    }
+    // An absolute-form authority is validated like a Host.
+    let r = send(&h, "GET http://mallory@victim.test/x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 400, "{}", r.head);
+    assert_eq!(h.origin.hits(), 2);
+    h.stop().await;
+}

@@ -1,18 +1,13 @@
 //! Cache keys (RFC 9111 §2): the target URI. GET and HEAD share a key (a HEAD is answered from a
 //! stored GET); `Vary` selection happens within the key's slot.
 
-use actix_web::http::header;
 use actix_web::HttpRequest;
 
 use crate::http::host;
 
-/// The raw authority a request was made to: `Host`, or the URI's authority (HTTP/2).
+/// The raw authority a request was made to ([`host::authority`]).
 fn host_bytes(req: &HttpRequest) -> &[u8] {
-    req.headers()
-        .get(header::HOST)
-        .map(|h| h.as_bytes())
-        .or_else(|| req.uri().authority().map(|a| a.as_str().as_bytes()))
-        .unwrap_or_default()
+    host::authority(req.uri(), req.headers()).unwrap_or_default()
 }
 
 /// The authority a request was made to, normalised ([`host::push_normalized`]).

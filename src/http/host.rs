@@ -3,6 +3,20 @@
 //! key or a purge selector is built, so that equivalent spellings share one key and no spelling
 //! can reach into another key's path.
 
+use actix_web::http::header::{HeaderMap, HOST};
+use actix_web::http::Uri;
+
+/// The raw authority a request names (RFC 9112 §3.2.2): the target's authority when the target
+/// is in absolute form (`GET http://victim.test/x`; a `Host` field is then ignored), else the
+/// `Host` field. The cache key, purges and the request forwarded to the origin all take the host
+/// from here, so what is stored under a host is what the origin answered for that host.
+pub fn authority<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> Option<&'a [u8]> {
+    match uri.authority() {
+        Some(a) => Some(a.as_str().as_bytes()),
+        None => headers.get(HOST).map(|h| h.as_bytes()),
+    }
+}
+
 /// Whether `raw` is a valid `host[:port]`: a registered name (letters, digits, `-._~`, `%`-escapes
 /// and sub-delimiters), an IPv4 address, or an IP literal in brackets, then an optional decimal
 /// port. No `/ ? # @`, whitespace, control or non-ASCII bytes.
