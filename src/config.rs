@@ -199,6 +199,12 @@ pub struct CacheConfig {
     /// A GET or HEAD with a body: `strip` (the body is not forwarded) or `pass` (forwarded with
     /// its body, uncached).
     pub get_with_body: crate::cache::GetWithBody,
+    /// Request headers removed before anything past the cache sees them: headers origins honour
+    /// (rewrites, method overrides, forwarding claims) that the cache does not key on. The
+    /// default is [`crate::http::hygiene::DEFAULT_STRIP`]; a rule that keys on one keeps it.
+    pub strip_request_headers: Vec<String>,
+    /// Remove request headers whose name has an underscore (`X_Forwarded_Host`), as nginx does.
+    pub drop_underscore_headers: bool,
 }
 
 impl Default for CacheConfig {
@@ -214,6 +220,11 @@ impl Default for CacheConfig {
             max_variants: 16,
             max_vary_bytes: DEFAULT_MAX_VARY_BYTES,
             get_with_body: crate::cache::GetWithBody::Strip,
+            strip_request_headers: crate::http::hygiene::DEFAULT_STRIP
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            drop_underscore_headers: true,
         }
     }
 }
@@ -558,7 +569,8 @@ impl Settings {
             .separator("__")
             .try_parsing(true)
             .list_separator(",")
-            .with_list_parse_key("rate_limit.trusted_proxies");
+            .with_list_parse_key("rate_limit.trusted_proxies")
+            .with_list_parse_key("cache.strip_request_headers");
         if let Some(vars) = env {
             environment = environment.source(Some(vars));
         }
@@ -698,6 +710,14 @@ impl Settings {
             rl.origin.burst,
         )
         .map_err(ConfigError)?;
+        for (i, name) in self.cache.strip_request_headers.iter().enumerate() {
+            if actix_web::http::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return err(
+                    &format!("cache.strip_request_headers[{i}]"),
+                    format!("'{name}' is not a header name; use names such as x-original-url"),
+                );
+            }
+        }
         for (i, p) in rl.trusted_proxies.iter().enumerate() {
             if let Err(e) = crate::ratelimit::Cidr::parse(p) {
                 return err(
@@ -855,6 +875,22 @@ impl Settings {
             max_variants: self.cache.max_variants,
             max_vary_bytes: self.cache.max_vary_bytes,
             get_with_body: self.cache.get_with_body,
+            hygiene: crate::http::hygiene::Hygiene::new(
+                // Validated above; a name that does not parse cannot be in a request either.
+                self.cache
+                    .strip_request_headers
+                    .iter()
+                    .filter_map(|n| {
+                        actix_web::http::header::HeaderName::from_bytes(n.as_bytes()).ok()
+                    })
+                    .collect(),
+                self.cache.drop_underscore_headers,
+                self.rate_limit
+                    .trusted_proxies
+                    .iter()
+                    .filter_map(|c| crate::ratelimit::Cidr::parse(c).ok())
+                    .collect(),
+            ),
         }
     }
 }

@@ -458,6 +458,8 @@ pub struct Metrics {
     pub rate_limit_overflow: IntCounterVec,
     /// Requests refused by request hardening, by reason.
     pub rejected: IntCounterVec,
+    /// Request headers removed before forwarding, by reason (see [`crate::http::hygiene`]).
+    headers_stripped: Vec<IntCounter>,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -961,6 +963,25 @@ impl Metrics {
                 )
                 .expect("static metric definition"),
             ),
+            headers_stripped: {
+                let v = reg(
+                    &r,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "tierd_request_headers_stripped_total",
+                            "Request headers removed before forwarding (listed in \
+                             cache.strip_request_headers, underscore in the name, or a \
+                             forwarding claim from an untrusted peer), by reason",
+                        ),
+                        &["reason"],
+                    )
+                    .expect("static metric definition"),
+                );
+                crate::http::hygiene::Stripped::ALL
+                    .iter()
+                    .map(|s| v.with_label_values(&[s.as_str()]))
+                    .collect()
+            },
             registry: r,
         };
         // Every bounded combination exists from the start, so `rate()` and `increase()` in
@@ -993,6 +1014,12 @@ impl Metrics {
             m.rejected.with_label_values(&[r.as_str()]);
         }
         m
+    }
+
+    /// Counts one request header removed by [`crate::http::hygiene`].
+    #[inline]
+    pub fn headers_stripped(&self, why: crate::http::hygiene::Stripped) {
+        self.headers_stripped[why as usize].inc();
     }
 
     /// Whether per-request recording is on (`[metrics] enabled`).

@@ -107,12 +107,14 @@ impl Upstream {
             let hop = HopByHop::of(http_req.headers());
             let h = creq.headers_mut();
             let (xff, xfp, xfh) = (x_forwarded_for(), x_forwarded_proto(), x_forwarded_host());
+            let forwarded = HeaderName::from_static("forwarded");
             for (name, value) in http_req.headers().iter() {
                 if hop.drops(name)
                     || *name == header::HOST
                     || *name == xfp
                     || *name == xfh
                     || *name == xff
+                    || *name == forwarded
                 {
                     continue;
                 }
@@ -138,13 +140,28 @@ impl Upstream {
             }
             h.insert(xfp, HeaderValue::from_static("http"));
             // The authority the cache key names (absolute form or Host), never another.
-            let authority = host::authority(http_req.uri(), http_req.headers())
-                .and_then(|a| HeaderValue::from_bytes(a).ok());
+            let authority_bytes = host::authority(http_req.uri(), http_req.headers());
+            let authority = authority_bytes.and_then(|a| HeaderValue::from_bytes(a).ok());
             if let Some(host) = authority {
                 if self.preserve_host {
                     h.insert(header::HOST, host.clone());
                 }
                 h.insert(xfh, host);
+            }
+            // RFC 7239: what a trusted proxy in front wrote (the cache's hygiene removed the
+            // client's own), then this hop.
+            let mut fwd: Vec<u8> = Vec::new();
+            for prior in http_req.headers().get_all(&forwarded) {
+                fwd.extend_from_slice(prior.as_bytes());
+                fwd.extend_from_slice(b", ");
+            }
+            forwarded_element(
+                &mut fwd,
+                http_req.peer_addr().map(|a| a.ip()),
+                authority_bytes,
+            );
+            if let Ok(v) = HeaderValue::from_bytes(&fwd) {
+                h.insert(forwarded, v);
             }
             h.append(header::VIA, HeaderValue::from_static("1.1 tierd"));
         }
@@ -193,6 +210,31 @@ impl Upstream {
         };
         ServiceResponse::new(http_req, response)
     }
+}
+
+/// Appends this hop's `Forwarded` element (RFC 7239 §4): `for` the peer, `host` the request's
+/// authority, `proto=http`; values that are not tokens are quoted.
+fn forwarded_element(out: &mut Vec<u8>, peer: Option<std::net::IpAddr>, host: Option<&[u8]>) {
+    match peer {
+        Some(std::net::IpAddr::V6(ip)) => {
+            out.extend_from_slice(format!("for=\"[{ip}]\"").as_bytes())
+        }
+        Some(ip) => out.extend_from_slice(format!("for={ip}").as_bytes()),
+        None => out.extend_from_slice(b"for=unknown"),
+    }
+    // A validated authority: only its `:` (and an IPv6 literal's brackets) need quoting.
+    if let Some(host) = host {
+        out.extend_from_slice(b";host=");
+        let quote = host.iter().any(|b| matches!(b, b':' | b'[' | b']'));
+        if quote {
+            out.push(b'"');
+        }
+        out.extend_from_slice(host);
+        if quote {
+            out.push(b'"');
+        }
+    }
+    out.extend_from_slice(b";proto=http");
 }
 
 fn classify(e: &SendRequestError) -> (OriginError, StatusCode) {

@@ -473,3 +473,145 @@ async fn the_key_and_the_forwarded_request_name_the_same_authority() {
     assert_eq!(h.origin.hits(), 2);
     h.stop().await;
 }
+
+/// Item 5: headers that origins honour but the cache does not key on (rewrites, method
+/// overrides, forwarding claims, underscore spellings) reached the origin, and the answer they
+/// shaped was stored for everyone. They are now removed before forwarding; `Forwarded` is
+/// rewritten by tierd like `X-Forwarded-*`; a rule that keys on such a header keeps it.
+#[actix_web::test]
+async fn headers_an_origin_honours_but_the_key_ignores_never_reach_it() {
+    // The origin reflects every header whose name is not a plain one it knows.
+    let h = Harness::with(
+        |req, n| {
+            let mut seen: Vec<String> = req
+                .headers()
+                .iter()
+                .filter(|(k, _)| {
+                    let k = k.as_str();
+                    k.contains('_')
+                        || k.contains("original")
+                        || k.contains("rewrite")
+                        || k.contains("override")
+                        || k == "x-host"
+                        || k == "forwarded"
+                        || (k.starts_with("x-forwarded-")
+                            && !matches!(
+                                k,
+                                "x-forwarded-for" | "x-forwarded-host" | "x-forwarded-proto"
+                            ))
+                })
+                .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("?")))
+                .collect();
+            seen.sort();
+            Reply::ok(format!("#{n} {}", seen.join(" "))).cc("max-age=600")
+        },
+        |s| {
+            s.rules = common::rules(
+                r#"
+                [[rules]]
+                path = "/tenant/{*rest}"
+                ttl_seconds = 600
+                key = { headers = ["x-original-url"] }
+                "#,
+            );
+        },
+    )
+    .await;
+    let hostile = [
+        "X-Original-URL: /admin",
+        "X-Rewrite-URL: /admin",
+        "X-Host: evil.test",
+        "X-Forwarded-Server: evil.test",
+        "X-Forwarded-Scheme: https",
+        "X-Forwarded-Port: 4443",
+        "X-Forwarded-Prefix: /evil",
+        "X-HTTP-Method-Override: DELETE",
+        "X-Method-Override: DELETE",
+        "X_Forwarded_Host: evil.test",
+        "X-Forwarded_Host: evil.test",
+    ];
+    for (i, line) in hostile.iter().enumerate() {
+        let r = send(
+            &h,
+            &format!(
+                "GET /page{i} HTTP/1.1\r\nHost: victim.test\r\n{line}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{line}");
+        assert_eq!(
+            r.body,
+            format!(
+                "#{} forwarded=for=127.0.0.1;host=victim.test;proto=http",
+                i + 1
+            ),
+            "{line} reached the origin"
+        );
+        // The innocent client gets that clean answer from the cache.
+        let innocent = send(
+            &h,
+            &format!("GET /page{i} HTTP/1.1\r\nHost: victim.test\r\nConnection: close\r\n\r\n"),
+        )
+        .await;
+        assert_eq!(innocent.body, r.body, "{line}");
+    }
+    // A client's own Forwarded is replaced by tierd's (the loopback peer is not a trusted proxy).
+    let r = send(
+        &h,
+        "GET /fwd HTTP/1.1\r\nHost: victim.test\r\nForwarded: for=1.2.3.4;host=evil.test;proto=https\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        r.body
+            .ends_with(" forwarded=for=127.0.0.1;host=victim.test;proto=http"),
+        "{}",
+        r.body
+    );
+    // A rule keying on X-Original-URL forwards it: each value has its own entry.
+    let tenant = |v: &str| {
+        format!("GET /tenant/x HTTP/1.1\r\nHost: victim.test\r\nX-Original-URL: {v}\r\nConnection: close\r\n\r\n")
+    };
+    let a = send(&h, &tenant("/a")).await;
+    assert!(a.body.contains("x-original-url=/a"), "{}", a.body);
+    let b = send(&h, &tenant("/b")).await;
+    assert!(b.body.contains("x-original-url=/b"), "{}", b.body);
+    let a_again = send(&h, &tenant("/a")).await;
+    assert_eq!(a_again.body, a.body);
+    assert!(a_again
+        .header("cache-status")
+        .unwrap_or_default()
+        .contains("hit"));
+    let stripped = common::metric_at(
+        h.gw.admin_addr,
+        "tierd_request_headers_stripped_total",
+        &[("reason", "listed")],
+    )
+    .await;
+    assert_eq!(stripped, 9.0);
+    h.stop().await;
+
+    // The escape hatches: nothing listed, underscores kept.
+    let h = Harness::with(
+        |req, n| {
+            let v = req
+                .headers()
+                .get("x_tenant")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_owned();
+            Reply::ok(format!("#{n} tenant={v}"))
+        },
+        |s| {
+            s.cache.strip_request_headers.clear();
+            s.cache.drop_underscore_headers = false;
+        },
+    )
+    .await;
+    let r = send(
+        &h,
+        "GET /t HTTP/1.1\r\nHost: victim.test\r\nX_Tenant: t1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.body, "#1 tenant=t1");
+    h.stop().await;
+}

@@ -30,6 +30,7 @@ use super::key;
 use super::single_flight::{self, FlightGuard, FlightOutcome, Flights, Join};
 use crate::clock::Clock;
 use crate::http::cache_status::{CacheStatus, Fwd};
+use crate::http::hygiene::Hygiene;
 use crate::http::storable::{
     self, LifetimeOverride, NotStorable, RequestFacts, Reuse, StoreOptions,
 };
@@ -87,6 +88,8 @@ pub struct CachePolicy {
     pub max_vary_bytes: usize,
     /// The body of a GET or HEAD.
     pub get_with_body: GetWithBody,
+    /// Request headers removed before the origin (or the application) sees them.
+    pub hygiene: Hygiene,
 }
 
 impl Default for CachePolicy {
@@ -101,6 +104,7 @@ impl Default for CachePolicy {
             max_variants: 16,
             max_vary_bytes: 4096,
             get_with_body: GetWithBody::Strip,
+            hygiene: Hygiene::default(),
         }
     }
 }
@@ -565,6 +569,16 @@ where
             Some(m) => Route::at(m.rules, m.index),
             None => Route::resolve(st.rules.load_full(), &method, req.path()),
         };
+        {
+            let keyed = route.rule().map_or(&[][..], |r| &r.key_headers[..]);
+            let peer = req.peer_addr().map(|a| a.ip());
+            let metrics = &st.metrics;
+            st.policy
+                .hygiene
+                .apply(req.headers_mut(), peer, keyed, |_, why| {
+                    metrics.headers_stripped(why)
+                });
+        }
         if !st.policy.enabled {
             if let Err(denied) = st
                 .limits

@@ -5,9 +5,11 @@
 
 pub mod cache_control;
 pub mod cache_status;
+pub mod cidr;
 pub mod conditional;
 pub mod freshness;
 pub mod headers;
 pub mod host;
+pub mod hygiene;
 pub mod storable;
 pub mod vary;
