@@ -47,6 +47,7 @@ pub const DEFAULT_MAX_URI_BYTES: usize = 8 * 1024;
 pub const MAX_HEADERS_LIMIT: usize = 96;
 pub const DEFAULT_MAX_HEADERS: usize = 64;
 pub const DEFAULT_MAX_REQUEST_BODY_BYTES: u64 = 8 * 1024 * 1024;
+pub const DEFAULT_REQUEST_BUFFER_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_CLIENT_BODY_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_RATE_LIMIT_RPS: f64 = 100.0;
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
@@ -159,6 +160,10 @@ pub struct UpstreamConfig {
     pub max_connections: usize,
     /// Send the client's `Host` to the origin instead of the upstream's.
     pub preserve_host: bool,
+    /// Request bodies up to this size are read whole before an origin connection is taken
+    /// (nginx's `proxy_request_buffering`); larger ones stream once this much has arrived.
+    /// 0 streams every body.
+    pub request_buffer_bytes: u64,
 }
 
 impl Default for UpstreamConfig {
@@ -169,6 +174,7 @@ impl Default for UpstreamConfig {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             max_connections: DEFAULT_UPSTREAM_MAX_CONNECTIONS,
             preserve_host: false,
+            request_buffer_bytes: DEFAULT_REQUEST_BUFFER_BYTES,
         }
     }
 }

@@ -5,8 +5,12 @@
 //!   431 (actix-web itself answers 431 past 96 headers or a 128 KiB head);
 //! - a declared `Content-Length` over `server.max_request_body_bytes`: 413 at once, without
 //!   reading the body; a chunked body is cut off, and answered 413, when it crosses the limit;
-//! - a body that stalls for `server.client_body_timeout_ms`: 408. (A request head that is too
-//!   slow gets actix-web's own 408 after `server.client_request_timeout_ms`.)
+//! - a body that stalls for `server.client_body_timeout_ms`: 408;
+//! - a body that breaks off or is malformed (a bad chunk size, the connection closed early):
+//!   400.
+//!
+//! (A request head that is too slow gets actix-web's own 408 after
+//! `server.client_request_timeout_ms`.)
 //!
 //! Each refusal has an opaque body, closes the connection when a body was left unread, is
 //! counted in `tierd_requests_rejected_total{reason}` and logged at INFO.
@@ -43,18 +47,21 @@ pub enum Rejection {
     HeadersTooLarge,
     BodyTooLarge,
     BodyTimeout,
+    /// The body broke off or was malformed (a bad chunk, the connection closed early).
+    BadBody,
     /// No valid `Host`: missing in HTTP/1.1, sent twice, or not a `host[:port]`.
     BadHost,
 }
 
 impl Rejection {
-    pub const ALL: [Rejection; 6] = [
+    pub const ALL: [Rejection; 7] = [
         Rejection::BadHost,
         Rejection::UriTooLong,
         Rejection::TooManyHeaders,
         Rejection::HeadersTooLarge,
         Rejection::BodyTooLarge,
         Rejection::BodyTimeout,
+        Rejection::BadBody,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -65,6 +72,7 @@ impl Rejection {
             Rejection::BodyTooLarge => "body_too_large",
             Rejection::BodyTimeout => "body_timeout",
             Rejection::BadHost => "bad_host",
+            Rejection::BadBody => "bad_body",
         }
     }
 
@@ -76,7 +84,7 @@ impl Rejection {
             }
             Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Rejection::BadHost => StatusCode::BAD_REQUEST,
+            Rejection::BadHost | Rejection::BadBody => StatusCode::BAD_REQUEST,
         }
     }
 }
@@ -339,7 +347,12 @@ impl Stream for Watched {
                 }
                 Poll::Pending => Poll::Pending,
             },
-            other => other,
+            Poll::Ready(Some(Err(e))) => {
+                // A malformed chunk or a connection closed mid-body: the client's error.
+                this.abort.set(Some(Rejection::BadBody));
+                Poll::Ready(Some(Err(e)))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
         }
     }
 }

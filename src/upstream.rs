@@ -8,12 +8,15 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use actix_web::body::{BodyStream, BoxBody, SizedStream};
+use actix_web::dev::Payload;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::{HttpMessage, HttpResponse};
 use awc::error::{ConnectError, SendRequestError};
-use futures_util::stream;
+use bytes::{Bytes, BytesMut};
+use futures_util::{stream, StreamExt};
 
 use crate::cache::{opaque, UpstreamFailure};
 use crate::config::UpstreamConfig;
@@ -57,6 +60,7 @@ pub struct Upstream {
     client: awc::Client,
     target: Target,
     preserve_host: bool,
+    request_buffer_bytes: usize,
     metrics: std::sync::Arc<Metrics>,
 }
 
@@ -88,6 +92,7 @@ impl Upstream {
             client,
             target,
             preserve_host: cfg.preserve_host,
+            request_buffer_bytes: usize::try_from(cfg.request_buffer_bytes).unwrap_or(usize::MAX),
             metrics,
         }
     }
@@ -165,17 +170,34 @@ impl Upstream {
             }
             h.append(header::VIA, HeaderValue::from_static("1.1 tierd"));
         }
-        self.metrics.origin_requests.inc();
-        let started = Instant::now();
         let has_body = http_req.headers().contains_key(header::TRANSFER_ENCODING)
             || http_req
                 .headers()
                 .get(header::CONTENT_LENGTH)
                 .is_some_and(|v| v.as_bytes() != b"0");
-        let sent = if has_body {
-            creq.send_stream(payload).await
+        // The body is read (up to the buffer size) before an origin connection is taken, so a
+        // client trickling its body in never holds one.
+        let body = if has_body {
+            match buffer(payload, self.request_buffer_bytes).await {
+                Ok(body) => Some(body),
+                Err(e) => {
+                    // The client's error: the guard answers it (400, 408 or 413) and counts it.
+                    tracing::debug!(error = %e, "request body failed before forwarding");
+                    return ServiceResponse::new(http_req, opaque(StatusCode::BAD_REQUEST));
+                }
+            }
         } else {
-            creq.send().await
+            None
+        };
+        self.metrics.origin_requests.inc();
+        let started = Instant::now();
+        let sent = match body {
+            None => creq.send().await,
+            Some(RequestBody::Whole(bytes)) => creq.send_body(bytes).await,
+            Some(RequestBody::Streaming(prefix, rest)) => {
+                let head = stream::once(std::future::ready(Ok::<_, PayloadError>(prefix)));
+                creq.send_stream(head.chain(rest)).await
+            }
         };
         self.metrics
             .origin_latency
@@ -210,6 +232,27 @@ impl Upstream {
         };
         ServiceResponse::new(http_req, response)
     }
+}
+
+/// A request body as it is sent to the origin.
+enum RequestBody {
+    /// All of it, read before the origin was asked (sent with a `Content-Length`).
+    Whole(Bytes),
+    /// Larger than the buffer: what was read, then the rest as it arrives.
+    Streaming(Bytes, Payload),
+}
+
+/// Reads `payload` until it ends or more than `limit` bytes are in hand. The guard's watch on
+/// the payload bounds the wait (`server.client_body_timeout_ms`) and the size.
+async fn buffer(mut payload: Payload, limit: usize) -> Result<RequestBody, PayloadError> {
+    let mut buf = BytesMut::new();
+    while buf.len() <= limit {
+        match payload.next().await {
+            Some(chunk) => buf.extend_from_slice(&chunk?),
+            None => return Ok(RequestBody::Whole(buf.freeze())),
+        }
+    }
+    Ok(RequestBody::Streaming(buf.freeze(), payload))
 }
 
 /// Appends this hop's `Forwarded` element (RFC 7239 §4): `for` the peer, `host` the request's

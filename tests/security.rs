@@ -615,3 +615,219 @@ async fn headers_an_origin_honours_but_the_key_ignores_never_reach_it() {
     assert_eq!(r.body, "#1 tenant=t1");
     h.stop().await;
 }
+
+/// Item 3: a GET whose chunked body turns malformed led the shared fetch for its key, and every
+/// coalesced waiter got 502. A GET's body is not forwarded (item 2) and one client's broken
+/// connection does not end the fetch it leads, so the waiters get the origin's answer.
+#[actix_web::test]
+async fn a_clients_broken_body_never_fails_the_clients_coalesced_behind_it() {
+    let h = Harness::new(|req, n| reflect(req, n).cc("max-age=600").delay_ms(400)).await;
+    let mut leader = tokio::net::TcpStream::connect(h.gw.addr).await.unwrap();
+    use tokio::io::AsyncWriteExt;
+    leader
+        .write_all(b"GET /shared HTTP/1.1\r\nHost: victim.test\r\nX-User: mallory\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nZZZ-not-a-chunk-size\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        common::eventually(Duration::from_secs(5), || h.origin.hits() == 1).await,
+        "the broken request leads the fetch"
+    );
+    let waiters: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = h.gw.addr;
+            actix_web::rt::spawn(async move {
+                RawResp::parse(
+                    &raw(
+                        addr,
+                        b"GET /shared HTTP/1.1\r\nHost: victim.test\r\nConnection: close\r\n\r\n",
+                        Duration::from_secs(5),
+                    )
+                    .await,
+                )
+            })
+        })
+        .collect();
+    for w in waiters {
+        let r = w.await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.head);
+        assert!(r.body.starts_with("user=mallory"), "{}", r.body);
+    }
+    assert_eq!(h.origin.hits(), 1, "one fetch served everyone");
+    drop(leader);
+    h.stop().await;
+}
+
+/// A client that sends a request head and a first body byte, then waits for `go` before sending
+/// the rest; returns what the gateway answered.
+async fn slow_upload(
+    addr: std::net::SocketAddr,
+    id: usize,
+    go: tokio::sync::watch::Receiver<bool>,
+) -> RawResp {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let body = format!("upload-{id:02}");
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /upload/{id} HTTP/1.1\r\nHost: victim.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+            body.len(),
+            &body[..1]
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut go = go;
+    let _ = go.wait_for(|g| *g).await;
+    s.write_all(&body.as_bytes()[1..]).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    RawResp::parse(&String::from_utf8_lossy(&out))
+}
+
+/// Item 8: slow request bodies held the origin connections (`max_connections`) while they
+/// trickled in, and innocent misses got 504. Bodies up to `upstream.request_buffer_bytes` are now
+/// read before an origin connection is taken; a stalled, broken or oversized body is answered
+/// as the client's error and never reaches the origin or its error counters.
+#[actix_web::test]
+async fn slow_or_broken_request_bodies_never_hold_the_origin() {
+    let h = Harness::with(
+        |req, n| reflect(req, n).cc("max-age=600"),
+        |s| {
+            s.server.workers = 1;
+            s.upstream.max_connections = 2;
+            s.server.client_body_timeout_ms = 1_500;
+        },
+    )
+    .await;
+    let (go, wait) = tokio::sync::watch::channel(false);
+    let uploads: Vec<_> = (0..6)
+        .map(|id| actix_web::rt::spawn(slow_upload(h.gw.addr, id, wait.clone())))
+        .collect();
+    // Six uploads are under way, each stalled after its first byte. An innocent miss is served.
+    let innocent = send(
+        &h,
+        "GET /innocent HTTP/1.1\r\nHost: victim.test\r\nX-User: alice\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(innocent.status, 200, "{}", innocent.head);
+    let metrics = common::send(common::client().get(h.admin_url("/metrics")))
+        .await
+        .text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "tierd_origin_requests_total 1"),
+        "no origin request was started for a body still arriving"
+    );
+    go.send(true).unwrap();
+    for (id, u) in uploads.into_iter().enumerate() {
+        let r = u.await.unwrap();
+        assert_eq!(r.status, 200, "upload {id}: {}", r.head);
+    }
+    let mut bodies: Vec<String> = h
+        .origin
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .filter(|b| b.starts_with("upload-"))
+        .collect();
+    bodies.sort();
+    let expected: Vec<String> = (0..6).map(|i| format!("upload-{i:02}")).collect();
+    assert_eq!(bodies, expected, "every body arrived whole");
+
+    // A body that stalls: 408 from tierd, the origin never asked, no origin error counted.
+    let hits = h.origin.hits();
+    let stalled = send(
+        &h,
+        "POST /stall HTTP/1.1\r\nHost: victim.test\r\nContent-Length: 10\r\n\r\nab",
+    )
+    .await;
+    assert_eq!(stalled.status, 408, "{}", stalled.head);
+    // A chunked body that turns malformed: 400, the client's error.
+    let broken = send(
+        &h,
+        "POST /broken HTTP/1.1\r\nHost: victim.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nnot-hex\r\n\r\n",
+    )
+    .await;
+    assert_eq!(broken.status, 400, "{}", broken.head);
+    assert_eq!(h.origin.hits(), hits, "neither reached the origin");
+    let admin = h.gw.admin_addr;
+    assert_eq!(
+        common::metric_at(admin, "tierd_origin_errors_total", &[]).await,
+        0.0
+    );
+    assert_eq!(
+        common::metric_at(
+            admin,
+            "tierd_requests_rejected_total",
+            &[("reason", "body_timeout")]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        common::metric_at(
+            admin,
+            "tierd_requests_rejected_total",
+            &[("reason", "bad_body")]
+        )
+        .await,
+        1.0
+    );
+    h.stop().await;
+}
+
+/// Item 8, the other side: a body larger than `upstream.request_buffer_bytes` streams to the
+/// origin as it arrives (under the body timeout) and arrives whole.
+#[actix_web::test]
+async fn a_body_larger_than_the_buffer_streams_whole() {
+    let h = Harness::with(reflect, |s| s.upstream.request_buffer_bytes = 16).await;
+    let body = "0123456789abcdef".repeat(8);
+    for request in [
+        format!(
+            "POST /big HTTP/1.1\r\nHost: victim.test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+        format!(
+            "POST /big HTTP/1.1\r\nHost: victim.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{}\r\n{:x}\r\n{}\r\n0\r\n\r\n",
+            40,
+            &body[..40],
+            body.len() - 40,
+            &body[40..]
+        ),
+    ] {
+        let r = send(&h, &request).await;
+        assert_eq!(r.status, 200, "{}", r.head);
+        let got = h.origin.bodies.lock().unwrap().last().cloned().unwrap_or_default();
+        assert_eq!(String::from_utf8_lossy(&got), body);
+    }
+    h.stop().await;
+}
+
+/// Item 11: a Host with non-UTF-8 bytes was keyed as Latin-1 but decoded lossily for
+/// invalidation, so a POST through such a Host reached the origin without invalidating what it
+/// changed. Such a Host is now refused (400) before anything is forwarded or invalidated, for
+/// every method; the stored entry of the real host is untouched and still served.
+#[actix_web::test]
+async fn a_host_with_bytes_that_are_not_ascii_is_refused_for_every_method() {
+    let h = Harness::new(|req, n| reflect(req, n).cc("max-age=600")).await;
+    let get = "GET /item HTTP/1.1\r\nHost: victim.test\r\nConnection: close\r\n\r\n";
+    assert_eq!(send(&h, get).await.status, 200);
+    for method in ["POST", "PUT", "DELETE", "GET"] {
+        let mut request = format!("{method} /item HTTP/1.1\r\nHost: victim").into_bytes();
+        request.push(0xE9); // Latin-1 'é', not UTF-8
+        request.extend_from_slice(b".test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let r = RawResp::parse(&raw(h.gw.addr, &request, Duration::from_secs(5)).await);
+        assert_eq!(r.status, 400, "{method}: {}", r.head);
+    }
+    assert_eq!(h.origin.hits(), 1, "no mutation reached the origin");
+    let again = send(&h, get).await;
+    assert!(again
+        .header("cache-status")
+        .unwrap_or_default()
+        .contains("hit"));
+    h.stop().await;
+}
