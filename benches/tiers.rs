@@ -23,10 +23,17 @@ use tierd::store::{
     TierSet, TieredStore,
 };
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+// The integration tests' Redis fixture and the port picker it needs, not their whole kit. The
+// tests use every item; this bench only some, hence the allowances.
+#[allow(dead_code)]
+#[path = "../tests/it/common/external.rs"]
+mod external;
+#[allow(dead_code)]
+#[path = "../tests/it/common/redis.rs"]
+mod redis;
+use external::free_port;
 
-use common::redis::RedisServer;
+use redis::RedisServer;
 
 const BODY: usize = 1024;
 

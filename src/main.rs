@@ -107,6 +107,7 @@ fn run(settings: Settings, file: Option<&Path>) -> anyhow::Result<()> {
             file.map(Path::to_path_buf),
         )
         .await?;
+        gw.handle_signals()?;
         tracing::info!(
             gateway = %gw.addr,
             admin = %gw.admin_addr,

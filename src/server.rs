@@ -31,6 +31,10 @@ pub struct Gateway {
     others: Vec<ServerHandle>,
     draining: Draining,
     main_task: tokio::task::JoinHandle<io::Result<()>>,
+    /// `server.drain_ms`, for SIGTERM.
+    drain: Duration,
+    /// The config file rules are reloaded from on SIGHUP.
+    file: Option<PathBuf>,
 }
 
 /// Builds the tiers the settings enable. A tier that cannot start is left out with one log
@@ -227,18 +231,6 @@ impl Gateway {
             token: settings.admin.token.clone(),
             config_file: file.clone(),
         };
-        #[cfg(unix)]
-        {
-            let (weak, file) = (Arc::downgrade(&state), file.clone());
-            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-            actix_web::rt::spawn(async move {
-                while hup.recv().await.is_some() {
-                    let Some(st) = weak.upgrade() else { break };
-                    tracing::info!("SIGHUP: reloading rules");
-                    let _ = reload_rules(&st, file.as_deref());
-                }
-            });
-        }
         let mut others = Vec::new();
 
         let mut demo_addr = None;
@@ -301,11 +293,6 @@ impl Gateway {
             .copied()
             .ok_or_else(|| io::Error::other("gateway listener has no address"))?;
         let (main, main_task) = spawn(server.run());
-        stop_on_signals(
-            main.clone(),
-            draining.clone(),
-            Duration::from_millis(settings.server.drain_ms),
-        )?;
         Ok(Gateway {
             state,
             addr,
@@ -315,7 +302,29 @@ impl Gateway {
             others,
             draining,
             main_task,
+            drain: Duration::from_millis(settings.server.drain_ms),
+            file,
         })
+    }
+
+    /// Makes the process's signals drive this gateway: SIGHUP reloads the rules from the config
+    /// file; SIGTERM, SIGINT and SIGQUIT stop it (see `stop_on_signals`). The `tierd` binary
+    /// calls this; a gateway embedded in another program (or a test) leaves the process's
+    /// signals alone unless it calls it.
+    pub fn handle_signals(&self) -> io::Result<()> {
+        #[cfg(unix)]
+        {
+            let (weak, file) = (Arc::downgrade(&self.state), self.file.clone());
+            let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+            actix_web::rt::spawn(async move {
+                while hup.recv().await.is_some() {
+                    let Some(st) = weak.upgrade() else { break };
+                    tracing::info!("SIGHUP: reloading rules");
+                    let _ = reload_rules(&st, file.as_deref());
+                }
+            });
+        }
+        stop_on_signals(self.main.clone(), self.draining.clone(), self.drain)
     }
 
     /// Runs until the gateway stops (SIGINT/SIGTERM: graceful), then stops the other listeners

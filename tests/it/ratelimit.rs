@@ -2,7 +2,7 @@
 //! headers, and the bound on the client table. Time is a manual clock: refills happen when a
 //! test moves it, never by sleeping.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::Duration;

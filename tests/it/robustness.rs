@@ -1,6 +1,6 @@
 //! Bad input from clients and origins: clear statuses, no panic, no poisoned entry.
 
-mod common;
+use crate::common;
 
 use common::{raw, raw_origin, Harness, Reply, Then};
 use std::sync::atomic::Ordering;

@@ -2,7 +2,7 @@
 //! slow clients each get their status, reach neither the cache nor the origin, and leave other
 //! clients alone.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! The three tiers together, against a real `redis-server` and real DuckDB files: promotion,
 //! expiry per tier, persistence across restarts, two nodes sharing Redis, and faults.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! reload API, and bad input. Tier-spanning purges run against a real `redis-server` and a
 //! real DuckDB file.
 
-mod common;
+use crate::common;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! RFC 9111 shared-cache behaviour over real HTTP: client -> tierd -> test origin on loopback.
 //! Each test names the RFC-CHECKLIST.md line it pins down.
 
-mod common;
+use crate::common;
 
 use common::{eventually, Harness, Reply};
 use std::time::Duration;

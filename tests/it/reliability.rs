@@ -2,7 +2,7 @@
 //! faults injected, under a slow origin, and embedded in a routed actix-web app. Each test here
 //! names a defect found that way and fails if it comes back.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! expression must be valid and each panel expression must return data; the rules must be
 //! healthy, and the one alert the load provokes (a rejected rule reload) must fire.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

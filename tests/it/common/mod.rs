@@ -1,6 +1,5 @@
 //! Test fixtures: a programmable origin on loopback, a gateway started in-process on port 0
 //! with a manual clock, an HTTP client, and raw-TCP helpers for malformed traffic.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};

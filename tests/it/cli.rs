@@ -14,9 +14,8 @@ fn bin() -> Command {
     c
 }
 
-#[path = "common/external.rs"]
-mod external;
-use external::free_port;
+use crate::common::external;
+use crate::common::free_port;
 
 #[test]
 fn unknown_keys_and_bad_values_exit_2_naming_the_key() {

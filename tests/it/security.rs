@@ -3,7 +3,7 @@
 //! answers, as many applications do in links, redirects and error pages). Each test then checks
 //! that an innocent client is served what it should be.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

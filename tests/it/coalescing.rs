@@ -1,6 +1,6 @@
 //! Single-flight: concurrent misses for one key reach the origin once.
 
-mod common;
+use crate::common;
 
 use common::{eventually, Harness, Reply};
 use std::time::Duration;

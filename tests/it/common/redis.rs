@@ -1,7 +1,6 @@
 //! A real `redis-server` on a free loopback port, owned by one test: started, killed, restarted,
 //! paused and resumed by pid; stopped when dropped.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -108,13 +107,6 @@ impl RedisServer {
         (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
     }
 
-    /// Number of keys in the database.
-    pub fn dbsize(&self) -> u64 {
-        self.cli(&["DBSIZE"])
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0)
-    }
-
     /// Keys holding cache records (tag sets aside).
     pub fn records(&self) -> u64 {
         self.count("tierd:v1:*")
@@ -165,10 +157,6 @@ impl RedisServer {
 
     pub fn resume(&self) {
         self.signal("-CONT");
-    }
-
-    pub fn dir(&self) -> PathBuf {
-        self.dir.path().to_owned()
     }
 }
 

@@ -2,7 +2,7 @@
 //! the entry (Redis pub/sub), with the lag measured; and SIGHUP reloads the rules of a running
 //! binary.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -2,7 +2,7 @@
 //! file), misses, a 304, stale serves (while-revalidate, if-error), an origin 5xx, a mutation
 //! and a purge; then every metric family is checked with its labels and its exact counts.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};

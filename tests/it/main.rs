@@ -1,0 +1,22 @@
+//! tierd's integration tests, in one binary: each test binary links DuckDB, and one links once.
+//! Each module is one theme; `common` holds the fixtures they share (a programmable origin, an
+//! in-process gateway, Redis servers, raw-socket and metrics helpers).
+//!
+//! Run one theme with `cargo test --test it security::` (module path prefix).
+
+mod common;
+
+mod cli;
+mod coalescing;
+mod duck;
+mod hardening;
+mod metrics;
+mod nodes;
+mod prometheus;
+mod ratelimit;
+mod reliability;
+mod rfc;
+mod robustness;
+mod rules;
+mod security;
+mod tiers;
