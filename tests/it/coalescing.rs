@@ -35,7 +35,7 @@ async fn the_leader_disconnecting_does_not_fail_the_waiters() {
     tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
         .await
         .unwrap();
-    assert!(eventually(Duration::from_secs(5), || h.origin.hits() == 1).await);
+    assert!(eventually(Duration::from_secs(5), async || h.origin.hits() == 1).await);
     drop(s);
     let reqs: Vec<_> = (0..20).map(|_| h.get("/k")).collect();
     let results = futures_util::future::join_all(reqs).await;

@@ -2,6 +2,8 @@
 //! entries first, then least recently used), purge by prefix, and files it must refuse.
 
 use std::path::Path;
+
+use crate::common::scrape::Scrape;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -189,15 +191,8 @@ fn over_the_cap_expired_entries_go_first_then_the_least_recently_used() {
     }
     f.delete("barrier");
     let evicted = |cause: &str| {
-        let text = f.metrics.render();
-        text.lines()
-            .find(|l| {
-                l.starts_with("tierd_tier_evictions_total")
-                    && l.contains("tier=\"l3\"")
-                    && l.contains(&format!("cause=\"{cause}\""))
-            })
-            .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .unwrap_or(0)
+        let labels = [("tier", "l3"), ("cause", cause)];
+        Scrape::from_text(f.metrics.render()).sum("tierd_tier_evictions_total", &labels) as u64
     };
     assert_eq!(evicted("expired"), 40, "expired entries went first");
     assert_eq!(evicted("size"), 0, "that was enough");
@@ -369,13 +364,8 @@ fn churn_under_the_cap_keeps_the_file_within_one_and_a_half_times_it() {
     while size() > limit && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
-    let compactions = f
-        .metrics
-        .render()
-        .lines()
-        .find_map(|l| l.strip_prefix("tierd_l3_compactions_total "))
-        .and_then(|v| v.parse::<u64>().ok())
-        .expect("tierd_l3_compactions_total");
+    let compactions =
+        Scrape::from_text(f.metrics.render()).sum("tierd_l3_compactions_total", &[]) as u64;
     assert!(compactions >= 1, "the file was compacted");
     assert!(
         size() <= limit,

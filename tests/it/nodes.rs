@@ -7,7 +7,10 @@ use crate::common;
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
-use common::{client, free_port, send, signal, spawn_tierd, wait_up, Origin, Reply, Resp};
+use common::{
+    client, eventually, free_port, metric_at, scrape, send, signal, spawn_tierd, wait_up, Origin,
+    Reply, Resp,
+};
 
 const TOKEN: &str = "node-token";
 const HOST: &str = "api.test";
@@ -37,23 +40,22 @@ async fn purge(admin: u16, body: String) -> Resp {
     }
 }
 
-async fn metrics(admin: u16) -> String {
-    send(client().get(format!("http://127.0.0.1:{admin}/metrics")))
-        .await
-        .text()
+fn local(port: u16) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 /// Waits (up to 5 s) until the node counted a reload with `result`.
 async fn reloaded(admin: u16, result: &str) -> bool {
-    let line = format!("tierd_rule_reloads_total{{result=\"{result}\"}} 1");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline {
-        if metrics(admin).await.lines().any(|l| l == line) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
+    eventually(Duration::from_secs(5), async || {
+        metric_at(
+            local(admin),
+            "tierd_rule_reloads_total",
+            &[("result", result)],
+        )
+        .await
+            == 1.0
+    })
+    .await
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -96,22 +98,19 @@ async fn a_purge_on_one_node_stops_the_other_serving_it() {
         wait_up(p).await;
     }
     // Both nodes subscribe once they start; wait until B has seen a message from A.
-    let subscribed = {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            purge(a_admin, r#"{"tag":"warm-up"}"#.into()).await;
-            if metrics(b_admin)
-                .await
-                .contains("tierd_invalidation_messages_total{direction=\"received\"}")
-            {
-                break true;
-            }
-            if Instant::now() > deadline {
-                break false;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
+    // (The counter exists at 0 from startup: wait for a message, not for the series.)
+    let subscribed = eventually(Duration::from_secs(10), async || {
+        purge(a_admin, r#"{"tag":"warm-up"}"#.into()).await;
+        let received = [("direction", "received")];
+        metric_at(
+            local(b_admin),
+            "tierd_invalidation_messages_total",
+            &received,
+        )
+        .await
+            >= 1.0
+    })
+    .await;
     assert!(subscribed, "node B never received an invalidation from A");
 
     const ROUNDS: usize = 50;
@@ -164,8 +163,9 @@ async fn a_purge_on_one_node_stops_the_other_serving_it() {
         percentile(&lags, 0.99),
         lags[lags.len() - 1]
     );
-    let text = metrics(b_admin).await;
-    let lag_lines: Vec<&str> = text
+    let m = scrape(local(b_admin)).await;
+    let lag_lines: Vec<&str> = m
+        .text
         .lines()
         .filter(|l| l.starts_with("tierd_invalidation_lag_seconds"))
         .collect();
@@ -173,11 +173,7 @@ async fn a_purge_on_one_node_stops_the_other_serving_it() {
         "node B publish-to-L1 lag histogram:\n{}",
         lag_lines.join("\n")
     );
-    let count: f64 = lag_lines
-        .iter()
-        .find(|l| l.starts_with("tierd_invalidation_lag_seconds_count"))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0);
+    let count = m.sum("tierd_invalidation_lag_seconds_count", &[]);
     assert!(count >= ROUNDS as f64, "B measured {count} invalidations");
     origin.stop().await;
 }

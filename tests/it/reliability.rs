@@ -15,26 +15,6 @@ use common::{Harness, Reply};
 use tierd::cache::{CacheHeaders, ResponseCache};
 use tierd::clock::ManualClock;
 
-/// The one value of a metric series; a missing series fails the test (a renamed metric must
-/// not read as zero).
-async fn metric(admin: std::net::SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = common::send(common::client().get(format!("http://{admin}/metrics")))
-        .await
-        .text();
-    let found: Vec<f64> = text
-        .lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .collect();
-    assert!(!found.is_empty(), "no series {name}{labels:?} in /metrics");
-    found.iter().sum()
-}
-
 /// Subscribers on the invalidation channel of `redis`.
 fn subscribers(redis: &RedisServer) -> u64 {
     redis
@@ -66,7 +46,7 @@ async fn a_healthy_subscription_keeps_l1_for_resp2_and_resp3() {
     let h3 = gateway_on(format!("{}?protocol=resp3", r3.url())).await;
     for (h, r) in [(&h2, &r2), (&h3, &r3)] {
         assert!(
-            common::eventually(Duration::from_secs(5), || subscribers(r) == 1).await,
+            common::eventually(Duration::from_secs(5), async || subscribers(r) == 1).await,
             "the gateway subscribed"
         );
         assert_eq!(h.get("/hot").await.text(), "/hot #1");
@@ -77,7 +57,7 @@ async fn a_healthy_subscription_keeps_l1_for_resp2_and_resp3() {
         let res = h.get("/hot").await;
         assert_eq!(res.text(), "/hot #1", "{name}: served from storage");
         assert_eq!(res.detail(), "l1", "{name}: still in L1 after 16 s");
-        let cleared = metric(h.gw.admin_addr, "tierd_l1_resyncs_total", &[]).await;
+        let cleared = common::metric_at(h.gw.admin_addr, "tierd_l1_resyncs_total", &[]).await;
         assert_eq!(cleared, 0.0, "{name}: L1 never cleared");
         assert_eq!(subscribers(r), 1, "{name}: still subscribed");
         // Another node's purge still arrives on the same subscription. That node has purged
@@ -85,7 +65,7 @@ async fn a_healthy_subscription_keeps_l1_for_resp2_and_resp3() {
         r.flushall();
         let wire = r#"{"v":1,"node":"other","sent_us":0,"selector":{"kind":"prefix","value":{"host":null,"prefix":"/hot"}}}"#;
         r.cli(&["PUBLISH", "tierd:invalidate", wire]).unwrap();
-        let purged = common::eventually(Duration::from_secs(5), || {
+        let purged = common::eventually(Duration::from_secs(5), async || {
             h.gw.state.store.l1().sync();
             h.gw.state.store.l1().stats().entries == 0
         })
@@ -293,7 +273,7 @@ async fn the_cache_works_wrapped_around_an_app_a_scope_and_a_resource() {
             "{}",
             stale.cache_status()
         );
-        let refreshed = common::eventually(Duration::from_secs(5), || app.calls() == 4).await;
+        let refreshed = common::eventually(Duration::from_secs(5), async || app.calls() == 4).await;
         assert!(
             refreshed,
             "{level:?}: the background refresh reached the handler"
@@ -360,7 +340,7 @@ async fn a_slow_origin_gets_one_request_per_key_however_many_wait() {
         collapsed += usize::from(r.cache_status().contains("collapsed"));
     }
     assert_eq!(collapsed, 199, "every other client waited for the leader");
-    let waited = metric(h.gw.admin_addr, "tierd_coalesced_waiters_total", &[]).await;
+    let waited = common::metric_at(h.gw.admin_addr, "tierd_coalesced_waiters_total", &[]).await;
     assert_eq!(waited, 199.0);
 
     // Stale now (no stale-while-revalidate): the leader revalidates, slowly; the others get
@@ -388,7 +368,7 @@ async fn a_slow_origin_gets_one_request_per_key_however_many_wait() {
         started.elapsed() < Duration::from_secs(3),
         "one slow fetch, not fifty"
     );
-    let served_stale = metric(
+    let served_stale = common::metric_at(
         h.gw.admin_addr,
         "tierd_coalesce_timeouts_total",
         &[("result", "stale")],
@@ -583,7 +563,7 @@ async fn a_database_duckdb_invalidated_is_reopened_once_the_disk_has_room() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     assert!(invalidated, "a failed checkpoint puts L3 in 'reopening'");
-    let failed = metric(admin_addr, "tierd_tier_failed", &[("tier", "l3")]).await;
+    let failed = common::metric_at(admin_addr, "tierd_tier_failed", &[("tier", "l3")]).await;
     assert_eq!(failed, 1.0);
     // Misses while L3 is out reach the origin and are answered; nothing blocks.
     for j in 0..50 {
@@ -598,11 +578,11 @@ async fn a_database_duckdb_invalidated_is_reopened_once_the_disk_has_room() {
         "L3 reopened on its own once the disk had room"
     );
     assert_eq!(
-        metric(admin_addr, "tierd_tier_failed", &[("tier", "l3")]).await,
+        common::metric_at(admin_addr, "tierd_tier_failed", &[("tier", "l3")]).await,
         0.0
     );
     assert_eq!(get(port, "/after/1").await.status, 200);
-    let written = metric(
+    let written = common::metric_at(
         admin_addr,
         "tierd_tier_writes_total",
         &[("tier", "l3"), ("outcome", "written")],
@@ -866,7 +846,7 @@ async fn huge_vary_values_do_not_grow_memory_past_the_l1_budget() {
     }
     let grown = rss(node.id()).saturating_sub(before);
     let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
-    let refused = metric(
+    let refused = common::metric_at(
         admin_addr,
         "tierd_not_stored_total",
         &[("reason", "vary_too_large")],

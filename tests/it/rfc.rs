@@ -558,7 +558,7 @@ async fn stale_while_revalidate_serves_stale_with_exactly_one_background_refresh
         assert_eq!(r.text(), "v1");
         assert_eq!(r.cache_status(), "tierd; hit; ttl=-5; detail=l1");
     }
-    assert!(eventually(Duration::from_secs(5), || h.origin.hits() == 2).await);
+    assert!(eventually(Duration::from_secs(5), async || h.origin.hits() == 2).await);
     let fresh = h
         .get_until("/s", "v2")
         .await
@@ -592,7 +592,7 @@ async fn background_refresh_survives_the_client_going_away() {
         .await
         .unwrap();
     drop(s);
-    assert!(eventually(Duration::from_secs(5), || h.origin.hits() == 2).await);
+    assert!(eventually(Duration::from_secs(5), async || h.origin.hits() == 2).await);
     let refreshed = h.get_until("/s", "v2").await.is_some();
     assert!(refreshed, "refresh completed after the client left");
     h.stop().await;

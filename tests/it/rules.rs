@@ -344,10 +344,6 @@ fn tiers(s: &mut Settings, redis: &RedisServer, dir: &std::path::Path) {
     s.tiers.l3.path = dir.join("rules.duckdb").display().to_string();
 }
 
-async fn metric(h: &Harness, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric_at(h.gw.admin_addr, name, labels).await
-}
-
 async fn written(h: &Harness, tier: &str, n: u64) {
     written_at(h.gw.admin_addr, tier, n).await
 }
@@ -423,6 +419,23 @@ async fn a_successful_mutation_invalidates_its_tags_paths_and_prefixes_everywher
     )
     .await;
     assert_eq!(put.status, 200);
+    // Gone from L2 (before anything refetches them); the others stay.
+    let in_l2 = |path: &str| redis.count(&format!("tierd:v1:*{path}"));
+    let removed = common::eventually(Duration::from_secs(5), async || {
+        [
+            "/api/assessments/5",
+            "/api/dashboard/overview",
+            "/api/reports/5/weekly",
+            "/api/reports/5/monthly?page=2",
+        ]
+        .iter()
+        .all(|p| in_l2(p) == 0)
+    })
+    .await;
+    assert!(removed, "the invalidated entries left L2");
+    for kept in ["/api/assessments/6", "/api/reports/6/weekly"] {
+        assert_eq!(in_l2(kept), 1, "{kept} stays in L2");
+    }
     for gone in [
         "/api/assessments/5",
         "/api/dashboard/overview",
@@ -439,9 +452,8 @@ async fn a_successful_mutation_invalidates_its_tags_paths_and_prefixes_everywher
     for kept in ["/api/assessments/6", "/api/reports/6/weekly"] {
         assert!(is_hit(&h.get(kept).await), "{kept} should be kept");
     }
-    // Nothing left in L2 for the purged entries but their refetched copies.
     assert_eq!(
-        metric(&h, "tierd_purges_total", &[("source", "rule")]).await,
+        metric_at(h.gw.admin_addr, "tierd_purges_total", &[("source", "rule")]).await,
         3.0,
         "one tag, one path, one prefix"
     );
@@ -640,8 +652,8 @@ async fn requests_count_under_their_route_template() {
     h.get("/elsewhere").await;
     let route = "/api/assessments/{id}";
     assert_eq!(
-        metric(
-            &h,
+        metric_at(
+            h.gw.admin_addr,
             "tierd_requests_total",
             &[("route", route), ("cache_status", "miss")]
         )
@@ -649,8 +661,8 @@ async fn requests_count_under_their_route_template() {
         2.0
     );
     assert_eq!(
-        metric(
-            &h,
+        metric_at(
+            h.gw.admin_addr,
             "tierd_requests_total",
             &[("route", route), ("cache_status", "hit")]
         )
@@ -658,7 +670,12 @@ async fn requests_count_under_their_route_template() {
         1.0
     );
     assert_eq!(
-        metric(&h, "tierd_requests_total", &[("route", "other")]).await,
+        metric_at(
+            h.gw.admin_addr,
+            "tierd_requests_total",
+            &[("route", "other")]
+        )
+        .await,
         1.0
     );
     h.stop().await;
@@ -685,7 +702,7 @@ async fn a_response_fetched_across_a_purge_is_not_stored() {
     .await;
     let url = h.url("/slow/1");
     let fetch = actix_web::rt::spawn(async move { send(client().get(url)).await });
-    let in_flight = common::eventually(Duration::from_secs(5), || {
+    let in_flight = common::eventually(Duration::from_secs(5), async || {
         h.origin.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 1
     })
     .await;
@@ -700,8 +717,8 @@ async fn a_response_fetched_across_a_purge_is_not_stored() {
         first.cache_status()
     );
     assert_eq!(
-        metric(
-            &h,
+        metric_at(
+            h.gw.admin_addr,
             "tierd_not_stored_total",
             &[("reason", "purged_during_fetch")]
         )
@@ -763,8 +780,8 @@ async fn a_rule_keeps_its_entries_in_the_tiers_it_names() {
     let e = entry("/everywhere").await;
     assert!(e["tiers"]["l3"].is_array(), "{e}");
     assert_eq!(
-        metric(
-            &h,
+        metric_at(
+            h.gw.admin_addr,
             "tierd_tier_writes_total",
             &[("tier", "l3"), ("outcome", "written")]
         )

@@ -223,16 +223,12 @@ async fn a_host_that_is_not_host_port_is_refused_and_spellings_share_a_key() {
         );
     }
     assert_eq!(h.origin.hits(), 1);
-    let metrics = common::send(common::client().get(h.admin_url("/metrics")))
-        .await
-        .text();
-    let counted: f64 = metrics
-        .lines()
-        .filter(|l| {
-            l.starts_with("tierd_requests_rejected_total{") && l.contains("reason=\"bad_host\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let counted = common::metric_at(
+        h.gw.admin_addr,
+        "tierd_requests_rejected_total",
+        &[("reason", "bad_host")],
+    )
+    .await;
     // Two Hosts and no Host in HTTP/1.1 are refused by actix's parser before tierd sees them.
     assert_eq!(counted, 4.0, "each of tierd's refusals counted");
     h.stop().await;
@@ -629,7 +625,7 @@ async fn a_clients_broken_body_never_fails_the_clients_coalesced_behind_it() {
         .await
         .unwrap();
     assert!(
-        common::eventually(Duration::from_secs(5), || h.origin.hits() == 1).await,
+        common::eventually(Duration::from_secs(5), async || h.origin.hits() == 1).await,
         "the broken request leads the fetch"
     );
     let waiters: Vec<_> = (0..3)
@@ -711,13 +707,9 @@ async fn slow_or_broken_request_bodies_never_hold_the_origin() {
     )
     .await;
     assert_eq!(innocent.status, 200, "{}", innocent.head);
-    let metrics = common::send(common::client().get(h.admin_url("/metrics")))
-        .await
-        .text();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l == "tierd_origin_requests_total 1"),
+    assert_eq!(
+        common::metric_at(h.gw.admin_addr, "tierd_origin_requests_total", &[]).await,
+        1.0,
         "no origin request was started for a body still arriving"
     );
     go.send(true).unwrap();

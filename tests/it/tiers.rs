@@ -69,11 +69,6 @@ async fn admin(gw: &Gateway, path: &str) -> String {
         .text()
 }
 
-/// The value of a counter sample whose labels include every `labels` pair.
-async fn metric(gw: &Gateway, name: &str, labels: &[(&str, &str)]) -> f64 {
-    metric_at(gw.admin_addr, name, labels).await
-}
-
 async fn written(gw: &Gateway, tier: &str, n: u64) {
     written_at(gw.admin_addr, tier, n).await
 }
@@ -132,7 +127,12 @@ async fn l3_survives_restarts_with_correct_age_and_hits_are_promoted_to_l1_and_l
     assert_eq!(r.age(), Some(40));
     assert_eq!(origin.hits(), 1);
     assert_eq!(
-        metric(&b, "tierd_tier_promotions_total", &[("tier", "l3")]).await,
+        metric_at(
+            b.admin_addr,
+            "tierd_tier_promotions_total",
+            &[("tier", "l3")]
+        )
+        .await,
         1.0
     );
     b.stop(true).await;
@@ -244,8 +244,8 @@ async fn redis_killed_under_load_costs_nothing_and_l2_resumes_without_restart() 
     // Kill Redis once the load is under way.
     let mut seen = false;
     for _ in 0..1000 {
-        let written = metric(
-            &a,
+        let written = metric_at(
+            a.admin_addr,
             "tierd_tier_writes_total",
             &[("tier", "l2"), ("outcome", "written")],
         )
@@ -266,7 +266,7 @@ async fn redis_killed_under_load_costs_nothing_and_l2_resumes_without_restart() 
         statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
     );
     assert!(
-        metric(&a, "tierd_tier_errors_total", &[("tier", "l2")]).await > 0.0,
+        metric_at(a.admin_addr, "tierd_tier_errors_total", &[("tier", "l2")]).await > 0.0,
         "the outage was seen"
     );
 
@@ -277,7 +277,7 @@ async fn redis_killed_under_load_costs_nothing_and_l2_resumes_without_restart() 
     for i in 0..200 {
         let path = format!("/resume/{i}");
         get(&a, &path).await;
-        let stored = eventually(Duration::from_millis(500), || redis.records() > 0).await;
+        let stored = eventually(Duration::from_millis(500), async || redis.records() > 0).await;
         if stored && detail(&get(&b, &path).await) == "l2" {
             resumed = true;
             break;
@@ -315,14 +315,14 @@ async fn a_hung_redis_opens_the_circuit_so_requests_stop_waiting() {
     let stats = admin(&a, "/_tierd/stats").await;
     assert!(stats.contains("\"circuit\":\"open\""), "{stats}");
     // Only the requests before the circuit opened waited for a timeout; the rest failed fast.
-    let timeouts = metric(
-        &a,
+    let timeouts = metric_at(
+        a.admin_addr,
         "tierd_tier_errors_total",
         &[("tier", "l2"), ("kind", "timeout")],
     )
     .await;
-    let fast = metric(
-        &a,
+    let fast = metric_at(
+        a.admin_addr,
         "tierd_tier_errors_total",
         &[("tier", "l2"), ("kind", "circuit_open")],
     )
@@ -392,8 +392,8 @@ async fn foreign_bytes_in_redis_are_a_miss_not_an_error() {
     assert_eq!(r.status, 200);
     assert_eq!(r.text(), "/victim #2", "refetched from the origin");
     assert_eq!(
-        metric(
-            &b,
+        metric_at(
+            b.admin_addr,
             "tierd_tier_errors_total",
             &[("tier", "l2"), ("kind", "decode")]
         )
@@ -617,7 +617,7 @@ fn two_tierd_processes_share_one_redis() {
         };
         let first = via(port_a).await;
         assert_eq!(first.text(), "/two-processes #1");
-        let stored = eventually(Duration::from_secs(10), || redis.records() == 1).await;
+        let stored = eventually(Duration::from_secs(10), async || redis.records() == 1).await;
         assert!(stored, "A wrote the entry to Redis");
         let r = via(port_b).await;
         assert_eq!(r.text(), "/two-processes #1");

@@ -16,8 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod external;
 pub mod redis;
+pub mod scrape;
 
 pub use external::free_port;
+pub use scrape::{metric_at, scrape};
 
 /// What the test origin answers.
 #[derive(Clone, Debug)]
@@ -243,10 +245,6 @@ impl Harness {
         format!("http://{}{}", self.gw.admin_addr, path)
     }
 
-    pub async fn get_admin(&self, path: &str) -> Resp {
-        self.send(self.client.get(self.admin_url(path))).await
-    }
-
     pub async fn get(&self, path: &str) -> Resp {
         self.send(self.client.get(self.url(path))).await
     }
@@ -309,7 +307,8 @@ impl Resp {
             .get(name)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
     }
-    /// The `tierd` member of Cache-Status.
+    /// The `tierd` member of Cache-Status; panics when there is none (a test that expects none
+    /// checks `header("cache-status")`).
     pub fn cache_status(&self) -> String {
         self.headers
             .get_all("cache-status")
@@ -320,7 +319,7 @@ impl Resp {
                     .collect::<Vec<_>>()
             })
             .find(|m| m.starts_with("tierd"))
-            .unwrap_or_default()
+            .unwrap_or_else(|| panic!("no tierd Cache-Status member: {:?}", self.headers))
     }
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
@@ -431,16 +430,18 @@ pub async fn raw_origin(script: Vec<u8>, then: Then) -> (SocketAddr, Arc<AtomicU
     (addr, count)
 }
 
-/// Polls `cond` until it holds or `within` passes; for effects that happen in background tasks.
-pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+/// Polls `cond` until it holds or `within` passes: for effects that happen in background tasks
+/// or other processes. The one polling loop of the suite; `within` is a bound on a failure, not
+/// a wait a passing test takes.
+pub async fn eventually(within: Duration, mut cond: impl AsyncFnMut() -> bool) -> bool {
     let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
-        if cond() {
+        if cond().await {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    cond()
+    cond().await
 }
 
 /// A `tierd` child process, killed (and reaped) when dropped, so a failing test leaves no
@@ -486,8 +487,10 @@ pub fn spawn_tierd(port: u16, origin: &Origin, env: &[(&str, &str)]) -> Proc {
 
 /// Waits until something accepts connections on `port`.
 pub async fn wait_up(port: u16) {
-    let up = eventually(Duration::from_secs(15), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    let up = eventually(Duration::from_secs(15), async || {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
     })
     .await;
     assert!(up, "tierd did not start on {port}");
@@ -509,38 +512,14 @@ pub fn signal(child: &std::process::Child, sig: &str) {
     assert!(ok, "kill {sig}");
 }
 
-/// The sum of a metric's samples whose labels include every `labels` pair, from the admin
-/// listener at `admin`.
-pub async fn metric_at(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = send(client().get(format!("http://{admin}/metrics")))
-        .await
-        .text();
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Waits until `n` writes have been applied to `tier` (writes happen off the request path).
 pub async fn written_at(admin: SocketAddr, tier: &str, n: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let labels = [("tier", tier), ("outcome", "written")];
-        let w = metric_at(admin, "tierd_tier_writes_total", &labels).await;
-        if w >= n as f64 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{tier}: {w} of {n} writes applied"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let labels = [("tier", tier), ("outcome", "written")];
+    let applied = eventually(Duration::from_secs(10), async || {
+        metric_at(admin, "tierd_tier_writes_total", &labels).await >= n as f64
+    })
+    .await;
+    assert!(applied, "{tier}: fewer than {n} writes applied");
 }
 
 /// A response read off a raw connection.
