@@ -1,21 +1,15 @@
 //! The `tierd` binary: configuration from the environment alone, and startup failures.
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn bin() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tierd"));
-    c.current_dir(std::env::temp_dir());
-    for (k, _) in std::env::vars() {
-        if k.starts_with("TIERD__") {
-            c.env_remove(k);
-        }
-    }
-    c
-}
-
+use crate::common;
 use crate::common::external;
 use crate::common::free_port;
+
+fn bin() -> Command {
+    common::tierd_command()
+}
 
 #[test]
 fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
@@ -138,18 +132,6 @@ fn help_lists_the_commands() {
     }
 }
 
-/// Waits for a TCP port to accept connections.
-fn wait_port(port: u16) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    false
-}
-
 fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -169,7 +151,9 @@ fn http_get(port: u16, path: &str) -> String {
 struct EnvGateway {
     gw_port: u16,
     admin_port: u16,
-    children: Vec<std::process::Child>,
+    /// The gateway, then the origin: dropped (killed) in that order.
+    gw: common::Proc,
+    _origin: common::Proc,
     up: bool,
 }
 
@@ -205,11 +189,14 @@ impl EnvGateway {
             gw.env(k, v);
         }
         let gw = gw.spawn().unwrap();
-        let up = wait_port(origin_port) && wait_port(gw_port) && wait_port(admin_port);
+        let up = common::port_open(origin_port)
+            && common::port_open(gw_port)
+            && common::port_open(admin_port);
         EnvGateway {
             gw_port,
             admin_port,
-            children: vec![origin, gw],
+            gw: common::Proc(gw),
+            _origin: common::Proc(origin),
             up,
         }
     }
@@ -218,20 +205,7 @@ impl EnvGateway {
 impl EnvGateway {
     /// Stops the gateway with SIGTERM (a graceful stop: its log is flushed).
     fn terminate(&mut self) {
-        let gw = &mut self.children[1];
-        let _ = Command::new("kill")
-            .args(["-TERM", &gw.id().to_string()])
-            .status();
-        let _ = gw.wait();
-    }
-}
-
-impl Drop for EnvGateway {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        common::sigterm(&mut self.gw);
     }
 }
 

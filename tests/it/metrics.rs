@@ -39,13 +39,10 @@ fn tweak<'a>(
     s.rules = rules(ITEMS);
     s.admin.token = TOKEN.into();
     if let Some(r) = redis {
-        s.tiers.l2.enabled = true;
-        s.tiers.l2.url = r.url();
-        s.tiers.l2.command_timeout_ms = 1_000;
+        common::with_l2(s, r.url());
     }
     if let Some(p) = l3 {
-        s.tiers.l3.enabled = true;
-        s.tiers.l3.path = p.display().to_string();
+        common::with_l3(s, p);
     }
     s
 }
@@ -170,7 +167,9 @@ async fn every_metric_family_moves_with_the_traffic_that_causes_it() {
     written_at(b.admin_addr, "l2", 4).await;
     written_at(b.admin_addr, "l3", 3).await;
 
+    let cpu_before = own_cpu_seconds();
     let m = scrape(b.admin_addr).await;
+    let cpu_after = own_cpu_seconds();
     let text = &m.text;
     let route = "/api/items/{id}";
 
@@ -395,7 +394,12 @@ async fn every_metric_family_moves_with_the_traffic_that_causes_it() {
     );
     assert!(m.sum("process_resident_memory_bytes", &[]) > 0.0);
     assert!(m.sum("process_open_fds", &[]) > 0.0);
-    assert!(m.sum("process_cpu_seconds_total", &[]) > 0.0);
+    // The gateway runs in this process: the exported CPU time (whole seconds) is this process's.
+    let cpu = m.sum("process_cpu_seconds_total", &[]);
+    assert!(
+        (cpu_before..=cpu_after).contains(&cpu),
+        "{cpu} outside {cpu_before}..={cpu_after}"
+    );
 
     // Bounded labels: no URL, key, host, tag or address ever appears.
     for leak in ["api.test", "/api/items/1", "item:3", "127.0.0.1", "/swr"] {
@@ -437,4 +441,20 @@ async fn metrics_off_records_nothing_and_serves_no_endpoint() {
     assert!(r.text().contains("[metrics] enabled"), "{}", r.text());
     gw.stop(true).await;
     origin.stop().await;
+}
+
+/// This process's CPU time (user + system) in whole seconds, from `/proc/self/stat`, as the
+/// process collector counts it.
+fn own_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    let out = std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .expect("getconf");
+    let per_second: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    (ticks / per_second) as f64
 }

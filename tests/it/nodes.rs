@@ -196,7 +196,7 @@ async fn sighup_reloads_rules_and_a_broken_file_keeps_the_old_ones() {
     let write = |rules: &str| std::fs::write(&file, format!("{base}{rules}")).unwrap();
     write("");
     let child = common::Proc(
-        std::process::Command::new(env!("CARGO_BIN_EXE_tierd"))
+        common::tierd_command()
             .args(["serve", "--config"])
             .arg(&file)
             .stdout(std::process::Stdio::null())

@@ -136,12 +136,9 @@ fn node(origin: &Origin, redis: &RedisServer, l3: Option<&Path>) -> Settings {
     s.rules = rules(RULES);
     s.admin.token = TOKEN.into();
     s.tiers.l1.max_bytes = 64 * 1024;
-    s.tiers.l2.enabled = true;
-    s.tiers.l2.url = redis.url();
-    s.tiers.l2.command_timeout_ms = 1_000;
+    common::with_l2(&mut s, redis.url());
     if let Some(p) = l3 {
-        s.tiers.l3.enabled = true;
-        s.tiers.l3.path = p.display().to_string();
+        common::with_l3(&mut s, p);
     }
     s
 }

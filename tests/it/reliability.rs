@@ -26,10 +26,7 @@ fn subscribers(redis: &RedisServer) -> u64 {
 async fn gateway_on(redis_url: String) -> Harness {
     Harness::with(
         |req, n| Reply::ok(format!("{} #{n}", req.path())).cc("max-age=600"),
-        move |s| {
-            s.tiers.l2.enabled = true;
-            s.tiers.l2.url = redis_url;
-        },
+        move |s| common::with_l2(s, redis_url),
     )
     .await
 }
@@ -520,7 +517,7 @@ async fn a_database_duckdb_invalidated_is_reopened_once_the_disk_has_room() {
         .join("..")
         .join(format!("tierd-reliability-{}.log", std::process::id()));
     let start = |port: u16, admin: u16| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"));
+        let mut cmd = common::tierd_command();
         cmd.arg("serve")
             .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))

@@ -337,11 +337,8 @@ async fn users_never_see_each_others_private_entries() {
 
 /// Settings with L2 on `redis` and L3 in `dir`.
 fn tiers(s: &mut Settings, redis: &RedisServer, dir: &std::path::Path) {
-    s.tiers.l2.enabled = true;
-    s.tiers.l2.url = redis.url();
-    s.tiers.l2.command_timeout_ms = 1_000;
-    s.tiers.l3.enabled = true;
-    s.tiers.l3.path = dir.join("rules.duckdb").display().to_string();
+    common::with_l2(s, redis.url());
+    common::with_l3(s, &dir.join("rules.duckdb"));
 }
 
 async fn written(h: &Harness, tier: &str, n: u64) {

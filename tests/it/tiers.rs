@@ -25,17 +25,12 @@ async fn origin(clock: &Arc<ManualClock>, cc: &'static str) -> Origin {
 }
 
 fn l2(s: &mut Settings, redis: &RedisServer) {
-    s.tiers.l2.enabled = true;
-    s.tiers.l2.url = redis.url();
+    common::with_l2(s, redis.url());
     s.tiers.l2.circuit_open_ms = 200;
-    // Generous, so a loaded CI machine does not turn a slow answer into a test failure; the
-    // hung-Redis test sets its own.
-    s.tiers.l2.command_timeout_ms = 1_000;
 }
 
 fn l3(s: &mut Settings, path: &Path) {
-    s.tiers.l3.enabled = true;
-    s.tiers.l3.path = path.display().to_string();
+    common::with_l3(s, path);
 }
 
 async fn start(

@@ -207,6 +207,20 @@ pub fn settings_for(upstream: SocketAddr) -> Settings {
     s
 }
 
+/// Turns L2 on, on the Redis at `url`. The command timeout is generous, so a loaded CI machine
+/// does not turn a slow answer into a test failure; tests of timeouts set their own.
+pub fn with_l2(s: &mut Settings, url: String) {
+    s.tiers.l2.enabled = true;
+    s.tiers.l2.url = url;
+    s.tiers.l2.command_timeout_ms = 1_000;
+}
+
+/// Turns L3 on, in the DuckDB file at `path`.
+pub fn with_l3(s: &mut Settings, path: &std::path::Path) {
+    s.tiers.l3.enabled = true;
+    s.tiers.l3.path = path.display().to_string();
+}
+
 /// A gateway in front of an origin, sharing one manual clock.
 pub struct Harness {
     pub clock: Arc<ManualClock>,
@@ -470,9 +484,22 @@ impl Drop for Proc {
     }
 }
 
+/// The `tierd` binary as a command, run in the temporary directory with no `TIERD__*` setting
+/// inherited from the test's own environment: every process test starts from here.
+pub fn tierd_command() -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"));
+    c.current_dir(std::env::temp_dir());
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TIERD__") {
+            c.env_remove(k);
+        }
+    }
+    c
+}
+
 /// Starts the `tierd` binary on `port` in front of `origin` with extra `TIERD__*` settings.
 pub fn spawn_tierd(port: u16, origin: &Origin, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tierd"));
+    let mut cmd = tierd_command();
     cmd.arg("serve")
         .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
         .env("TIERD__ADMIN__LISTEN", "127.0.0.1:0")
@@ -494,6 +521,18 @@ pub async fn wait_up(port: u16) {
     })
     .await;
     assert!(up, "tierd did not start on {port}");
+}
+
+/// Waits (blocking, for synchronous tests) until something accepts connections on `port`.
+pub fn port_open(port: u16) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 /// Sends SIGTERM and waits for the exit.
