@@ -29,19 +29,32 @@ async fn two_hundred_concurrent_cold_requests_reach_the_origin_once() {
 #[actix_web::test]
 async fn the_leader_disconnecting_does_not_fail_the_waiters() {
     let h = Harness::new(|_, n| Reply::ok(format!("v{n}")).cc("max-age=60").delay_ms(300)).await;
-    // The leader: a raw client that sends the request and goes away.
+    // The leader: a raw client that sends the request and, once the origin has it, resets the
+    // connection (actix then drops the request's future).
     let mut s = tokio::net::TcpStream::connect(h.gw.addr).await.unwrap();
     let req = format!("GET /k HTTP/1.1\r\nhost: {}\r\n\r\n", h.gw.addr);
     tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
         .await
         .unwrap();
     assert!(eventually(Duration::from_secs(5), async || h.origin.hits() == 1).await);
-    drop(s);
+    common::reset(s);
     let reqs: Vec<_> = (0..20).map(|_| h.get("/k")).collect();
     let results = futures_util::future::join_all(reqs).await;
     assert!(
         results.iter().all(|r| r.status == 200 && r.text() == "v1"),
-        "waiters failed"
+        "waiters failed: {:?}",
+        results
+            .iter()
+            .map(|r| (r.status, r.text()))
+            .collect::<Vec<_>>()
+    );
+    // The fetch finished and stored its answer although its client was gone.
+    let later = h.get("/k").await;
+    assert_eq!(later.text(), "v1");
+    assert!(
+        later.cache_status().contains("hit"),
+        "{}",
+        later.cache_status()
     );
     assert_eq!(
         h.origin.hits(),

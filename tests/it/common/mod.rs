@@ -272,16 +272,19 @@ impl Harness {
     }
 
     /// GETs `path` until the body is `body` (an effect of a background task), for up to 5 s.
+    /// GETs `path` until the body is `body` (up to 5 s); the response that had it.
     pub async fn get_until(&self, path: &str, body: &str) -> Option<Resp> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while tokio::time::Instant::now() < deadline {
+        let mut found = None;
+        eventually(Duration::from_secs(5), async || {
             let r = self.get(path).await;
-            if r.text() == body {
-                return Some(r);
+            let hit = r.text() == body;
+            if hit {
+                found = Some(r);
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        None
+            hit
+        })
+        .await;
+        found
     }
 
     pub async fn send(&self, r: awc::ClientRequest) -> Resp {
@@ -404,6 +407,14 @@ pub async fn raw(addr: SocketAddr, request: &[u8], wait: Duration) -> String {
     let mut out = Vec::new();
     let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Closes `s` with a reset (`SO_LINGER` 0), the way a client that crashes or gives up does. A
+/// plain drop only half-closes, and actix keeps serving a half-closed request; after a reset it
+/// drops the request's future, so whatever still runs was not tied to the client.
+pub fn reset(s: tokio::net::TcpStream) {
+    s.set_zero_linger().expect("SO_LINGER");
+    drop(s);
 }
 
 /// A TCP origin that answers each connection with `script` (raw bytes), then behaves per `then`.
