@@ -653,14 +653,18 @@ async fn unsafe_methods_invalidate_the_uri_and_same_origin_locations() {
     let h = Harness::new(|req, n| match req.method().as_str() {
         "PUT" => Reply::ok("updated").header("content-location", "/other"),
         "POST" if req.path() == "/fail" => Reply::ok("no").status(400),
+        "POST" if req.path() == "/create" => {
+            Reply::ok("").status(201).header("location", "/created")
+        }
         "POST" => Reply::ok("")
             .status(201)
-            .header("location", "http://elsewhere.test/x"),
+            .header("location", "http://elsewhere.test/kept"),
         _ => Reply::ok(format!("v{n}")).cc("max-age=600"),
     })
     .await;
-    for p in ["/item", "/other", "/fail"] {
+    for p in ["/item", "/other", "/fail", "/created", "/kept"] {
         h.get(p).await;
+        assert!(h.get(p).await.cache_status().contains("hit"), "{p} stored");
     }
     let put = h.send(h.client.put(h.url("/item"))).await;
     assert_eq!(put.cache_status(), "tierd; fwd=method; fwd-status=200");
@@ -679,6 +683,21 @@ async fn unsafe_methods_invalidate_the_uri_and_same_origin_locations() {
     assert!(
         h.get("/fail").await.cache_status().contains("hit"),
         "an error answer invalidates nothing"
+    );
+    // A same-origin Location is invalidated; another origin's is not (it names another host's
+    // resource, whatever its path).
+    assert_eq!(h.send(h.client.post(h.url("/create"))).await.status, 201);
+    assert!(
+        h.get("/created")
+            .await
+            .cache_status()
+            .contains("fwd=uri-miss"),
+        "Location invalidated"
+    );
+    assert_eq!(h.send(h.client.post(h.url("/elsewhere"))).await.status, 201);
+    assert!(
+        h.get("/kept").await.cache_status().contains("hit"),
+        "another origin's Location invalidates nothing here"
     );
     h.stop().await;
 }

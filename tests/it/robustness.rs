@@ -176,28 +176,30 @@ async fn bodies_over_the_limit_stream_through_uncached() {
 #[actix_web::test]
 async fn every_method_and_body_passes_through() {
     let h = Harness::new(|req, _| Reply::ok(format!("{} {}", req.method(), req.uri()))).await;
-    let r = common::send(
-        h.client
-            .patch(h.url("/x?q=1"))
-            .insert_header(("content-type", "text/plain")),
-    )
-    .await;
-    assert_eq!(r.text(), "PATCH /x?q=1");
-    let c = common::client();
-    let mut res = c
-        .post(h.url("/echo"))
-        .send_body("payload-bytes")
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let _ = res.body().await;
-    let (_, _, headers) = h.origin.last_request();
-    assert_eq!(headers.get("x-forwarded-proto").unwrap(), "http");
-    assert!(headers
-        .get("x-forwarded-for")
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .contains("127.0.0.1"));
+    let body = "payload-bytes \u{0} with a NUL and \u{e9}";
+    for method in ["POST", "PUT", "PATCH", "DELETE", "OPTIONS"] {
+        let r = common::send_body(
+            h.client
+                .request(method.parse().unwrap(), h.url("/x?q=1"))
+                .insert_header(("host", "api.test"))
+                .insert_header(("content-type", "text/plain")),
+            format!("{method} {body}"),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{method}");
+        assert_eq!(r.text(), format!("{method} /x?q=1"));
+        let (m, uri, headers) = h.origin.last_request();
+        assert_eq!((m.as_str(), uri.as_str()), (method, "/x?q=1"));
+        let got = h.origin.bodies.lock().unwrap().last().cloned().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            format!("{method} {body}"),
+            "{method}: the body arrived whole"
+        );
+        assert_eq!(headers.get("x-forwarded-host").unwrap(), "api.test");
+        assert_eq!(headers.get("x-forwarded-proto").unwrap(), "http");
+        assert_eq!(headers.get("x-forwarded-for").unwrap(), "127.0.0.1");
+        assert_eq!(headers.get("via").unwrap(), "1.1 tierd");
+    }
     h.stop().await;
 }
