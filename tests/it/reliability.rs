@@ -74,6 +74,43 @@ async fn a_healthy_subscription_keeps_l1_for_resp2_and_resp3() {
     h3.stop().await;
 }
 
+/// When the subscription really is lost (Redis drops the connection), invalidations may have
+/// been missed in between: the gateway subscribes again and clears L1, once, counted as
+/// `resubscribed`; the entry then comes from L2.
+#[actix_web::test]
+async fn a_lost_subscription_is_restored_and_l1_cleared_once() {
+    let r = RedisServer::start();
+    let h = gateway_on(r.url()).await;
+    assert!(
+        common::eventually(Duration::from_secs(5), async || subscribers(&r) == 1).await,
+        "the gateway subscribed"
+    );
+    assert_eq!(h.get("/hot").await.text(), "/hot #1");
+    common::written_at(h.gw.admin_addr, "l2", 1).await;
+    assert_eq!(h.get("/hot").await.detail(), "l1");
+    let resyncs = async || {
+        common::metric_at(
+            h.gw.admin_addr,
+            "tierd_l1_resyncs_total",
+            &[("reason", "resubscribed")],
+        )
+        .await
+    };
+    assert_eq!(resyncs().await, 0.0);
+    let killed = r.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
+    assert_eq!(killed, "1", "one subscription connection dropped");
+    let restored = common::eventually(Duration::from_secs(10), async || {
+        subscribers(&r) == 1 && resyncs().await == 1.0
+    })
+    .await;
+    assert!(restored, "subscribed again, L1 cleared once");
+    let after = h.get("/hot").await;
+    assert_eq!(after.text(), "/hot #1");
+    assert_eq!(after.detail(), "l2", "L1 was cleared; L2 still had it");
+    assert_eq!(h.origin.hits(), 1);
+    h.stop().await;
+}
+
 /// An application with routes, embedding the cache the way the README shows, at one level.
 #[derive(Clone, Copy, Debug)]
 enum Level {

@@ -445,6 +445,95 @@ async fn stale_entry_is_revalidated_and_the_304_updates_stored_headers() {
     h.stop().await;
 }
 
+/// Without an ETag, a stale entry is revalidated with `If-Modified-Since` set to its stored
+/// `Last-Modified` (RFC 9111 §4.3.1); a 304 keeps the stored body, a 200 replaces it.
+#[actix_web::test]
+async fn a_stale_entry_without_etag_is_revalidated_with_if_modified_since() {
+    const LM: &str = "Thu, 01 Jan 2015 00:00:00 GMT";
+    let h = Harness::new(|req, n| {
+        let ims = req
+            .headers()
+            .get("if-modified-since")
+            .and_then(|v| v.to_str().ok());
+        match (ims, n) {
+            (Some(LM), 2) => Reply::ok("")
+                .status(304)
+                .cc("max-age=10")
+                .header("last-modified", LM),
+            (Some(LM), _) => Reply::ok("body-3")
+                .cc("max-age=10")
+                .header("last-modified", "Fri, 02 Jan 2015 00:00:00 GMT"),
+            _ => Reply::ok("body-1")
+                .cc("max-age=10")
+                .header("last-modified", LM),
+        }
+    })
+    .await;
+    assert_eq!(h.get("/lm").await.text(), "body-1");
+    h.advance(11);
+    let reval = h.get("/lm").await;
+    assert_eq!(reval.cache_status(), "tierd; fwd=stale; fwd-status=304");
+    assert_eq!(reval.text(), "body-1");
+    let (_, _, headers) = h.origin.last_request();
+    assert_eq!(
+        headers.get("if-modified-since").unwrap(),
+        LM,
+        "the stored validator"
+    );
+    assert!(headers.get("if-none-match").is_none());
+    assert!(
+        h.get("/lm").await.cache_status().contains("hit"),
+        "fresh again"
+    );
+    h.advance(11);
+    let changed = h.get("/lm").await;
+    assert_eq!(
+        changed.cache_status(),
+        "tierd; fwd=stale; fwd-status=200; stored"
+    );
+    assert_eq!(changed.text(), "body-3");
+    assert_eq!(h.origin.hits(), 3);
+    h.stop().await;
+}
+
+/// A `Range` request goes to the origin as it is (with its `Range`), and the 206 comes back
+/// untouched and unstored; a later full GET is a miss, then stored as usual.
+#[actix_web::test]
+async fn range_requests_pass_through_and_nothing_partial_is_stored() {
+    let h = Harness::new(
+        |req, n| match req.headers().get("range").and_then(|v| v.to_str().ok()) {
+            Some("bytes=0-3") => Reply::ok("0123")
+                .status(206)
+                .cc("max-age=600")
+                .header("content-range", "bytes 0-3/10"),
+            _ => Reply::ok(format!("0123456789 #{n}")).cc("max-age=600"),
+        },
+    )
+    .await;
+    let part = h.get_with("/file", &[("range", "bytes=0-3")]).await;
+    assert_eq!((part.status, part.text().as_str()), (206, "0123"));
+    assert_eq!(
+        part.header("content-range").as_deref(),
+        Some("bytes 0-3/10")
+    );
+    assert_eq!(part.cache_status(), "tierd; fwd=bypass; fwd-status=206");
+    let (_, _, headers) = h.origin.last_request();
+    assert_eq!(headers.get("range").unwrap(), "bytes=0-3");
+    let full = h.get("/file").await;
+    assert_eq!((full.status, full.text().as_str()), (200, "0123456789 #2"));
+    assert!(
+        full.cache_status().contains("fwd=uri-miss"),
+        "{}",
+        full.cache_status()
+    );
+    assert!(h.get("/file").await.cache_status().contains("hit"));
+    // A range request for a stored entry still goes to the origin.
+    let again = h.get_with("/file", &[("range", "bytes=0-3")]).await;
+    assert_eq!(again.status, 206);
+    assert_eq!(h.origin.hits(), 3);
+    h.stop().await;
+}
+
 #[actix_web::test]
 async fn client_conditionals_weak_lists_star_and_precedence() {
     let h = Harness::new(|_, _| {

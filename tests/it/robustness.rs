@@ -203,3 +203,99 @@ async fn every_method_and_body_passes_through() {
     }
     h.stop().await;
 }
+
+/// Misses one after another reuse one pooled origin connection (the origin sees one peer
+/// address), and concurrent ones open at most `upstream.max_connections` per worker.
+#[actix_web::test]
+async fn origin_connections_are_pooled_and_bounded() {
+    let peers = Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    let seen = peers.clone();
+    let h = Harness::with(
+        move |req, n| {
+            if let Some(p) = req.peer_addr() {
+                seen.lock().unwrap().insert(p);
+            }
+            let r = Reply::ok(format!("#{n}"));
+            if req.path().starts_with("/slow") {
+                r.delay_ms(200)
+            } else {
+                r
+            }
+        },
+        |s| {
+            s.server.workers = 1;
+            s.upstream.max_connections = 3;
+        },
+    )
+    .await;
+    for i in 0..10 {
+        assert_eq!(h.get(&format!("/seq/{i}")).await.status, 200);
+    }
+    assert_eq!(peers.lock().unwrap().len(), 1, "ten misses, one connection");
+    let paths: Vec<String> = (0..12).map(|i| format!("/slow/{i}")).collect();
+    let results = futures_util::future::join_all(paths.iter().map(|p| h.get(p))).await;
+    assert!(results.iter().all(|r| r.status == 200));
+    let peak = h.origin.peak_in_flight.load(Ordering::SeqCst);
+    assert!(peak <= 3, "at most max_connections at once: {peak}");
+    assert!(
+        peers.lock().unwrap().len() <= 3,
+        "{:?}",
+        peers.lock().unwrap()
+    );
+    h.stop().await;
+}
+
+/// An origin that never completes the TCP handshake (its accept queue is full) is given up
+/// after `upstream.connect_timeout_ms`: 504, counted as an origin timeout.
+#[actix_web::test]
+async fn an_origin_that_never_accepts_times_out_at_the_connect_timeout() {
+    // A listener with a backlog of one that never accepts: once its queue is full, further
+    // SYNs are dropped and a connect hangs.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let _listener = socket.listen(1).unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        // Each connect that completes takes a queue slot; the first that does not is the proof
+        // the queue is full.
+        match tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => fillers.push(s),
+            Ok(Err(e)) => panic!("connect failed: {e}"),
+            Err(_) => break,
+        }
+        assert!(fillers.len() < 64, "the accept queue never filled");
+    }
+    let gw = gateway_for(addr, |s| {
+        s.upstream.connect_timeout_ms = 300;
+        s.upstream.timeout_ms = 5_000;
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let r = common::send(common::client().get(format!("http://{}/x", gw.addr))).await;
+    let took = started.elapsed();
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert_eq!(
+        r.header("cache-status").as_deref(),
+        Some("tierd; fwd=uri-miss; detail=origin-timeout")
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(4),
+        "gave up at the connect timeout, not the request timeout: {took:?}"
+    );
+    assert_eq!(
+        common::metric_at(
+            gw.admin_addr,
+            "tierd_origin_errors_total",
+            &[("kind", "timeout")]
+        )
+        .await,
+        1.0
+    );
+    gw.stop(false).await;
+}

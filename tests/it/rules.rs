@@ -813,3 +813,77 @@ async fn a_head_that_freshens_a_stored_get_keeps_the_rule_ttl() {
     );
     h.stop().await;
 }
+
+/// A rule's stale windows apply to responses that name none: `stale_while_revalidate_seconds`
+/// serves the stored answer while one background refresh runs; `stale_if_error_seconds` serves
+/// it when the origin fails. Past either window the client waits for (or gets) the origin.
+#[actix_web::test]
+async fn rule_stale_windows_apply_to_responses_that_name_none() {
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let down = failing.clone();
+    let h = Harness::with(
+        move |req, n| {
+            if req.path().starts_with("/sie") && down.load(std::sync::atomic::Ordering::SeqCst) {
+                Reply::ok("down").status(503)
+            } else {
+                Reply::ok(format!("{} #{n}", req.path()))
+            }
+        },
+        |s| {
+            s.rules = common::rules(
+                r#"
+                [[rules]]
+                path = "/swr/{id}"
+                ttl_seconds = 10
+                stale_while_revalidate_seconds = 30
+
+                [[rules]]
+                path = "/sie/{id}"
+                ttl_seconds = 10
+                stale_if_error_seconds = 30
+                "#,
+            );
+        },
+    )
+    .await;
+    assert_eq!(h.get("/swr/1").await.text(), "/swr/1 #1");
+    assert_eq!(h.get("/sie/1").await.text(), "/sie/1 #2");
+    h.advance(15);
+    // Within the while-revalidate window: the stored answer at once, and one refresh.
+    let stale = h.get("/swr/1").await;
+    assert_eq!(stale.text(), "/swr/1 #1");
+    assert!(
+        stale.cache_status().starts_with("tierd; hit; ttl=-5"),
+        "{}",
+        stale.cache_status()
+    );
+    assert!(
+        h.get_until("/swr/1", "/swr/1 #3").await.is_some(),
+        "refreshed"
+    );
+    // Within the if-error window: the origin fails, the stored answer is served.
+    failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let on_error = h.get("/sie/1").await;
+    assert_eq!(
+        (on_error.status, on_error.text().as_str()),
+        (200, "/sie/1 #2")
+    );
+    assert!(
+        on_error.cache_status().contains("fwd-status=503"),
+        "{}",
+        on_error.cache_status()
+    );
+    // Past the windows (10 + 30 s; the refreshed /swr entry is from t=15): no stale answer.
+    h.advance(45);
+    let past = h.get("/sie/1").await;
+    assert_eq!((past.status, past.text().as_str()), (503, "down"));
+    let hits = h.origin.hits();
+    let waited = h.get("/swr/1").await;
+    assert_eq!(h.origin.hits(), hits + 1);
+    assert!(
+        waited.cache_status().contains("fwd=stale") && waited.cache_status().contains("stored"),
+        "fetched in the foreground: {}",
+        waited.cache_status()
+    );
+    h.stop().await;
+}

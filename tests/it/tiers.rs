@@ -633,3 +633,84 @@ fn two_tierd_processes_share_one_redis() {
     assert!(sigterm(&mut b).success());
     sys.block_on(origin.stop());
 }
+
+/// With Redis down: `/healthz` stays ok; `/readyz` stays ready but says `degraded`, with L2's
+/// circuit open; requests are still answered (from L1 and the origin); a purge answers 502 (L2
+/// could not apply it, so the caller must retry) and still purges L1.
+#[actix_web::test]
+async fn with_redis_down_the_node_is_degraded_serves_and_a_purge_answers_502() {
+    let mut redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new());
+    let origin = origin(&clock, "max-age=600").await;
+    let gw = start(&origin, &clock, |s| {
+        l2(s, &redis);
+        s.tiers.l2.command_timeout_ms = 200;
+        // Once open, it stays open for the test.
+        s.tiers.l2.circuit_open_ms = 60_000;
+        s.admin.token = "t".into();
+    })
+    .await;
+    let readyz = async |gw: &Gateway| -> serde_json::Value {
+        serde_json::from_str(&admin(gw, "/readyz").await).expect("readyz json")
+    };
+    let l2_state = |v: &serde_json::Value| {
+        v["tiers"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["tier"] == "l2"))
+            .map(|t| {
+                (
+                    t["state"].as_str().unwrap_or("").to_owned(),
+                    t["circuit"].clone(),
+                )
+            })
+            .expect("l2 in /readyz")
+    };
+    assert_eq!(get(&gw, "/kept").await.status, 200);
+    written(&gw, "l2", 1).await;
+    let v = readyz(&gw).await;
+    assert_eq!(
+        (v["ready"].clone(), v["status"].clone()),
+        (true.into(), "ok".into())
+    );
+    assert_eq!(l2_state(&v), ("ok".into(), "closed".into()));
+
+    redis.kill();
+    // Misses try L2 and fail; the breaker opens.
+    let mut i = 0;
+    let opened = common::eventually(Duration::from_secs(10), async || {
+        i += 1;
+        let r = get(&gw, &format!("/down/{i}")).await;
+        assert_eq!(r.status, 200, "served while Redis is down");
+        l2_state(&readyz(&gw).await).1 == "open"
+    })
+    .await;
+    assert!(opened, "L2's circuit opened");
+    let v = readyz(&gw).await;
+    assert_eq!(v["ready"], true, "degraded, still ready: {v}");
+    assert_eq!(v["status"], "degraded", "{v}");
+    assert_eq!(l2_state(&v).0, "circuit_open");
+    assert_eq!(admin(&gw, "/healthz").await, "ok\n");
+    let hit = get(&gw, "/kept").await;
+    assert_eq!(hit.detail(), "l1", "L1 still serves");
+
+    let purged = common::admin_post_at(
+        gw.admin_addr,
+        "/_tierd/purge",
+        Some("t"),
+        r#"{"url":"http://api.test/kept"}"#,
+    )
+    .await;
+    assert_eq!(purged.status, 502, "{}", purged.text());
+    let body: serde_json::Value = serde_json::from_slice(&purged.body).unwrap();
+    assert_eq!(body["purged"]["l1"], 1, "{body}");
+    assert!(body["errors"]["l2"].is_string(), "{body}");
+    assert!(
+        get(&gw, "/kept")
+            .await
+            .cache_status()
+            .contains("fwd=uri-miss"),
+        "purged from L1 all the same"
+    );
+    gw.stop(true).await;
+    origin.stop().await;
+}
