@@ -2,7 +2,7 @@
 
 use crate::common;
 
-use common::{eventually, Harness, Reply};
+use common::{eventually, metric_at, Gate, Harness, Reply};
 use std::time::Duration;
 
 #[actix_web::test]
@@ -66,27 +66,44 @@ async fn the_leader_disconnecting_does_not_fail_the_waiters() {
 
 #[actix_web::test]
 async fn an_uncacheable_answer_releases_every_waiter_at_once() {
-    let h = Harness::new(|_, n| {
-        Reply::ok(format!("private-{n}"))
-            .cc("private")
-            .delay_ms(300)
+    // The leader's answer is held until all nine waiters have joined; the waiters' own origin
+    // requests are held until all nine are at the origin together.
+    let (leader, waiters) = (Gate::new(), Gate::new());
+    let (l, w) = (leader.clone(), waiters.clone());
+    let h = Harness::new(move |_, n| {
+        let r = Reply::ok(format!("private-{n}")).cc("private");
+        if n == 1 {
+            r.held_by(&l)
+        } else {
+            r.held_by(&w)
+        }
     })
     .await;
-    let reqs: Vec<_> = (0..10).map(|_| h.get("/p")).collect();
-    let results = futures_util::future::join_all(reqs).await;
+    let url = h.url("/p");
+    let all = actix_web::rt::spawn(futures_util::future::join_all(
+        (0..10).map(move |_| common::send(common::client().get(url.clone()))),
+    ));
+    let joined = eventually(Duration::from_secs(5), async || {
+        h.origin.hits() == 1
+            && metric_at(h.gw.admin_addr, "tierd_coalesced_waiters_total", &[]).await == 9.0
+    })
+    .await;
+    assert!(joined, "one request at the origin, nine waiting on it");
+    leader.open();
+    // Released together: the nine waiters are at the origin concurrently, not one by one.
+    let together = eventually(Duration::from_secs(5), async || {
+        h.origin.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 9
+    })
+    .await;
+    assert!(together, "the nine waiters went to the origin at once");
+    waiters.open();
+    let results = all.await.unwrap();
     assert!(results.iter().all(|r| r.status == 200));
     let mut bodies: Vec<_> = results.iter().map(|r| r.text()).collect();
     bodies.sort();
     bodies.dedup();
     assert_eq!(bodies.len(), 10, "a private response was shared");
     assert_eq!(h.origin.hits(), 10);
-    // Released together: the nine waiters were at the origin concurrently, not one by one.
-    assert_eq!(
-        h.origin
-            .peak_in_flight
-            .load(std::sync::atomic::Ordering::SeqCst),
-        9
-    );
     h.stop().await;
 }
 

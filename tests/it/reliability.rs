@@ -124,6 +124,9 @@ struct EmbeddedApp {
     clock: Arc<ManualClock>,
     calls: Arc<AtomicU64>,
     handle: actix_web::dev::ServerHandle,
+    state: Arc<tierd::cache::CacheState>,
+    /// Holds `/slow/{id}` until opened.
+    slow: common::Gate,
 }
 
 async fn item(path: web::Path<u32>, calls: web::Data<AtomicU64>) -> HttpResponse {
@@ -133,9 +136,13 @@ async fn item(path: web::Path<u32>, calls: web::Data<AtomicU64>) -> HttpResponse
         .body(format!("item {} call {n}", path.into_inner()))
 }
 
-async fn slow_item(path: web::Path<u32>, calls: web::Data<AtomicU64>) -> HttpResponse {
+async fn slow_item(
+    path: web::Path<u32>,
+    calls: web::Data<AtomicU64>,
+    gate: web::Data<common::Gate>,
+) -> HttpResponse {
     let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    gate.passed().await;
     HttpResponse::Ok()
         .insert_header(("cache-control", "max-age=60"))
         .body(format!("slow {} call {n}", path.into_inner()))
@@ -160,6 +167,8 @@ impl EmbeddedApp {
         let calls = web::Data::new(AtomicU64::new(0));
         let counter = calls.clone().into_inner();
         let (st, data) = (state.clone(), calls.clone());
+        let slow = common::Gate::new();
+        let gate = web::Data::new(slow.clone());
         fn routes(cfg: &mut web::ServiceConfig) {
             cfg.route("/items/{id}", web::get().to(item))
                 .route("/items/{id}", web::put().to(update))
@@ -181,6 +190,7 @@ impl EmbeddedApp {
             Level::App => serve!(move || {
                 App::new()
                     .app_data(data.clone())
+                    .app_data(gate.clone())
                     .wrap(ResponseCache::new(st.clone()))
                     .wrap(CacheHeaders::new(st.clock.clone()))
                     // An application middleware that awaits after the response is built (an
@@ -196,38 +206,44 @@ impl EmbeddedApp {
                     .service(web::scope("/app").configure(routes))
             }),
             Level::Scope => serve!(move || {
-                App::new().app_data(data.clone()).service(
-                    web::scope("/app")
-                        .wrap(ResponseCache::new(st.clone()))
-                        .wrap(CacheHeaders::new(st.clock.clone()))
-                        .configure(routes),
-                )
+                App::new()
+                    .app_data(data.clone())
+                    .app_data(gate.clone())
+                    .service(
+                        web::scope("/app")
+                            .wrap(ResponseCache::new(st.clone()))
+                            .wrap(CacheHeaders::new(st.clock.clone()))
+                            .configure(routes),
+                    )
             }),
             Level::Resource => serve!(move || {
                 let cache = ResponseCache::new(st.clone());
                 let headers = CacheHeaders::new(st.clock.clone());
-                App::new().app_data(data.clone()).service(
-                    web::scope("/app")
-                        .service(
-                            web::resource("/items/{id}")
-                                .route(web::get().to(item))
-                                .route(web::put().to(update))
-                                .wrap(cache.clone())
-                                .wrap(headers.clone()),
-                        )
-                        .service(
-                            web::resource("/slow/{id}")
-                                .route(web::get().to(slow_item))
-                                .wrap(cache.clone())
-                                .wrap(headers.clone()),
-                        )
-                        .service(
-                            web::resource("/boom")
-                                .route(web::get().to(boom))
-                                .wrap(cache)
-                                .wrap(headers),
-                        ),
-                )
+                App::new()
+                    .app_data(data.clone())
+                    .app_data(gate.clone())
+                    .service(
+                        web::scope("/app")
+                            .service(
+                                web::resource("/items/{id}")
+                                    .route(web::get().to(item))
+                                    .route(web::put().to(update))
+                                    .wrap(cache.clone())
+                                    .wrap(headers.clone()),
+                            )
+                            .service(
+                                web::resource("/slow/{id}")
+                                    .route(web::get().to(slow_item))
+                                    .wrap(cache.clone())
+                                    .wrap(headers.clone()),
+                            )
+                            .service(
+                                web::resource("/boom")
+                                    .route(web::get().to(boom))
+                                    .wrap(cache)
+                                    .wrap(headers),
+                            ),
+                    )
             }),
         };
         let handle = server.handle();
@@ -237,6 +253,8 @@ impl EmbeddedApp {
             clock,
             calls: counter,
             handle,
+            state,
+            slow,
         }
     }
 
@@ -313,18 +331,29 @@ async fn the_cache_works_wrapped_around_an_app_a_scope_and_a_resource() {
             "{level:?}: the background refresh reached the handler"
         );
         let mut fresh = String::new();
-        for _ in 0..100 {
+        common::eventually(Duration::from_secs(5), async || {
             fresh = app.send("GET", "/app/items/7", &[]).await.text();
-            if fresh == "item 7 call 4" {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+            fresh == "item 7 call 4"
+        })
+        .await;
         assert_eq!(fresh, "item 7 call 4", "{level:?}: the refresh was stored");
 
+        // Twenty misses for one key: the handler is held until the other nineteen wait on the
+        // first one's call.
         let before = app.calls();
-        let concurrent = (0..20).map(|_| app.send("GET", "/app/slow/1", &[]));
-        for r in futures_util::future::join_all(concurrent).await {
+        let waiting_before = app.state.metrics.coalesced_waiters.get();
+        let url = format!("http://{}/app/slow/1", app.addr);
+        let concurrent = actix_web::rt::spawn(futures_util::future::join_all(
+            (0..20).map(move |_| common::send(common::client().get(url.clone()))),
+        ));
+        let joined = common::eventually(Duration::from_secs(5), async || {
+            app.calls() == before + 1
+                && app.state.metrics.coalesced_waiters.get() == waiting_before + 19
+        })
+        .await;
+        assert!(joined, "{level:?}: one handler call, nineteen waiters");
+        app.slow.open();
+        for r in concurrent.await.unwrap() {
             assert_eq!(r.text(), format!("slow 1 call {}", before + 1), "{level:?}");
         }
         assert_eq!(

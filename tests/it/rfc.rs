@@ -3,7 +3,7 @@
 
 use crate::common;
 
-use common::{eventually, Harness, Reply};
+use common::{eventually, Gate, Harness, Reply};
 use std::time::Duration;
 
 // ---- Storing (RFC 9111 §3) ----
@@ -633,10 +633,16 @@ async fn generated_etag_for_stored_responses_without_one() {
 
 #[actix_web::test]
 async fn stale_while_revalidate_serves_stale_with_exactly_one_background_refresh() {
-    let h = Harness::new(|_, n| {
-        Reply::ok(format!("v{n}"))
-            .cc("max-age=10, stale-while-revalidate=60")
-            .delay_ms(if n > 1 { 300 } else { 0 })
+    // The refresh is held at the origin until all twenty stale answers are in.
+    let refresh = Gate::new();
+    let held = refresh.clone();
+    let h = Harness::new(move |_, n| {
+        let r = Reply::ok(format!("v{n}")).cc("max-age=10, stale-while-revalidate=60");
+        if n > 1 {
+            r.held_by(&held)
+        } else {
+            r
+        }
     })
     .await;
     h.get("/s").await;
@@ -648,6 +654,7 @@ async fn stale_while_revalidate_serves_stale_with_exactly_one_background_refresh
         assert_eq!(r.cache_status(), "tierd; hit; ttl=-5; detail=l1");
     }
     assert!(eventually(Duration::from_secs(5), async || h.origin.hits() == 2).await);
+    refresh.open();
     let fresh = h
         .get_until("/s", "v2")
         .await

@@ -28,6 +28,8 @@ pub struct Reply {
     pub headers: Vec<(String, String)>,
     pub body: Vec<u8>,
     pub delay: Duration,
+    /// Hold the answer until this gate opens ([`Gate::open`]).
+    pub gate: Option<Gate>,
     /// Send a `Date` from the shared clock (default), so ages are consistent under a manual clock.
     pub date: bool,
 }
@@ -39,6 +41,7 @@ impl Reply {
             headers: vec![],
             body: body.into(),
             delay: Duration::ZERO,
+            gate: None,
             date: true,
         }
     }
@@ -57,9 +60,31 @@ impl Reply {
         self.delay = Duration::from_millis(ms);
         self
     }
+    /// Holds the answer until `gate` opens: for tests that need a request to stay at the origin
+    /// until something else has happened (instead of a delay that hopes it has).
+    pub fn held_by(mut self, gate: &Gate) -> Self {
+        self.gate = Some(gate.clone());
+        self
+    }
     pub fn no_date(mut self) -> Self {
         self.date = false;
         self
+    }
+}
+
+/// A gate the test origin's answers can wait on; opened once, from the test.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    pub fn new() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+    pub async fn passed(&self) {
+        let _ = self.0.subscribe().wait_for(|open| *open).await;
     }
 }
 
@@ -104,6 +129,9 @@ async fn origin_handler(
     let reply = (st.handler)(&req, n);
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
+    }
+    if let Some(gate) = &reply.gate {
+        gate.passed().await;
     }
     st.in_flight.fetch_sub(1, Ordering::SeqCst);
     let mut b = HttpResponse::build(actix_web::http::StatusCode::from_u16(reply.status).unwrap());
