@@ -540,7 +540,8 @@ fn is_unsafe(m: &Method) -> bool {
 }
 
 /// Request headers that make the origin answer conditionally; tierd removes the client's and
-/// answers the client's condition itself (RFC-CHECKLIST: misses forward without conditionals).
+/// answers the client's condition itself: a miss is forwarded without the client's
+/// conditionals (RFC 9111 §4.3.2), so what is stored is a full response.
 const CONDITIONALS: [HeaderName; 5] = [
     header::IF_NONE_MATCH,
     header::IF_MODIFIED_SINCE,

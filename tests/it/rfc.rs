@@ -1,5 +1,5 @@
 //! RFC 9111 shared-cache behaviour over real HTTP: client -> tierd -> test origin on loopback.
-//! Each test names the RFC-CHECKLIST.md line it pins down.
+//! Grouped by the RFC section each test pins down (the section is named in each group's heading).
 
 use crate::common;
 
