@@ -349,3 +349,27 @@ fn rate_limits_are_configured_from_the_environment() {
         "retry-after {retry} after {spent} s"
     );
 }
+
+/// The README's library excerpt is the compiled example's code: the part of
+/// `examples/embedded.rs` between its `README` markers, dedented, is the README's block.
+#[test]
+fn the_readme_library_excerpt_is_the_compiled_example() {
+    let root = external::repo();
+    let example = std::fs::read_to_string(root.join("examples/embedded.rs")).unwrap();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let begin =
+        example.find("// README:begin\n").expect("begin marker") + "// README:begin\n".len();
+    let end = example.find("    // README:end").expect("end marker");
+    let excerpt: Vec<&str> = example[begin..end]
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l))
+        .collect();
+    let section = &readme[readme.find("## As a library").expect("library section")..];
+    let block = &section[section.find("```rust").expect("code block")..];
+    let block = &block[block.find('\n').unwrap() + 1..];
+    let block: Vec<&str> = block[..block.find("```").unwrap()].lines().collect();
+    assert_eq!(
+        block, excerpt,
+        "README's excerpt and examples/embedded.rs differ"
+    );
+}
