@@ -341,6 +341,11 @@ pub struct L3Config {
     pub memory_limit_bytes: u64,
     /// How often the WAL is folded into the file when anything was written.
     pub checkpoint_interval_seconds: u64,
+    /// Group commit: how long the writer waits for more writes to join a transaction before it
+    /// commits one (0: commit what is queued at once). Fewer, larger commits cost less CPU under
+    /// churn; entries reach the file (and other processes reading it) up to this much later. A
+    /// purge or delete ends the wait.
+    pub commit_linger_ms: u64,
 }
 
 impl Default for L3Config {
@@ -357,6 +362,7 @@ impl Default for L3Config {
             threads: crate::store::DEFAULT_DUCK_THREADS,
             memory_limit_bytes: crate::store::DEFAULT_DUCK_MEMORY_LIMIT_BYTES,
             checkpoint_interval_seconds: crate::store::DEFAULT_CHECKPOINT_INTERVAL.as_secs(),
+            commit_linger_ms: 0,
         }
     }
 }
@@ -374,6 +380,7 @@ impl L3Config {
             threads: self.threads,
             memory_limit_bytes: self.memory_limit_bytes,
             checkpoint_interval: Duration::from_secs(self.checkpoint_interval_seconds),
+            commit_linger: Duration::from_millis(self.commit_linger_ms),
         }
     }
 }

@@ -124,6 +124,9 @@ pub struct DuckOptions {
     pub memory_limit_bytes: u64,
     /// See [`DEFAULT_CHECKPOINT_INTERVAL`].
     pub checkpoint_interval: Duration,
+    /// Group commit: how long the writer waits for more writes before committing a batch
+    /// (zero: at once). A delete or purge, or the queue closing, ends the wait.
+    pub commit_linger: Duration,
 }
 
 impl DuckOptions {
@@ -139,6 +142,7 @@ impl DuckOptions {
             threads: DEFAULT_DUCK_THREADS,
             memory_limit_bytes: DEFAULT_DUCK_MEMORY_LIMIT_BYTES,
             checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+            commit_linger: Duration::ZERO,
         }
     }
 }
@@ -310,6 +314,7 @@ impl DuckTier {
             compacted_size: 0,
             estimated: false,
             outage: None,
+            rt: rt.clone(),
         };
         std::thread::Builder::new()
             .name("tierd-l3-writer".into())
@@ -541,6 +546,8 @@ struct Writer {
     estimated: bool,
     /// Set while the database is invalidated and being reopened.
     outage: Option<Outage>,
+    /// For the group-commit wait (a timed receive on the queue).
+    rt: tokio::runtime::Handle,
 }
 
 /// An invalidated database being reopened.
@@ -572,6 +579,7 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            self.linger(&mut rx, &mut batch, bytes);
             if self.outage.is_none() && self.shared.fatal.load(Ordering::Acquire) {
                 self.invalidated("a lookup failed on the invalidated database");
             }
@@ -594,6 +602,38 @@ impl Writer {
         }
         drop(self);
         drop(finished);
+    }
+
+    /// Group commit: waits up to `commit_linger` for more operations to join `batch`, unless it
+    /// is full, holds a delete or purge (someone waits on those), or the queue closes.
+    fn linger(&self, rx: &mut mpsc::Receiver<Op>, batch: &mut Vec<Op>, mut bytes: usize) {
+        let awaited = |op: &Op| matches!(op, Op::Delete { .. } | Op::Purge { .. });
+        if self.opts.commit_linger.is_zero() || batch.iter().any(awaited) {
+            return;
+        }
+        let deadline = Instant::now() + self.opts.commit_linger;
+        while batch.len() < WRITE_BATCH && bytes < BATCH_MAX_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            // Built inside `block_on`: a timer needs the runtime's context.
+            match self
+                .rt
+                .block_on(async { tokio::time::timeout(left, rx.recv()).await })
+            {
+                Ok(Some(op)) => {
+                    let stop = awaited(&op);
+                    bytes += op.bytes();
+                    batch.push(op);
+                    if stop {
+                        return;
+                    }
+                }
+                // Closed (shutdown: commit now) or the wait is over.
+                Ok(None) | Err(_) => return,
+            }
+        }
     }
 
     /// Notes a failed statement: DuckDB's fatal error starts an outage. True when it was one.

@@ -49,16 +49,15 @@ struct Fixture {
 
 impl Fixture {
     fn open(path: &Path, max_bytes: u64) -> Fixture {
+        Self::open_with(options(path, max_bytes))
+    }
+
+    fn open_with(opts: DuckOptions) -> Fixture {
         let rt = StoreRuntime::new(2).unwrap();
         let clock = Arc::new(ManualClock::new());
         let metrics = Arc::new(Metrics::new());
-        let tier = DuckTier::open(
-            &options(path, max_bytes),
-            clock.clone(),
-            metrics.clone(),
-            &rt.handle(),
-        )
-        .expect("open");
+        let tier =
+            DuckTier::open(&opts, clock.clone(), metrics.clone(), &rt.handle()).expect("open");
         Fixture {
             rt,
             clock,
@@ -379,5 +378,46 @@ fn churn_under_the_cap_keeps_the_file_within_one_and_a_half_times_it() {
     );
     let stats = f.tier.stats().unwrap();
     assert!(stats.bytes <= cap, "{stats:?}");
+    f.close();
+}
+
+/// Group commit (`commit_linger`): queued writes wait to be committed together, and are not
+/// in the file meanwhile; a delete (anything a caller waits on) ends the wait, applied after
+/// every write queued before it.
+#[test]
+fn group_commit_holds_writes_until_a_delete_or_the_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("linger.duckdb");
+    let f = Fixture::open_with(DuckOptions {
+        commit_linger: Duration::from_secs(60),
+        ..options(&path, 1 << 30)
+    });
+    let written = |f: &Fixture| {
+        Scrape::from_text(f.metrics.render()).sum(
+            "tierd_tier_writes_total",
+            &[("tier", "l3"), ("outcome", "written")],
+        )
+    };
+    for i in 0..5 {
+        f.put(&format!("g{i}"), 7, 600);
+    }
+    assert!(f.get("g0").is_none(), "held, not yet in the file");
+    assert_eq!(written(&f), 0.0);
+    let started = std::time::Instant::now();
+    f.delete("g4");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the delete ended the wait"
+    );
+    assert_eq!(written(&f), 4.0);
+    for i in 0..4 {
+        assert!(f.get(&format!("g{i}")).is_some(), "g{i} committed");
+    }
+    assert!(f.get("g4").is_none(), "the delete came after its put");
+    // Writes held at close are committed by the close.
+    f.put("late", 9, 600);
+    f.close();
+    let f = Fixture::open(&path, 1 << 30);
+    assert!(f.get("late").is_some(), "committed at close");
     f.close();
 }

@@ -431,6 +431,8 @@ fn sigterm_drains_queued_writes_into_l2_and_l3() {
             ("TIERD__TIERS__L2__COMMAND_TIMEOUT_MS", "30000"),
             ("TIERD__TIERS__L3__ENABLED", "true"),
             ("TIERD__TIERS__L3__PATH", &path),
+            // Group commit longer than the test: L3's writes stay queued until the drain.
+            ("TIERD__TIERS__L3__COMMIT_LINGER_MS", "60000"),
         ],
     );
     let n = 50;
@@ -467,6 +469,12 @@ fn sigterm_drains_queued_writes_into_l2_and_l3() {
         let second = get_all().await;
         assert!(second.iter().all(|r| r.text().ends_with("round-2")));
         assert_eq!(l2_written().await, n as f64, "round 2 is still queued");
+        let l3 = [("tier", "l3"), ("outcome", "written")];
+        assert_eq!(
+            metric_at(admin, "tierd_tier_writes_total", &l3).await,
+            0.0,
+            "both rounds are still queued for L3"
+        );
     });
 
     let ok = std::process::Command::new("kill")
