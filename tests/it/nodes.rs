@@ -124,19 +124,10 @@ async fn a_purge_on_one_node_stops_the_other_serving_it() {
             first.text()
         );
         // B finds it in L2 (once A's write lands), then holds it in its own L1.
-        let in_b = {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let r = get(b, &path).await;
-                if r.detail() == "l1" {
-                    break true;
-                }
-                if Instant::now() > deadline {
-                    break false;
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
+        let in_b = eventually(Duration::from_secs(10), async || {
+            get(b, &path).await.detail() == "l1"
+        })
+        .await;
         assert!(in_b, "{path}: B never held the entry in L1");
 
         let r = purge(a_admin, format!(r#"{{"tag":"item:{i}"}}"#)).await;

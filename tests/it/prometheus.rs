@@ -114,21 +114,19 @@ async fn query(port: u16, expr: &str) -> Value {
 
 /// Polls `expr` until it returns a sample whose value passes `ok`, for up to `secs`.
 async fn wait_for(port: u16, expr: &str, secs: u64, ok: impl Fn(f64) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        let v = query(port, expr).await;
-        let value = v["data"]["result"][0]["value"][1]
+    let mut last = Value::Null;
+    let satisfied = common::eventually(Duration::from_secs(secs), async || {
+        last = query(port, expr).await;
+        last["data"]["result"][0]["value"][1]
             .as_str()
-            .and_then(|s| s.parse::<f64>().ok());
-        if value.is_some_and(&ok) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "prometheus: {expr} never satisfied the condition; last answer {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+            .and_then(|s| s.parse::<f64>().ok())
+            .is_some_and(&ok)
+    })
+    .await;
+    assert!(
+        satisfied,
+        "prometheus: {expr} never satisfied the condition; last answer {last}"
+    );
 }
 
 fn node(origin: &Origin, redis: &RedisServer, l3: Option<&Path>) -> Settings {

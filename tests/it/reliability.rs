@@ -548,14 +548,7 @@ async fn tier_state(admin: u16, tier: &str) -> String {
 }
 
 async fn until_state(admin: u16, tier: &str, want: &str, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if tier_state(admin, tier).await == want {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    false
+    common::eventually(within, async || tier_state(admin, tier).await == want).await
 }
 
 /// Issue: a checkpoint that fails (here: the disk fills up) makes DuckDB invalidate the
