@@ -727,7 +727,14 @@ async fn stale_if_error_serves_stale_on_5xx_and_connect_failure_within_the_windo
     );
     h.stop().await;
 
-    let h = Harness::new(|_, _| Reply::ok("good").cc("max-age=10, stale-if-error=60")).await;
+    // `Connection: close`, so the gateway keeps no pooled connection to reuse: its next request
+    // must connect, to an origin that is gone.
+    let h = Harness::new(|_, _| {
+        Reply::ok("good")
+            .cc("max-age=10, stale-if-error=60")
+            .header("connection", "close")
+    })
+    .await;
     h.get("/e").await;
     h.advance(20);
     let Harness {
@@ -736,9 +743,12 @@ async fn stale_if_error_serves_stale_on_5xx_and_connect_failure_within_the_windo
     origin.stop().await;
     let r = common::send(client.get(format!("http://{}/e", gw.addr))).await;
     assert_eq!((r.status, r.text().as_str()), (200, "good"));
-    assert!(r
-        .cache_status()
-        .starts_with("tierd; fwd=stale; fwd-status=502"));
+    assert!(
+        r.cache_status()
+            .starts_with("tierd; fwd=stale; fwd-status=502"),
+        "{}",
+        r.cache_status()
+    );
     gw.stop(false).await;
 }
 
