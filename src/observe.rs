@@ -1,8 +1,8 @@
 //! The `Observe` middleware: the outermost layer of the gateway. It opens one `request` span
-//! per request (method, path, then route, cache status, tier and status once known) so every
-//! log line a request causes carries them, and records the request metrics from the final
-//! response: `tierd_requests_total{route,method,status_class,cache_status}`, the latency to the
-//! response head, and the body bytes served from the cache or from the origin.
+//! per request (method and path) so every log line a request causes carries them, and records
+//! the request metrics from the final response:
+//! `tierd_requests_total{route,method,status_class,cache_status}`, the latency to the response
+//! head, and the body bytes served from the cache or from the origin.
 //!
 //! The cache layer leaves a [`Served`] in the request's extensions saying what it did; a
 //! request without one (a handler outside the cache) counts as `pass` on route `other`.
@@ -34,7 +34,6 @@ use actix_web::http::{Method, StatusCode};
 use actix_web::{Error, HttpMessage};
 use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
-use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::metrics::{MethodLabel, Metrics, Outcome, RouteCounters, StatusClass, OTHER_ROUTE};
@@ -103,15 +102,10 @@ where
         let started = Instant::now();
         let method = MethodLabel::of(req.method());
         let bodiless = *req.method() == Method::HEAD;
-        let span = tracing::info_span!(
-            "request",
-            method = %req.method(),
-            path = req.path(),
-            route = Empty,
-            cache_status = Empty,
-            tier = Empty,
-            status = Empty,
-        );
+        // Two fields, given at creation: a log line inside the request names the request, and
+        // nothing more is formatted per request. What the request came to is the access line's.
+        let span =
+            tracing::info_span!("request", method = req.method().as_str(), path = req.path());
         let fut = span.in_scope(|| self.inner.call(req));
         let cfg = self.cfg.clone();
         Box::pin(async move {
@@ -164,19 +158,13 @@ impl Observe {
         };
         counters.count(outcome, method, StatusClass::of(status.as_u16()));
         self.metrics.observe_request(outcome, started, body_bytes);
-        if !span.is_disabled() {
-            span.record("route", counters.route());
-            span.record("cache_status", outcome.as_str());
-            if let Some(t) = tier {
-                span.record("tier", t.as_str());
-            }
-            span.record("status", status.as_u16());
-        }
         tracing::debug!(
             target: "tierd::access",
             parent: span,
             status = status.as_u16(),
+            route = counters.route(),
             cache_status = outcome.as_str(),
+            tier = tier.map(TierName::as_str),
             duration_us = started.elapsed().as_micros() as u64,
             bytes = body_bytes,
             "request"
