@@ -18,24 +18,22 @@ async fn main() -> std::io::Result<()> {
     let cache: web::Data<Cache<String, Bytes>> = web::Data::new(Cache::new(10_000));
     HttpServer::new(move || {
         let body = body.clone();
-        App::new()
-            .app_data(cache.clone())
-            .default_service(web::to(
-                move |req: HttpRequest, cache: web::Data<Cache<String, Bytes>>| {
-                    let body = body.clone();
-                    async move {
-                        let key = format!("{}{}", req.connection_info().host(), req.uri());
-                        let hit = cache.get_with(key, || body.clone());
-                        HttpResponse::Ok()
-                            .insert_header(("cache-control", "public, max-age=300"))
-                            .insert_header(("age", "1"))
-                            .insert_header(("etag", "\"floor\""))
-                            .insert_header(("cache-status", "floor; hit"))
-                            .content_type("application/json")
-                            .body(hit)
-                    }
-                },
-            ))
+        App::new().app_data(cache.clone()).default_service(web::to(
+            move |req: HttpRequest, cache: web::Data<Cache<String, Bytes>>| {
+                let body = body.clone();
+                async move {
+                    let key = format!("{}{}", req.connection_info().host(), req.uri());
+                    let hit = cache.get_with(key, || body.clone());
+                    HttpResponse::Ok()
+                        .insert_header(("cache-control", "public, max-age=300"))
+                        .insert_header(("age", "1"))
+                        .insert_header(("etag", "\"floor\""))
+                        .insert_header(("cache-status", "floor; hit"))
+                        .content_type("application/json")
+                        .body(hit)
+                }
+            },
+        ))
     })
     .bind(addr)?
     .run()
