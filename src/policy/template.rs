@@ -102,6 +102,13 @@ impl Template {
                     Segment::Param(name.to_owned())
                 }
             } else {
+                // A glob is what people write for "everything below"; a literal `*` in a route
+                // would only ever match a path with a `*` in it.
+                if part.contains('*') {
+                    return err(format!(
+                        "'{source}': segment '{part}' is a glob; templates use {{name}} for one segment and {{*rest}} for the rest, e.g. /tenant/{{*rest}}"
+                    ));
+                }
                 if part.contains(['{', '}']) {
                     return err(format!(
                         "'{source}': segment '{part}' mixes text and braces; a parameter is a whole segment, e.g. /files/{{name}}"
@@ -244,6 +251,11 @@ mod tests {
             ("api/x", "must start with '/'"),
             ("/a/{id", "mixes text and braces"),
             ("/a/x{id}", "mixes text and braces"),
+            (
+                "/tenant/*",
+                "is a glob; templates use {name} for one segment and {*rest}",
+            ),
+            ("/a/*.css", "is a glob"),
             ("/a/{}", "needs a name"),
             ("/a/{1x}", "needs a name"),
             ("/a/{*rest}/b", "must be the last segment"),

@@ -372,3 +372,43 @@ fn the_readme_library_excerpt_is_the_compiled_example() {
         "README's excerpt and examples/embedded.rs differ"
     );
 }
+
+/// A malformed request head is the client's error: answered 400 by the HTTP/1 parser, and logged
+/// at most at DEBUG. (actix-http logged each one at ERROR, so any client could fill the log.)
+#[test]
+fn malformed_request_heads_are_not_logged_as_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_path = dir.path().join("tierd.log");
+    let mut g = EnvGateway::start_logging(
+        &[("TIERD__LOG__FORMAT", "json")],
+        Stdio::from(std::fs::File::create(&log_path).unwrap()),
+    );
+    let (ok, gw_port) = (g.up, g.gw_port);
+    let mut answers = Vec::new();
+    if ok {
+        for bad in [
+            "GET /x?a=\"q\" HTTP/1.1\r\nhost: a\r\n\r\n",
+            "GET /x HTTP/1.1\r\nhost: a\r\nbad header\r\n\r\n",
+            "GET\x01 /x HTTP/1.1\r\nhost: a\r\n\r\n",
+        ] {
+            use std::io::{Read, Write};
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", gw_port)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(bad.as_bytes()).unwrap();
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out);
+            answers.push(out);
+        }
+        answers.push(http_get(gw_port, "/api/assessments/1"));
+    }
+    g.terminate();
+    drop(g);
+    assert!(ok, "listeners did not come up");
+    for a in &answers[..3] {
+        assert!(a.starts_with("HTTP/1.1 400"), "{a}");
+    }
+    assert!(answers[3].starts_with("HTTP/1.1 200"), "{}", answers[3]);
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let errors: Vec<&str> = text.lines().filter(|l| l.contains("\"ERROR\"")).collect();
+    assert!(errors.is_empty(), "{errors:#?}");
+}

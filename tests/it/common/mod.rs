@@ -203,8 +203,17 @@ impl Origin {
         self.requests.lock().unwrap().last().cloned().unwrap()
     }
 
+    /// Stops the origin and returns once its port refuses connections (the server's stop
+    /// resolves before its listening socket is closed, and a connection in that gap is still
+    /// answered).
     pub async fn stop(self) {
+        let addr = self.addr;
         self.handle.stop(false).await;
+        let refused = eventually(Duration::from_secs(5), async || {
+            tokio::net::TcpStream::connect(addr).await.is_err()
+        })
+        .await;
+        assert!(refused, "the origin on {addr} still accepts connections");
     }
 }
 

@@ -1463,7 +1463,18 @@ where
                     // keep-alive and stream errors
                     if state_is_none && inner_p.write_buf.is_empty() {
                         if let Some(err) = inner_p.error.take() {
-                            error!("stream error: {}", &err);
+                            // tierd patch: a malformed or slow request, or a connection the
+                            // client dropped, is the client's doing; logged at ERROR, any client
+                            // could fill the log. Server-side failures stay at ERROR.
+                            match &err {
+                                DispatchError::Parse(_)
+                                | DispatchError::Io(_)
+                                | DispatchError::SlowRequestTimeout
+                                | DispatchError::DisconnectTimeout => {
+                                    tracing::debug!("stream error: {}", &err)
+                                }
+                                _ => error!("stream error: {}", &err),
+                            }
                             return Poll::Ready(Err(err));
                         }
 
