@@ -55,21 +55,11 @@ for _ in $(seq 1 50); do
   curl -sf -o /dev/null http://127.0.0.1:19104/healthz && curl -sf -o /dev/null http://127.0.0.1:19105/x && break
   sleep 0.2
 done
-one() { # name port
-  local url=http://127.0.0.1:$2/item.json
-  for _ in 1 2 3; do curl -s -o /dev/null "$url" || true; done
-  local out; out=$(taskset -c 0 wrk -t1 -c"$C" -d"${D}s" --latency "$url" 2>&1)
-  local rps p50 p99 errs
-  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  p50=$(echo "$out" | awk '$1=="50%" {print $2}'); p99=$(echo "$out" | awk '$1=="99%" {print $2}')
-  errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
-  echo "$1 rps=$rps p50=$p50 p99=$p99 $errs"
-}
 echo "== $R rounds of ${D} s each, $C connections"
 for r in $(seq 1 "$R"); do
-  echo "round=$r $(one tierd 19103)"
-  echo "round=$r $(one floor 19105)"
-  echo "round=$r $(one nginx-cache 19102)"
+  echo "round=$r $(bench_wrk tierd 19103)"
+  echo "round=$r $(bench_wrk floor 19105)"
+  echo "round=$r $(bench_wrk nginx-cache 19102)"
 done | tee "$W/results"
 python3 - "$W/results" "$MIN" <<'PY'
 import re, statistics, sys

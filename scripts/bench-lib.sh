@@ -5,6 +5,7 @@
 #   bench_build                   release build of this checkout; sets BIN
 #   bench_workdir                 a work dir $W (www/, logs/) and PIDS, both cleaned up on exit
 #   bench_origin DIRECTIVES [CPU] nginx on 127.0.0.1:19100 serving $W/www with `location / { DIRECTIVES }`
+#   bench_wrk NAME PORT           one wrk run (CPU 0, $C connections, $D s) on /item.json: one line
 
 bench_need() {
   for b in "$@"; do
@@ -42,4 +43,15 @@ http { access_log off;
     location / { $1 } } }
 NG
   if [ -n "${2:-}" ]; then taskset -c "$2" nginx -c "$W/nginx.conf" -p "$W"; else nginx -c "$W/nginx.conf" -p "$W"; fi
+}
+
+bench_wrk() { # name port
+  local url=http://127.0.0.1:$2/item.json
+  for _ in 1 2 3; do curl -s -o /dev/null "$url" || true; done
+  local out; out=$(taskset -c 0 wrk -t1 -c"$C" -d"${D}s" --latency "$url" 2>&1)
+  local rps p50 p99 errs
+  rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+  p50=$(echo "$out" | awk '$1=="50%" {print $2}'); p99=$(echo "$out" | awk '$1=="99%" {print $2}')
+  errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {print}' | tr '\n' ' ')
+  echo "$1 rps=$rps p50=$p50 p99=$p99 $errs"
 }
