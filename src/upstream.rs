@@ -170,11 +170,7 @@ impl Upstream {
             }
             h.append(header::VIA, HeaderValue::from_static("1.1 tierd"));
         }
-        let has_body = http_req.headers().contains_key(header::TRANSFER_ENCODING)
-            || http_req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v.as_bytes() != b"0");
+        let has_body = crate::http::headers::has_body(http_req.headers());
         // The body is read (up to the buffer size) before an origin connection is taken, so a
         // client trickling its body in never holds one.
         let body = if has_body {

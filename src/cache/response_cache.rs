@@ -30,6 +30,7 @@ use super::key;
 use super::single_flight::{self, FlightGuard, FlightOutcome, Flights, Join};
 use crate::clock::Clock;
 use crate::http::cache_status::{CacheStatus, Fwd};
+use crate::http::headers::has_body;
 use crate::http::hygiene::Hygiene;
 use crate::http::storable::{
     self, LifetimeOverride, NotStorable, RequestFacts, Reuse, StoreOptions,
@@ -513,12 +514,6 @@ where
 /// the response (and with it the response's copy of the request), which lets the background
 /// refresh start. The inner service (an application's router) needs the request to itself.
 struct RefreshGate(#[allow(dead_code)] oneshot::Sender<()>);
-
-/// Whether a request says it has a body.
-fn has_body(h: &HeaderMap) -> bool {
-    h.contains_key(header::TRANSFER_ENCODING)
-        || crate::http::headers::content_length(h).is_some_and(|n| n > 0)
-}
 
 /// A GET or HEAD goes to the origin without the client's body (and without the headers that
 /// announce one): its response is shared, so no client's body may shape it. The body is left

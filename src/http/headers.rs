@@ -62,6 +62,11 @@ impl HopByHop {
     }
 }
 
+/// Whether a request says it has a body: chunked, or a `Content-Length` above 0.
+pub fn has_body(h: &HeaderMap) -> bool {
+    h.contains_key(header::TRANSFER_ENCODING) || content_length(h).is_some_and(|n| n > 0)
+}
+
 /// The `Content-Length` a message declares, if it is a valid number.
 pub fn content_length(h: &HeaderMap) -> Option<u64> {
     h.get(header::CONTENT_LENGTH)?
