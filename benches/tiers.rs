@@ -224,15 +224,29 @@ async fn bench_l3(full: bool) {
             queue_max_bytes: usize::MAX,
             ..DuckOptions::new(dir.path().join("bench.duckdb"), u64::MAX)
         };
-        let tier: Arc<dyn Tier> = Arc::new(
-            DuckTier::open(&opts, Arc::new(SystemClock), metrics.clone(), &handle).expect("l3"),
-        );
-        let rate = fill(&tier, &handle, n).await;
+        let open = || -> Arc<dyn Tier> {
+            Arc::new(
+                DuckTier::open(&opts, Arc::new(SystemClock), metrics.clone(), &handle).expect("l3"),
+            )
+        };
+        // Rows/s until they are in the file: the closing checkpoint (whatever the WAL still
+        // holds) counts, so a setting that only defers work to the checkpoint cannot look fast.
+        let started = Instant::now();
+        let tier = open();
+        let _ = fill(&tier, &handle, n).await;
+        let t = tier.clone();
+        handle
+            .spawn(async move { t.close().await })
+            .await
+            .expect("join");
+        drop(tier);
+        let rate = n as f64 / started.elapsed().as_secs_f64();
         let file = std::fs::metadata(&opts.path).map(|m| m.len()).unwrap_or(0);
         println!(
-            "l3 entries={n} batched writes={rate:.0}/s file={:.0}MiB",
+            "l3 entries={n} batched writes={rate:.0}/s (checkpointed) file={:.0}MiB",
             file as f64 / 1048576.0
         );
+        let tier = open();
         let store = store_with(tier, rt, metrics);
         let (lookups, secs) = if full { (20_000, 5) } else { (200, 1) };
         println!(
