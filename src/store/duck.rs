@@ -227,7 +227,7 @@ fn open_db(opts: &DuckOptions) -> Result<(Connection, u64, u64), TierError> {
         .and_then(|c| {
             c.with(
                 "checkpoint_threshold",
-                &format!("{}B", wal_threshold(opts.max_bytes)),
+                format!("{}B", wal_threshold(opts.max_bytes)),
             )
         })
         .map_err(|e| fail("cannot configure", &e))?;
@@ -1226,5 +1226,31 @@ impl Writer {
             }
         }
         self.recount();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wal_threshold_follows_max_bytes_within_its_bounds() {
+        assert_eq!(wal_threshold(1024 * 1024), WAL_MIN_BYTES);
+        assert_eq!(wal_threshold(1024 * 1024 * 1024), 128 * 1024 * 1024);
+        assert_eq!(wal_threshold(u64::MAX), WAL_MAX_BYTES);
+    }
+
+    #[test]
+    fn an_opened_database_checkpoints_at_the_tiers_wal_threshold() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let opts = DuckOptions::new(dir.path().join("t.duckdb"), 1024 * 1024 * 1024);
+        let (conn, _, _) = open_db(&opts).expect("open");
+        let setting: String = conn
+            .query_row("SELECT current_setting('checkpoint_threshold')", [], |r| {
+                r.get(0)
+            })
+            .expect("setting");
+        // DuckDB prints sizes in binary units.
+        assert_eq!(setting, "128.0 MiB");
     }
 }
