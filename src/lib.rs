@@ -19,6 +19,7 @@ pub mod drain;
 pub mod guard;
 pub mod http;
 pub mod log_limit;
+pub mod logging;
 pub mod metrics;
 pub mod observe;
 pub mod policy;

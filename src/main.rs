@@ -57,7 +57,7 @@ fn main() -> ExitCode {
             }
         },
         Some(Command::DemoOrigin { listen }) => {
-            init_logging(LogFormat::Text, "info");
+            tierd::logging::init(LogFormat::Text, "info");
             match run_demo(&listen) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
@@ -86,7 +86,7 @@ fn serve(file: Option<&Path>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(settings.log.format, &settings.log.level);
+    tierd::logging::init(settings.log.format, &settings.log.level);
     for w in settings.warnings() {
         tracing::warn!(warning = %w, "configuration");
     }
@@ -134,58 +134,4 @@ fn run_demo(listen: &str) -> anyhow::Result<()> {
         srv.run().await?;
         Ok(())
     })
-}
-
-fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::field::MakeExt;
-    use tracing_subscriber::filter::{EnvFilter, Targets};
-    use tracing_subscriber::fmt::format::{debug_fn, FmtSpan};
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    use tracing_subscriber::Layer;
-
-    // Colour codes only for a terminal: a log file or collector gets plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    // `log.level` in its usual forms ("info", "info,tierd::access=debug") is a static filter,
-    // decided once per call site: nothing is evaluated per request or per span. RUST_LOG, or a
-    // directive only EnvFilter understands (span and field filters), gets an EnvFilter.
-    let filter: Box<dyn Layer<tracing_subscriber::Registry> + Send + Sync> =
-        match std::env::var("RUST_LOG") {
-            Ok(env) if !env.is_empty() => {
-                Box::new(EnvFilter::try_new(&env).unwrap_or_else(|_| EnvFilter::new(level)))
-            }
-            _ => match level.parse::<Targets>() {
-                Ok(targets) => Box::new(targets),
-                Err(_) => {
-                    Box::new(EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info")))
-                }
-            },
-        };
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_ansi(ansi)
-        .with_target(false)
-        .with_span_events(FmtSpan::NONE);
-    let output: Box<dyn Layer<_> + Send + Sync> = match format {
-        LogFormat::Json => Box::new(fmt.json()),
-        // Plain `name=value` fields, formatted without the colour machinery the default
-        // formatter runs even when colour is off (the request span's fields are formatted on
-        // every request).
-        LogFormat::Text if !ansi => Box::new(
-            fmt.fmt_fields(
-                debug_fn(|w, field, value| {
-                    if field.name() == "message" {
-                        write!(w, "{value:?}")
-                    } else {
-                        write!(w, "{field}={value:?}")
-                    }
-                })
-                .delimited(" "),
-            ),
-        ),
-        LogFormat::Text => Box::new(fmt),
-    };
-    tracing_subscriber::registry()
-        .with(filter)
-        .with(output)
-        .init();
 }

@@ -36,6 +36,7 @@ use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
+use crate::logging::{self, InRequest, RequestContext};
 use crate::metrics::{MethodLabel, Metrics, Outcome, RouteCounters, StatusClass, OTHER_ROUTE};
 use crate::store::TierName;
 
@@ -102,13 +103,20 @@ where
         let started = Instant::now();
         let method = MethodLabel::of(req.method());
         let bodiless = *req.method() == Method::HEAD;
-        // Two fields, given at creation: a log line inside the request names the request, and
-        // nothing more is formatted per request. What the request came to is the access line's.
-        let span =
-            tracing::info_span!("request", method = req.method().as_str(), path = req.path());
-        let fut = span.in_scope(|| self.inner.call(req));
+        // The request every log line inside names: a thread-local context where tierd's
+        // formatter is installed (the gateway), else a `request` span with two fields given at
+        // creation (see `logging`).
+        let (request, span) = if logging::request_context_installed() {
+            let r = RequestContext::new(req.method().clone(), req.uri().clone());
+            (Some(r), tracing::Span::none())
+        } else {
+            let span =
+                tracing::info_span!("request", method = req.method().as_str(), path = req.path());
+            (None, span)
+        };
+        let fut = logging::with_request(&request, || span.in_scope(|| self.inner.call(req)));
         let cfg = self.cfg.clone();
-        Box::pin(async move {
+        Box::pin(InRequest::new(request, async move {
             let res = match fut.instrument(span.clone()).await {
                 Ok(res) => res.map_into_boxed_body(),
                 Err(e) => {
@@ -138,7 +146,7 @@ where
                 }));
             }
             Ok(res)
-        })
+        }))
     }
 }
 

@@ -975,13 +975,13 @@ where
             route,
         };
         let (gate, opened) = oneshot::channel::<()>();
-        actix_web::rt::spawn(
+        actix_web::rt::spawn(crate::logging::InRequest::current(
             async move {
                 let _ = opened.await;
                 let _ = job.run().await;
             }
             .instrument(tracing::Span::current()),
-        );
+        ));
         Some(RefreshGate(gate))
     }
 
@@ -1311,14 +1311,14 @@ where
             return Ok(ctx.origin_limited(req, &route, stale.as_ref(), fwd, denied));
         }
         let (tx, rx) = oneshot::channel();
-        // Inside the request's span, so the fetch's log lines name the request.
-        actix_web::rt::spawn(
+        // Inside the request (its span, or its context), so the fetch's log lines name it.
+        actix_web::rt::spawn(crate::logging::InRequest::current(
             async move {
                 // The client may be gone; the store and the waiters were served already.
                 let _ = tx.send(self.run().await);
             }
             .instrument(tracing::Span::current()),
-        );
+        ));
         rx.await.unwrap_or_else(|_| Err(internal_error()))
     }
 

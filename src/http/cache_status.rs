@@ -1,7 +1,5 @@
 //! The `Cache-Status` response header (RFC 9211).
 
-use std::fmt::Write;
-
 /// Why a request went forward to the origin (RFC 9211 §2.2 `fwd` values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fwd {
@@ -81,10 +79,12 @@ impl CacheStatus {
             s.push_str(f.as_str());
         }
         if let Some(st) = self.fwd_status {
-            let _ = write!(s, "; fwd-status={st}");
+            s.push_str("; fwd-status=");
+            s.push_str(itoa::Buffer::new().format(st));
         }
         if let Some(t) = self.ttl {
-            let _ = write!(s, "; ttl={t}");
+            s.push_str("; ttl=");
+            s.push_str(itoa::Buffer::new().format(t));
         }
         if self.stored {
             s.push_str("; stored");

@@ -401,7 +401,13 @@ async fn stale_must_revalidate_is_never_served_and_origin_down_gives_504() {
     } = h;
     origin.stop().await;
     let res = common::send(client.get(format!("http://{}/mr", gw.addr))).await;
-    assert_eq!(res.status, 504, "{:?}", res.header("cache-status"));
+    assert_eq!(
+        res.status,
+        504,
+        "cache-status {:?}, body {:?}",
+        res.header("cache-status"),
+        res.text()
+    );
     let _ = clock;
     gw.stop(false).await;
 }
