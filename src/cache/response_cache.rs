@@ -452,9 +452,21 @@ fn respond(entry: &CachedResponse, age: u64, status: CacheStatus) -> HttpRespons
     for (n, v) in entry.headers.iter() {
         h.append(n.clone(), v.clone());
     }
-    h.insert(header::AGE, HeaderValue::from(age));
+    h.insert(header::AGE, age_value(age));
     h.append(cache_status_header(), status_value(status));
     res
+}
+
+/// `Age` values up to an hour, made once: `HeaderValue::from(u64)` allocates, and every hit
+/// sends one.
+fn age_value(age: u64) -> HeaderValue {
+    const PREBUILT: u64 = 3600;
+    static AGES: std::sync::LazyLock<Vec<HeaderValue>> =
+        std::sync::LazyLock::new(|| (0..=PREBUILT).map(HeaderValue::from).collect());
+    match usize::try_from(age).ok().and_then(|i| AGES.get(i)) {
+        Some(v) => v.clone(),
+        None => HeaderValue::from(age),
+    }
 }
 
 fn with_status(mut res: HttpResponse, status: CacheStatus) -> HttpResponse {
@@ -1605,5 +1617,17 @@ where
             return Some(res);
         }
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn age_values_are_the_decimal_seconds_prebuilt_or_not() {
+        for age in [0, 1, 59, 3599, 3600, 3601, 86_400, u64::MAX] {
+            assert_eq!(age_value(age).to_str().ok(), Some(age.to_string().as_str()));
+        }
     }
 }

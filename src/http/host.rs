@@ -61,26 +61,39 @@ fn split(raw: &[u8]) -> Option<(&[u8], &[u8])> {
 }
 
 fn reg_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'%'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-        )
+    REG_NAME[usize::from(b)]
 }
+
+/// The bytes of a registered name (RFC 3986 §3.2.2: unreserved, `%` and sub-delimiters), as a
+/// table: every request's host is checked twice (the guard, the key).
+const REG_NAME: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        b += 1;
+    }
+    t
+};
 
 /// Appends the normalised authority to `out`: lower-case, without a trailing dot, without the
 /// default port (80, the gateway speaks plain HTTP) or an empty one. An invalid authority (the
@@ -90,14 +103,13 @@ pub fn push_normalized(out: &mut String, raw: &[u8]) {
     match split(raw) {
         Some((host, port)) => {
             let host = host.strip_suffix(b".").unwrap_or(host);
-            for &b in host {
-                out.push(char::from(b.to_ascii_lowercase()));
-            }
+            // A valid authority is ASCII (`split` checked every byte).
+            let start = out.len();
+            out.push_str(std::str::from_utf8(host).unwrap_or_default());
+            out[start..].make_ascii_lowercase();
             if !port.is_empty() && port != b"80" {
                 out.push(':');
-                for &b in port {
-                    out.push(char::from(b));
-                }
+                out.push_str(std::str::from_utf8(port).unwrap_or_default());
             }
         }
         None => {
