@@ -987,7 +987,7 @@ impl Metrics {
         // Every bounded combination exists from the start, so `rate()` and `increase()` in
         // dashboards and alerts read 0 instead of nothing before the first event.
         for kind in ["tag", "url", "prefix"] {
-            for source in ["admin", "rule", "method", "remote"] {
+            for source in ["admin", "rule", "method", "value", "remote"] {
                 m.purges.with_label_values(&[kind, source]);
             }
         }

@@ -11,6 +11,7 @@ pub mod entry;
 pub mod key;
 mod response_cache;
 pub mod single_flight;
+mod values;
 
 pub use bus::Bus;
 pub use cache_headers::CacheHeaders;
@@ -18,3 +19,4 @@ pub use response_cache::{
     cache_status_header, opaque, CachePolicy, CacheState, GetWithBody, PurgeSource, ResponseCache,
     UpstreamFailure,
 };
+pub use values::{ValueCache, ValueOptions};

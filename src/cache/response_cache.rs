@@ -134,6 +134,8 @@ pub enum PurgeSource {
     Rule,
     /// RFC 9111 §4.4: an unsafe method's target URI, `Location`, `Content-Location`.
     Method,
+    /// The value cache's `invalidate*` calls.
+    Value,
 }
 
 impl PurgeSource {
@@ -142,6 +144,7 @@ impl PurgeSource {
             PurgeSource::Admin => "admin",
             PurgeSource::Rule => "rule",
             PurgeSource::Method => "method",
+            PurgeSource::Value => "value",
         }
     }
 }

@@ -20,3 +20,4 @@ mod robustness;
 mod rules;
 mod security;
 mod tiers;
+mod values;
