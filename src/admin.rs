@@ -181,12 +181,15 @@ async fn readyz(state: web::Data<CacheState>) -> HttpResponse {
             let circuit = t.circuit.map(|c| c.as_str());
             let ok = !matches!(circuit, Some("open")) && t.healthy;
             degraded |= !ok;
-            let state = if !t.healthy {
-                "reopening"
-            } else if ok {
-                "ok"
-            } else {
+            let state = if matches!(circuit, Some("open")) {
                 "circuit_open"
+            } else if !t.healthy {
+                match t.name {
+                    TierName::L2 => "unreachable",
+                    _ => "reopening",
+                }
+            } else {
+                "ok"
             };
             json!({
                 "tier": t.name.as_str(),

@@ -37,6 +37,9 @@ pub struct Gateway {
     file: Option<PathBuf>,
 }
 
+/// How often the gateway pings Redis, so `/readyz` knows its state without traffic.
+const REDIS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
+
 /// Builds the tiers the settings enable. A tier that cannot start is left out with one log
 /// line; tierd serves without it.
 pub fn build_store(
@@ -59,15 +62,7 @@ pub fn build_store(
         match RedisTier::new(&opts, metrics.clone(), &handle) {
             Ok(tier) => {
                 let tier = Arc::new(tier);
-                let probe = tier.clone();
-                let urls = opts.urls.join(",");
-                handle.spawn(async move {
-                    match probe.ping().await {
-                        Ok(()) => tracing::info!(tier = "l2", url = %urls, "Redis reachable"),
-                        Err(e) => tracing::warn!(tier = "l2", url = %urls, error = %e,
-                            "Redis unreachable; L2 lookups are misses until it answers (tierd reconnects on its own)"),
-                    }
-                });
+                tier.watch(REDIS_WATCH_INTERVAL, opts.urls.join(","), &handle);
                 bus = Some(Bus::new(tier.clone(), &l2.key_prefix, handle.clone()));
                 store = store.with_tier(tier, Duration::from_secs(l2.max_ttl_seconds));
             }

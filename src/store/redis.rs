@@ -66,7 +66,15 @@ struct Inner {
     command_timeout: Duration,
     breaker: Breaker,
     metrics: Arc<Metrics>,
+    /// Whether Redis answered the last command: `UNKNOWN` until one completes, then `UP` or
+    /// `DOWN`. A Redis that was never reached (down at startup, no traffic yet) would otherwise
+    /// show as healthy: the breaker only opens on failures.
+    reach: std::sync::atomic::AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const UP: u8 = 1;
+const DOWN: u8 = 2;
 
 /// The Redis tier.
 pub struct RedisTier {
@@ -136,6 +144,7 @@ impl RedisTier {
             command_timeout: opts.command_timeout,
             breaker: Breaker::new(opts.failure_threshold, opts.open_for),
             metrics,
+            reach: std::sync::atomic::AtomicU8::new(UNKNOWN),
         });
         let (queue, rx, finished) = WriteQueue::new(opts.queue_capacity, opts.queue_max_bytes);
         rt.spawn(inner.clone().write_worker(rx, finished));
@@ -153,6 +162,34 @@ impl RedisTier {
     }
 
     /// Sends `PING`; for a startup check and readiness.
+    /// Pings Redis every `every` for as long as the tier lives, so its health is known without
+    /// traffic; logs the first answer and each change (reachable, unreachable).
+    pub fn watch(self: &Arc<Self>, every: Duration, urls: String, rt: &tokio::runtime::Handle) {
+        let tier = Arc::downgrade(self);
+        rt.spawn(async move {
+            let mut was: Option<bool> = None;
+            loop {
+                let Some(t) = tier.upgrade() else { return };
+                let result = t.ping().await;
+                drop(t);
+                let up = match &result {
+                    Ok(()) => true,
+                    // The breaker skipped the ping: the last commands failed.
+                    Err(_) => false,
+                };
+                if was != Some(up) {
+                    match result {
+                        Ok(()) => tracing::info!(tier = "l2", url = %urls, "Redis reachable"),
+                        Err(e) => tracing::warn!(tier = "l2", url = %urls, error = %e,
+                            "Redis unreachable; L2 lookups are misses until it answers (tierd reconnects on its own)"),
+                    }
+                    was = Some(up);
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+    }
+
     pub async fn ping(&self) -> Result<(), TierError> {
         self.inner
             .guarded(|mut c| async move {
@@ -280,14 +317,21 @@ impl Inner {
             slot = Some(i);
             op(c).await
         };
+        // Whether Redis answered (an error reply is an answer; a dropped connection is not).
+        let mut answered = false;
         let result = match tokio::time::timeout(self.command_timeout, work).await {
-            Ok(Ok(v)) => Ok(v),
+            Ok(Ok(v)) => {
+                answered = true;
+                Ok(v)
+            }
             Ok(Err(Failure::Pool(e))) => Err(TierError::Unavailable(e)),
             Ok(Err(Failure::Redis(e))) => {
                 if e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() {
                     if let Some(i) = slot {
                         self.drop_slot(i).await;
                     }
+                } else {
+                    answered = true;
                 }
                 Err(TierError::Unavailable(e.to_string()))
             }
@@ -299,6 +343,10 @@ impl Inner {
                 Err(TierError::Timeout)
             }
         };
+        self.reach.store(
+            if answered { UP } else { DOWN },
+            std::sync::atomic::Ordering::Release,
+        );
         match self.breaker.record(result.is_ok()) {
             Transition::Opened => {
                 tm.circuit_open.set(1);
@@ -607,6 +655,12 @@ impl Tier for RedisTier {
 
     fn circuit(&self) -> Option<CircuitState> {
         Some(self.inner.breaker.state())
+    }
+
+    /// False while the last command (a lookup, a write, or the periodic `PING` of
+    /// [`RedisTier::watch`]) failed.
+    fn healthy(&self) -> bool {
+        self.inner.reach.load(std::sync::atomic::Ordering::Acquire) != DOWN
     }
 
     async fn close(&self) {

@@ -917,3 +917,51 @@ async fn huge_vary_values_do_not_grow_memory_past_the_l1_budget() {
     assert!(common::sigterm(&mut node).success());
     origin.stop().await;
 }
+
+/// Issue: with Redis down at startup and no traffic, tierd logged "Redis unreachable" while
+/// `/readyz` listed L2 as `ok` (the breaker only opens on failed commands, and there were none).
+/// Now a periodic PING keeps L2's state known: `unreachable` (status `degraded`) while Redis is
+/// down, `ok` again once it answers, with no request sent.
+#[actix_web::test]
+async fn readyz_reports_an_unreachable_redis_without_traffic_and_its_return() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.kill();
+    let (port, admin) = (common::free_port(), common::free_port());
+    let mut cmd = common::tierd_command();
+    cmd.arg("serve")
+        .env("TIERD__SERVER__LISTEN", format!("127.0.0.1:{port}"))
+        .env("TIERD__ADMIN__LISTEN", format!("127.0.0.1:{admin}"))
+        .env("TIERD__UPSTREAM__URL", "http://127.0.0.1:9")
+        .env("TIERD__TIERS__L2__ENABLED", "true")
+        .env("TIERD__TIERS__L2__URL", &url)
+        .env("TIERD__TIERS__L3__ENABLED", "false")
+        .env("TIERD__DEMO_ORIGIN__ENABLED", "false")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _node = common::Proc(cmd.spawn().expect("tierd binary"));
+    common::wait_up(admin).await;
+    // `unreachable` after the first failed PING; `circuit_open` once enough have failed.
+    let down = common::eventually(Duration::from_secs(15), async || {
+        matches!(
+            tier_state(admin, "l2").await.as_str(),
+            "unreachable" | "circuit_open"
+        )
+    })
+    .await;
+    assert!(
+        down,
+        "L2 never reported down: {}",
+        tier_state(admin, "l2").await
+    );
+    let status = common::send(common::client().get(format!("http://127.0.0.1:{admin}/readyz")))
+        .await
+        .text();
+    assert!(status.contains("\"status\":\"degraded\""), "{status}");
+    redis.restart();
+    assert!(
+        until_state(admin, "l2", "ok", Duration::from_secs(15)).await,
+        "L2 never came back: {}",
+        tier_state(admin, "l2").await
+    );
+}

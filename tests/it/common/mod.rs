@@ -173,7 +173,10 @@ impl Origin {
         .max_connections(100_000)
         .backlog(4096)
         .disable_signals()
-        .bind("127.0.0.1:0")
+        // Not an ephemeral port: once this origin stops, no other bind in the run gets its port,
+        // so "the origin is down" stays true (an ephemeral port was handed to the next origin a
+        // parallel test started, which then answered for the stopped one).
+        .bind(("127.0.0.1", free_port()))
         .unwrap();
         let addr = srv.addrs()[0];
         let server = srv.run();
@@ -214,23 +217,6 @@ impl Origin {
         })
         .await;
         assert!(refused, "the origin on {addr} still accepts connections");
-        hold_port(addr);
-    }
-}
-
-/// Keeps `addr`'s port bound (not listening: connections are refused) for the rest of the run,
-/// so that no origin a parallel test starts gets it and answers for a stopped one.
-fn hold_port(addr: SocketAddr) {
-    static HELD: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
-    let socket = match addr {
-        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
-        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
-    };
-    // Best effort: connections still left in TIME_WAIT on the port make the bind fail.
-    if let Ok(s) = socket.and_then(|s| s.bind(addr).map(|()| s)) {
-        if let Ok(mut held) = HELD.lock() {
-            held.push(s);
-        }
     }
 }
 
