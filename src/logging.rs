@@ -218,7 +218,8 @@ where
     }
 }
 
-fn quoted(w: &mut Writer<'_>, s: &str) -> fmt::Result {
+/// `s` between quotes, as `{:?}` prints it (written directly when nothing needs escaping).
+fn quoted(w: &mut impl fmt::Write, s: &str) -> fmt::Result {
     if needs_no_escape(s) {
         w.write_char('"')?;
         w.write_str(s)?;
@@ -391,15 +392,7 @@ fn needs_no_escape(s: &str) -> bool {
 
 impl Visit for PlainVisitor<'_> {
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, |w| {
-            if needs_no_escape(value) {
-                w.write_char('"')?;
-                w.write_str(value)?;
-                w.write_char('"')
-            } else {
-                write!(w, "{value:?}")
-            }
-        });
+        self.put(field, |w| quoted(w, value));
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {

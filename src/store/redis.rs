@@ -172,11 +172,8 @@ impl RedisTier {
                 let Some(t) = tier.upgrade() else { return };
                 let result = t.ping().await;
                 drop(t);
-                let up = match &result {
-                    Ok(()) => true,
-                    // The breaker skipped the ping: the last commands failed.
-                    Err(_) => false,
-                };
+                // An error is also the breaker skipping the ping: the last commands failed.
+                let up = result.is_ok();
                 if was != Some(up) {
                     match result {
                         Ok(()) => tracing::info!(tier = "l2", url = %urls, "Redis reachable"),
