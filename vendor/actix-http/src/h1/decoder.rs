@@ -258,6 +258,12 @@ impl MessageType for Request {
     }
 
     fn decode(src: &mut BytesMut) -> Result<Option<(Self, PayloadType)>, ParseError> {
+        // tierd patch: the dispatcher calls `decode` again after every request, usually on an
+        // empty buffer; there is nothing to parse, so do not zero the header-index array for it.
+        if src.is_empty() {
+            return Ok(None);
+        }
+
         let mut headers: [HeaderIndex; MAX_HEADERS] = EMPTY_HEADER_INDEX_ARRAY;
 
         let (len, method, uri, ver, h_len) = {
