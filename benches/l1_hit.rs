@@ -7,12 +7,9 @@
 //!
 //!     cargo bench --bench l1_hit
 
-use std::sync::Arc;
-
 use actix_web::dev::{fn_service, ServiceRequest, ServiceResponse};
 use actix_web::{test, App, HttpResponse};
 use criterion::{criterion_group, criterion_main, Criterion};
-use tierd::clock::SystemClock;
 use tierd::config::Settings;
 
 /// Twenty rules ahead of the one that matches, as a real config might have; the matching rule
@@ -59,7 +56,10 @@ fn bench(c: &mut Criterion) {
 
 fn run(c: &mut Criterion, suffix: &str, settings: Settings, uri: &'static str) {
     let rt = actix_web::rt::System::new();
-    let state = tierd::server::build_state(&settings, Arc::new(SystemClock)).expect("state");
+    let state = tierd::Cache::from_settings(&settings)
+        .expect("cache")
+        .state()
+        .clone();
     let body: String = "x".repeat(1300);
     let app = rt.block_on(test::init_service(
         App::new()

@@ -51,6 +51,25 @@ pub fn configure(
     }
 }
 
+/// Registers the admin routes for an application that embeds the cache, relative to where it
+/// mounts them (`web::scope("/_tierd").configure(...)`): `metrics`, `healthz`, `readyz`,
+/// `stats`, `entry` and `purge`. Rules come from the application, so there is no `reload`.
+pub fn mount(
+    state: Arc<CacheState>,
+    opts: AdminOptions,
+) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
+    move |cfg| {
+        cfg.app_data(web::Data::from(state))
+            .app_data(web::Data::new(opts))
+            .route("/metrics", web::get().to(metrics))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+            .route("/stats", web::get().to(stats))
+            .route("/entry", web::get().to(entry))
+            .route("/purge", web::post().to(purge));
+    }
+}
+
 fn error(status: StatusCode, msg: impl Into<String>) -> HttpResponse {
     HttpResponse::build(status)
         .insert_header((header::CACHE_CONTROL, "no-store"))

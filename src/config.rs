@@ -909,7 +909,7 @@ impl Settings {
 }
 
 /// Turns the config crate's errors into a message that names the key and the fix.
-fn describe(e: config::ConfigError) -> String {
+pub(crate) fn describe(e: config::ConfigError) -> String {
     // The config crate writes nested keys of array items as `rules[1]ttl_by_field`.
     let mut text = String::new();
     let raw = e.to_string();

@@ -16,6 +16,7 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod drain;
+mod facade;
 pub mod guard;
 pub mod http;
 pub mod log_limit;
@@ -27,3 +28,8 @@ pub mod ratelimit;
 pub mod server;
 pub mod store;
 pub mod upstream;
+
+pub use cache::{CacheDirective, ValueCache, ValueOptions};
+pub use config::Settings;
+pub use facade::{Cache, CacheBuilder, CacheMiddleware, CacheService, Error, Purged, Rules};
+pub use policy::Selector;

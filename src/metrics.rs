@@ -1094,6 +1094,12 @@ impl Metrics {
         self.origin_errors[k as usize].inc();
     }
 
+    /// The registry every metric is registered in; `/metrics` renders it whole, so metrics an
+    /// application registers here appear there too.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     pub fn not_stored(&self, reason: &'static str) {
         self.not_stored.with_label_values(&[reason]).inc();
     }

@@ -10,14 +10,11 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpServer};
 
 use crate::app::{gateway_app, GatewayParts};
-use crate::cache::{Bus, CacheState};
+use crate::cache::CacheState;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::drain::Draining;
-use crate::metrics::Metrics;
 use crate::policy::RuleSet;
-use crate::ratelimit::Limits;
-use crate::store::{DuckTier, MemoryTier, RedisTier, StoreRuntime, TieredStore};
 use crate::upstream::Target;
 
 /// A running gateway.
@@ -35,83 +32,6 @@ pub struct Gateway {
     drain: Duration,
     /// The config file rules are reloaded from on SIGHUP.
     file: Option<PathBuf>,
-}
-
-/// How often the gateway pings Redis, so `/readyz` knows its state without traffic.
-const REDIS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Builds the tiers the settings enable. A tier that cannot start is left out with one log
-/// line; tierd serves without it.
-pub fn build_store(
-    settings: &Settings,
-    clock: Arc<dyn Clock>,
-    metrics: Arc<Metrics>,
-) -> io::Result<(TieredStore, Option<Bus>)> {
-    let l1 = MemoryTier::new(settings.tiers.l1.max_bytes, metrics.clone());
-    let mut store = TieredStore::new(l1, clock.clone(), metrics.clone());
-    let mut bus = None;
-    let (l2, l3) = (&settings.tiers.l2, &settings.tiers.l3);
-    if !l2.enabled && !l3.enabled {
-        return Ok((store, bus));
-    }
-    let rt = StoreRuntime::new(2)?;
-    let handle = rt.handle();
-    store = store.with_runtime(rt);
-    if l2.enabled {
-        let opts = l2.options();
-        match RedisTier::new(&opts, metrics.clone(), &handle) {
-            Ok(tier) => {
-                let tier = Arc::new(tier);
-                tier.watch(REDIS_WATCH_INTERVAL, opts.urls.join(","), &handle);
-                bus = Some(Bus::new(tier.clone(), &l2.key_prefix, handle.clone()));
-                store = store.with_tier(tier, Duration::from_secs(l2.max_ttl_seconds));
-            }
-            Err(e) => {
-                tracing::error!(tier = "l2", error = %e, "L2 disabled");
-                store = store.with_failed_tier(crate::store::TierName::L2, e.to_string());
-            }
-        }
-    }
-    if l3.enabled {
-        match DuckTier::open(&l3.options(), clock, metrics, &handle) {
-            Ok(tier) => {
-                tracing::info!(tier = "l3", path = %l3.path, "DuckDB file open");
-                store = store.with_tier(Arc::new(tier), Duration::from_secs(l3.max_ttl_seconds));
-            }
-            Err(e) => {
-                tracing::error!(tier = "l3", error = %e, "L3 disabled; tierd keeps serving from the other tiers");
-                store = store.with_failed_tier(crate::store::TierName::L3, e.to_string());
-            }
-        }
-    }
-    Ok((store, bus))
-}
-
-/// Builds the shared cache state from settings, and subscribes it to the other nodes'
-/// invalidations when L2 Redis is configured.
-pub fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> io::Result<Arc<CacheState>> {
-    let metrics = Arc::new(Metrics::with_recording(settings.metrics.enabled));
-    let rules = RuleSet::compile(&settings.rules, &metrics).map_err(io::Error::other)?;
-    let (store, bus) = build_store(settings, clock.clone(), metrics.clone())?;
-    let limits = Limits::from_config(&settings.rate_limit, clock.clone(), metrics.clone())
-        .map_err(io::Error::other)?;
-    let mut state =
-        CacheState::new(store, clock, settings.cache_policy(), metrics, rules).with_limits(limits);
-    if let Some(bus) = bus {
-        state = state.with_bus(bus);
-    }
-    let state = Arc::new(state);
-    if let Some(bus) = &state.bus {
-        let l2 = settings.tiers.l2.options();
-        if let Some(url) = l2.urls.first() {
-            bus.subscribe(
-                url.clone(),
-                l2.connect_timeout.max(Duration::from_millis(500)),
-                Arc::downgrade(&state),
-            );
-        }
-    }
-    Ok(state)
 }
 
 /// Reloads `[[rules]]` from the config file (and the environment). A file that does not load
@@ -138,29 +58,6 @@ pub fn reload_rules(state: &CacheState, file: Option<&Path>) -> Result<usize, St
             Err(e)
         }
     }
-}
-
-/// Drops full rate-limit buckets every `cleanup_interval` (off the async threads: a sweep of a
-/// large client table takes milliseconds) until the state is gone.
-fn spawn_limits_cleanup(state: &Arc<CacheState>) {
-    let weak = Arc::downgrade(state);
-    let every = state.limits.cleanup_interval();
-    actix_web::rt::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(st) = weak.upgrade() else { break };
-            let swept = tokio::task::spawn_blocking(move || {
-                let rules = st.rules.load_full();
-                st.limits.cleanup(&rules);
-            });
-            if swept.await.is_err() {
-                tracing::error!("rate-limit cleanup panicked");
-            }
-        }
-    });
 }
 
 /// SIGTERM: keep serving for `drain`, every response closing its keep-alive connection, then
@@ -221,7 +118,14 @@ impl Gateway {
         clock: Arc<dyn Clock>,
         file: Option<PathBuf>,
     ) -> io::Result<Gateway> {
-        let state = build_state(settings, clock)?;
+        let cache = crate::Cache::builder()
+            .settings(settings.clone())
+            .clock(clock)
+            .build()
+            .map_err(io::Error::other)?;
+        // On the system's runtime, which lives as long as the process.
+        cache.start_housekeeping();
+        let state = cache.state().clone();
         let admin_opts = crate::admin::AdminOptions {
             token: settings.admin.token.clone(),
             config_file: file.clone(),
@@ -261,13 +165,11 @@ impl Gateway {
         let target = Target::parse(&settings.upstream.url).map_err(io::Error::other)?;
         let draining = Draining::new();
         let parts = GatewayParts {
-            state: state.clone(),
+            cache: cache.clone(),
             upstream: settings.upstream.clone(),
             target,
-            guard: crate::guard::RequestLimits::from_config(&settings.server),
             draining: draining.clone(),
         };
-        spawn_limits_cleanup(&state);
         let mut server = HttpServer::new(move || gateway_app(&parts))
             .keep_alive(Duration::from_secs(settings.server.keep_alive_seconds))
             .client_request_timeout(Duration::from_millis(

@@ -7,6 +7,7 @@
 mod bus;
 mod cache_headers;
 pub mod codec;
+mod directive;
 pub mod entry;
 pub mod key;
 mod response_cache;
@@ -14,9 +15,10 @@ pub mod single_flight;
 mod values;
 
 pub use bus::Bus;
-pub use cache_headers::CacheHeaders;
+pub use cache_headers::{CacheHeaders, CacheHeadersService};
+pub use directive::CacheDirective;
 pub use response_cache::{
     cache_status_header, opaque, CachePolicy, CacheState, GetWithBody, PurgeSource, ResponseCache,
-    UpstreamFailure,
+    ResponseCacheService, UpstreamFailure,
 };
 pub use values::{ValueCache, ValueOptions};

@@ -25,6 +25,7 @@ use tokio::sync::oneshot;
 use tracing::Instrument;
 
 use super::bus::Bus;
+use super::directive::CacheDirective;
 use super::entry::{CachedResponse, Slot};
 use super::key;
 use super::single_flight::{self, FlightGuard, FlightOutcome, Flights, Join};
@@ -294,6 +295,26 @@ impl Route {
 
     fn rule(&self) -> Option<&Rule> {
         self.index.map(|i| self.rules.rule(i))
+    }
+
+    /// Adds a handler's tags ([`CacheDirective`]); a tag that could not be purged by (empty,
+    /// too long, control characters) is left out, with a rate-limited log line.
+    fn add_tags(&mut self, tags: &[String]) {
+        for tag in tags {
+            if policy::valid_tag(tag) {
+                if !self.tags.contains(tag) {
+                    self.tags.push(tag.clone());
+                }
+            } else {
+                static INVALID_TAG: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
+                if let Some(occurrences) = INVALID_TAG.check() {
+                    tracing::warn!(
+                        occurrences,
+                        "a CacheDirective tag is not a valid tag (empty, over 1024 bytes, or not visible ASCII) and was left out"
+                    );
+                }
+            }
+        }
     }
 
     /// Notes what the cache did with `req`, for the [`Observe`](crate::observe::Observe)
@@ -1417,17 +1438,28 @@ where
         if self.route.private {
             make_private(res.headers_mut());
         }
-        let opts = self
+        let mut opts = self
             .route
             .store_options(st.policy.store, status.as_u16(), None);
-        let plan = match storable::plan_store(
-            &self.facts,
-            status.as_u16(),
-            res.headers(),
-            request_time,
-            response_time,
-            opts,
-        ) {
+        let directive = res.extensions_mut().remove::<CacheDirective>();
+        if let Some(d) = &directive {
+            if let Some(ttl) = d.ttl {
+                opts.lifetime = LifetimeOverride::Fixed(ttl);
+            }
+            self.route.add_tags(&d.tags);
+        }
+        let planned = match directive {
+            Some(d) if d.forbids_store() => Err(NotStorable::Handler),
+            _ => storable::plan_store(
+                &self.facts,
+                status.as_u16(),
+                res.headers(),
+                request_time,
+                response_time,
+                opts,
+            ),
+        };
+        let plan = match planned {
             Ok(p) => p,
             Err(reason) => {
                 st.metrics.not_stored(reason.as_str());

@@ -34,6 +34,8 @@ pub enum NotStorable {
     /// response may be that user's (an account page with a `.css` suffix) and the origin did not
     /// say it may be shared.
     CredentialedHeuristic,
+    /// The handler said not to store it ([`CacheDirective`](crate::CacheDirective)).
+    Handler,
 }
 
 impl NotStorable {
@@ -54,6 +56,7 @@ impl NotStorable {
             NotStorable::PurgedDuringFetch => "purged_during_fetch",
             NotStorable::VaryTooLarge => "vary_too_large",
             NotStorable::CredentialedHeuristic => "credentialed_heuristic",
+            NotStorable::Handler => "handler",
         }
     }
 }

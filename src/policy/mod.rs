@@ -536,6 +536,29 @@ pub enum Selector {
 }
 
 impl Selector {
+    /// Entries carrying `tag` (a rule's `tags`, the origin's `Surrogate-Key`, a
+    /// [`CacheDirective`](crate::CacheDirective)'s or a value's tags).
+    pub fn tag(tag: impl Into<String>) -> Selector {
+        Selector::Tag(tag.into())
+    }
+
+    /// Entries for `path`, every query string and every host.
+    pub fn path(path: impl Into<String>) -> Selector {
+        Selector::Url {
+            host: None,
+            path: path.into(),
+            query: None,
+        }
+    }
+
+    /// Entries whose path starts with `prefix`, on every host.
+    pub fn prefix(prefix: impl Into<String>) -> Selector {
+        Selector::Prefix {
+            host: None,
+            prefix: prefix.into(),
+        }
+    }
+
     /// Whether an entry stored under `key` is selected (tags aside: a tag selector matches the
     /// entries its index lists).
     pub fn matches_key(&self, key: &str) -> bool {

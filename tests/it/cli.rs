@@ -349,27 +349,21 @@ fn rate_limits_are_configured_from_the_environment() {
     );
 }
 
-/// The README's library excerpt is the compiled example's code: the part of
-/// `examples/embedded.rs` between its `README` markers, dedented, is the README's block.
+/// The README's library section shows `examples/embed.rs` whole: its first code block is the
+/// file as it is compiled (and served by `embed::the_embed_example_serves_...`).
 #[test]
-fn the_readme_library_excerpt_is_the_compiled_example() {
+fn the_readme_library_example_is_the_compiled_example() {
     let root = external::repo();
-    let example = std::fs::read_to_string(root.join("examples/embedded.rs")).unwrap();
+    let example = std::fs::read_to_string(root.join("examples/embed.rs")).unwrap();
     let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let begin =
-        example.find("// README:begin\n").expect("begin marker") + "// README:begin\n".len();
-    let end = example.find("    // README:end").expect("end marker");
-    let excerpt: Vec<&str> = example[begin..end]
-        .lines()
-        .map(|l| l.strip_prefix("    ").unwrap_or(l))
-        .collect();
     let section = &readme[readme.find("## As a library").expect("library section")..];
     let block = &section[section.find("```rust").expect("code block")..];
     let block = &block[block.find('\n').unwrap() + 1..];
-    let block: Vec<&str> = block[..block.find("```").unwrap()].lines().collect();
+    let block = &block[..block.find("```").unwrap()];
     assert_eq!(
-        block, excerpt,
-        "README's excerpt and examples/embedded.rs differ"
+        block.lines().collect::<Vec<_>>(),
+        example.lines().collect::<Vec<_>>(),
+        "README's library example and examples/embed.rs differ"
     );
 }
 

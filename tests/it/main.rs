@@ -9,6 +9,7 @@ mod common;
 mod cli;
 mod coalescing;
 mod duck;
+mod embed;
 mod hardening;
 mod metrics;
 mod nodes;

@@ -133,7 +133,9 @@ fn node(origin: &Origin, redis: &RedisServer, l3: Option<&Path>) -> Settings {
     let mut s = settings_for(origin.addr);
     s.rules = rules(RULES);
     s.admin.token = TOKEN.into();
-    s.tiers.l1.max_bytes = 64 * 1024;
+    // The smallest L1 allowed, and bodies to fill it with 16 entries: L1 evicts.
+    s.tiers.l1.max_bytes = 1024 * 1024;
+    s.cache.max_body_bytes = 256 * 1024;
     common::with_l2(&mut s, redis.url());
     if let Some(p) = l3 {
         common::with_l3(&mut s, p);
@@ -202,7 +204,7 @@ async fn prometheus_scrapes_tierd_and_every_panel_and_alert_evaluates() {
             "/slow" => Reply::ok(format!("slow #{n}"))
                 .cc("max-age=60")
                 .delay_ms(50),
-            _ => Reply::ok(vec![b'x'; 4096]).cc("max-age=60"),
+            _ => Reply::ok(vec![b'x'; 64 * 1024]).cc("max-age=60"),
         }
     })
     .await;

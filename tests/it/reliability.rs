@@ -163,7 +163,13 @@ impl EmbeddedApp {
         let mut settings = tierd::config::Settings::default();
         settings.tiers.l2.enabled = false;
         settings.tiers.l3.enabled = false;
-        let state = tierd::server::build_state(&settings, clock.clone()).unwrap();
+        let state = tierd::Cache::builder()
+            .settings(settings.clone())
+            .clock(clock.clone())
+            .build()
+            .unwrap()
+            .state()
+            .clone();
         let calls = web::Data::new(AtomicU64::new(0));
         let counter = calls.clone().into_inner();
         let (st, data) = (state.clone(), calls.clone());

@@ -29,7 +29,13 @@ fn values(
     settings: &Settings,
     clock: &Arc<ManualClock>,
 ) -> (ValueCache, Arc<tierd::cache::CacheState>) {
-    let state = tierd::server::build_state(settings, clock.clone()).expect("state");
+    let state = tierd::Cache::builder()
+        .settings(settings.clone())
+        .clock(clock.clone())
+        .build()
+        .expect("cache")
+        .state()
+        .clone();
     (ValueCache::new(state.clone()), state)
 }
 
