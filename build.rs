@@ -18,9 +18,14 @@ fn main() {
         .and_then(|v| v.split_whitespace().nth(1).map(str::to_owned))
         .unwrap_or_else(|| "unknown".into());
     println!("cargo:rustc-env=TIERD_RUSTC_VERSION={version}");
-    println!("cargo:rustc-env=TIERD_DUCKDB_VERSION={DUCKDB_VERSION}");
     println!("cargo:rerun-if-env-changed=DUCKDB_LIB_DIR");
     println!("cargo:rerun-if-env-changed=TIERD_DUCKDB_DIR");
+    // Without the `duckdb` feature nothing links DuckDB.
+    if std::env::var_os("CARGO_FEATURE_DUCKDB").is_none() {
+        println!("cargo:rustc-env=TIERD_DUCKDB_VERSION=none");
+        return;
+    }
+    println!("cargo:rustc-env=TIERD_DUCKDB_VERSION={DUCKDB_VERSION}");
     if std::env::var_os("CARGO_FEATURE_BUNDLED").is_some() {
         return;
     }

@@ -74,6 +74,18 @@ if [ $lint = 1 ]; then
   cargo fmt --all -- --check
   echo "== cargo clippy --all-targets -- -D warnings"
   cargo clippy --all-targets --locked "${features[@]}" -- -D warnings
+  echo "== the library without the gateway, Redis or DuckDB (each feature alone)"
+  for f in "" redis duckdb gateway; do
+    cargo clippy --lib --examples --locked --no-default-features --features "$f" -- -D warnings
+  done
+fi
+
+# An application that embeds the cache without L3 does not link DuckDB.
+echo "== examples/embed without the duckdb feature: no libduckdb linked"
+cargo build --example embed --locked --no-default-features --features redis
+if ldd "$CARGO_TARGET_DIR/debug/examples/embed" | grep -q libduckdb; then
+  echo "examples/embed built without the duckdb feature links libduckdb" >&2
+  exit 1
 fi
 
 echo "== cargo test"

@@ -6,7 +6,7 @@
 //! `Authorization: Bearer <admin.token>`; with no token configured they are refused. Errors are
 //! JSON objects `{"error": "..."}` that say what to change.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use actix_web::http::{header, Method, StatusCode};
@@ -15,7 +15,8 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::cache::{CacheState, PurgeSource};
-use crate::policy::{self, valid_tag, Selector, MAX_TEXT_BYTES};
+use crate::config::Settings;
+use crate::policy::{self, valid_tag, RuleSet, Selector, MAX_TEXT_BYTES};
 use crate::store::TierName;
 
 /// Largest purge request body accepted.
@@ -266,8 +267,18 @@ async fn stats(
         "in_flight_fetches": state.flights.len(),
         "l1_indexed_tags": state.store.l1().indexed_tags(),
         "rules": rules.rules().map(|r| json!({"name": r.name, "path": r.template.as_str()})).collect::<Vec<_>>(),
-        "node": state.bus.as_ref().map(|b| b.node()),
+        "node": node(&state),
     }))
+}
+
+/// This node's id on the invalidation bus (none without Redis).
+fn node(state: &CacheState) -> Option<String> {
+    #[cfg(feature = "redis")]
+    if let Some(bus) = &state.bus {
+        return Some(bus.node().to_string());
+    }
+    let _ = state;
+    None
 }
 
 /// A URL given to the admin API, split for keys and selectors.
@@ -538,7 +549,7 @@ async fn reload(
     let file = opts.config_file.clone();
     let st = state.into_inner();
     // Reading and parsing the file is blocking work.
-    let result = web::block(move || crate::server::reload_rules(&st, file.as_deref())).await;
+    let result = web::block(move || reload_rules(&st, file.as_deref())).await;
     match result {
         Ok(Ok(n)) => HttpResponse::Ok().json(json!({"reloaded": true, "rules": n})),
         Ok(Err(e)) => error(
@@ -546,6 +557,32 @@ async fn reload(
             format!("{e}; the previous rules stay in force"),
         ),
         Err(_) => error(StatusCode::INTERNAL_SERVER_ERROR, "reload failed"),
+    }
+}
+
+/// Reloads `[[rules]]` from the config file (and the environment). A file that does not load
+/// or validate changes nothing; the error names the rule and the key.
+pub fn reload_rules(state: &CacheState, file: Option<&Path>) -> Result<usize, String> {
+    let outcome = Settings::load(file)
+        .map_err(|e| e.to_string())
+        .and_then(|s| RuleSet::compile(&s.rules, &state.metrics));
+    match outcome {
+        Ok(rules) => {
+            let n = rules.len();
+            state.set_rules(rules);
+            state.metrics.rule_reloads.with_label_values(&["ok"]).inc();
+            tracing::info!(rules = n, config = ?file, "rules reloaded (other sections apply at the next restart)");
+            Ok(n)
+        }
+        Err(e) => {
+            state
+                .metrics
+                .rule_reloads
+                .with_label_values(&["rejected"])
+                .inc();
+            tracing::error!(error = %e, config = ?file, "rules reload rejected; the previous rules stay in force");
+            Err(e)
+        }
     }
 }
 

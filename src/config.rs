@@ -12,6 +12,7 @@ use serde::Deserialize;
 use crate::cache::CachePolicy;
 use crate::http::freshness::Heuristic;
 use crate::http::storable::StoreOptions;
+#[cfg(feature = "gateway")]
 use crate::upstream::Target;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -293,6 +294,7 @@ impl Default for L2Config {
 
 impl L2Config {
     /// The connection options this section describes.
+    #[cfg(feature = "redis")]
     pub fn options(&self) -> crate::store::RedisOptions {
         let cluster = self.cluster || !self.urls.is_empty();
         let urls = if self.urls.is_empty() {
@@ -369,6 +371,7 @@ impl Default for L3Config {
 
 impl L3Config {
     /// The options this section describes.
+    #[cfg(feature = "duckdb")]
     pub fn options(&self) -> crate::store::DuckOptions {
         crate::store::DuckOptions {
             path: self.path.clone().into(),
@@ -639,8 +642,15 @@ impl Settings {
                 return err("admin.listen", format!("'{}' shares a port with server.listen '{}'; give the admin API its own port (it is never exposed on the gateway port)", self.admin.listen, self.server.listen));
             }
         }
+        #[cfg(feature = "gateway")]
         if let Err(e) = Target::parse(&self.upstream.url) {
             return err("upstream.url", format!("'{}' {e}", self.upstream.url));
+        }
+        if self.tiers.l2.enabled && !cfg!(feature = "redis") {
+            return err("tiers.l2.enabled", "this build of tierd has no Redis tier; build it with the `redis` feature, or set tiers.l2.enabled = false".into());
+        }
+        if self.tiers.l3.enabled && !cfg!(feature = "duckdb") {
+            return err("tiers.l3.enabled", "this build of tierd has no DuckDB tier; build it with the `duckdb` feature, or set tiers.l3.enabled = false".into());
         }
         for (key, v) in [
             (

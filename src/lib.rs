@@ -10,11 +10,14 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+#[cfg(feature = "gateway")]
 pub mod app;
 pub mod cache;
 pub mod clock;
 pub mod config;
+#[cfg(feature = "gateway")]
 pub mod demo;
+#[cfg(feature = "gateway")]
 pub mod drain;
 mod facade;
 pub mod guard;
@@ -25,8 +28,10 @@ pub mod metrics;
 pub mod observe;
 pub mod policy;
 pub mod ratelimit;
+#[cfg(feature = "gateway")]
 pub mod server;
 pub mod store;
+#[cfg(feature = "gateway")]
 pub mod upstream;
 
 pub use cache::{CacheDirective, ValueCache, ValueOptions};

@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,7 +14,6 @@ use crate::cache::CacheState;
 use crate::clock::Clock;
 use crate::config::Settings;
 use crate::drain::Draining;
-use crate::policy::RuleSet;
 use crate::upstream::Target;
 
 /// A running gateway.
@@ -32,32 +31,6 @@ pub struct Gateway {
     drain: Duration,
     /// The config file rules are reloaded from on SIGHUP.
     file: Option<PathBuf>,
-}
-
-/// Reloads `[[rules]]` from the config file (and the environment). A file that does not load
-/// or validate changes nothing; the error names the rule and the key.
-pub fn reload_rules(state: &CacheState, file: Option<&Path>) -> Result<usize, String> {
-    let outcome = Settings::load(file)
-        .map_err(|e| e.to_string())
-        .and_then(|s| RuleSet::compile(&s.rules, &state.metrics));
-    match outcome {
-        Ok(rules) => {
-            let n = rules.len();
-            state.set_rules(rules);
-            state.metrics.rule_reloads.with_label_values(&["ok"]).inc();
-            tracing::info!(rules = n, config = ?file, "rules reloaded (other sections apply at the next restart)");
-            Ok(n)
-        }
-        Err(e) => {
-            state
-                .metrics
-                .rule_reloads
-                .with_label_values(&["rejected"])
-                .inc();
-            tracing::error!(error = %e, config = ?file, "rules reload rejected; the previous rules stay in force");
-            Err(e)
-        }
-    }
 }
 
 /// SIGTERM: keep serving for `drain`, every response closing its keep-alive connection, then
@@ -217,7 +190,7 @@ impl Gateway {
                 while hup.recv().await.is_some() {
                     let Some(st) = weak.upgrade() else { break };
                     tracing::info!("SIGHUP: reloading rules");
-                    let _ = reload_rules(&st, file.as_deref());
+                    let _ = crate::admin::reload_rules(&st, file.as_deref());
                 }
             });
         }

@@ -4,6 +4,7 @@
 //! [`ResponseCache`] (inner) serves from and fills the tiered store. Wrap both around any
 //! actix-web service: the gateway wraps its upstream proxy, an application wraps its handlers.
 
+#[cfg(feature = "redis")]
 mod bus;
 mod cache_headers;
 pub mod codec;
@@ -14,6 +15,7 @@ mod response_cache;
 pub mod single_flight;
 mod values;
 
+#[cfg(feature = "redis")]
 pub use bus::Bus;
 pub use cache_headers::{CacheHeaders, CacheHeadersService};
 pub use directive::CacheDirective;

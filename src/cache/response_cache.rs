@@ -24,6 +24,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
+#[cfg(feature = "redis")]
 use super::bus::Bus;
 use super::directive::CacheDirective;
 use super::entry::{CachedResponse, Slot};
@@ -121,6 +122,7 @@ pub struct CacheState {
     /// The rules in force; swapped whole on reload (a request keeps the set it started with).
     pub rules: ArcSwap<RuleSet>,
     /// Cross-node invalidation, when L2 Redis is configured.
+    #[cfg(feature = "redis")]
     pub bus: Option<Bus>,
     /// Client, rule and origin quotas.
     pub limits: Arc<Limits>,
@@ -170,6 +172,7 @@ impl CacheState {
             policy,
             metrics,
             rules: ArcSwap::from_pointee(rules),
+            #[cfg(feature = "redis")]
             bus: None,
             limits,
         }
@@ -185,6 +188,7 @@ impl CacheState {
     }
 
     /// Publishes this node's purges on `bus`.
+    #[cfg(feature = "redis")]
     pub fn with_bus(mut self, bus: Bus) -> Self {
         self.bus = Some(bus);
         self
@@ -210,6 +214,7 @@ impl CacheState {
             .with_label_values(&[selector.kind(), source.as_str()])
             .inc();
         let out = self.store.purge(selector).await;
+        #[cfg(feature = "redis")]
         if let Some(bus) = &self.bus {
             let direction = if bus.publish(selector).await {
                 "published"

@@ -40,6 +40,7 @@ mod rules;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
+#[cfg(any(feature = "redis", feature = "duckdb"))]
 use std::time::Duration;
 
 use actix_web::web;
@@ -51,16 +52,23 @@ pub use middleware::{CacheMiddleware, CacheService};
 pub use rules::Rules;
 
 use crate::admin::AdminOptions;
-use crate::cache::{Bus, CacheState, PurgeSource, ValueCache, ValueOptions};
+#[cfg(feature = "redis")]
+use crate::cache::Bus;
+use crate::cache::{CacheState, PurgeSource, ValueCache, ValueOptions};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Settings};
 use crate::guard::RequestLimits;
 use crate::metrics::Metrics;
 use crate::policy::{RuleSet, Selector};
 use crate::ratelimit::Limits;
-use crate::store::{DuckTier, MemoryTier, RedisTier, StoreRuntime, TierName, TieredStore};
+#[cfg(feature = "duckdb")]
+use crate::store::DuckTier;
+#[cfg(feature = "redis")]
+use crate::store::RedisTier;
+use crate::store::{MemoryTier, StoreRuntime, TierName, TieredStore};
 
 /// How often the cache pings Redis, so `/readyz` knows its state without traffic.
+#[cfg(feature = "redis")]
 const REDIS_WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
 /// The cache: tiers, rules, limits, metrics and the cross-node bus, shared by every worker.
@@ -192,6 +200,7 @@ impl Cache {
 
     /// Starts the rate limiter's housekeeping on the current runtime now rather than when the
     /// first worker builds the middleware (the gateway does, on its system runtime).
+    #[cfg(feature = "gateway")]
     pub(crate) fn start_housekeeping(&self) {
         let state = &self.state;
         self.housekeeping
@@ -284,23 +293,36 @@ impl CacheBuilder {
     }
 }
 
+/// Cross-node invalidation: the Redis pub/sub channel, when L2 is on.
+#[cfg(feature = "redis")]
+type MaybeBus = Option<Bus>;
+#[cfg(not(feature = "redis"))]
+type MaybeBus = Option<std::convert::Infallible>;
+
 /// Builds the tiers the settings enable. A tier that cannot start is left out with one log
-/// line; the cache serves without it.
+/// line; the cache serves without it. (`Settings::validate` refused a tier this build lacks.)
 fn build_store(
     settings: &Settings,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
-) -> Result<(TieredStore, Option<Bus>), Error> {
+) -> Result<(TieredStore, MaybeBus), Error> {
     let l1 = MemoryTier::new(settings.tiers.l1.max_bytes, metrics.clone());
     let mut store = TieredStore::new(l1, clock.clone(), metrics.clone());
-    let mut bus = None;
+    let bus: MaybeBus = None;
     let (l2, l3) = (&settings.tiers.l2, &settings.tiers.l3);
     if !l2.enabled && !l3.enabled {
         return Ok((store, bus));
     }
     let rt = StoreRuntime::new(2).map_err(Error::Runtime)?;
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "duckdb")),
+        allow(unused_variables)
+    )]
     let handle = rt.handle();
     store = store.with_runtime(rt);
+    #[cfg(feature = "redis")]
+    let mut bus = bus;
+    #[cfg(feature = "redis")]
     if l2.enabled {
         let opts = l2.options();
         match RedisTier::new(&opts, metrics.clone(), &handle) {
@@ -316,6 +338,7 @@ fn build_store(
             }
         }
     }
+    #[cfg(feature = "duckdb")]
     if l3.enabled {
         match DuckTier::open(&l3.options(), clock, metrics, &handle) {
             Ok(tier) => {
@@ -339,12 +362,17 @@ fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<CacheSt
     let (store, bus) = build_store(settings, clock.clone(), metrics.clone())?;
     let limits = Limits::from_config(&settings.rate_limit, clock.clone(), metrics.clone())
         .map_err(|e| Error::Config(ConfigError(e)))?;
+    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
     let mut state =
         CacheState::new(store, clock, settings.cache_policy(), metrics, rules).with_limits(limits);
+    #[cfg(feature = "redis")]
     if let Some(bus) = bus {
         state = state.with_bus(bus);
     }
+    #[cfg(not(feature = "redis"))]
+    let _ = bus;
     let state = Arc::new(state);
+    #[cfg(feature = "redis")]
     if let Some(bus) = &state.bus {
         let l2 = settings.tiers.l2.options();
         if let Some(url) = l2.urls.first() {

@@ -33,6 +33,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::queue::{Finished, Op, Record, WriteQueue};
 use super::{Tier, TierError, TierName, TierStats};
+use super::{
+    DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DUCK_MEMORY_LIMIT_BYTES, DEFAULT_DUCK_THREADS,
+    DEFAULT_QUEUE_MAX_BYTES,
+};
 use crate::cache::codec::millis;
 use crate::clock::Clock;
 use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
@@ -86,18 +90,6 @@ CREATE TEMP TABLE staging_del (key_hash UBIGINT);
 CREATE TEMP TABLE staging_touch (key_hash UBIGINT, ts UBIGINT);
 ";
 
-/// DuckDB's worker threads for the tier (reads are single-row lookups; more threads only help
-/// eviction scans).
-pub const DEFAULT_DUCK_THREADS: usize = 2;
-/// DuckDB's buffer memory: a cache's L3 wants a bounded, predictable footprint, not DuckDB's
-/// default of 80% of RAM.
-pub const DEFAULT_DUCK_MEMORY_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
-/// How often the writer checkpoints (folds the WAL into the file, making the space of deleted
-/// rows reusable), when anything was written since the last checkpoint.
-pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
-/// Record bytes a tier's write queue holds at most (a tier that falls behind cannot grow memory
-/// past it; further writes are dropped and counted).
-pub const DEFAULT_QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Record bytes one write batch takes at most (besides `WRITE_BATCH` operations).
 const BATCH_MAX_BYTES: usize = 48 * 1024 * 1024;
 /// DuckDB folds its WAL into the file once the WAL passes this (its default is 16 MB). Each

@@ -5,12 +5,18 @@
 //! the small [`Tier`] trait over encoded records ([`crate::cache::codec`]); their writes go
 //! through a bounded, ordered queue ([`queue`]) and never wait on the request path.
 
+// The circuit breaker guards L2; a build without Redis has no use for most of it.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 mod breaker;
+#[cfg(feature = "duckdb")]
 mod duck;
 mod memory;
 pub mod queue;
+#[cfg(feature = "redis")]
 mod redis;
 mod tiered;
+
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -18,14 +24,26 @@ use bytes::Bytes;
 use crate::policy::Selector;
 
 pub use breaker::CircuitState;
-pub use duck::{
-    key_hash, DuckOptions, DuckTier, DEFAULT_CHECKPOINT_INTERVAL, DEFAULT_DUCK_MEMORY_LIMIT_BYTES,
-    DEFAULT_DUCK_THREADS, DEFAULT_QUEUE_MAX_BYTES,
-};
+#[cfg(feature = "duckdb")]
+pub use duck::{key_hash, DuckOptions, DuckTier};
 pub use memory::MemoryTier;
 pub use queue::Record;
+#[cfg(feature = "redis")]
 pub use redis::{RedisOptions, RedisTier};
 pub use tiered::{PurgeLog, StoreRuntime, TierSet, TieredStore};
+
+/// DuckDB's worker threads for the tier (reads are single-row lookups; more threads only help
+/// eviction scans).
+pub const DEFAULT_DUCK_THREADS: usize = 2;
+/// DuckDB's buffer memory: a cache's L3 wants a bounded, predictable footprint, not DuckDB's
+/// default of 80% of RAM.
+pub const DEFAULT_DUCK_MEMORY_LIMIT_BYTES: u64 = 256 * 1024 * 1024;
+/// How often the writer checkpoints (folds the WAL into the file, making the space of deleted
+/// rows reusable), when anything was written since the last checkpoint.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
+/// Record bytes a tier's write queue holds at most (a tier that falls behind cannot grow memory
+/// past it; further writes are dropped and counted).
+pub const DEFAULT_QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
 /// A storage tier's name; the same string is the `tier` metric label and `Cache-Status` detail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
