@@ -67,7 +67,7 @@ fn run(c: &mut Criterion, suffix: &str, settings: Settings, uri: &'static str) {
             .wrap(tierd::cache::CacheHeaders::new(state.clock.clone()))
             .wrap(tierd::ratelimit::RateLimit::new(state.clone()))
             .wrap(tierd::guard::Guard::new(
-                tierd::guard::RequestLimits::from_config(&settings.server),
+                settings.server.request_limits(),
                 state.metrics.clone(),
             ))
             .wrap(tierd::observe::Observe::new(state.metrics.clone()))

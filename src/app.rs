@@ -6,16 +6,15 @@ use actix_web::body::MessageBody;
 use actix_web::dev::{fn_service, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::{App, Error};
 
-use crate::config::UpstreamConfig;
 use crate::drain::Drain;
 use crate::facade::Cache;
-use crate::upstream::{Target, Upstream};
+use crate::upstream::{Target, Upstream, UpstreamOptions};
 
 /// What every worker needs to build its gateway app.
 #[derive(Clone)]
 pub struct GatewayParts {
     pub cache: Cache,
-    pub upstream: UpstreamConfig,
+    pub upstream: UpstreamOptions,
     pub target: Target,
     /// Set on shutdown: every response closes its connection.
     pub draining: crate::drain::Draining,

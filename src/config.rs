@@ -12,8 +12,7 @@ use serde::Deserialize;
 use crate::cache::CachePolicy;
 use crate::http::freshness::Heuristic;
 use crate::http::storable::StoreOptions;
-#[cfg(feature = "gateway")]
-use crate::upstream::Target;
+use crate::http::target::Target;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -54,8 +53,7 @@ pub const DEFAULT_RATE_LIMIT_RPS: f64 = 100.0;
 pub const DEFAULT_RATE_LIMIT_BURST: u32 = 200;
 pub const DEFAULT_ORIGIN_RPS: f64 = 50.0;
 pub const DEFAULT_ORIGIN_BURST: u32 = 100;
-pub const DEFAULT_RATE_LIMIT_MAX_CLIENTS: usize = 100_000;
-pub const DEFAULT_RATE_LIMIT_CLEANUP_SECONDS: u64 = 10;
+pub use crate::ratelimit::{DEFAULT_RATE_LIMIT_CLEANUP_SECONDS, DEFAULT_RATE_LIMIT_MAX_CLIENTS};
 pub const DEFAULT_IPV6_PREFIX_BITS: u8 = 64;
 
 /// A configuration that cannot be used; the message names the key.
@@ -112,6 +110,19 @@ pub struct ServerConfig {
     pub max_connections: usize,
 }
 
+impl ServerConfig {
+    /// The request limits this section sets.
+    pub fn request_limits(&self) -> crate::guard::RequestLimits {
+        crate::guard::RequestLimits {
+            max_uri_bytes: self.max_uri_bytes,
+            max_headers: self.max_headers,
+            max_header_bytes: self.max_header_bytes,
+            max_body_bytes: self.max_request_body_bytes,
+            body_timeout: Duration::from_millis(self.client_body_timeout_ms),
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
@@ -165,6 +176,20 @@ pub struct UpstreamConfig {
     /// (nginx's `proxy_request_buffering`); larger ones stream once this much has arrived.
     /// 0 streams every body.
     pub request_buffer_bytes: u64,
+}
+
+impl UpstreamConfig {
+    /// The proxy's options this section sets.
+    #[cfg(feature = "gateway")]
+    pub fn options(&self) -> crate::upstream::UpstreamOptions {
+        crate::upstream::UpstreamOptions {
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            timeout: Duration::from_millis(self.timeout_ms),
+            max_connections: self.max_connections,
+            preserve_host: self.preserve_host,
+            request_buffer_bytes: usize::try_from(self.request_buffer_bytes).unwrap_or(usize::MAX),
+        }
+    }
 }
 
 impl Default for UpstreamConfig {
@@ -420,13 +445,7 @@ impl Default for DemoOriginConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    #[default]
-    Text,
-    Json,
-}
+pub use crate::logging::LogFormat;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -487,6 +506,50 @@ pub struct RateLimitConfig {
     pub origin: OriginQuotaConfig,
 }
 
+impl RateLimitConfig {
+    /// The quotas this section describes (validated by `Settings::validate`).
+    pub fn limits(
+        &self,
+        clock: std::sync::Arc<dyn crate::clock::Clock>,
+        metrics: std::sync::Arc<crate::metrics::Metrics>,
+    ) -> Result<crate::ratelimit::Limits, String> {
+        use crate::ratelimit::{Cidr, Identity, Limits, QuotaSpec};
+        let trusted = self
+            .trusted_proxies
+            .iter()
+            .map(|c| Cidr::parse(c).map_err(|e| format!("rate_limit.trusted_proxies: '{c}' {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let api_key = (!self.api_key_header.is_empty())
+            .then(|| {
+                actix_web::http::header::HeaderName::from_bytes(self.api_key_header.as_bytes())
+            })
+            .transpose()
+            .map_err(|_| format!("rate_limit.api_key_header: '{}'", self.api_key_header))?;
+        let mut limits = Limits::disabled(clock, metrics)
+            .with_identity(Identity::new(trusted, api_key, self.ipv6_prefix_bits))
+            .with_clients(
+                self.max_clients,
+                Duration::from_secs(self.cleanup_interval_seconds),
+            );
+        if self.enabled {
+            let spec = QuotaSpec {
+                requests_per_second: self.requests_per_second,
+                burst: self.burst,
+            };
+            limits = limits.with_client_quota(spec, self.dry_run);
+        }
+        if self.origin.enabled {
+            let spec = QuotaSpec {
+                requests_per_second: self.origin.requests_per_second,
+                burst: self.origin.burst,
+            };
+            let per_node = self.origin.per == OriginQuotaKey::Node;
+            limits = limits.with_origin_quota(spec, per_node, self.origin.dry_run);
+        }
+        Ok(limits)
+    }
+}
+
 impl Default for RateLimitConfig {
     fn default() -> Self {
         RateLimitConfig {
@@ -542,22 +605,7 @@ impl Default for OriginQuotaConfig {
     }
 }
 
-/// A rate and a burst, validated.
-pub fn check_quota(key: &str, requests_per_second: f64, burst: u32) -> Result<(), String> {
-    if !(requests_per_second.is_finite() && requests_per_second > 0.0 && requests_per_second <= 1e9)
-    {
-        return Err(format!(
-            "{key}.requests_per_second = {requests_per_second}: use a number above 0 \
-             (fractions allowed, e.g. 0.5 for one request every 2 s)"
-        ));
-    }
-    if burst == 0 {
-        return Err(format!(
-            "{key}.burst = 0: use at least 1 (requests allowed at once)"
-        ));
-    }
-    Ok(())
-}
+pub use crate::ratelimit::check_quota;
 
 impl Settings {
     /// Loads defaults, then `file` (if any), then the environment, and validates.
@@ -642,7 +690,6 @@ impl Settings {
                 return err("admin.listen", format!("'{}' shares a port with server.listen '{}'; give the admin API its own port (it is never exposed on the gateway port)", self.admin.listen, self.server.listen));
             }
         }
-        #[cfg(feature = "gateway")]
         if let Err(e) = Target::parse(&self.upstream.url) {
             return err("upstream.url", format!("'{}' {e}", self.upstream.url));
         }

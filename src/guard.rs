@@ -27,67 +27,18 @@ use actix_web::body::{BoxBody, EitherBody, MessageBody};
 use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::error::PayloadError;
 use actix_web::http::header::{self, HeaderMap};
-use actix_web::http::{ConnectionType, StatusCode};
+use actix_web::http::ConnectionType;
 use actix_web::{Error, HttpMessage, HttpResponse};
 use bytes::Bytes;
 use futures_util::future::{Either, LocalBoxFuture, MapOk, TryFutureExt};
 use futures_util::Stream;
 
 use crate::cache::opaque;
-use crate::config::ServerConfig;
 use crate::http::headers::content_length;
+use crate::metrics::Served;
 use crate::metrics::{Metrics, Outcome, RouteCounters, OTHER_ROUTE};
-use crate::observe::Served;
 
-/// Why a request was refused; the `reason` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    UriTooLong,
-    TooManyHeaders,
-    HeadersTooLarge,
-    BodyTooLarge,
-    BodyTimeout,
-    /// The body broke off or was malformed (a bad chunk, the connection closed early).
-    BadBody,
-    /// No valid `Host`: missing in HTTP/1.1, sent twice, or not a `host[:port]`.
-    BadHost,
-}
-
-impl Rejection {
-    pub const ALL: [Rejection; 7] = [
-        Rejection::BadHost,
-        Rejection::UriTooLong,
-        Rejection::TooManyHeaders,
-        Rejection::HeadersTooLarge,
-        Rejection::BodyTooLarge,
-        Rejection::BodyTimeout,
-        Rejection::BadBody,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::UriTooLong => "uri_too_long",
-            Rejection::TooManyHeaders => "too_many_headers",
-            Rejection::HeadersTooLarge => "headers_too_large",
-            Rejection::BodyTooLarge => "body_too_large",
-            Rejection::BodyTimeout => "body_timeout",
-            Rejection::BadHost => "bad_host",
-            Rejection::BadBody => "bad_body",
-        }
-    }
-
-    pub fn status(self) -> StatusCode {
-        match self {
-            Rejection::UriTooLong => StatusCode::URI_TOO_LONG,
-            Rejection::TooManyHeaders | Rejection::HeadersTooLarge => {
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
-            }
-            Rejection::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Rejection::BadHost | Rejection::BadBody => StatusCode::BAD_REQUEST,
-        }
-    }
-}
+pub use crate::types::Rejection;
 
 /// The limits, from `[server]`.
 #[derive(Debug, Clone, Copy)]
@@ -97,24 +48,6 @@ pub struct RequestLimits {
     pub max_header_bytes: usize,
     pub max_body_bytes: u64,
     pub body_timeout: Duration,
-}
-
-impl RequestLimits {
-    pub fn from_config(s: &ServerConfig) -> Self {
-        RequestLimits {
-            max_uri_bytes: s.max_uri_bytes,
-            max_headers: s.max_headers,
-            max_header_bytes: s.max_header_bytes,
-            max_body_bytes: s.max_request_body_bytes,
-            body_timeout: Duration::from_millis(s.client_body_timeout_ms),
-        }
-    }
-}
-
-impl Default for RequestLimits {
-    fn default() -> Self {
-        RequestLimits::from_config(&ServerConfig::default())
-    }
 }
 
 /// Total size of the headers as the limit counts them: names, values and `: ` + CRLF.

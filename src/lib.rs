@@ -28,9 +28,11 @@ pub mod metrics;
 pub mod observe;
 pub mod policy;
 pub mod ratelimit;
+pub mod selector;
 #[cfg(feature = "gateway")]
 pub mod server;
 pub mod store;
+pub mod types;
 #[cfg(feature = "gateway")]
 pub mod upstream;
 

@@ -12,7 +12,17 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::store::TierName;
+use crate::types::TierName;
+
+/// What the cache layer did with a request, left in the request's extensions.
+#[derive(Clone)]
+pub struct Served {
+    pub outcome: Outcome,
+    /// The tier whose entry answered (hits, stale serves, revalidations).
+    pub tier: Option<TierName>,
+    /// The counters of the rule that matched (its template is the `route` label).
+    pub counters: Arc<RouteCounters>,
+}
 
 /// Histogram buckets for operations that can take from tens of microseconds (an L1 hit) to
 /// seconds (a slow origin).
@@ -1010,7 +1020,7 @@ impl Metrics {
             m.rate_limit_clients.with_label_values(&[q]);
             m.rate_limit_overflow.with_label_values(&[q]);
         }
-        for r in crate::guard::Rejection::ALL {
+        for r in crate::types::Rejection::ALL {
             m.rejected.with_label_values(&[r.as_str()]);
         }
         m

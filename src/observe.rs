@@ -38,17 +38,9 @@ use tracing::Instrument;
 
 use crate::logging::{self, InRequest, RequestContext};
 use crate::metrics::{MethodLabel, Metrics, Outcome, RouteCounters, StatusClass, OTHER_ROUTE};
-use crate::store::TierName;
 
-/// What the cache layer did with a request, left in the request's extensions.
-#[derive(Clone)]
-pub struct Served {
-    pub outcome: Outcome,
-    /// The tier whose entry answered (hits, stale serves, revalidations).
-    pub tier: Option<TierName>,
-    /// The counters of the rule that matched (its template is the `route` label).
-    pub counters: Arc<RouteCounters>,
-}
+pub use crate::metrics::Served;
+use crate::types::TierName;
 
 /// The middleware; see the module docs.
 #[derive(Clone)]

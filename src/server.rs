@@ -139,7 +139,7 @@ impl Gateway {
         let draining = Draining::new();
         let parts = GatewayParts {
             cache: cache.clone(),
-            upstream: settings.upstream.clone(),
+            upstream: settings.upstream.options(),
             target,
             draining: draining.clone(),
         };

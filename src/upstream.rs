@@ -19,40 +19,27 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{stream, StreamExt};
 
 use crate::cache::{opaque, UpstreamFailure};
-use crate::config::UpstreamConfig;
 use crate::guard::BodyCutOff;
 use crate::http::headers::HopByHop;
 use crate::http::host;
 use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
 use crate::metrics::{Metrics, OriginError};
 
-/// Where requests go, parsed from `upstream.url`.
-#[derive(Debug, Clone)]
-pub struct Target {
-    /// `http://host:port`
-    pub origin: String,
-    /// Path prefix prepended to every request path (no trailing slash).
-    pub prefix: String,
-}
+pub use crate::http::target::Target;
 
-impl Target {
-    /// Parses an `http://host[:port][/prefix]` URL.
-    pub fn parse(url: &str) -> Result<Target, String> {
-        let uri: awc::http::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some(other) => return Err(format!("scheme '{other}' is not supported; use http://")),
-            None => return Err("missing scheme; use http://host:port".into()),
-        }
-        let authority = uri.authority().ok_or("missing host")?;
-        if uri.query().is_some() {
-            return Err("must not have a query string".into());
-        }
-        Ok(Target {
-            origin: format!("http://{authority}"),
-            prefix: uri.path().trim_end_matches('/').to_owned(),
-        })
-    }
+/// How the proxy talks to the origin (`[upstream]`, converted by the config).
+#[derive(Debug, Clone)]
+pub struct UpstreamOptions {
+    /// Time to connect to the origin.
+    pub connect_timeout: Duration,
+    /// Total time for one origin exchange, body included.
+    pub timeout: Duration,
+    /// Pooled connections per worker.
+    pub max_connections: usize,
+    /// Send the client's `Host` to the origin instead of the upstream's.
+    pub preserve_host: bool,
+    /// Request bodies up to this size are read whole before an origin connection is taken.
+    pub request_buffer_bytes: usize,
 }
 
 /// One worker's proxy: the client (not `Send`, so one per worker thread) and its settings.
@@ -76,15 +63,15 @@ fn x_forwarded_host() -> HeaderName {
 
 impl Upstream {
     /// Builds the proxy for one worker.
-    pub fn new(cfg: &UpstreamConfig, target: Target, metrics: std::sync::Arc<Metrics>) -> Self {
+    pub fn new(cfg: &UpstreamOptions, target: Target, metrics: std::sync::Arc<Metrics>) -> Self {
         let connector = awc::Connector::new()
-            .timeout(Duration::from_millis(cfg.connect_timeout_ms))
+            .timeout(cfg.connect_timeout)
             .limit(cfg.max_connections)
             .conn_keep_alive(Duration::from_secs(15))
             .conn_lifetime(Duration::from_secs(300));
         let client = awc::Client::builder()
             .connector(connector)
-            .timeout(Duration::from_millis(cfg.timeout_ms))
+            .timeout(cfg.timeout)
             .disable_redirects()
             .no_default_headers()
             .finish();
@@ -92,7 +79,7 @@ impl Upstream {
             client,
             target,
             preserve_host: cfg.preserve_host,
-            request_buffer_bytes: usize::try_from(cfg.request_buffer_bytes).unwrap_or(usize::MAX),
+            request_buffer_bytes: cfg.request_buffer_bytes,
             metrics,
         }
     }

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use super::CacheState;
-use crate::policy::Selector;
+use crate::selector::Selector;
 use crate::store::RedisTier;
 
 /// Bump when the message shape changes; nodes ignore versions they do not know.

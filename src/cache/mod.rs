@@ -20,7 +20,9 @@ pub use bus::Bus;
 pub use cache_headers::{CacheHeaders, CacheHeadersService};
 pub use directive::CacheDirective;
 pub use response_cache::{
-    cache_status_header, opaque, CachePolicy, CacheState, GetWithBody, PurgeSource, ResponseCache,
+    cache_status_header, CachePolicy, CacheState, GetWithBody, PurgeSource, ResponseCache,
     ResponseCacheService, UpstreamFailure,
 };
 pub use values::{ValueCache, ValueOptions};
+
+pub use crate::http::response::opaque;

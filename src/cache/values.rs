@@ -39,7 +39,7 @@ use serde::Serialize;
 use super::entry::{CachedResponse, Slot};
 use super::response_cache::{CacheState, PurgeSource};
 use crate::metrics::Lookup;
-use crate::policy::{path_tag, Selector};
+use crate::selector::{path_tag, Selector};
 use crate::store::{TierError, TierName, TierSet};
 
 /// The host of every value key: not a valid `Host` (`<` and `>` are not allowed in one), so no

@@ -60,7 +60,6 @@ use crate::config::{ConfigError, Settings};
 use crate::guard::RequestLimits;
 use crate::metrics::Metrics;
 use crate::policy::{RuleSet, Selector};
-use crate::ratelimit::Limits;
 #[cfg(feature = "duckdb")]
 use crate::store::DuckTier;
 #[cfg(feature = "redis")]
@@ -283,7 +282,7 @@ impl CacheBuilder {
         Ok(Cache {
             values: ValueCache::new(state.clone()),
             state,
-            limits: RequestLimits::from_config(&self.settings.server),
+            limits: self.settings.server.request_limits(),
             admin: AdminOptions {
                 token: self.settings.admin.token.clone(),
                 config_file: None,
@@ -360,7 +359,9 @@ fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<CacheSt
     let metrics = Arc::new(Metrics::with_recording(settings.metrics.enabled));
     let rules = RuleSet::compile(&settings.rules, &metrics).map_err(Error::Rule)?;
     let (store, bus) = build_store(settings, clock.clone(), metrics.clone())?;
-    let limits = Limits::from_config(&settings.rate_limit, clock.clone(), metrics.clone())
+    let limits = settings
+        .rate_limit
+        .limits(clock.clone(), metrics.clone())
         .map_err(|e| Error::Config(ConfigError(e)))?;
     #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
     let mut state =

@@ -11,5 +11,7 @@ pub mod freshness;
 pub mod headers;
 pub mod host;
 pub mod hygiene;
+pub mod response;
 pub mod storable;
+pub mod target;
 pub mod vary;

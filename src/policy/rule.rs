@@ -7,7 +7,7 @@ use actix_web::http::Method;
 use serde::Deserialize;
 
 use super::template::{placeholders, Template};
-use crate::store::TierName;
+use crate::types::TierName;
 
 /// One `[[rules]]` table as written in the config file.
 #[derive(Debug, Clone, Deserialize, Default, PartialEq)]
@@ -376,7 +376,7 @@ impl RuleConfig {
             }
         };
         if let Some(q) = &self.rate_limit {
-            crate::config::check_quota("rate_limit", q.requests_per_second, q.burst)?;
+            crate::ratelimit::check_quota("rate_limit", q.requests_per_second, q.burst)?;
         }
         Ok(Rule {
             name,

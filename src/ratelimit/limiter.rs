@@ -230,6 +230,23 @@ impl Limiter {
     }
 }
 
+/// A rate and a burst, validated.
+pub fn check_quota(key: &str, requests_per_second: f64, burst: u32) -> Result<(), String> {
+    if !(requests_per_second.is_finite() && requests_per_second > 0.0 && requests_per_second <= 1e9)
+    {
+        return Err(format!(
+            "{key}.requests_per_second = {requests_per_second}: use a number above 0 \
+             (fractions allowed, e.g. 0.5 for one request every 2 s)"
+        ));
+    }
+    if burst == 0 {
+        return Err(format!(
+            "{key}.burst = 0: use at least 1 (requests allowed at once)"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

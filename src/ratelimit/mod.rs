@@ -38,30 +38,30 @@
 
 mod identity;
 pub mod limiter;
+mod middleware;
 
-use std::future::{ready, Ready};
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use actix_web::body::{BoxBody, EitherBody, MessageBody};
-use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{self, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
-use actix_web::{Error, HttpMessage, HttpRequest, HttpResponse};
-use futures_util::future::{Either, MapOk, TryFutureExt};
+use actix_web::{HttpRequest, HttpResponse};
 use prometheus::IntCounterVec;
 
 pub use identity::{Cidr, ClientId, ClientKey, Identity, KeyKind};
-pub use limiter::{Denial, Limiter, QuotaSpec};
+pub use limiter::{check_quota, Denial, Limiter, QuotaSpec};
 
-use crate::cache::{opaque, CacheState};
+pub use middleware::{RateLimit, RateLimitService};
+
 use crate::clock::Clock;
-use crate::config::{OriginQuotaKey, RateLimitConfig};
-use crate::metrics::{Metrics, Outcome};
-use crate::observe::Served;
-use crate::policy::{RouteMatch, Rule, RuleSet};
+use crate::http::response::opaque;
+use crate::metrics::Metrics;
+
+/// Clients tracked per quota by default (`rate_limit.max_clients`).
+pub const DEFAULT_RATE_LIMIT_MAX_CLIENTS: usize = 100_000;
+/// How often full buckets are dropped by default (`rate_limit.cleanup_interval_seconds`).
+pub const DEFAULT_RATE_LIMIT_CLEANUP_SECONDS: u64 = 10;
 
 /// Which quota refused a request; the `quota` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,56 +119,40 @@ impl Limits {
             client_dry_run: false,
             origin_dry_run: false,
             clock,
-            max_clients: crate::config::DEFAULT_RATE_LIMIT_MAX_CLIENTS,
-            cleanup_interval: Duration::from_secs(
-                crate::config::DEFAULT_RATE_LIMIT_CLEANUP_SECONDS,
-            ),
+            max_clients: DEFAULT_RATE_LIMIT_MAX_CLIENTS,
+            cleanup_interval: Duration::from_secs(DEFAULT_RATE_LIMIT_CLEANUP_SECONDS),
             metrics,
             refused: AtomicU64::new(0),
         }
     }
 
-    /// The quotas `[rate_limit]` describes (validated by `Settings::validate`).
-    pub fn from_config(
-        cfg: &RateLimitConfig,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Limits, String> {
-        let trusted = cfg
-            .trusted_proxies
-            .iter()
-            .map(|c| Cidr::parse(c).map_err(|e| format!("rate_limit.trusted_proxies: '{c}' {e}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let api_key = (!cfg.api_key_header.is_empty())
-            .then(|| HeaderName::from_bytes(cfg.api_key_header.as_bytes()))
-            .transpose()
-            .map_err(|_| format!("rate_limit.api_key_header: '{}'", cfg.api_key_header))?;
-        let mut limits = Limits::disabled(clock, metrics);
-        limits.identity = Identity::new(trusted, api_key, cfg.ipv6_prefix_bits);
-        limits.max_clients = cfg.max_clients.max(1);
-        limits.cleanup_interval = Duration::from_secs(cfg.cleanup_interval_seconds.max(1));
-        if cfg.enabled {
-            limits.client = Some(limits.limiter(
-                QuotaSpec {
-                    requests_per_second: cfg.requests_per_second,
-                    burst: cfg.burst,
-                },
-                QuotaKind::Client,
-            ));
-            limits.client_dry_run = cfg.dry_run;
-        }
-        if cfg.origin.enabled {
-            limits.origin = Some(limits.limiter(
-                QuotaSpec {
-                    requests_per_second: cfg.origin.requests_per_second,
-                    burst: cfg.origin.burst,
-                },
-                QuotaKind::Origin,
-            ));
-            limits.origin_per_node = cfg.origin.per == OriginQuotaKey::Node;
-            limits.origin_dry_run = cfg.origin.dry_run;
-        }
-        Ok(limits)
+    /// Identifies clients with `identity` (addresses, trusted proxies, API keys).
+    pub fn with_identity(mut self, identity: Identity) -> Limits {
+        self.identity = identity;
+        self
+    }
+
+    /// Tracks at most `max_clients` clients per quota and drops full buckets every
+    /// `cleanup_interval`. Set before the quotas: each quota's table is sized when it is added.
+    pub fn with_clients(mut self, max_clients: usize, cleanup_interval: Duration) -> Limits {
+        self.max_clients = max_clients.max(1);
+        self.cleanup_interval = cleanup_interval.max(Duration::from_secs(1));
+        self
+    }
+
+    /// Adds the per-client quota on every request; `dry_run` measures it without enforcing it.
+    pub fn with_client_quota(mut self, spec: QuotaSpec, dry_run: bool) -> Limits {
+        self.client = Some(self.limiter(spec, QuotaKind::Client));
+        self.client_dry_run = dry_run;
+        self
+    }
+
+    /// Adds the origin quota, per client or (`per_node`) one for the whole node.
+    pub fn with_origin_quota(mut self, spec: QuotaSpec, per_node: bool, dry_run: bool) -> Limits {
+        self.origin = Some(self.limiter(spec, QuotaKind::Origin));
+        self.origin_per_node = per_node;
+        self.origin_dry_run = dry_run;
+        self
     }
 
     fn limiter(&self, spec: QuotaSpec, kind: QuotaKind) -> Limiter {
@@ -187,24 +171,6 @@ impl Limits {
     /// How often [`cleanup`](Self::cleanup) should run.
     pub fn cleanup_interval(&self) -> Duration {
         self.cleanup_interval
-    }
-
-    /// Gives `rules` the buckets of their quotas, reusing `previous`'s for a rule with the same
-    /// name and quota (a reload does not hand every client a fresh burst).
-    pub fn attach(&self, rules: &mut RuleSet, previous: Option<&RuleSet>) {
-        rules.attach_limiters(|rule: &Rule| {
-            let q = rule.rate_limit?;
-            let spec = QuotaSpec {
-                requests_per_second: q.requests_per_second,
-                burst: q.burst,
-            };
-            let kept = previous.and_then(|p| {
-                p.limiters()
-                    .find(|(r, l)| r.name == rule.name && l.spec() == spec)
-                    .map(|(_, l)| l.clone())
-            });
-            Some(kept.unwrap_or_else(|| Arc::new(self.limiter(spec, QuotaKind::Rule))))
-        });
     }
 
     /// Spends one origin request for the client of `req` (or for the node), on `route` (the
@@ -250,40 +216,6 @@ impl Limits {
             d,
             true,
         );
-    }
-
-    /// Drops buckets back at their full burst, exports the number of clients per quota and
-    /// logs how many requests were refused since the last run.
-    pub fn cleanup(&self, rules: &RuleSet) {
-        let mut rule_clients = 0;
-        for (_, l) in rules.limiters() {
-            l.cleanup();
-            rule_clients += l.clients();
-        }
-        let gauge = |kind: QuotaKind, n: usize| {
-            self.metrics
-                .rate_limit_clients
-                .with_label_values(&[kind.as_str()])
-                .set(i64::try_from(n).unwrap_or(i64::MAX));
-        };
-        gauge(QuotaKind::Rule, rule_clients);
-        for (l, kind) in [
-            (&self.client, QuotaKind::Client),
-            (&self.origin, QuotaKind::Origin),
-        ] {
-            if let Some(l) = l {
-                l.cleanup();
-                gauge(kind, l.clients());
-            }
-        }
-        let refused = self.refused.swap(0, Ordering::Relaxed);
-        if refused > 0 {
-            tracing::info!(
-                refused,
-                interval_s = self.cleanup_interval.as_secs(),
-                "rate limits refused requests (tierd_rate_limited_total has them by route and quota)"
-            );
-        }
     }
 }
 
@@ -332,122 +264,4 @@ pub fn too_many_requests(d: &Denial) -> HttpResponse {
         seconds_header(d.reset),
     );
     res
-}
-
-/// The middleware: client and rule quotas. Wrap it outside
-/// [`CacheHeaders`](crate::cache::CacheHeaders) so a 429 carries no cache headers.
-#[derive(Clone)]
-pub struct RateLimit {
-    state: Arc<CacheState>,
-}
-
-impl RateLimit {
-    pub fn new(state: Arc<CacheState>) -> Self {
-        RateLimit { state }
-    }
-}
-
-impl<S, B> Transform<S, ServiceRequest> for RateLimit
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<EitherBody<B, BoxBody>>;
-    type Error = Error;
-    type Transform = RateLimitService<S>;
-    type InitError = ();
-    type Future = Ready<Result<Self::Transform, Self::InitError>>;
-
-    fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(RateLimitService {
-            inner: Rc::new(service),
-            state: self.state.clone(),
-        }))
-    }
-}
-
-pub struct RateLimitService<S> {
-    inner: Rc<S>,
-    state: Arc<CacheState>,
-}
-
-type Passed<B> = fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B, BoxBody>>;
-
-impl<S, B> Service<ServiceRequest> for RateLimitService<S>
-where
-    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
-    B: MessageBody + 'static,
-{
-    type Response = ServiceResponse<EitherBody<B, BoxBody>>;
-    type Error = Error;
-    type Future = Either<
-        MapOk<S::Future, Passed<B>>,
-        Ready<Result<ServiceResponse<EitherBody<B, BoxBody>>, Error>>,
-    >;
-
-    forward_ready!(inner);
-
-    fn call(&self, req: ServiceRequest) -> Self::Future {
-        let pass: Passed<B> = ServiceResponse::map_into_left_body;
-        let limits = &self.state.limits;
-        let rules = self.state.rules.load();
-        let rule_quotas = rules.has_limiters();
-        if limits.client.is_none() && !rule_quotas {
-            return Either::Left(self.inner.call(req).map_ok(pass));
-        }
-        let id = limits.identity.of(req.request());
-        // The quota that refuses the request, and those in dry-run mode that would have.
-        let mut denied = None;
-        let mut dry = [None, None];
-        if let Some(d) = limits.client.as_ref().and_then(|l| l.check(&id.key).err()) {
-            let slot = if limits.client_dry_run {
-                &mut dry[0]
-            } else {
-                &mut denied
-            };
-            *slot = Some((d, QuotaKind::Client));
-        }
-        // The rule is needed for a rule quota and for the `route` label.
-        let mut index = None;
-        if rule_quotas || denied.is_some() || dry[0].is_some() {
-            if let Some(m) = rules.find(req.method(), req.path()) {
-                index = Some(m.index());
-                if denied.is_none() {
-                    if let Some(d) = m.limiter().and_then(|l| l.check(&id.key).err()) {
-                        let slot = if m.rule().rate_limit.is_some_and(|q| q.dry_run) {
-                            &mut dry[1]
-                        } else {
-                            &mut denied
-                        };
-                        *slot = Some((d, QuotaKind::Rule));
-                    }
-                }
-            }
-        }
-        if dry.iter().any(Option::is_some) {
-            let route = rules.counters(index).route();
-            for (d, quota) in dry.iter().flatten() {
-                limits.would_refuse(route, *quota, id.kind, d);
-            }
-        }
-        if let Some((d, quota)) = denied {
-            let counters = rules.counters(index).clone();
-            limits.refused(counters.route(), quota, id.kind, &d);
-            req.extensions_mut().insert(Served {
-                outcome: Outcome::RateLimited,
-                tier: None,
-                counters,
-            });
-            let res = req.into_response(too_many_requests(&d));
-            return Either::Right(ready(Ok(res.map_into_right_body())));
-        }
-        if rule_quotas {
-            // The cache below would match the same rule again: hand it over.
-            req.extensions_mut().insert(RouteMatch {
-                rules: arc_swap::Guard::into_inner(rules),
-                index,
-            });
-        }
-        Either::Left(self.inner.call(req).map_ok(pass))
-    }
 }

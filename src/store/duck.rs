@@ -41,7 +41,7 @@ use crate::cache::codec::millis;
 use crate::clock::Clock;
 use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
 use crate::metrics::{EvictionCause, Metrics, WriteOutcome};
-use crate::policy::Selector;
+use crate::selector::Selector;
 
 /// The table layout this build reads and writes.
 pub const SCHEMA_VERSION: &str = "2";

@@ -11,7 +11,7 @@ use moka::Expiry;
 use super::TierStats;
 use crate::cache::entry::Slot;
 use crate::metrics::{EvictionCause, Metrics};
-use crate::policy::{path_tag, KeyParts, Selector};
+use crate::selector::{path_tag, KeyParts, Selector};
 
 struct SlotExpiry;
 

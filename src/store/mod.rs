@@ -21,7 +21,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::policy::Selector;
+use crate::selector::Selector;
 
 pub use breaker::CircuitState;
 #[cfg(feature = "duckdb")]
@@ -45,25 +45,7 @@ pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(60);
 /// past it; further writes are dropped and counted).
 pub const DEFAULT_QUEUE_MAX_BYTES: usize = 64 * 1024 * 1024;
 
-/// A storage tier's name; the same string is the `tier` metric label and `Cache-Status` detail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum TierName {
-    L1,
-    L2,
-    L3,
-}
-
-impl TierName {
-    pub const ALL: [TierName; 3] = [TierName::L1, TierName::L2, TierName::L3];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TierName::L1 => "l1",
-            TierName::L2 => "l2",
-            TierName::L3 => "l3",
-        }
-    }
-}
+pub use crate::types::TierName;
 
 /// A tier failed; the cache treats this as a miss, never as a client-facing error.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::TierError;
-use crate::policy::Selector;
+use crate::selector::Selector;
 
 /// An encoded slot ready for a tier.
 #[derive(Debug, Clone)]

@@ -20,7 +20,7 @@ use super::queue::{Finished, Op, Record, WriteQueue};
 use super::{Tier, TierError, TierName, TierStats};
 use crate::cache::codec::FORMAT_VERSION;
 use crate::metrics::{Metrics, TierFault, WriteOutcome};
-use crate::policy::Selector;
+use crate::selector::Selector;
 
 /// Operations per pipelined write batch.
 const WRITE_BATCH: usize = 128;

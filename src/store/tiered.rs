@@ -16,7 +16,7 @@ use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
 /// Deletes fail per request while a tier is down: one line per interval.
 static DELETE_FAILED: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
 use crate::metrics::{Lookup, Metrics, TierFault, WriteOutcome};
-use crate::policy::Selector;
+use crate::selector::Selector;
 
 /// The tokio runtime the lower tiers' I/O runs on: Redis connections, write workers, DuckDB reads.
 ///
