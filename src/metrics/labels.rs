@@ -1,0 +1,295 @@
+//! The label enums of tierd's metrics: each variant's string is its label value.
+
+use super::*;
+
+/// What the cache did with a request; feeds the `cache_status` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Fresh response from storage.
+    Hit,
+    /// Stale response from storage while a background refresh runs.
+    StaleWhileRevalidate,
+    /// Stale response from storage because the origin failed.
+    StaleIfError,
+    /// Waited for another request's fetch and shared its stored response.
+    Collapsed,
+    /// Fetched from the origin and stored.
+    Miss,
+    /// Stale entry validated by the origin with a 304.
+    Revalidated,
+    /// Fetched from the origin, not stored (uncacheable, bypass, method).
+    Pass,
+    /// tierd answered with an error of its own (502, 504).
+    Error,
+    /// Stale response from storage because the origin quota was spent.
+    StaleOriginLimited,
+    /// Refused with 429 by a client, rule or origin quota.
+    RateLimited,
+    /// Refused by request hardening (414, 431, 413, 408) before reaching the cache.
+    Rejected,
+}
+
+impl Outcome {
+    pub const COUNT: usize = 11;
+    pub const ALL: [Outcome; Outcome::COUNT] = [
+        Outcome::Hit,
+        Outcome::StaleWhileRevalidate,
+        Outcome::StaleIfError,
+        Outcome::Collapsed,
+        Outcome::Miss,
+        Outcome::Revalidated,
+        Outcome::Pass,
+        Outcome::Error,
+        Outcome::StaleOriginLimited,
+        Outcome::RateLimited,
+        Outcome::Rejected,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Hit => "hit",
+            Outcome::StaleWhileRevalidate => "stale_while_revalidate",
+            Outcome::StaleIfError => "stale_if_error",
+            Outcome::Collapsed => "collapsed",
+            Outcome::Miss => "miss",
+            Outcome::Revalidated => "revalidated",
+            Outcome::Pass => "pass",
+            Outcome::Error => "error",
+            Outcome::StaleOriginLimited => "stale_origin_limited",
+            Outcome::RateLimited => "rate_limited",
+            Outcome::Rejected => "rejected",
+        }
+    }
+
+    /// Whether the body came from storage (the origin sent nothing, or only a 304).
+    pub fn from_cache(self) -> bool {
+        matches!(
+            self,
+            Outcome::Hit
+                | Outcome::StaleWhileRevalidate
+                | Outcome::StaleIfError
+                | Outcome::Collapsed
+                | Outcome::Revalidated
+                | Outcome::StaleOriginLimited
+        )
+    }
+}
+
+/// A request method as a bounded label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MethodLabel {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+    Other,
+}
+
+impl MethodLabel {
+    pub const COUNT: usize = 8;
+
+    pub fn of(m: &Method) -> MethodLabel {
+        match *m {
+            Method::GET => MethodLabel::Get,
+            Method::HEAD => MethodLabel::Head,
+            Method::POST => MethodLabel::Post,
+            Method::PUT => MethodLabel::Put,
+            Method::PATCH => MethodLabel::Patch,
+            Method::DELETE => MethodLabel::Delete,
+            Method::OPTIONS => MethodLabel::Options,
+            _ => MethodLabel::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MethodLabel::Get => "GET",
+            MethodLabel::Head => "HEAD",
+            MethodLabel::Post => "POST",
+            MethodLabel::Put => "PUT",
+            MethodLabel::Patch => "PATCH",
+            MethodLabel::Delete => "DELETE",
+            MethodLabel::Options => "OPTIONS",
+            MethodLabel::Other => "other",
+        }
+    }
+}
+
+/// A response status as a bounded label: `1xx` … `5xx`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusClass {
+    Informational,
+    Success,
+    Redirection,
+    ClientError,
+    ServerError,
+}
+
+impl StatusClass {
+    pub const COUNT: usize = 5;
+
+    pub fn of(status: u16) -> StatusClass {
+        match status {
+            0..=199 => StatusClass::Informational,
+            200..=299 => StatusClass::Success,
+            300..=399 => StatusClass::Redirection,
+            400..=499 => StatusClass::ClientError,
+            _ => StatusClass::ServerError,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusClass::Informational => "1xx",
+            StatusClass::Success => "2xx",
+            StatusClass::Redirection => "3xx",
+            StatusClass::ClientError => "4xx",
+            StatusClass::ServerError => "5xx",
+        }
+    }
+}
+
+/// Why an entry left a tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictionCause {
+    Expired,
+    Size,
+    Explicit,
+    Replaced,
+}
+
+impl EvictionCause {
+    pub const ALL: [EvictionCause; 4] = [
+        EvictionCause::Expired,
+        EvictionCause::Size,
+        EvictionCause::Explicit,
+        EvictionCause::Replaced,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictionCause::Expired => "expired",
+            EvictionCause::Size => "size",
+            EvictionCause::Explicit => "explicit",
+            EvictionCause::Replaced => "replaced",
+        }
+    }
+}
+
+/// Kinds of origin failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginError {
+    Connect,
+    Timeout,
+    Protocol,
+    Body,
+    /// The origin answered with a 5xx status.
+    Status5xx,
+}
+
+impl OriginError {
+    pub const ALL: [OriginError; 5] = [
+        OriginError::Connect,
+        OriginError::Timeout,
+        OriginError::Protocol,
+        OriginError::Body,
+        OriginError::Status5xx,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OriginError::Connect => "connect",
+            OriginError::Timeout => "timeout",
+            OriginError::Protocol => "protocol",
+            OriginError::Body => "body",
+            OriginError::Status5xx => "5xx",
+        }
+    }
+
+    /// The `Cache-Status` detail of an error response tierd makes because of this failure.
+    pub fn cache_status_detail(self) -> &'static str {
+        match self {
+            OriginError::Connect => "origin-unreachable",
+            OriginError::Timeout => "origin-timeout",
+            OriginError::Protocol => "origin-protocol-error",
+            OriginError::Body => "origin-body-error",
+            OriginError::Status5xx => "origin-error",
+        }
+    }
+}
+
+/// A lookup's result in one tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// A fresh entry.
+    Hit,
+    /// An entry past its freshness lifetime (served stale, revalidated or refetched).
+    Stale,
+    Miss,
+    /// The tier failed or was skipped (timeout, open circuit, undecodable record): a miss.
+    Error,
+}
+
+impl Lookup {
+    pub const ALL: [Lookup; 4] = [Lookup::Hit, Lookup::Stale, Lookup::Miss, Lookup::Error];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lookup::Hit => "hit",
+            Lookup::Stale => "stale",
+            Lookup::Miss => "miss",
+            Lookup::Error => "error",
+        }
+    }
+}
+
+/// Why a tier operation failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TierFault {
+    Timeout,
+    Unavailable,
+    CircuitOpen,
+    Decode,
+}
+
+impl TierFault {
+    pub const ALL: [TierFault; 4] = [
+        TierFault::Timeout,
+        TierFault::Unavailable,
+        TierFault::CircuitOpen,
+        TierFault::Decode,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TierFault::Timeout => "timeout",
+            TierFault::Unavailable => "unavailable",
+            TierFault::CircuitOpen => "circuit_open",
+            TierFault::Decode => "decode",
+        }
+    }
+}
+
+/// What became of a write accepted for a lower tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Written,
+    /// The tier's queue was full; the write was refused before being accepted.
+    QueueFull,
+    /// Accepted, then the tier failed to store it.
+    Failed,
+}
+
+impl WriteOutcome {
+    pub const ALL: [WriteOutcome; 3] = [
+        WriteOutcome::Written,
+        WriteOutcome::QueueFull,
+        WriteOutcome::Failed,
+    ];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteOutcome::Written => "written",
+            WriteOutcome::QueueFull => "queue_full",
+            WriteOutcome::Failed => "failed",
+        }
+    }
+}
