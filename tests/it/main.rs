@@ -11,6 +11,7 @@ mod coalescing;
 mod duck;
 mod embed;
 mod hardening;
+mod house;
 mod metrics;
 mod nodes;
 mod prometheus;
