@@ -166,10 +166,10 @@ impl Source {
                     .map(String::from)
                     .collect();
                 let after = &rest[path.len()..];
-                if after.starts_with('{') {
-                    let group = after[1..].split('}').next().unwrap_or_default();
+                if let Some(group) = after.strip_prefix('{') {
+                    let group = group.split('}').next().unwrap_or_default();
                     for item in group.split(',') {
-                        let item = item.trim().split_whitespace().next().unwrap_or_default();
+                        let item = item.split_whitespace().next().unwrap_or_default();
                         let first = item.split("::").next().unwrap_or_default();
                         match first {
                             "" => {}
