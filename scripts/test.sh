@@ -74,6 +74,8 @@ if [ $lint = 1 ]; then
   cargo fmt --all -- --check
   echo "== cargo clippy --all-targets -- -D warnings"
   cargo clippy --all-targets --locked "${features[@]}" -- -D warnings
+  echo "== cargo doc (warnings are errors)"
+  RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked "${features[@]}"
   echo "== the library without the gateway, Redis or DuckDB (each feature alone)"
   for f in "" redis duckdb gateway; do
     cargo clippy --lib --examples --locked --no-default-features --features "$f" -- -D warnings

@@ -90,6 +90,7 @@ pub struct ValueCache {
 }
 
 impl ValueCache {
+    /// A value cache over `state`'s tiers ([`Cache::values`](crate::Cache::values) is one).
     pub fn new(state: Arc<CacheState>) -> Self {
         ValueCache {
             state,

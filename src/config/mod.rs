@@ -65,7 +65,8 @@ pub const DEFAULT_IPV6_PREFIX_BITS: u8 = 64;
 #[error("{0}")]
 pub struct ConfigError(pub String);
 
-/// The whole settings tree.
+/// The gateway's configuration, as `tierd.toml` and the `TIERD__*` environment describe it
+/// ([`Settings::load`]); [`CacheBuilder::settings`](crate::CacheBuilder::settings) takes it too.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {

@@ -12,7 +12,6 @@ use actix_web::{Error, HttpMessage};
 use futures_util::future::{Either, MapOk, TryFutureExt};
 
 use super::{too_many_requests, Limits, QuotaKind, QuotaSpec};
-use crate::cache::CacheState;
 use crate::metrics::{Outcome, Served};
 use crate::policy::{RouteMatch, Rule, RuleSet};
 
@@ -70,15 +69,25 @@ impl Limits {
     }
 }
 
+/// What the middleware reads from the state it runs beside: the quotas, and the rules in force
+/// (swapped whole on reload). The cache's state implements it; the limiter owns none of it.
+pub trait QuotaSource: Send + Sync + 'static {
+    /// The quotas and how clients are identified.
+    fn limits(&self) -> &Limits;
+    /// The rules in force now, with their quotas' buckets.
+    fn rules(&self) -> arc_swap::Guard<Arc<RuleSet>>;
+}
+
 /// The middleware: client and rule quotas. Wrap it outside
 /// [`CacheHeaders`](crate::cache::CacheHeaders) so a 429 carries no cache headers.
 #[derive(Clone)]
 pub struct RateLimit {
-    state: Arc<CacheState>,
+    state: Arc<dyn QuotaSource>,
 }
 
 impl RateLimit {
-    pub fn new(state: Arc<CacheState>) -> Self {
+    /// The middleware over `state`'s quotas and rules.
+    pub fn new(state: Arc<dyn QuotaSource>) -> Self {
         RateLimit { state }
     }
 }
@@ -102,9 +111,10 @@ where
     }
 }
 
+/// The service [`RateLimit`] wraps around the next one.
 pub struct RateLimitService<S> {
     inner: Rc<S>,
-    state: Arc<CacheState>,
+    state: Arc<dyn QuotaSource>,
 }
 
 type Passed<B> = fn(ServiceResponse<B>) -> ServiceResponse<EitherBody<B, BoxBody>>;
@@ -125,8 +135,8 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let pass: Passed<B> = ServiceResponse::map_into_left_body;
-        let limits = &self.state.limits;
-        let rules = self.state.rules.load();
+        let limits = self.state.limits();
+        let rules = self.state.rules();
         let rule_quotas = rules.has_limiters();
         if limits.client.is_none() && !rule_quotas {
             return Either::Left(self.inner.call(req).map_ok(pass));

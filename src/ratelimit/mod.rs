@@ -52,7 +52,7 @@ use prometheus::IntCounterVec;
 pub use identity::{Cidr, ClientId, ClientKey, Identity, KeyKind};
 pub use limiter::{check_quota, Denial, Limiter, QuotaSpec};
 
-pub use middleware::{RateLimit, RateLimitService};
+pub use middleware::{QuotaSource, RateLimit, RateLimitService};
 
 use crate::clock::Clock;
 use crate::http::response::opaque;

@@ -80,6 +80,16 @@ pub struct CacheState {
     pub limits: Arc<Limits>,
 }
 
+impl crate::ratelimit::QuotaSource for CacheState {
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    fn rules(&self) -> arc_swap::Guard<Arc<RuleSet>> {
+        self.rules.load()
+    }
+}
+
 /// Who asked for a purge; the `source` label of `tierd_purges_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PurgeSource {
