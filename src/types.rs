@@ -3,7 +3,8 @@
 use actix_web::http::StatusCode;
 
 /// A storage tier's name; the same string is the `tier` metric label and `Cache-Status` detail.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum TierName {
     L1,
     L2,
@@ -14,16 +15,13 @@ impl TierName {
     pub const ALL: [TierName; 3] = [TierName::L1, TierName::L2, TierName::L3];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            TierName::L1 => "l1",
-            TierName::L2 => "l2",
-            TierName::L3 => "l3",
-        }
+        self.into()
     }
 }
 
 /// Why a request was refused; the `reason` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Rejection {
     UriTooLong,
     TooManyHeaders,
@@ -48,15 +46,7 @@ impl Rejection {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Rejection::UriTooLong => "uri_too_long",
-            Rejection::TooManyHeaders => "too_many_headers",
-            Rejection::HeadersTooLarge => "headers_too_large",
-            Rejection::BodyTooLarge => "body_too_large",
-            Rejection::BodyTimeout => "body_timeout",
-            Rejection::BadHost => "bad_host",
-            Rejection::BadBody => "bad_body",
-        }
+        self.into()
     }
 
     pub fn status(self) -> StatusCode {

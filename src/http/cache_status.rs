@@ -1,7 +1,8 @@
 //! The `Cache-Status` response header (RFC 9211).
 
 /// Why a request went forward to the origin (RFC 9211 §2.2 `fwd` values).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Fwd {
     /// The cache was configured, or the request asked, not to use a stored response.
     Bypass,
@@ -19,14 +20,7 @@ pub enum Fwd {
 
 impl Fwd {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Fwd::Bypass => "bypass",
-            Fwd::Method => "method",
-            Fwd::UriMiss => "uri-miss",
-            Fwd::VaryMiss => "vary-miss",
-            Fwd::Request => "request",
-            Fwd::Stale => "stale",
-        }
+        self.into()
     }
 }
 

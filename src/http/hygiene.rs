@@ -43,13 +43,15 @@ pub const DEFAULT_STRIP: [&str; 16] = [
 const FORWARDING: [&str; 3] = ["forwarded", "x-forwarded-host", "x-forwarded-proto"];
 
 /// Why a header was removed; the `reason` label of `tierd_request_headers_stripped_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Stripped {
     /// Named in `cache.strip_request_headers`.
     Listed,
     /// The name has an underscore.
     Underscore,
     /// A forwarding claim from a peer that is not a trusted proxy.
+    #[strum(serialize = "untrusted_forwarding")]
     Untrusted,
 }
 
@@ -57,11 +59,7 @@ impl Stripped {
     pub const ALL: [Stripped; 3] = [Stripped::Listed, Stripped::Underscore, Stripped::Untrusted];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Stripped::Listed => "listed",
-            Stripped::Underscore => "underscore",
-            Stripped::Untrusted => "untrusted_forwarding",
-        }
+        self.into()
     }
 }
 

@@ -10,7 +10,8 @@ use super::freshness::{self, Expires, FreshnessInputs, Heuristic, Lifetime};
 use super::vary::Vary;
 
 /// Why a response was not stored. The string feeds logs and metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum NotStorable {
     Status,
     RequestNoStore,
@@ -40,24 +41,7 @@ pub enum NotStorable {
 
 impl NotStorable {
     pub fn as_str(self) -> &'static str {
-        match self {
-            NotStorable::Status => "status",
-            NotStorable::RequestNoStore => "request_no_store",
-            NotStorable::NoStore => "no_store",
-            NotStorable::Private => "private",
-            NotStorable::Authorization => "authorization",
-            NotStorable::SetCookie => "set_cookie",
-            NotStorable::VaryStar => "vary_star",
-            NotStorable::VaryMalformed => "vary_malformed",
-            NotStorable::NoFreshness => "no_freshness",
-            NotStorable::TooLarge => "too_large",
-            NotStorable::Incomplete => "incomplete",
-            NotStorable::RuleTtlZero => "rule_ttl_zero",
-            NotStorable::PurgedDuringFetch => "purged_during_fetch",
-            NotStorable::VaryTooLarge => "vary_too_large",
-            NotStorable::CredentialedHeuristic => "credentialed_heuristic",
-            NotStorable::Handler => "handler",
-        }
+        self.into()
     }
 }
 

@@ -3,7 +3,8 @@
 use super::*;
 
 /// What the cache did with a request; feeds the `cache_status` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Outcome {
     /// Fresh response from storage.
     Hit,
@@ -46,19 +47,7 @@ impl Outcome {
     ];
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Hit => "hit",
-            Outcome::StaleWhileRevalidate => "stale_while_revalidate",
-            Outcome::StaleIfError => "stale_if_error",
-            Outcome::Collapsed => "collapsed",
-            Outcome::Miss => "miss",
-            Outcome::Revalidated => "revalidated",
-            Outcome::Pass => "pass",
-            Outcome::Error => "error",
-            Outcome::StaleOriginLimited => "stale_origin_limited",
-            Outcome::RateLimited => "rate_limited",
-            Outcome::Rejected => "rejected",
-        }
+        self.into()
     }
 
     /// Whether the body came from storage (the origin sent nothing, or only a 304).
@@ -76,7 +65,8 @@ impl Outcome {
 }
 
 /// A request method as a bounded label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "UPPERCASE")]
 pub enum MethodLabel {
     Get,
     Head,
@@ -85,6 +75,7 @@ pub enum MethodLabel {
     Patch,
     Delete,
     Options,
+    #[strum(serialize = "other")]
     Other,
 }
 
@@ -105,26 +96,23 @@ impl MethodLabel {
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            MethodLabel::Get => "GET",
-            MethodLabel::Head => "HEAD",
-            MethodLabel::Post => "POST",
-            MethodLabel::Put => "PUT",
-            MethodLabel::Patch => "PATCH",
-            MethodLabel::Delete => "DELETE",
-            MethodLabel::Options => "OPTIONS",
-            MethodLabel::Other => "other",
-        }
+        self.into()
     }
 }
 
 /// A response status as a bounded label: `1xx` … `5xx`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum StatusClass {
+    #[strum(serialize = "1xx")]
     Informational,
+    #[strum(serialize = "2xx")]
     Success,
+    #[strum(serialize = "3xx")]
     Redirection,
+    #[strum(serialize = "4xx")]
     ClientError,
+    #[strum(serialize = "5xx")]
     ServerError,
 }
 
@@ -142,18 +130,13 @@ impl StatusClass {
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            StatusClass::Informational => "1xx",
-            StatusClass::Success => "2xx",
-            StatusClass::Redirection => "3xx",
-            StatusClass::ClientError => "4xx",
-            StatusClass::ServerError => "5xx",
-        }
+        self.into()
     }
 }
 
 /// Why an entry left a tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum EvictionCause {
     Expired,
     Size,
@@ -169,23 +152,20 @@ impl EvictionCause {
         EvictionCause::Replaced,
     ];
     pub fn as_str(self) -> &'static str {
-        match self {
-            EvictionCause::Expired => "expired",
-            EvictionCause::Size => "size",
-            EvictionCause::Explicit => "explicit",
-            EvictionCause::Replaced => "replaced",
-        }
+        self.into()
     }
 }
 
 /// Kinds of origin failure.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum OriginError {
     Connect,
     Timeout,
     Protocol,
     Body,
     /// The origin answered with a 5xx status.
+    #[strum(serialize = "5xx")]
     Status5xx,
 }
 
@@ -198,13 +178,7 @@ impl OriginError {
         OriginError::Status5xx,
     ];
     pub fn as_str(self) -> &'static str {
-        match self {
-            OriginError::Connect => "connect",
-            OriginError::Timeout => "timeout",
-            OriginError::Protocol => "protocol",
-            OriginError::Body => "body",
-            OriginError::Status5xx => "5xx",
-        }
+        self.into()
     }
 
     /// The `Cache-Status` detail of an error response tierd makes because of this failure.
@@ -220,7 +194,8 @@ impl OriginError {
 }
 
 /// A lookup's result in one tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Lookup {
     /// A fresh entry.
     Hit,
@@ -234,17 +209,13 @@ pub enum Lookup {
 impl Lookup {
     pub const ALL: [Lookup; 4] = [Lookup::Hit, Lookup::Stale, Lookup::Miss, Lookup::Error];
     pub fn as_str(self) -> &'static str {
-        match self {
-            Lookup::Hit => "hit",
-            Lookup::Stale => "stale",
-            Lookup::Miss => "miss",
-            Lookup::Error => "error",
-        }
+        self.into()
     }
 }
 
 /// Why a tier operation failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum TierFault {
     Timeout,
     Unavailable,
@@ -260,17 +231,13 @@ impl TierFault {
         TierFault::Decode,
     ];
     pub fn as_str(self) -> &'static str {
-        match self {
-            TierFault::Timeout => "timeout",
-            TierFault::Unavailable => "unavailable",
-            TierFault::CircuitOpen => "circuit_open",
-            TierFault::Decode => "decode",
-        }
+        self.into()
     }
 }
 
 /// What became of a write accepted for a lower tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum WriteOutcome {
     Written,
     /// The tier's queue was full; the write was refused before being accepted.
@@ -286,10 +253,6 @@ impl WriteOutcome {
         WriteOutcome::Failed,
     ];
     pub fn as_str(self) -> &'static str {
-        match self {
-            WriteOutcome::Written => "written",
-            WriteOutcome::QueueFull => "queue_full",
-            WriteOutcome::Failed => "failed",
-        }
+        self.into()
     }
 }

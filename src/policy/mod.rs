@@ -230,7 +230,8 @@ impl<'a> Matched<'a> {
 }
 
 /// Why a request was sent to the origin without using the cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum Bypass {
     /// The rule says `pass = true`.
     Rule,
@@ -242,11 +243,7 @@ pub enum Bypass {
 
 impl Bypass {
     pub fn as_str(self) -> &'static str {
-        match self {
-            Bypass::Rule => "rule",
-            Bypass::QueryParam => "query_param",
-            Bypass::Header => "header",
-        }
+        self.into()
     }
 }
 

@@ -16,7 +16,8 @@ pub use crate::http::cidr::Cidr;
 const MAX_FORWARDED_HOPS: usize = 32;
 
 /// How a client was identified; the `key_kind` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum KeyKind {
     /// The TCP peer's address.
     Ip,
@@ -30,12 +31,7 @@ pub enum KeyKind {
 
 impl KeyKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            KeyKind::Ip => "ip",
-            KeyKind::Forwarded => "forwarded",
-            KeyKind::ApiKey => "api_key",
-            KeyKind::Node => "node",
-        }
+        self.into()
     }
 }
 

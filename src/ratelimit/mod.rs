@@ -64,7 +64,8 @@ pub const DEFAULT_RATE_LIMIT_MAX_CLIENTS: usize = 100_000;
 pub const DEFAULT_RATE_LIMIT_CLEANUP_SECONDS: u64 = 10;
 
 /// Which quota refused a request; the `quota` metric label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum QuotaKind {
     Client,
     Rule,
@@ -73,11 +74,7 @@ pub enum QuotaKind {
 
 impl QuotaKind {
     pub fn as_str(self) -> &'static str {
-        match self {
-            QuotaKind::Client => "client",
-            QuotaKind::Rule => "rule",
-            QuotaKind::Origin => "origin",
-        }
+        self.into()
     }
 }
 

@@ -10,7 +10,8 @@ const OPEN: u8 = 1;
 const HALF_OPEN: u8 = 2;
 
 /// The breaker's state, for stats and logs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum CircuitState {
     Closed,
     Open,
@@ -19,11 +20,7 @@ pub enum CircuitState {
 
 impl CircuitState {
     pub fn as_str(self) -> &'static str {
-        match self {
-            CircuitState::Closed => "closed",
-            CircuitState::Open => "open",
-            CircuitState::HalfOpen => "half_open",
-        }
+        self.into()
     }
 }
 

@@ -458,3 +458,200 @@ fn own_cpu_seconds() -> f64 {
     let per_second: u64 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
     (ticks / per_second) as f64
 }
+
+/// Every label value, as dashboards, alerts and `Cache-Status` readers know them: the strings are
+/// derived from the enums' variant names, and a rename must not change them silently.
+#[test]
+fn label_values_are_the_ones_dashboards_and_alerts_use() {
+    let cases: Vec<(&str, &str)> = vec![
+        (tierd::cache::PurgeSource::Admin.as_str(), "admin"),
+        (tierd::cache::PurgeSource::Rule.as_str(), "rule"),
+        (tierd::cache::PurgeSource::Method.as_str(), "method"),
+        (tierd::cache::PurgeSource::Value.as_str(), "value"),
+        (tierd::http::cache_status::Fwd::Bypass.as_str(), "bypass"),
+        (tierd::http::cache_status::Fwd::Method.as_str(), "method"),
+        (tierd::http::cache_status::Fwd::UriMiss.as_str(), "uri-miss"),
+        (
+            tierd::http::cache_status::Fwd::VaryMiss.as_str(),
+            "vary-miss",
+        ),
+        (tierd::http::cache_status::Fwd::Request.as_str(), "request"),
+        (tierd::http::cache_status::Fwd::Stale.as_str(), "stale"),
+        (tierd::http::hygiene::Stripped::Listed.as_str(), "listed"),
+        (
+            tierd::http::hygiene::Stripped::Underscore.as_str(),
+            "underscore",
+        ),
+        (
+            tierd::http::hygiene::Stripped::Untrusted.as_str(),
+            "untrusted_forwarding",
+        ),
+        (
+            tierd::http::storable::NotStorable::Status.as_str(),
+            "status",
+        ),
+        (
+            tierd::http::storable::NotStorable::RequestNoStore.as_str(),
+            "request_no_store",
+        ),
+        (
+            tierd::http::storable::NotStorable::NoStore.as_str(),
+            "no_store",
+        ),
+        (
+            tierd::http::storable::NotStorable::Private.as_str(),
+            "private",
+        ),
+        (
+            tierd::http::storable::NotStorable::Authorization.as_str(),
+            "authorization",
+        ),
+        (
+            tierd::http::storable::NotStorable::SetCookie.as_str(),
+            "set_cookie",
+        ),
+        (
+            tierd::http::storable::NotStorable::VaryStar.as_str(),
+            "vary_star",
+        ),
+        (
+            tierd::http::storable::NotStorable::VaryMalformed.as_str(),
+            "vary_malformed",
+        ),
+        (
+            tierd::http::storable::NotStorable::NoFreshness.as_str(),
+            "no_freshness",
+        ),
+        (
+            tierd::http::storable::NotStorable::TooLarge.as_str(),
+            "too_large",
+        ),
+        (
+            tierd::http::storable::NotStorable::Incomplete.as_str(),
+            "incomplete",
+        ),
+        (
+            tierd::http::storable::NotStorable::RuleTtlZero.as_str(),
+            "rule_ttl_zero",
+        ),
+        (
+            tierd::http::storable::NotStorable::PurgedDuringFetch.as_str(),
+            "purged_during_fetch",
+        ),
+        (
+            tierd::http::storable::NotStorable::VaryTooLarge.as_str(),
+            "vary_too_large",
+        ),
+        (
+            tierd::http::storable::NotStorable::CredentialedHeuristic.as_str(),
+            "credentialed_heuristic",
+        ),
+        (
+            tierd::http::storable::NotStorable::Handler.as_str(),
+            "handler",
+        ),
+        (tierd::metrics::Outcome::Hit.as_str(), "hit"),
+        (
+            tierd::metrics::Outcome::StaleWhileRevalidate.as_str(),
+            "stale_while_revalidate",
+        ),
+        (
+            tierd::metrics::Outcome::StaleIfError.as_str(),
+            "stale_if_error",
+        ),
+        (tierd::metrics::Outcome::Collapsed.as_str(), "collapsed"),
+        (tierd::metrics::Outcome::Miss.as_str(), "miss"),
+        (tierd::metrics::Outcome::Revalidated.as_str(), "revalidated"),
+        (tierd::metrics::Outcome::Pass.as_str(), "pass"),
+        (tierd::metrics::Outcome::Error.as_str(), "error"),
+        (
+            tierd::metrics::Outcome::StaleOriginLimited.as_str(),
+            "stale_origin_limited",
+        ),
+        (
+            tierd::metrics::Outcome::RateLimited.as_str(),
+            "rate_limited",
+        ),
+        (tierd::metrics::Outcome::Rejected.as_str(), "rejected"),
+        (tierd::metrics::MethodLabel::Get.as_str(), "GET"),
+        (tierd::metrics::MethodLabel::Head.as_str(), "HEAD"),
+        (tierd::metrics::MethodLabel::Post.as_str(), "POST"),
+        (tierd::metrics::MethodLabel::Put.as_str(), "PUT"),
+        (tierd::metrics::MethodLabel::Patch.as_str(), "PATCH"),
+        (tierd::metrics::MethodLabel::Delete.as_str(), "DELETE"),
+        (tierd::metrics::MethodLabel::Options.as_str(), "OPTIONS"),
+        (tierd::metrics::MethodLabel::Other.as_str(), "other"),
+        (tierd::metrics::StatusClass::Informational.as_str(), "1xx"),
+        (tierd::metrics::StatusClass::Success.as_str(), "2xx"),
+        (tierd::metrics::StatusClass::Redirection.as_str(), "3xx"),
+        (tierd::metrics::StatusClass::ClientError.as_str(), "4xx"),
+        (tierd::metrics::StatusClass::ServerError.as_str(), "5xx"),
+        (tierd::metrics::EvictionCause::Expired.as_str(), "expired"),
+        (tierd::metrics::EvictionCause::Size.as_str(), "size"),
+        (tierd::metrics::EvictionCause::Explicit.as_str(), "explicit"),
+        (tierd::metrics::EvictionCause::Replaced.as_str(), "replaced"),
+        (tierd::metrics::OriginError::Connect.as_str(), "connect"),
+        (tierd::metrics::OriginError::Timeout.as_str(), "timeout"),
+        (tierd::metrics::OriginError::Protocol.as_str(), "protocol"),
+        (tierd::metrics::OriginError::Body.as_str(), "body"),
+        (tierd::metrics::OriginError::Status5xx.as_str(), "5xx"),
+        (tierd::metrics::Lookup::Hit.as_str(), "hit"),
+        (tierd::metrics::Lookup::Stale.as_str(), "stale"),
+        (tierd::metrics::Lookup::Miss.as_str(), "miss"),
+        (tierd::metrics::Lookup::Error.as_str(), "error"),
+        (tierd::metrics::TierFault::Timeout.as_str(), "timeout"),
+        (
+            tierd::metrics::TierFault::Unavailable.as_str(),
+            "unavailable",
+        ),
+        (
+            tierd::metrics::TierFault::CircuitOpen.as_str(),
+            "circuit_open",
+        ),
+        (tierd::metrics::TierFault::Decode.as_str(), "decode"),
+        (tierd::metrics::WriteOutcome::Written.as_str(), "written"),
+        (
+            tierd::metrics::WriteOutcome::QueueFull.as_str(),
+            "queue_full",
+        ),
+        (tierd::metrics::WriteOutcome::Failed.as_str(), "failed"),
+        (tierd::policy::Bypass::Rule.as_str(), "rule"),
+        (tierd::policy::Bypass::QueryParam.as_str(), "query_param"),
+        (tierd::policy::Bypass::Header.as_str(), "header"),
+        (tierd::ratelimit::KeyKind::Ip.as_str(), "ip"),
+        (tierd::ratelimit::KeyKind::Forwarded.as_str(), "forwarded"),
+        (tierd::ratelimit::KeyKind::ApiKey.as_str(), "api_key"),
+        (tierd::ratelimit::KeyKind::Node.as_str(), "node"),
+        (tierd::ratelimit::QuotaKind::Client.as_str(), "client"),
+        (tierd::ratelimit::QuotaKind::Rule.as_str(), "rule"),
+        (tierd::ratelimit::QuotaKind::Origin.as_str(), "origin"),
+        (tierd::store::CircuitState::Closed.as_str(), "closed"),
+        (tierd::store::CircuitState::Open.as_str(), "open"),
+        (tierd::store::CircuitState::HalfOpen.as_str(), "half_open"),
+        (tierd::types::TierName::L1.as_str(), "l1"),
+        (tierd::types::TierName::L2.as_str(), "l2"),
+        (tierd::types::TierName::L3.as_str(), "l3"),
+        (tierd::types::Rejection::UriTooLong.as_str(), "uri_too_long"),
+        (
+            tierd::types::Rejection::TooManyHeaders.as_str(),
+            "too_many_headers",
+        ),
+        (
+            tierd::types::Rejection::HeadersTooLarge.as_str(),
+            "headers_too_large",
+        ),
+        (
+            tierd::types::Rejection::BodyTooLarge.as_str(),
+            "body_too_large",
+        ),
+        (
+            tierd::types::Rejection::BodyTimeout.as_str(),
+            "body_timeout",
+        ),
+        (tierd::types::Rejection::BadHost.as_str(), "bad_host"),
+        (tierd::types::Rejection::BadBody.as_str(), "bad_body"),
+    ];
+    for (got, want) in cases {
+        assert_eq!(got, want);
+    }
+}

@@ -91,7 +91,8 @@ impl crate::ratelimit::QuotaSource for CacheState {
 }
 
 /// Who asked for a purge; the `source` label of `tierd_purges_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
+#[strum(serialize_all = "snake_case")]
 pub enum PurgeSource {
     /// `POST /_tierd/purge`.
     Admin,
@@ -105,12 +106,7 @@ pub enum PurgeSource {
 
 impl PurgeSource {
     pub fn as_str(self) -> &'static str {
-        match self {
-            PurgeSource::Admin => "admin",
-            PurgeSource::Rule => "rule",
-            PurgeSource::Method => "method",
-            PurgeSource::Value => "value",
-        }
+        self.into()
     }
 }
 
