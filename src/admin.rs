@@ -33,21 +33,15 @@ pub struct AdminOptions {
     pub config_file: Option<PathBuf>,
 }
 
-/// Registers the admin routes.
+/// Registers the admin routes of the gateway's admin listener: `/metrics`, `/healthz`,
+/// `/readyz` and `/_tierd/{stats,entry,purge,reload}`, and a JSON 404/405 for anything else.
 pub fn configure(
     state: Arc<CacheState>,
     opts: AdminOptions,
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
-        cfg.app_data(web::Data::from(state))
-            .app_data(web::Data::new(opts))
-            .route("/metrics", web::get().to(metrics))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/_tierd/stats", web::get().to(stats))
-            .route("/_tierd/entry", web::get().to(entry))
-            .route("/_tierd/purge", web::post().to(purge))
-            .route("/_tierd/reload", web::post().to(reload))
+        routes(cfg, state, opts, "/_tierd");
+        cfg.route("/_tierd/reload", web::post().to(reload))
             .default_service(web::to(not_found));
     }
 }
@@ -59,16 +53,19 @@ pub fn mount(
     state: Arc<CacheState>,
     opts: AdminOptions,
 ) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
-    move |cfg| {
-        cfg.app_data(web::Data::from(state))
-            .app_data(web::Data::new(opts))
-            .route("/metrics", web::get().to(metrics))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/stats", web::get().to(stats))
-            .route("/entry", web::get().to(entry))
-            .route("/purge", web::post().to(purge));
-    }
+    move |cfg| routes(cfg, state, opts, "")
+}
+
+/// The routes both share; the API's own under `api` (`/_tierd` on the admin listener).
+fn routes(cfg: &mut web::ServiceConfig, state: Arc<CacheState>, opts: AdminOptions, api: &str) {
+    cfg.app_data(web::Data::from(state))
+        .app_data(web::Data::new(opts))
+        .route("/metrics", web::get().to(metrics))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .route(&format!("{api}/stats"), web::get().to(stats))
+        .route(&format!("{api}/entry"), web::get().to(entry))
+        .route(&format!("{api}/purge"), web::post().to(purge));
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> HttpResponse {
