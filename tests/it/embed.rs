@@ -27,10 +27,7 @@ async fn put(addr: &str, path: &str, body: &str) -> Resp {
 
 /// The `ttl=` of a `Cache-Status` hit.
 fn ttl(r: &Resp) -> i64 {
-    r.cache_status()
-        .split(';')
-        .find_map(|m| m.trim().strip_prefix("ttl=").map(str::to_owned))
-        .and_then(|t| t.parse().ok())
+    r.ttl()
         .unwrap_or_else(|| panic!("no ttl in {}", r.cache_status()))
 }
 

@@ -16,14 +16,6 @@ use tierd::config::Settings;
 
 const TOKEN: &str = "s3cret-token";
 
-/// The `ttl=` of a Cache-Status.
-fn ttl(r: &Resp) -> Option<i64> {
-    r.cache_status()
-        .split(';')
-        .map(str::trim)
-        .find_map(|m| m.strip_prefix("ttl=").and_then(|v| v.parse().ok()))
-}
-
 fn is_hit(r: &Resp) -> bool {
     r.cache_status().contains("; hit")
 }
@@ -108,7 +100,7 @@ async fn the_ttl_follows_the_status_field_of_the_body() {
     let hit = h.get("/api/assessments/1").await;
     assert!(is_hit(&hit));
     assert_eq!(
-        ttl(&hit),
+        hit.ttl(),
         Some(60),
         "in_progress: 60 s ({})",
         hit.cache_status()
@@ -122,7 +114,7 @@ async fn the_ttl_follows_the_status_field_of_the_body() {
     assert!(refetched.text().contains("completed"));
     let hit = h.get("/api/assessments/1").await;
     assert_eq!(
-        ttl(&hit),
+        hit.ttl(),
         Some(300),
         "completed: 300 s ({})",
         hit.cache_status()
@@ -161,7 +153,7 @@ async fn per_status_ttls_cache_errors_briefly() {
     h.get("/missing").await;
     let hit = h.get("/missing").await;
     assert!(is_hit(&hit), "{}", hit.cache_status());
-    assert_eq!(ttl(&hit), Some(10));
+    assert_eq!(hit.ttl(), Some(10));
     h.advance(11);
     assert_eq!(h.get("/missing").await.text(), "gone #2");
     h.get("/down").await;
@@ -223,7 +215,7 @@ async fn force_refresh_refetches_and_replaces_the_entry() {
     );
     let hit = h.get("/api/dashboard/overview").await;
     assert_eq!(
-        ttl(&hit),
+        hit.ttl(),
         Some(60),
         "ttl_seconds = 60 without any origin header"
     );
@@ -604,7 +596,7 @@ async fn a_broken_reload_keeps_the_old_rules_and_a_good_one_applies() {
         }
     };
     get("/x").await;
-    assert_eq!(ttl(&get("/x").await), Some(100));
+    assert_eq!(get("/x").await.ttl(), Some(100));
 
     write("[[rules]]\nname = \"long\"\npath = \"/x\"\nttl_seconds = -3\n");
     let r = reload().await;
@@ -633,7 +625,7 @@ async fn a_broken_reload_keeps_the_old_rules_and_a_good_one_applies() {
     assert_eq!(json(&r)["rules"], 2);
     clock.advance(Duration::from_secs(100));
     get("/x").await;
-    assert_eq!(ttl(&get("/x").await), Some(7));
+    assert_eq!(get("/x").await.ttl(), Some(7));
     let y = get("/y").await;
     assert!(y.cache_status().contains("fwd=bypass"));
     gw.stop(true).await;
@@ -800,14 +792,14 @@ async fn a_head_that_freshens_a_stored_get_keeps_the_rule_ttl() {
     )
     .await;
     h.get("/h").await;
-    assert_eq!(ttl(&h.get("/h").await), Some(100));
+    assert_eq!(h.get("/h").await.ttl(), Some(100));
     h.advance(101);
     let head = h.send(h.client.head(h.url("/h"))).await;
     assert_eq!(head.status, 200);
     let after = h.get("/h").await;
     assert!(is_hit(&after), "{}", after.cache_status());
     assert_eq!(
-        ttl(&after),
+        after.ttl(),
         Some(100),
         "the rule's TTL, not the origin's max-age=5"
     );

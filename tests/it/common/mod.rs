@@ -381,13 +381,21 @@ impl Resp {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+    /// A parameter of the tierd Cache-Status member (`ttl`, `detail`, `fwd`, ...).
+    pub fn cache_param(&self, name: &str) -> Option<String> {
+        self.cache_status().split(';').map(str::trim).find_map(|m| {
+            m.strip_prefix(name)
+                .and_then(|v| v.strip_prefix('='))
+                .map(str::to_owned)
+        })
+    }
     /// The `detail=` of the tierd Cache-Status member (the tier that answered).
     pub fn detail(&self) -> String {
-        self.cache_status()
-            .split(';')
-            .map(str::trim)
-            .find_map(|m| m.strip_prefix("detail=").map(str::to_owned))
-            .unwrap_or_default()
+        self.cache_param("detail").unwrap_or_default()
+    }
+    /// The `ttl=` of the tierd Cache-Status member.
+    pub fn ttl(&self) -> Option<i64> {
+        self.cache_param("ttl").and_then(|v| v.parse().ok())
     }
     pub fn age(&self) -> Option<u64> {
         self.header("age").and_then(|a| a.parse().ok())
