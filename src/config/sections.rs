@@ -449,7 +449,7 @@ impl RateLimitConfig {
             })
             .transpose()
             .map_err(|_| format!("rate_limit.api_key_header: '{}'", self.api_key_header))?;
-        let mut limits = Limits::disabled(clock, metrics)
+        let mut limits = Limits::disabled(clock, metrics.rate_limit.clone())
             .with_identity(Identity::new(trusted, api_key, self.ipv6_prefix_bits))
             .with_clients(
                 self.max_clients,

@@ -72,15 +72,8 @@ pub struct Metrics {
     pub invalidations: IntCounter,
     /// L3 files rewritten to reclaim the space of deleted rows.
     pub l3_compactions: IntCounter,
-    /// 429s, by route, quota (client, rule, origin) and key kind; never the key itself.
-    pub rate_limited: IntCounterVec,
-    /// Requests a dry-run quota would have refused (let through), by route, quota and key kind.
-    pub rate_limit_dry_run: IntCounterVec,
-    /// Clients with a bucket, by quota (set by the limiter's housekeeping).
-    pub rate_limit_clients: IntGaugeVec,
-    /// Requests of new clients checked against the shared overflow bucket because the
-    /// table of clients was full, by quota.
-    pub rate_limit_overflow: IntCounterVec,
+    /// The rate limiter's own metrics (it registers them).
+    pub rate_limit: crate::ratelimit::RateLimitMetrics,
     /// Requests refused by request hardening, by reason.
     pub rejected: IntCounterVec,
     /// Request headers removed before forwarding, by reason (see [`crate::http::hygiene`]).
@@ -530,53 +523,7 @@ impl Metrics {
                 )
                 .expect("static metric definition"),
             ),
-            rate_limited: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tierd_rate_limited_total",
-                        "Requests refused with 429, by route template, quota (client, rule, \
-                         origin) and client key kind (ip, forwarded, api_key, node)",
-                    ),
-                    &["route", "quota", "key_kind"],
-                )
-                .expect("static metric definition"),
-            ),
-            rate_limit_dry_run: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tierd_rate_limit_dry_run_total",
-                        "Requests a quota in dry-run mode would have refused and let through, \
-                         by route template, quota (client, rule, origin) and client key kind",
-                    ),
-                    &["route", "quota", "key_kind"],
-                )
-                .expect("static metric definition"),
-            ),
-            rate_limit_clients: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "tierd_rate_limit_clients",
-                        "Clients with a rate-limit bucket, by quota (updated at each cleanup)",
-                    ),
-                    &["quota"],
-                )
-                .expect("static metric definition"),
-            ),
-            rate_limit_overflow: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tierd_rate_limit_overflow_total",
-                        "Requests of new clients checked against one shared bucket because the \
-                         client table was full (rate_limit.max_clients), by quota",
-                    ),
-                    &["quota"],
-                )
-                .expect("static metric definition"),
-            ),
+            rate_limit: crate::ratelimit::RateLimitMetrics::register(&r),
             rejected: reg(
                 &r,
                 IntCounterVec::new(
@@ -630,10 +577,6 @@ impl Metrics {
         }
         for r in ["ok", "rejected"] {
             m.rule_reloads.with_label_values(&[r]);
-        }
-        for q in ["client", "rule", "origin"] {
-            m.rate_limit_clients.with_label_values(&[q]);
-            m.rate_limit_overflow.with_label_values(&[q]);
         }
         for r in crate::types::Rejection::ALL {
             m.rejected.with_label_values(&[r.as_str()]);

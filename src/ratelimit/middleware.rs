@@ -44,7 +44,7 @@ impl Limits {
         }
         let gauge = |kind: QuotaKind, n: usize| {
             self.metrics
-                .rate_limit_clients
+                .clients
                 .with_label_values(&[kind.as_str()])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         };

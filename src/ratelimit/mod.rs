@@ -38,6 +38,7 @@
 
 mod identity;
 pub mod limiter;
+mod metrics;
 mod middleware;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,11 +53,11 @@ use prometheus::IntCounterVec;
 pub use identity::{Cidr, ClientId, ClientKey, Identity, KeyKind};
 pub use limiter::{check_quota, Denial, Limiter, QuotaSpec};
 
+pub use metrics::RateLimitMetrics;
 pub use middleware::{QuotaSource, RateLimit, RateLimitService};
 
 use crate::clock::Clock;
 use crate::http::response::opaque;
-use crate::metrics::Metrics;
 
 /// Clients tracked per quota by default (`rate_limit.max_clients`).
 pub const DEFAULT_RATE_LIMIT_MAX_CLIENTS: usize = 100_000;
@@ -73,6 +74,9 @@ pub enum QuotaKind {
 }
 
 impl QuotaKind {
+    /// Every quota.
+    pub const ALL: [QuotaKind; 3] = [QuotaKind::Client, QuotaKind::Rule, QuotaKind::Origin];
+
     pub fn as_str(self) -> &'static str {
         self.into()
     }
@@ -91,7 +95,7 @@ pub struct Limits {
     clock: Arc<dyn Clock>,
     max_clients: usize,
     cleanup_interval: Duration,
-    metrics: Arc<Metrics>,
+    metrics: RateLimitMetrics,
     /// 429s since the last cleanup, for its summary log line.
     refused: AtomicU64,
 }
@@ -107,7 +111,7 @@ impl std::fmt::Debug for Limits {
 
 impl Limits {
     /// No quotas (rule quotas still get buckets, tracking the default number of clients).
-    pub fn disabled(clock: Arc<dyn Clock>, metrics: Arc<Metrics>) -> Limits {
+    pub fn disabled(clock: Arc<dyn Clock>, metrics: RateLimitMetrics) -> Limits {
         Limits {
             identity: Identity::default(),
             client: None,
@@ -153,10 +157,7 @@ impl Limits {
     }
 
     fn limiter(&self, spec: QuotaSpec, kind: QuotaKind) -> Limiter {
-        let overflow = self
-            .metrics
-            .rate_limit_overflow
-            .with_label_values(&[kind.as_str()]);
+        let overflow = self.metrics.overflow.with_label_values(&[kind.as_str()]);
         Limiter::new(spec, self.clock.clone(), self.max_clients, overflow)
     }
 
@@ -205,14 +206,7 @@ impl Limits {
 
     /// Counts and logs a request a dry-run quota would have refused.
     pub fn would_refuse(&self, route: &str, quota: QuotaKind, kind: KeyKind, d: &Denial) {
-        record(
-            &self.metrics.rate_limit_dry_run,
-            route,
-            quota,
-            kind,
-            d,
-            true,
-        );
+        record(&self.metrics.dry_run, route, quota, kind, d, true);
     }
 }
 

@@ -120,7 +120,7 @@ impl CacheState {
         rules: RuleSet,
     ) -> Self {
         metrics.rules_loaded.set(rules.len() as i64);
-        let limits = Arc::new(Limits::disabled(clock.clone(), metrics.clone()));
+        let limits = Arc::new(Limits::disabled(clock.clone(), metrics.rate_limit.clone()));
         let mut rules = rules;
         limits.attach(&mut rules, None);
         CacheState {
