@@ -576,11 +576,9 @@ async fn a_database_duckdb_invalidated_is_reopened_once_the_disk_has_room() {
     })
     .await;
     let db = disk.path("l3.duckdb").display().to_string();
-    let log = disk
-        .dir
-        .path()
-        .join("..")
-        .join(format!("tierd-reliability-{}.log", std::process::id()));
+    // The log goes beside the small disk, not on it (it fills up), and is removed with the test.
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("tierd.log");
     let start = |port: u16, admin: u16| {
         let mut cmd = common::tierd_command();
         cmd.arg("serve")
