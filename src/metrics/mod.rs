@@ -16,9 +16,12 @@ use crate::types::TierName;
 
 mod counters;
 mod labels;
+mod registry;
 
-pub use counters::{RouteCounters, TierMetrics};
+pub use crate::store::TierMetrics;
+pub use counters::RouteCounters;
 pub use labels::*;
+pub use registry::{reg, LATENCY_BUCKETS};
 
 /// What the cache layer did with a request, left in the request's extensions.
 #[derive(Clone)]
@@ -30,22 +33,15 @@ pub struct Served {
     pub counters: Arc<RouteCounters>,
 }
 
-/// Histogram buckets for operations that can take from tens of microseconds (an L1 hit) to
-/// seconds (a slow origin).
-const LATENCY_BUCKETS: [f64; 16] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 10.0,
-];
-
 /// The `route` label of requests no rule matched.
 pub const OTHER_ROUTE: &str = "other";
 
 /// All of tierd's metrics.
 pub struct Metrics {
     enabled: bool,
-    tiers: [TierMetrics; 3],
+    /// The tiers' metrics (the store registers them).
+    pub store: crate::store::StoreMetrics,
     registry: Registry,
-    size_vecs: [IntGaugeVec; 2],
     requests_vec: IntCounterVec,
     request_seconds: Vec<Histogram>,
     /// Body bytes sent to clients: `[from cache, from the origin]`.
@@ -78,14 +74,6 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     /// Request headers removed before forwarding, by reason (see [`crate::http::hygiene`]).
     headers_stripped: Vec<IntCounter>,
-}
-
-fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    // Names are static and unique, so registration cannot fail; keep going if it somehow does.
-    if let Err(e) = r.register(Box::new(c.clone())) {
-        tracing::error!(error = %e, "metric registration failed");
-    }
-    c
 }
 
 impl Metrics {
@@ -184,33 +172,6 @@ impl Metrics {
         )) {
             tracing::error!(error = %e, "process metrics registration failed");
         }
-        let evictions = reg(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "tierd_tier_evictions_total",
-                    "Entries removed from a tier, by cause",
-                ),
-                &["tier", "cause"],
-            )
-            .expect("static metric definition"),
-        );
-        let entries = reg(
-            &r,
-            IntGaugeVec::new(
-                Opts::new("tierd_tier_entries", "Entries held by a tier"),
-                &["tier"],
-            )
-            .expect("static metric definition"),
-        );
-        let bytes = reg(
-            &r,
-            IntGaugeVec::new(
-                Opts::new("tierd_tier_bytes", "Bytes held by a tier"),
-                &["tier"],
-            )
-            .expect("static metric definition"),
-        );
         let origin_errors_vec = reg(
             &r,
             IntCounterVec::new(
@@ -237,143 +198,10 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
-        let lookups = reg(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "tierd_tier_lookups_total",
-                    "Lookups in a tier, by outcome: hit (fresh), stale, miss, error (a failed \
-                     or skipped tier, a miss for the request)",
-                ),
-                &["tier", "outcome"],
-            )
-            .expect("static metric definition"),
-        );
-        let faults = reg(
-            &r,
-            IntCounterVec::new(
-                Opts::new("tierd_tier_errors_total", "Failed tier operations, by kind"),
-                &["tier", "kind"],
-            )
-            .expect("static metric definition"),
-        );
-        let writes = reg(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "tierd_tier_writes_total",
-                    "Writes to a tier below L1, by outcome",
-                ),
-                &["tier", "outcome"],
-            )
-            .expect("static metric definition"),
-        );
-        let promotions = reg(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "tierd_tier_promotions_total",
-                    "Hits in a tier copied into the faster tiers, by the tier that answered",
-                ),
-                &["tier"],
-            )
-            .expect("static metric definition"),
-        );
-        let queue_depth = reg(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    "tierd_tier_queue_depth",
-                    "Writes accepted for a tier and not yet stored",
-                ),
-                &["tier"],
-            )
-            .expect("static metric definition"),
-        );
-        let circuit_open = reg(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    "tierd_tier_circuit_open",
-                    "1 while a tier's circuit breaker is open (the tier is skipped)",
-                ),
-                &["tier"],
-            )
-            .expect("static metric definition"),
-        );
-        let failed = reg(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    "tierd_tier_failed",
-                    "1 while a configured tier is failed: it could not start, or (L3) DuckDB \
-                     invalidated the database and it is being reopened",
-                ),
-                &["tier"],
-            )
-            .expect("static metric definition"),
-        );
-        let file_bytes = reg(
-            &r,
-            IntGaugeVec::new(
-                Opts::new(
-                    "tierd_tier_file_bytes",
-                    "A tier's size on disk (L3: the DuckDB file with its WAL); compared with \
-                     tierd_tier_bytes, the counted size of its entries",
-                ),
-                &["tier"],
-            )
-            .expect("static metric definition"),
-        );
-        let op_seconds = reg(
-            &r,
-            HistogramVec::new(
-                HistogramOpts::new(
-                    "tierd_tier_operation_duration_seconds",
-                    "Time taken by tier operations (get: one lookup; put: one entry in L1, one \
-                     batch in L2 and L3; delete: one purge)",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-                &["tier", "op"],
-            )
-            .expect("static metric definition"),
-        );
-        let tier = |t: TierName| {
-            let n = t.as_str();
-            TierMetrics {
-                enabled,
-                lookups: Lookup::ALL
-                    .iter()
-                    .map(|l| lookups.with_label_values(&[n, l.as_str()]))
-                    .collect(),
-                faults: TierFault::ALL
-                    .iter()
-                    .map(|f| faults.with_label_values(&[n, f.as_str()]))
-                    .collect(),
-                writes: WriteOutcome::ALL
-                    .iter()
-                    .map(|w| writes.with_label_values(&[n, w.as_str()]))
-                    .collect(),
-                evictions: EvictionCause::ALL
-                    .iter()
-                    .map(|c| evictions.with_label_values(&[n, c.as_str()]))
-                    .collect(),
-                promotions: promotions.with_label_values(&[n]),
-                queue_depth: queue_depth.with_label_values(&[n]),
-                circuit_open: circuit_open.with_label_values(&[n]),
-                failed: failed.with_label_values(&[n]),
-                file_bytes: file_bytes.with_label_values(&[n]),
-                entries: entries.with_label_values(&[n]),
-                bytes: bytes.with_label_values(&[n]),
-                get_seconds: op_seconds.with_label_values(&[n, "get"]),
-                put_seconds: op_seconds.with_label_values(&[n, "put"]),
-                delete_seconds: op_seconds.with_label_values(&[n, "delete"]),
-            }
-        };
+        let store = crate::store::StoreMetrics::register(&r, enabled);
         let m = Metrics {
-            size_vecs: [entries.clone(), bytes.clone()],
             enabled,
-            tiers: [tier(TierName::L1), tier(TierName::L2), tier(TierName::L3)],
+            store,
             requests_vec,
             request_seconds,
             response_bytes,
@@ -642,20 +470,18 @@ impl Metrics {
     /// Stops exporting `t`'s entries and bytes: a tier that cannot count them (Redis shares
     /// its keyspace; its size comes from redis_exporter) exports nothing rather than a 0.
     pub fn size_unknown(&self, t: TierName) {
-        for v in &self.size_vecs {
-            let _ = v.remove_label_values(&[t.as_str()]);
-        }
+        self.store.size_unknown(t);
     }
 
     /// One tier's metrics.
     #[inline]
     pub fn tier(&self, t: TierName) -> &TierMetrics {
-        &self.tiers[t as usize]
+        self.store.tier(t)
     }
 
     #[inline]
     pub fn l1_eviction(&self, c: EvictionCause) {
-        self.tiers[TierName::L1 as usize].evictions[c as usize].inc();
+        self.store.tier(TierName::L1).evictions[c as usize].inc();
     }
 
     pub fn origin_error(&self, k: OriginError) {

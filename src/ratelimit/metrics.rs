@@ -3,6 +3,7 @@
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use super::QuotaKind;
+use crate::metrics::reg;
 
 /// 429s, dry-run refusals, tracked clients and overflow, by quota; never by client.
 #[derive(Clone)]
@@ -18,20 +19,12 @@ pub struct RateLimitMetrics {
     pub overflow: IntCounterVec,
 }
 
-fn registered<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
-    // Names are static and unique, so registration cannot fail; keep going if it somehow does.
-    if let Err(e) = r.register(Box::new(c.clone())) {
-        tracing::error!(error = %e, "metric registration failed");
-    }
-    c
-}
-
 impl RateLimitMetrics {
     /// Creates the metrics and registers them in `r`, every quota's series present from the start.
     pub fn register(r: &Registry) -> RateLimitMetrics {
         let by_route = ["route", "quota", "key_kind"];
         let m = RateLimitMetrics {
-            rate_limited: registered(
+            rate_limited: reg(
                 r,
                 IntCounterVec::new(
                     Opts::new(
@@ -43,7 +36,7 @@ impl RateLimitMetrics {
                 )
                 .expect("static metric definition"),
             ),
-            dry_run: registered(
+            dry_run: reg(
                 r,
                 IntCounterVec::new(
                     Opts::new(
@@ -55,7 +48,7 @@ impl RateLimitMetrics {
                 )
                 .expect("static metric definition"),
             ),
-            clients: registered(
+            clients: reg(
                 r,
                 IntGaugeVec::new(
                     Opts::new(
@@ -66,7 +59,7 @@ impl RateLimitMetrics {
                 )
                 .expect("static metric definition"),
             ),
-            overflow: registered(
+            overflow: reg(
                 r,
                 IntCounterVec::new(
                     Opts::new(

@@ -11,6 +11,7 @@ mod breaker;
 #[cfg(feature = "duckdb")]
 mod duck;
 mod memory;
+mod metrics;
 pub mod queue;
 #[cfg(feature = "redis")]
 mod redis;
@@ -27,6 +28,7 @@ pub use breaker::CircuitState;
 #[cfg(feature = "duckdb")]
 pub use duck::{key_hash, DuckOptions, DuckTier};
 pub use memory::MemoryTier;
+pub use metrics::{StoreMetrics, TierMetrics};
 pub use queue::Record;
 #[cfg(feature = "redis")]
 pub use redis::{RedisOptions, RedisTier};
