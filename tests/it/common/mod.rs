@@ -139,6 +139,12 @@ async fn origin_handler(
         b.insert_header(("date", httpdate::fmt_http_date(st.clock.now())));
     }
     for (k, v) in &reply.headers {
+        // actix drops a handler's own `Connection` header and decides keep-alive itself, so
+        // `Connection: close` has to be asked of it: the connection then really closes and the
+        // gateway keeps nothing pooled (a test that stops this origin relies on that).
+        if k.eq_ignore_ascii_case("connection") && v.eq_ignore_ascii_case("close") {
+            b.force_close();
+        }
         b.append_header((k.as_str(), v.as_str()));
     }
     b.body(reply.body)
