@@ -99,7 +99,18 @@ pub struct Origin {
     pub requests: Arc<Mutex<Vec<(String, String, HeaderMap)>>>,
     /// The body of each request, in the order of `requests`.
     pub bodies: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// Connections open right now (a guard in each connection's data counts it).
+    open: Arc<AtomicU64>,
     handle: ServerHandle,
+}
+
+/// Counts one open origin connection for as long as the connection lives.
+struct OpenConnection(Arc<AtomicU64>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 struct OriginState {
@@ -170,10 +181,16 @@ impl Origin {
             requests: requests.clone(),
             bodies: bodies.clone(),
         });
+        let open = Arc::new(AtomicU64::new(0));
+        let counted = open.clone();
         let srv = HttpServer::new(move || {
             App::new()
                 .app_data(state.clone())
                 .default_service(web::to(origin_handler))
+        })
+        .on_connect(move |_, data| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            data.insert(OpenConnection(counted.clone()));
         })
         .workers(1)
         .max_connections(100_000)
@@ -195,6 +212,7 @@ impl Origin {
             peak_in_flight: peak,
             requests,
             bodies,
+            open,
             handle,
         }
     }
@@ -212,17 +230,23 @@ impl Origin {
         self.requests.lock().unwrap().last().cloned().unwrap()
     }
 
-    /// Stops the origin and returns once its port refuses connections (the server's stop
-    /// resolves before its listening socket is closed, and a connection in that gap is still
-    /// answered).
+    /// Stops the origin and returns once it is really gone: its port refuses connections and
+    /// no connection it accepted is still open. The server's stop resolves before either is
+    /// true (its listening socket and its worker's connections close a moment later), and a
+    /// gateway's pooled keep-alive connection was still answered in that gap.
     pub async fn stop(self) {
         let addr = self.addr;
         self.handle.stop(false).await;
-        let refused = eventually(Duration::from_secs(5), async || {
-            tokio::net::TcpStream::connect(addr).await.is_err()
+        let open = self.open;
+        let gone = eventually(Duration::from_secs(5), async || {
+            open.load(Ordering::SeqCst) == 0 && tokio::net::TcpStream::connect(addr).await.is_err()
         })
         .await;
-        assert!(refused, "the origin on {addr} still accepts connections");
+        assert!(
+            gone,
+            "the origin on {addr} still accepts connections or has {} open",
+            open.load(Ordering::SeqCst)
+        );
     }
 }
 
