@@ -567,14 +567,15 @@ pub fn reload_rules(state: &CacheState, file: Option<&Path>) -> Result<usize, St
         Ok(rules) => {
             let n = rules.len();
             state.set_rules(rules);
-            state.metrics.rule_reloads.with_label_values(&["ok"]).inc();
+            state.metrics.rules.reloads.with_label_values(&["ok"]).inc();
             tracing::info!(rules = n, config = ?file, "rules reloaded (other sections apply at the next restart)");
             Ok(n)
         }
         Err(e) => {
             state
                 .metrics
-                .rule_reloads
+                .rules
+                .reloads
                 .with_label_values(&["rejected"])
                 .inc();
             tracing::error!(error = %e, config = ?file, "rules reload rejected; the previous rules stay in force");

@@ -172,7 +172,7 @@ impl Upstream {
         } else {
             None
         };
-        self.metrics.origin_requests.inc();
+        self.metrics.cache.origin_requests.inc();
         let started = Instant::now();
         let sent = match body {
             None => creq.send().await,
@@ -183,12 +183,13 @@ impl Upstream {
             }
         };
         self.metrics
+            .cache
             .origin_latency
             .observe(started.elapsed().as_secs_f64());
         let response = match sent {
             Ok(cres) => {
                 if cres.status().is_server_error() {
-                    self.metrics.origin_error(OriginError::Status5xx);
+                    self.metrics.cache.origin_error(OriginError::Status5xx);
                 }
                 convert(cres, &method)
             }
@@ -203,7 +204,7 @@ impl Upstream {
             }
             Err(e) => {
                 let (kind, status) = classify(&e);
-                self.metrics.origin_error(kind);
+                self.metrics.cache.origin_error(kind);
                 static FAILED: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
                 if let Some(occurrences) = FAILED.check() {
                     tracing::warn!(error = %e, kind = kind.as_str(), path = http_req.path(), occurrences, "origin request failed");

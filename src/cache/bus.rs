@@ -126,7 +126,11 @@ async fn apply_loop(mut rx: mpsc::Receiver<Received>, state: Weak<CacheState>) {
             Received::Purge(sel, sent_us) => st.apply_remote(&sel, sent_us).await,
             Received::Resync(why) => {
                 st.store.l1().clear();
-                st.metrics.l1_resyncs.with_label_values(&[why]).inc();
+                st.metrics
+                    .invalidation
+                    .l1_resyncs
+                    .with_label_values(&[why])
+                    .inc();
                 tracing::warn!(
                     reason = why,
                     "L1 cleared: invalidations from other nodes may have been missed"
@@ -192,16 +196,16 @@ async fn subscribe_loop(
                             if w.node == node {
                                 continue;
                             }
-                            st.metrics.invalidation_messages.with_label_values(&["received"]).inc();
+                            st.metrics.invalidation.invalidation_messages.with_label_values(&["received"]).inc();
                             if tx.try_send(Received::Purge(w.selector, w.sent_us)).is_err() {
                                 // Falling behind: clearing L1 is always safe.
                                 st.store.l1().clear();
-                                st.metrics.l1_resyncs.with_label_values(&["backlog"]).inc();
+                                st.metrics.invalidation.l1_resyncs.with_label_values(&["backlog"]).inc();
                                 tracing::warn!("invalidation backlog full; L1 cleared");
                             }
                         }
                         _ => {
-                            st.metrics.invalidation_messages.with_label_values(&["rejected"]).inc();
+                            st.metrics.invalidation.invalidation_messages.with_label_values(&["rejected"]).inc();
                             tracing::warn!(bytes = msg.get_payload_bytes().len(), "unreadable invalidation message ignored");
                         }
                     }
@@ -240,9 +244,11 @@ impl CacheState {
         self.store.l1().purge(selector);
         let lag_us = now_us().saturating_sub(sent_us);
         self.metrics
+            .invalidation
             .invalidation_lag
             .observe(Duration::from_micros(lag_us).as_secs_f64());
         self.metrics
+            .invalidation
             .purges
             .with_label_values(&[selector.kind(), "remote"])
             .inc();

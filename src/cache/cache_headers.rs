@@ -132,7 +132,7 @@ where
                 Precondition::Proceed => res,
                 Precondition::NotModified => {
                     if let Some(m) = &metrics {
-                        m.not_modified();
+                        m.cache.not_modified();
                     }
                     replace(res, |r| not_modified(r.headers()))
                 }

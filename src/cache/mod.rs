@@ -11,6 +11,7 @@ pub mod codec;
 mod directive;
 pub mod entry;
 pub mod key;
+mod metrics;
 mod response_cache;
 pub mod single_flight;
 mod values;
@@ -19,6 +20,7 @@ mod values;
 pub use bus::Bus;
 pub use cache_headers::{CacheHeaders, CacheHeadersService};
 pub use directive::CacheDirective;
+pub use metrics::{CacheMetrics, InvalidationMetrics};
 pub use response_cache::{
     cache_status_header, CachePolicy, CacheState, GetWithBody, PurgeSource, ResponseCache,
     ResponseCacheService, UpstreamFailure,

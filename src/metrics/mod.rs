@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use actix_web::http::Method;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::types::TierName;
@@ -36,44 +36,28 @@ pub struct Served {
 /// The `route` label of requests no rule matched.
 pub const OTHER_ROUTE: &str = "other";
 
-/// All of tierd's metrics.
+/// All of tierd's metrics, in one registry: the request metrics (recorded by the observe
+/// layer) are defined here; every other component registers its own and is composed here.
 pub struct Metrics {
     enabled: bool,
-    /// The tiers' metrics (the store registers them).
-    pub store: crate::store::StoreMetrics,
     registry: Registry,
     requests_vec: IntCounterVec,
     request_seconds: Vec<Histogram>,
     /// Body bytes sent to clients: `[from cache, from the origin]`.
     response_bytes: [IntCounter; 2],
     stale_served: [IntCounter; 3],
-    pub purges: IntCounterVec,
-    pub purged_entries: IntCounterVec,
-    pub invalidation_lag: Histogram,
-    pub invalidation_messages: IntCounterVec,
-    /// Whole-L1 clears because cross-node invalidations may have been missed, by reason
-    /// (resubscribed, backlog).
-    pub l1_resyncs: IntCounterVec,
-    pub rule_reloads: IntCounterVec,
-    pub rules_loaded: IntGauge,
-    not_modified: IntCounter,
-    pub origin_requests: IntCounter,
-    origin_errors: Vec<IntCounter>,
-    pub origin_latency: Histogram,
-    pub coalesced_waiters: IntCounter,
-    /// Waiters whose leader's fetch outlasted their wait, by result (stale, gateway_timeout).
-    pub coalesce_timeouts: IntCounterVec,
-    pub background_refreshes: IntCounter,
-    not_stored: IntCounterVec,
-    pub invalidations: IntCounter,
-    /// L3 files rewritten to reclaim the space of deleted rows.
-    pub l3_compactions: IntCounter,
-    /// The rate limiter's own metrics (it registers them).
+    /// The tiers' metrics (the store registers them).
+    pub store: crate::store::StoreMetrics,
+    /// The response cache's and its origin's (the cache registers them).
+    pub cache: crate::cache::CacheMetrics,
+    /// Purges and the cross-node invalidation bus (the cache registers them).
+    pub invalidation: crate::cache::InvalidationMetrics,
+    /// The rules' (the policy layer registers them).
+    pub rules: crate::policy::RuleMetrics,
+    /// The rate limiter's (it registers them).
     pub rate_limit: crate::ratelimit::RateLimitMetrics,
-    /// Requests refused by request hardening, by reason.
-    pub rejected: IntCounterVec,
-    /// Request headers removed before forwarding, by reason (see [`crate::http::hygiene`]).
-    headers_stripped: Vec<IntCounter>,
+    /// Request hygiene's (the guard registers them).
+    pub guard: crate::guard::GuardMetrics,
 }
 
 impl Metrics {
@@ -172,250 +156,20 @@ impl Metrics {
         )) {
             tracing::error!(error = %e, "process metrics registration failed");
         }
-        let origin_errors_vec = reg(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "tierd_origin_errors_total",
-                    "Origin requests that failed, by kind (connect, timeout, protocol, body, 5xx)",
-                ),
-                &["kind"],
-            )
-            .expect("static metric definition"),
-        );
-        let origin_errors = OriginError::ALL
-            .iter()
-            .map(|k| origin_errors_vec.with_label_values(&[k.as_str()]))
-            .collect();
-        let not_stored = reg(
-            &r,
-            IntCounterVec::new(
-                Opts::new(
-                    "tierd_not_stored_total",
-                    "Origin responses not stored, by reason",
-                ),
-                &["reason"],
-            )
-            .expect("static metric definition"),
-        );
-        let store = crate::store::StoreMetrics::register(&r, enabled);
-        let m = Metrics {
+        Metrics {
             enabled,
-            store,
             requests_vec,
             request_seconds,
             response_bytes,
             stale_served,
-            purges: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tierd_purges_total",
-                        "Purges applied on this node, by selector kind and source (admin, rule, \
-                         method, remote: published by another node)",
-                    ),
-                    &["kind", "source"],
-                )
-                .expect("static metric definition"),
-            ),
-            purged_entries: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tierd_purged_entries_total",
-                        "Entries removed by purges, by tier",
-                    ),
-                    &["tier"],
-                )
-                .expect("static metric definition"),
-            ),
-            invalidation_lag: reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "tierd_invalidation_lag_seconds",
-                        "Time from a purge on one node to its L1 removal on this node \
-                         (publish to apply, across Redis pub/sub)",
-                    )
-                    .buckets(vec![
-                        0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                        0.25, 1.0,
-                    ]),
-                )
-                .expect("static metric definition"),
-            ),
-            invalidation_messages: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tierd_invalidation_messages_total",
-                        "Invalidation messages on Redis pub/sub, by direction (published, \
-                         received, rejected)",
-                    ),
-                    &["direction"],
-                )
-                .expect("static metric definition"),
-            ),
-            l1_resyncs: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tierd_l1_resyncs_total",
-                        "L1 cleared whole because invalidations from other nodes may have been \
-                         missed, by reason (resubscribed, backlog)",
-                    ),
-                    &["reason"],
-                )
-                .expect("static metric definition"),
-            ),
-            rule_reloads: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tierd_rule_reloads_total",
-                        "Rule reloads, by result (ok, rejected)",
-                    ),
-                    &["result"],
-                )
-                .expect("static metric definition"),
-            ),
-            rules_loaded: reg(
-                &r,
-                IntGauge::new("tierd_rules", "Rules in force").expect("static metric definition"),
-            ),
-            not_modified: reg(
-                &r,
-                IntCounter::new("tierd_not_modified_total", "304 responses sent to clients")
-                    .expect("static metric definition"),
-            ),
-            origin_requests: reg(
-                &r,
-                IntCounter::new("tierd_origin_requests_total", "Requests sent to the origin")
-                    .expect("static metric definition"),
-            ),
-            origin_errors,
-            origin_latency: reg(
-                &r,
-                Histogram::with_opts(
-                    HistogramOpts::new(
-                        "tierd_origin_request_duration_seconds",
-                        "Time from sending a request to the origin to its response head",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                )
-                .expect("static metric definition"),
-            ),
-            coalesced_waiters: reg(
-                &r,
-                IntCounter::new(
-                    "tierd_coalesced_waiters_total",
-                    "Requests that waited on another request's origin fetch",
-                )
-                .expect("static metric definition"),
-            ),
-            coalesce_timeouts: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tierd_coalesce_timeouts_total",
-                        "Requests that stopped waiting on another request's slow origin fetch, \
-                         by result (stale: served a stale copy; gateway_timeout: answered 504)",
-                    ),
-                    &["result"],
-                )
-                .expect("static metric definition"),
-            ),
-            background_refreshes: reg(
-                &r,
-                IntCounter::new(
-                    "tierd_background_refreshes_total",
-                    "Background refreshes started for stale-while-revalidate",
-                )
-                .expect("static metric definition"),
-            ),
-            not_stored,
-            l3_compactions: reg(
-                &r,
-                IntCounter::new(
-                    "tierd_l3_compactions_total",
-                    "L3 files rewritten because deleted rows' space took the file past 1.5x \
-                     tiers.l3.max_bytes",
-                )
-                .expect("static metric definition"),
-            ),
-            invalidations: reg(
-                &r,
-                IntCounter::new(
-                    "tierd_invalidations_total",
-                    "URIs invalidated by unsafe methods",
-                )
-                .expect("static metric definition"),
-            ),
+            store: crate::store::StoreMetrics::register(&r, enabled),
+            cache: crate::cache::CacheMetrics::register(&r, enabled),
+            invalidation: crate::cache::InvalidationMetrics::register(&r),
+            rules: crate::policy::RuleMetrics::register(&r),
             rate_limit: crate::ratelimit::RateLimitMetrics::register(&r),
-            rejected: reg(
-                &r,
-                IntCounterVec::new(
-                    Opts::new(
-                        "tierd_requests_rejected_total",
-                        "Requests refused by request hardening, by reason",
-                    ),
-                    &["reason"],
-                )
-                .expect("static metric definition"),
-            ),
-            headers_stripped: {
-                let v = reg(
-                    &r,
-                    IntCounterVec::new(
-                        Opts::new(
-                            "tierd_request_headers_stripped_total",
-                            "Request headers removed before forwarding (listed in \
-                             cache.strip_request_headers, underscore in the name, or a \
-                             forwarding claim from an untrusted peer), by reason",
-                        ),
-                        &["reason"],
-                    )
-                    .expect("static metric definition"),
-                );
-                crate::http::hygiene::Stripped::ALL
-                    .iter()
-                    .map(|s| v.with_label_values(&[s.as_str()]))
-                    .collect()
-            },
+            guard: crate::guard::GuardMetrics::register(&r),
             registry: r,
-        };
-        // Every bounded combination exists from the start, so `rate()` and `increase()` in
-        // dashboards and alerts read 0 instead of nothing before the first event.
-        for kind in ["tag", "url", "prefix"] {
-            for source in ["admin", "rule", "method", "value", "remote"] {
-                m.purges.with_label_values(&[kind, source]);
-            }
         }
-        for t in TierName::ALL {
-            m.purged_entries.with_label_values(&[t.as_str()]);
-        }
-        for d in ["published", "received", "rejected"] {
-            m.invalidation_messages.with_label_values(&[d]);
-        }
-        for r in ["stale", "gateway_timeout"] {
-            m.coalesce_timeouts.with_label_values(&[r]);
-        }
-        for r in ["resubscribed", "backlog"] {
-            m.l1_resyncs.with_label_values(&[r]);
-        }
-        for r in ["ok", "rejected"] {
-            m.rule_reloads.with_label_values(&[r]);
-        }
-        for r in crate::types::Rejection::ALL {
-            m.rejected.with_label_values(&[r.as_str()]);
-        }
-        m
-    }
-
-    /// Counts one request header removed by [`crate::http::hygiene`].
-    #[inline]
-    pub fn headers_stripped(&self, why: crate::http::hygiene::Stripped) {
-        self.headers_stripped[why as usize].inc();
     }
 
     /// Whether per-request recording is on (`[metrics] enabled`).
@@ -459,14 +213,6 @@ impl Metrics {
         }
     }
 
-    /// Counts a 304 sent to a client.
-    #[inline]
-    pub fn not_modified(&self) {
-        if self.enabled {
-            self.not_modified.inc();
-        }
-    }
-
     /// Stops exporting `t`'s entries and bytes: a tier that cannot count them (Redis shares
     /// its keyspace; its size comes from redis_exporter) exports nothing rather than a 0.
     pub fn size_unknown(&self, t: TierName) {
@@ -484,18 +230,10 @@ impl Metrics {
         self.store.tier(TierName::L1).evictions[c as usize].inc();
     }
 
-    pub fn origin_error(&self, k: OriginError) {
-        self.origin_errors[k as usize].inc();
-    }
-
     /// The registry every metric is registered in; `/metrics` renders it whole, so metrics an
     /// application registers here appear there too.
     pub fn registry(&self) -> &Registry {
         &self.registry
-    }
-
-    pub fn not_stored(&self, reason: &'static str) {
-        self.not_stored.with_label_values(&[reason]).inc();
     }
 
     /// The text exposition of every metric.

@@ -22,6 +22,7 @@
 //! # }
 //! ```
 
+mod metrics;
 mod rule;
 mod template;
 
@@ -31,6 +32,7 @@ use actix_web::http::header::HeaderMap;
 use actix_web::http::Method;
 use sha2::{Digest, Sha256};
 
+pub use metrics::RuleMetrics;
 pub use rule::{
     valid_tag, InvalidateConfig, KeyConfig, ParamPattern, QuotaConfig, Rule, RuleConfig,
     TtlByField, TtlByFieldConfig, UserScope, MAX_TEXT_BYTES,

@@ -83,6 +83,8 @@ impl TierMetrics {
 pub struct StoreMetrics {
     tiers: [TierMetrics; 3],
     size_vecs: [IntGaugeVec; 2],
+    /// L3 files rewritten to reclaim the space of deleted rows.
+    pub l3_compactions: IntCounter,
 }
 
 impl StoreMetrics {
@@ -252,6 +254,15 @@ impl StoreMetrics {
         StoreMetrics {
             size_vecs: [entries.clone(), bytes.clone()],
             tiers: [tier(TierName::L1), tier(TierName::L2), tier(TierName::L3)],
+            l3_compactions: reg(
+                r,
+                IntCounter::new(
+                    "tierd_l3_compactions_total",
+                    "L3 files rewritten because deleted rows' space took the file past 1.5x \
+                     tiers.l3.max_bytes",
+                )
+                .expect("static metric definition"),
+            ),
         }
     }
 

@@ -411,6 +411,7 @@ impl TieredStore {
             match r {
                 Ok(n) => self
                     .metrics
+                    .invalidation
                     .purged_entries
                     .with_label_values(&[tier.as_str()])
                     .inc_by(*n),

@@ -347,14 +347,14 @@ async fn the_cache_works_wrapped_around_an_app_a_scope_and_a_resource() {
         // Twenty misses for one key: the handler is held until the other nineteen wait on the
         // first one's call.
         let before = app.calls();
-        let waiting_before = app.state.metrics.coalesced_waiters.get();
+        let waiting_before = app.state.metrics.cache.coalesced_waiters.get();
         let url = format!("http://{}/app/slow/1", app.addr);
         let concurrent = actix_web::rt::spawn(futures_util::future::join_all(
             (0..20).map(move |_| common::send(common::client().get(url.clone()))),
         ));
         let joined = common::eventually(Duration::from_secs(5), async || {
             app.calls() == before + 1
-                && app.state.metrics.coalesced_waiters.get() == waiting_before + 19
+                && app.state.metrics.cache.coalesced_waiters.get() == waiting_before + 19
         })
         .await;
         assert!(joined, "{level:?}: one handler call, nineteen waiters");

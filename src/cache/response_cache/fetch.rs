@@ -238,7 +238,7 @@ where
         let plan = match planned {
             Ok(p) => p,
             Err(reason) => {
-                st.metrics.not_stored(reason.as_str());
+                st.metrics.cache.not_stored(reason.as_str());
                 if self.stale.is_some() {
                     st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                 }
@@ -281,7 +281,7 @@ where
                     refused = Some(NotStorable::PurgedDuringFetch);
                 }
                 if let Some(reason) = refused {
-                    st.metrics.not_stored(reason.as_str());
+                    st.metrics.cache.not_stored(reason.as_str());
                     if self.stale.is_some() {
                         st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                     }
@@ -297,6 +297,7 @@ where
             }
             Collected::TooLarge(prefix, rest) => {
                 st.metrics
+                    .cache
                     .not_stored(storable::NotStorable::TooLarge.as_str());
                 self.complete(FlightOutcome::Uncacheable);
                 self.route.note(http_req, Outcome::Pass, None);
@@ -317,8 +318,9 @@ where
                 res
             }
             Collected::Failed => {
-                st.metrics.origin_error(OriginError::Body);
+                st.metrics.cache.origin_error(OriginError::Body);
                 st.metrics
+                    .cache
                     .not_stored(storable::NotStorable::Incomplete.as_str());
                 if let Some(res) = self.stale_on_error(http_req, 502, true, st.clock.now()) {
                     return res;
@@ -387,7 +389,7 @@ where
             }
             Err(reason) => {
                 // The 304 made the response unstorable: serve it this once, then forget it.
-                st.metrics.not_stored(reason.as_str());
+                st.metrics.cache.not_stored(reason.as_str());
                 st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                 self.complete(FlightOutcome::Uncacheable);
                 self.route.note(http_req, Outcome::Revalidated, tier);

@@ -51,7 +51,7 @@ where
                 Join::Waiter(rx) => rx,
             };
             if !counted {
-                st.metrics.coalesced_waiters.inc();
+                st.metrics.cache.coalesced_waiters.inc();
                 counted = true;
             }
             let limit = if stale_servable {
@@ -118,6 +118,7 @@ where
                 Err(_elapsed) => {
                     if let Some((entry, tier)) = stale.filter(|_| stale_servable) {
                         st.metrics
+                            .cache
                             .coalesce_timeouts
                             .with_label_values(&["stale"])
                             .inc();
@@ -140,6 +141,7 @@ where
                         );
                     }
                     st.metrics
+                        .cache
                         .coalesce_timeouts
                         .with_label_values(&["gateway_timeout"])
                         .inc();
@@ -192,7 +194,7 @@ where
             tracing::debug!("origin quota spent; background refresh skipped");
             return None;
         }
-        self.state.metrics.background_refreshes.inc();
+        self.state.metrics.cache.background_refreshes.inc();
         strip_body(&mut req);
         let mut route = route;
         route.background = true;
@@ -335,7 +337,7 @@ where
             }
             for sel in &selectors {
                 st.invalidate(sel, PurgeSource::Method).await;
-                st.metrics.invalidations.inc();
+                st.metrics.cache.invalidations.inc();
             }
             if let Some(rule) = route.rule().filter(|_| status.is_success()) {
                 for sel in rule.invalidations_for(http_req.path()) {

@@ -27,7 +27,7 @@ where
             st.policy
                 .hygiene
                 .apply(req.headers_mut(), peer, keyed, |_, why| {
-                    metrics.headers_stripped(why)
+                    metrics.guard.headers_stripped(why)
                 });
         }
         if !st.policy.enabled {

@@ -119,7 +119,7 @@ impl CacheState {
         metrics: Arc<Metrics>,
         rules: RuleSet,
     ) -> Self {
-        metrics.rules_loaded.set(rules.len() as i64);
+        metrics.rules.loaded.set(rules.len() as i64);
         let limits = Arc::new(Limits::disabled(clock.clone(), metrics.rate_limit.clone()));
         let mut rules = rules;
         limits.attach(&mut rules, None);
@@ -154,7 +154,7 @@ impl CacheState {
 
     /// Replaces the rules in force (requests already running keep theirs).
     pub fn set_rules(&self, rules: RuleSet) {
-        self.metrics.rules_loaded.set(rules.len() as i64);
+        self.metrics.rules.loaded.set(rules.len() as i64);
         let mut rules = rules;
         self.limits.attach(&mut rules, Some(&self.rules.load()));
         self.rules.store(Arc::new(rules));
@@ -168,6 +168,7 @@ impl CacheState {
         source: PurgeSource,
     ) -> Vec<(TierName, Result<u64, crate::store::TierError>)> {
         self.metrics
+            .invalidation
             .purges
             .with_label_values(&[selector.kind(), source.as_str()])
             .inc();
@@ -180,6 +181,7 @@ impl CacheState {
                 "publish_failed"
             };
             self.metrics
+                .invalidation
                 .invalidation_messages
                 .with_label_values(&[direction])
                 .inc();

@@ -534,7 +534,7 @@ impl Writer {
                 self.compacted_size = self.file_bytes();
                 tm.file_bytes
                     .set(i64::try_from(self.compacted_size).unwrap_or(i64::MAX));
-                self.metrics.l3_compactions.inc();
+                self.metrics.store.l3_compactions.inc();
                 tracing::info!(
                     tier = "l3",
                     before = file,

@@ -38,7 +38,10 @@ use crate::http::headers::content_length;
 use crate::metrics::Served;
 use crate::metrics::{Metrics, Outcome, RouteCounters, OTHER_ROUTE};
 
+mod metrics;
+
 pub use crate::types::Rejection;
+pub use metrics::GuardMetrics;
 
 /// The limits, from `[server]`.
 #[derive(Debug, Clone, Copy)]
@@ -76,6 +79,7 @@ impl Guard {
     /// The refusal response; the request is noted for [`Observe`](crate::observe::Observe).
     fn refuse(&self, req: &ServiceRequest, why: Rejection, close: bool) -> HttpResponse {
         self.metrics
+            .guard
             .rejected
             .with_label_values(&[why.as_str()])
             .inc();
