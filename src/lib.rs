@@ -66,6 +66,8 @@ pub mod guard;
 #[doc(hidden)]
 pub mod http;
 #[doc(hidden)]
+pub mod journal;
+#[doc(hidden)]
 pub mod log_limit;
 #[doc(hidden)]
 pub mod logging;

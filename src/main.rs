@@ -38,6 +38,56 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9080")]
         listen: String,
     },
+    /// Print the journal's analytics summary: from a running node's admin API (--admin), or
+    /// from the journal file when no node holds it.
+    Report {
+        /// 1h, 24h or 7d.
+        #[arg(long, default_value = "24h")]
+        window: String,
+        /// Print the summary as JSON (what /_tierd/analytics/summary answers).
+        #[arg(long)]
+        json: bool,
+        /// A running node's admin address, e.g. http://127.0.0.1:9090.
+        #[arg(long)]
+        admin: Option<String>,
+        /// The admin token (default: TIERD_ADMIN_TOKEN).
+        #[arg(long, env = "TIERD_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The journal file (default: the config's journal.path).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Run read-only SQL over the journal file (table `journal`; --schema lists its columns)
+    /// and print the result as a table.
+    Sql {
+        /// The query, e.g. "SELECT route, count(*) FROM journal GROUP BY 1".
+        #[arg(required_unless_present = "schema")]
+        query: Option<String>,
+        /// Print CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+        /// Print the journal table's columns and exit.
+        #[arg(long)]
+        schema: bool,
+        /// Rows printed at most.
+        #[arg(long, default_value_t = 10_000)]
+        limit: usize,
+        /// The journal file (default: the config's journal.path).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// Write the journal's rows since DATE as Parquet files partitioned by day
+    /// (DIR/date=YYYY-MM-DD/*.parquet), for fleet-wide analytics in any Parquet reader.
+    ExportJournal {
+        /// The first day exported, YYYY-MM-DD (UTC).
+        #[arg(long)]
+        since: String,
+        /// The directory written (created if missing).
+        dir: PathBuf,
+        /// The journal file (default: the config's journal.path).
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -67,6 +117,30 @@ fn main() -> ExitCode {
             }
         }
         Some(Command::Serve) => serve(cli.config.as_deref()),
+        Some(Command::Report {
+            window,
+            json,
+            admin,
+            token,
+            file,
+        }) => exit(report(
+            cli.config.as_deref(),
+            &window,
+            json,
+            admin,
+            token,
+            file,
+        )),
+        Some(Command::Sql {
+            query,
+            csv,
+            schema,
+            limit,
+            file,
+        }) => exit(sql(cli.config.as_deref(), query, csv, schema, limit, file)),
+        Some(Command::ExportJournal { since, dir, file }) => {
+            exit(export(cli.config.as_deref(), &since, &dir, file))
+        }
         None => {
             let quickstart = Path::new(QUICKSTART_CONFIG);
             let file = cli
@@ -134,4 +208,129 @@ fn run_demo(listen: &str) -> anyhow::Result<()> {
         srv.run().await?;
         Ok(())
     })
+}
+
+/// Exit code 0, or the error on stderr and 1.
+fn exit(r: anyhow::Result<()>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tierd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The journal file: `--file`, else the config's `journal.path` (its default beside L3).
+fn journal_file(config: Option<&Path>, file: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(f) = file {
+        return Ok(f);
+    }
+    let file = config.or(Some(Path::new(QUICKSTART_CONFIG)).filter(|p| p.is_file()));
+    let settings =
+        Settings::load(file).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    Ok(settings.journal_path())
+}
+
+fn report(
+    config: Option<&Path>,
+    window: &str,
+    json: bool,
+    admin: Option<String>,
+    token: Option<String>,
+    file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    use tierd::journal::{Summary, Window};
+    let w = Window::parse(window)
+        .ok_or_else(|| anyhow::anyhow!("--window '{window}' is not one of 1h, 24h, 7d"))?;
+    let summary: Summary = match admin {
+        Some(base) => actix_web::rt::System::new().block_on(async move {
+            let url = format!(
+                "{}/_tierd/analytics/summary?window={}",
+                base.trim_end_matches('/'),
+                w.as_str()
+            );
+            let client = awc::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .finish();
+            let mut req = client.get(&url);
+            if let Some(t) = token.filter(|t| !t.is_empty()) {
+                req = req.insert_header(("authorization", format!("Bearer {t}")));
+            }
+            let mut res = req
+                .send()
+                .await
+                .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            let body = res
+                .body()
+                .limit(16 << 20)
+                .await
+                .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            if !res.status().is_success() {
+                anyhow::bail!("{url}: {} {}", res.status(), String::from_utf8_lossy(&body));
+            }
+            serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{url}: not a summary: {e}"))
+        })?,
+        None => {
+            let path = journal_file(config, file)?;
+            let conn = tierd::journal::open_read_only(&path)?;
+            tierd::journal::summary_at(&conn, w, std::time::SystemTime::now())?
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", tierd::journal::report::render(&summary));
+    }
+    Ok(())
+}
+
+fn sql(
+    config: Option<&Path>,
+    query: Option<String>,
+    csv: bool,
+    schema: bool,
+    limit: usize,
+    file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    if schema {
+        print!("{}", tierd::journal::SCHEMA_DOC);
+        return Ok(());
+    }
+    let query = query.unwrap_or_default();
+    let path = journal_file(config, file)?;
+    let conn = tierd::journal::open_read_only(&path)?;
+    let out = tierd::journal::query_table(&conn, &query, limit)?;
+    if csv {
+        print!("{}", tierd::journal::report::csv(&out.columns, &out.rows));
+    } else {
+        print!("{}", tierd::journal::report::table(&out.columns, &out.rows));
+        eprintln!("({} rows)", out.rows.len());
+    }
+    Ok(())
+}
+
+fn export(
+    config: Option<&Path>,
+    since: &str,
+    dir: &Path,
+    file: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let valid = since.len() == 10
+        && since.bytes().enumerate().all(|(i, b)| {
+            if i == 4 || i == 7 {
+                b == b'-'
+            } else {
+                b.is_ascii_digit()
+            }
+        });
+    if !valid {
+        anyhow::bail!("--since '{since}' is not a date; use YYYY-MM-DD");
+    }
+    let path = journal_file(config, file)?;
+    let conn = tierd::journal::open_read_only(&path)?;
+    std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
+    let n = tierd::journal::export_parquet(&conn, since, dir)?;
+    println!("{n} rows since {since} written to {}", dir.display());
+    Ok(())
 }

@@ -36,9 +36,11 @@ use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
+use crate::journal::{Journal, Row};
 use crate::logging::{self, InRequest, RequestContext};
 use crate::metrics::{MethodLabel, Metrics, Outcome, RouteCounters, StatusClass, OTHER_ROUTE};
 
+use crate::metrics::OriginTime;
 pub use crate::metrics::Served;
 use crate::types::TierName;
 
@@ -47,12 +49,23 @@ use crate::types::TierName;
 pub struct Observe {
     metrics: Arc<Metrics>,
     other: Arc<RouteCounters>,
+    journal: Option<Arc<Journal>>,
 }
 
 impl Observe {
     pub fn new(metrics: Arc<Metrics>) -> Self {
         let other = Arc::new(metrics.route_counters(OTHER_ROUTE));
-        Observe { metrics, other }
+        Observe {
+            metrics,
+            other,
+            journal: None,
+        }
+    }
+
+    /// Also records every answered request in `journal`.
+    pub fn with_journal(mut self, journal: Option<Arc<Journal>>) -> Self {
+        self.journal = journal;
+        self
     }
 }
 
@@ -127,6 +140,9 @@ where
             };
             let from_cache = served.as_ref().is_some_and(|s| s.outcome.from_cache());
             cfg.record(&span, served.as_ref(), method, status, started, size);
+            if let Some(j) = &cfg.journal {
+                cfg.journal_row(j, res.request(), served, method, status, started, size);
+            }
             if streamed && cfg.metrics.enabled() {
                 let metrics = cfg.metrics.clone();
                 return Ok(res.map_body(move |_, body| {
@@ -169,6 +185,51 @@ impl Observe {
             bytes = body_bytes,
             "request"
         );
+    }
+}
+
+impl Observe {
+    /// Hands one row to the journal: plain values only, formatted by its writer thread.
+    #[allow(clippy::too_many_arguments)]
+    fn journal_row(
+        &self,
+        journal: &Journal,
+        req: &actix_web::HttpRequest,
+        served: Option<Served>,
+        method: MethodLabel,
+        status: StatusCode,
+        started: Instant,
+        body_bytes: u64,
+    ) {
+        let served = served.unwrap_or_else(|| Served::answered(Outcome::Pass, self.other.clone()));
+        let url: Arc<str> = match served.key {
+            Some(k) => k,
+            None => {
+                let host = crate::http::host::normalized(
+                    crate::http::host::authority(req.uri(), req.headers()).unwrap_or_default(),
+                );
+                let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
+                Arc::from(format!("{host}{pq}"))
+            }
+        };
+        let origin = req.extensions().get::<OriginTime>().map(|t| t.0);
+        journal.record(Row {
+            at: journal.now(),
+            method,
+            url,
+            route: served.counters.route_arc(),
+            status: status.as_u16(),
+            outcome: served.outcome,
+            bypassed: served.bypassed,
+            tier: served.tier,
+            bytes: body_bytes,
+            origin,
+            total: started.elapsed(),
+            ttl: served.ttl,
+            peer: req.peer_addr().map(|a| a.ip()),
+            user_scoped: served.private,
+            warmed: false,
+        });
     }
 }
 

@@ -204,7 +204,7 @@ impl Gateway {
         for h in &self.others {
             h.stop(true).await;
         }
-        self.state.store.close().await;
+        self.state.close().await;
         result
     }
 
@@ -218,6 +218,6 @@ impl Gateway {
             h.stop(graceful).await;
         }
         let _ = self.main_task.await;
-        self.state.store.close().await;
+        self.state.close().await;
     }
 }

@@ -14,8 +14,10 @@ use crate::http::freshness::Heuristic;
 use crate::http::storable::StoreOptions;
 use crate::http::target::Target;
 
+mod journal;
 mod sections;
 
+pub use journal::JournalConfig;
 pub use sections::*;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
@@ -79,6 +81,7 @@ pub struct Settings {
     pub log: LogConfig,
     pub metrics: MetricsConfig,
     pub rate_limit: RateLimitConfig,
+    pub journal: JournalConfig,
     /// `[[rules]]`, first match wins.
     pub rules: Vec<crate::policy::RuleConfig>,
 }
@@ -141,6 +144,7 @@ impl Settings {
     /// Checks values that types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::policy::compile_all(&self.rules).map_err(ConfigError)?;
+        self.validate_journal()?;
         let err = |key: &str, msg: String| Err(ConfigError(format!("{key}: {msg}")));
         for (key, value) in [
             ("server.listen", &self.server.listen),

@@ -19,6 +19,9 @@ pub enum Error {
     /// The runtime the lower tiers' I/O runs on could not start.
     #[error("the store runtime could not start: {0}")]
     Runtime(#[source] std::io::Error),
+    /// The access journal could not open its file.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
     /// A purge did not reach a tier (the other tiers were purged).
     #[error("the purge failed on {tier}: {message}")]
     Purge {

@@ -68,6 +68,7 @@ where
                 .new_transform(s)
                 .into_inner()?;
             Observe::new(state.metrics.clone())
+                .with_journal(state.journal.clone())
                 .new_transform(s)
                 .into_inner()
         })();

@@ -192,9 +192,10 @@ impl Cache {
     }
 
     /// Waits until the L2 and L3 write queues are drained (every store accepted so far is
-    /// written). Call it after the server stopped; lookups and stores keep working after it.
+    /// written) and the journal has written its rows. Call it after the server stopped; lookups
+    /// and stores keep working after it (the journal no longer records them).
     pub async fn shutdown(&self) {
-        self.state.store.close().await;
+        self.state.close().await;
     }
 
     /// Starts the rate limiter's housekeeping on the current runtime now rather than when the
@@ -363,7 +364,7 @@ fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<CacheSt
         .rate_limit
         .limits(clock.clone(), metrics.clone())
         .map_err(|e| Error::Config(ConfigError(e)))?;
-    #[cfg_attr(not(feature = "redis"), allow(unused_mut))]
+    #[cfg_attr(not(any(feature = "redis", feature = "duckdb")), allow(unused_mut))]
     let mut state =
         CacheState::new(store, clock, settings.cache_policy(), metrics, rules).with_limits(limits);
     #[cfg(feature = "redis")]
@@ -372,6 +373,15 @@ fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<CacheSt
     }
     #[cfg(not(feature = "redis"))]
     let _ = bus;
+    #[cfg(feature = "duckdb")]
+    if let Some(opts) = settings.journal_options() {
+        let journal = crate::journal::Journal::open(
+            opts,
+            state.clock.clone(),
+            state.metrics.journal.clone(),
+        )?;
+        state = state.with_journal(journal);
+    }
     let state = Arc::new(state);
     #[cfg(feature = "redis")]
     if let Some(bus) = &state.bus {

@@ -83,11 +83,8 @@ impl Guard {
             .rejected
             .with_label_values(&[why.as_str()])
             .inc();
-        req.extensions_mut().insert(Served {
-            outcome: Outcome::Rejected,
-            tier: None,
-            counters: self.other.clone(),
-        });
+        req.extensions_mut()
+            .insert(Served::answered(Outcome::Rejected, self.other.clone()));
         let mut res = opaque(why.status());
         if close {
             res.head_mut().set_connection_type(ConnectionType::Close);

@@ -12,6 +12,11 @@ pub struct RouteCounters {
 }
 
 impl RouteCounters {
+    /// The `route` label, shared.
+    pub fn route_arc(&self) -> Arc<str> {
+        self.route.clone()
+    }
+
     /// The `route` label.
     pub fn route(&self) -> &str {
         &self.route

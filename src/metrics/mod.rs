@@ -31,7 +31,35 @@ pub struct Served {
     pub tier: Option<TierName>,
     /// The counters of the rule that matched (its template is the `route` label).
     pub counters: Arc<RouteCounters>,
+    /// The cache key, when a journal records requests (`None` otherwise: no copy is made).
+    pub key: Option<Arc<str>>,
+    /// The freshness lifetime of the entry served or stored.
+    pub ttl: Option<std::time::Duration>,
+    /// The request carried a per-user scope value: its answer is stored privately.
+    pub private: bool,
+    /// Sent to the origin without looking in the cache (a rule's bypass, a body, a range).
+    pub bypassed: bool,
 }
+
+impl Served {
+    /// What a layer that answered on its own (a refusal) did: no key, entry or lifetime.
+    pub fn answered(outcome: Outcome, counters: Arc<RouteCounters>) -> Served {
+        Served {
+            outcome,
+            tier: None,
+            counters,
+            key: None,
+            ttl: None,
+            private: false,
+            bypassed: false,
+        }
+    }
+}
+
+/// How long the inner service (the origin, or an application's handlers) took to answer a
+/// request, left in its extensions by the cache layer.
+#[derive(Clone, Copy, Debug)]
+pub struct OriginTime(pub std::time::Duration);
 
 /// The `route` label of requests no rule matched.
 pub const OTHER_ROUTE: &str = "other";
@@ -58,6 +86,8 @@ pub struct Metrics {
     pub rate_limit: crate::ratelimit::RateLimitMetrics,
     /// Request hygiene's (the guard registers them).
     pub guard: crate::guard::GuardMetrics,
+    /// The access journal's (it registers them; zeros while it is off).
+    pub journal: Arc<crate::journal::JournalMetrics>,
 }
 
 impl Metrics {
@@ -168,6 +198,7 @@ impl Metrics {
             rules: crate::policy::RuleMetrics::register(&r),
             rate_limit: crate::ratelimit::RateLimitMetrics::register(&r),
             guard: crate::guard::GuardMetrics::register(&r),
+            journal: Arc::new(crate::journal::JournalMetrics::register(&r)),
             registry: r,
         }
     }

@@ -179,11 +179,8 @@ where
         if let Some((d, quota)) = denied {
             let counters = rules.counters(index).clone();
             limits.refused(counters.route(), quota, id.kind, &d);
-            req.extensions_mut().insert(Served {
-                outcome: Outcome::RateLimited,
-                tier: None,
-                counters,
-            });
+            req.extensions_mut()
+                .insert(Served::answered(Outcome::RateLimited, counters));
             let res = req.into_response(too_many_requests(&d));
             return Either::Right(ready(Ok(res.map_into_right_body())));
         }

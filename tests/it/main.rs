@@ -12,6 +12,7 @@ mod duck;
 mod embed;
 mod hardening;
 mod house;
+mod journal;
 mod metrics;
 mod nodes;
 mod prometheus;

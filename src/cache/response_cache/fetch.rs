@@ -291,7 +291,7 @@ where
                 }
                 st.store_entry(&self.key, self.route.tiers, entry.clone());
                 self.complete(FlightOutcome::Stored(entry.clone()));
-                self.route.note(http_req, Outcome::Miss, None);
+                self.route.note_entry(http_req, Outcome::Miss, None, &entry);
                 let age = entry.age(st.clock.now());
                 respond(&entry, age, self.forward_status(status, true))
             }
@@ -384,7 +384,8 @@ where
                 let updated = Arc::new(updated);
                 st.store_entry(&self.key, self.route.tiers, updated.clone());
                 self.complete(FlightOutcome::Stored(updated.clone()));
-                self.route.note(http_req, Outcome::Revalidated, tier);
+                self.route
+                    .note_entry(http_req, Outcome::Revalidated, tier, &updated);
                 respond(&updated, updated.age(st.clock.now()), cs)
             }
             Err(reason) => {

@@ -24,7 +24,7 @@ where
         // Must happen before the request is shared (actix panics on mutating a shared head).
         upstream_conditionals(req.headers_mut(), stale.as_ref().map(|(e, _)| &**e));
         strip_body(&mut req);
-        let route = route.with_tags(req.path());
+        let mut route = route.with_tags(req.path());
         let st = self.state.clone();
         let started = tokio::time::Instant::now();
         // Serving stale past the coalesce timeout is for a merely stale entry that permits it;
@@ -63,7 +63,7 @@ where
                 tokio::time::timeout_at(started + limit, single_flight::wait(&mut rx)).await;
             match waited {
                 Ok(FlightOutcome::Stored(entry)) if entry.vary_matches(req.headers()) => {
-                    route.note(req.request(), Outcome::Collapsed, None);
+                    route.note_entry(req.request(), Outcome::Collapsed, None, &entry);
                     let age = entry.age(st.clock.now());
                     let cs = CacheStatus {
                         hit: true,

@@ -71,6 +71,9 @@ where
             None => key::for_request(req.request()),
         };
         route.private = private;
+        if st.journal.is_some() {
+            route.key = Some(Arc::from(key.as_str()));
+        }
         if route.private {
             // The origin sees the credential; the cache never shares the answer.
             facts.has_authorization = false;
@@ -118,13 +121,18 @@ where
         let fwd = match (decide::decide(&facts, lookup, refresh), &found) {
             (Decision::ServeFresh, Some(Found { entry, tier })) => {
                 let age = entry.age(now);
-                route.note(req.request(), Outcome::Hit, Some(*tier));
+                route.note_entry(req.request(), Outcome::Hit, Some(*tier), entry);
                 let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
                 return Ok(req.into_response(respond(entry, age, cs)));
             }
             (Decision::ServeStaleAndRefresh, Some(Found { entry, tier })) => {
                 let age = entry.age(now);
-                route.note(req.request(), Outcome::StaleWhileRevalidate, Some(*tier));
+                route.note_entry(
+                    req.request(),
+                    Outcome::StaleWhileRevalidate,
+                    Some(*tier),
+                    entry,
+                );
                 let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
                 let mut res = respond(entry, age, cs);
                 if is_head {
@@ -203,9 +211,10 @@ where
     pub(super) async fn bypass(
         self,
         req: ServiceRequest,
-        route: Route,
+        mut route: Route,
         why: Option<&'static str>,
     ) -> Result<ServiceResponse<BoxBody>, Error> {
+        route.bypassed = true;
         if let Err(denied) = self
             .state
             .limits

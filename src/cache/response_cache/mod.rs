@@ -161,13 +161,19 @@ where
     B: MessageBody + 'static,
 {
     use futures_util::FutureExt;
+    let started = std::time::Instant::now();
     let called = std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(req)));
     let res = match called {
         Ok(fut) => AssertUnwindSafe(fut).catch_unwind().await,
         Err(p) => Err(p),
     };
     match res {
-        Ok(r) => r.map(ServiceResponse::map_into_boxed_body),
+        Ok(r) => r.map(|r| {
+            r.request()
+                .extensions_mut()
+                .insert(crate::metrics::OriginTime(started.elapsed()));
+            r.map_into_boxed_body()
+        }),
         Err(_) => {
             tracing::error!("the inner service panicked; answered 500");
             Err(internal_error())

@@ -15,6 +15,12 @@ pub(super) struct Route {
     pub(super) private: bool,
     /// A background refresh: no client is waiting, so nothing is noted for request metrics.
     pub(super) background: bool,
+    /// The cache key, kept only when a journal records requests.
+    pub(super) key: Option<Arc<str>>,
+    /// The freshness lifetime of the entry served or stored.
+    pub(super) ttl: Option<Duration>,
+    /// Sent to the origin without a lookup.
+    pub(super) bypassed: bool,
 }
 
 impl Route {
@@ -38,6 +44,9 @@ impl Route {
             tags: Vec::new(),
             private: false,
             background: false,
+            key: None,
+            ttl: None,
+            bypassed: false,
         }
     }
 
@@ -82,8 +91,25 @@ impl Route {
                 outcome,
                 tier,
                 counters: self.counters.clone(),
+                key: self.key.clone(),
+                ttl: self.ttl,
+                private: self.private,
+                bypassed: self.bypassed,
             });
         }
+    }
+
+    /// As [`note`](Self::note), for an answer from `entry` (served or just stored).
+    #[inline]
+    pub(super) fn note_entry(
+        &mut self,
+        req: &HttpRequest,
+        outcome: Outcome,
+        tier: Option<TierName>,
+        entry: &CachedResponse,
+    ) {
+        self.ttl = Some(Duration::from_secs(entry.lifetime));
+        self.note(req, outcome, tier);
     }
 
     /// The store options for a response with `status`: the rule's lifetime and stale windows,

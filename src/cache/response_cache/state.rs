@@ -78,6 +78,8 @@ pub struct CacheState {
     pub bus: Option<Bus>,
     /// Client, rule and origin quotas.
     pub limits: Arc<Limits>,
+    /// The access journal, when one records requests (the observe layer writes to it).
+    pub journal: Option<Arc<crate::journal::Journal>>,
 }
 
 impl crate::ratelimit::QuotaSource for CacheState {
@@ -133,7 +135,23 @@ impl CacheState {
             #[cfg(feature = "redis")]
             bus: None,
             limits,
+            journal: None,
         }
+    }
+
+    /// Writes the journal's queued rows and stops it, then drains the lower tiers' write
+    /// queues (shutdown).
+    pub async fn close(&self) {
+        if let Some(j) = &self.journal {
+            j.close().await;
+        }
+        self.store.close().await;
+    }
+
+    /// Records every answered request in `journal`.
+    pub fn with_journal(mut self, journal: Arc<crate::journal::Journal>) -> Self {
+        self.journal = Some(journal);
+        self
     }
 
     /// Enforces `limits` (and gives the rules' quotas their buckets).

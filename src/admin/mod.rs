@@ -6,6 +6,8 @@
 //! `Authorization: Bearer <admin.token>`; with no token configured they are refused. Errors are
 //! JSON objects `{"error": "..."}` that say what to change.
 
+mod analytics;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -65,7 +67,11 @@ fn routes(cfg: &mut web::ServiceConfig, state: Arc<CacheState>, opts: AdminOptio
         .route("/readyz", web::get().to(readyz))
         .route(&format!("{api}/stats"), web::get().to(stats))
         .route(&format!("{api}/entry"), web::get().to(entry))
-        .route(&format!("{api}/purge"), web::post().to(purge));
+        .route(&format!("{api}/purge"), web::post().to(purge))
+        .route(
+            &format!("{api}/analytics/summary"),
+            web::get().to(analytics::summary),
+        );
 }
 
 fn error(status: StatusCode, msg: impl Into<String>) -> HttpResponse {
@@ -77,7 +83,12 @@ fn error(status: StatusCode, msg: impl Into<String>) -> HttpResponse {
 async fn not_found(req: HttpRequest) -> HttpResponse {
     let allowed = match req.path() {
         "/_tierd/purge" | "/_tierd/reload" => Some("POST"),
-        "/metrics" | "/healthz" | "/readyz" | "/_tierd/stats" | "/_tierd/entry" => Some("GET"),
+        "/metrics"
+        | "/healthz"
+        | "/readyz"
+        | "/_tierd/stats"
+        | "/_tierd/entry"
+        | "/_tierd/analytics/summary" => Some("GET"),
         _ => None,
     };
     match allowed {
@@ -93,7 +104,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such admin endpoint; see /_tierd/stats, /_tierd/entry, /_tierd/purge, /_tierd/reload, /metrics, /healthz, /readyz",
+            "no such admin endpoint; see /_tierd/stats, /_tierd/entry, /_tierd/purge, /_tierd/reload, /_tierd/analytics/summary, /metrics, /healthz, /readyz",
         ),
     }
 }

@@ -1,0 +1,303 @@
+//! The access journal: one row per answered request in a DuckDB table, written off the request
+//! path, and the analytics read from it.
+//!
+//! ```text
+//! request ─▶ Observe (answered) ─▶ Journal::record ─▶ bounded queue ─▶ writer thread
+//!                                   (never waits: a full queue drops    (DuckDB appender,
+//!                                    the row and counts it)              batches, retention)
+//! ```
+//! The request path builds a [`Row`] of plain values (no formatting, no hashing: the writer
+//! splits the key into host and target and hashes the client) and hands it over with a
+//! non-blocking `try_send`. The writer thread appends batches through a DuckDB appender, deletes
+//! rows past the retention and, past `max_bytes`, the oldest rows; on shutdown it writes what is
+//! queued before it stops.
+//!
+//! The journal has its own DuckDB file (by default beside the L3 file): the L3 file's size cap
+//! and compaction count every byte in it, so journal rows there would evict cache entries.
+
+#[cfg(feature = "duckdb")]
+mod analytics;
+mod metrics;
+#[cfg(feature = "duckdb")]
+pub mod report;
+mod row;
+#[cfg(feature = "duckdb")]
+mod writer;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[cfg(feature = "duckdb")]
+pub use analytics::{
+    advise, open_read_only, query_table, ByTier, HourRow, MissRow, RouteRow, Summary, TableOut,
+    TtlAdvice, Window, SUMMARY_TOP,
+};
+pub use metrics::JournalMetrics;
+pub use row::{split_key, JournalOutcome, Row};
+#[cfg(feature = "duckdb")]
+pub use writer::{export_parquet, SCHEMA_DOC};
+
+/// The summary over the `window` ending at `now`, from a connection to a journal file.
+#[cfg(feature = "duckdb")]
+pub fn summary_at(
+    conn: &duckdb::Connection,
+    window: Window,
+    now: std::time::SystemTime,
+) -> Result<Summary, JournalError> {
+    analytics::summary(conn, window, now)
+}
+
+/// Default `[journal] retention_days`.
+pub const DEFAULT_RETENTION_DAYS: u32 = 14;
+/// Default `[journal] queue_capacity`: rows waiting for the writer.
+pub const DEFAULT_QUEUE_CAPACITY: usize = 65_536;
+/// Default `[journal] max_bytes`: the file (with its WAL) is kept under this.
+pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+
+/// What the journal needs to run.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// The DuckDB file; its directory is created if missing.
+    pub path: PathBuf,
+    /// This node's name in every row (`node` column).
+    pub node: String,
+    /// Rows older than this are deleted.
+    pub retention: Duration,
+    /// The share of requests journaled, 0 < sample <= 1.
+    pub sample: f64,
+    /// Rows waiting for the writer; beyond it rows are dropped and counted.
+    pub queue_capacity: usize,
+    /// Past this size (file and WAL) the oldest rows are deleted.
+    pub max_bytes: u64,
+}
+
+impl JournalOptions {
+    /// The defaults for a journal in `path`.
+    pub fn new(path: impl Into<PathBuf>) -> JournalOptions {
+        JournalOptions {
+            path: path.into(),
+            node: default_node(),
+            retention: Duration::from_secs(u64::from(DEFAULT_RETENTION_DAYS) * 86_400),
+            sample: 1.0,
+            queue_capacity: DEFAULT_QUEUE_CAPACITY,
+            max_bytes: DEFAULT_MAX_BYTES,
+        }
+    }
+}
+
+/// The machine's host name (`/etc/hostname`, else `$HOSTNAME`), else `tierd`.
+pub fn default_node() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok().filter(|s| !s.is_empty()))
+        .unwrap_or_else(|| "tierd".to_owned())
+}
+
+/// A message to the writer thread.
+#[cfg_attr(not(feature = "duckdb"), allow(dead_code))]
+pub(crate) enum Msg {
+    Row(Box<Row>),
+    /// Write everything queued before this, then answer.
+    Flush(tokio::sync::oneshot::Sender<()>),
+    /// Write everything queued before this, answer, and stop.
+    Stop(tokio::sync::oneshot::Sender<()>),
+    /// Write everything queued before this, enforce retention and the size cap, then answer.
+    Housekeep(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The journal: a handle the request path records into. Cheap to share (`Arc`).
+pub struct Journal {
+    tx: crossbeam_channel::Sender<Msg>,
+    clock: Arc<dyn crate::clock::Clock>,
+    metrics: Arc<JournalMetrics>,
+    /// `sample` scaled to `u64`: a request is journaled when a random `u64` is below it.
+    sample_below: Option<u64>,
+    options: JournalOptions,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// A connection to clone for queries (the writer owns its own and replaces this one when
+    /// it reopens the file; `None` while the file cannot be opened).
+    #[cfg(feature = "duckdb")]
+    reader: Arc<Mutex<Option<duckdb::Connection>>>,
+}
+
+/// Why the journal could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    #[error("journal file {path}: {message}")]
+    Open { path: String, message: String },
+    #[error("journal query: {0}")]
+    Query(String),
+    #[error("journal: the writer is gone")]
+    Closed,
+    #[error("journal: the file is not open (see the log and tierd_journal_failed)")]
+    Unavailable,
+    #[error("journal query took longer than {0:?}")]
+    Timeout(Duration),
+}
+
+impl Journal {
+    /// Starts the journal's writer thread, which opens (or creates) the file. A file that
+    /// cannot be opened (a full disk, no permission, another process holding it) does not stop
+    /// anything: the writer logs it, drops rows (counted) and retries with backoff, and
+    /// `tierd_journal_failed` is 1 meanwhile. Only a thread that cannot start is an error.
+    #[cfg(feature = "duckdb")]
+    pub fn open(
+        options: JournalOptions,
+        clock: Arc<dyn crate::clock::Clock>,
+        metrics: Arc<JournalMetrics>,
+    ) -> Result<Arc<Journal>, JournalError> {
+        let (tx, rx) = crossbeam_channel::bounded(options.queue_capacity.max(1));
+        let salt = match writer::salt(&options.path) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, path = %options.path.display(),
+                    "journal salt file unusable; client hashes use a salt for this run only");
+                fastrand::u64(..)
+            }
+        };
+        let sample_below =
+            (options.sample < 1.0).then_some((options.sample * u64::MAX as f64) as u64);
+        let reader = Arc::new(Mutex::new(None));
+        let w = writer::Writer::new(
+            reader.clone(),
+            options.clone(),
+            clock.clone(),
+            metrics.clone(),
+            salt,
+        );
+        let handle = std::thread::Builder::new()
+            .name("tierd-journal".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| JournalError::Open {
+                path: options.path.display().to_string(),
+                message: format!("cannot start the writer thread: {e}"),
+            })?;
+        tracing::info!(path = %options.path.display(), node = %options.node,
+            retention_days = options.retention.as_secs() / 86_400, sample = options.sample,
+            "journal started");
+        Ok(Arc::new(Journal {
+            tx,
+            clock,
+            metrics,
+            sample_below,
+            options,
+            writer: Mutex::new(Some(handle)),
+            reader,
+        }))
+    }
+
+    /// Queues one row; never waits. A full queue drops the row and counts it.
+    #[inline]
+    pub fn record(&self, row: Row) {
+        if let Some(below) = self.sample_below {
+            if fastrand::u64(..) >= below {
+                return;
+            }
+        }
+        match self.tx.try_send(Msg::Row(Box::new(row))) {
+            Ok(()) => self.metrics.queue_depth.inc(),
+            Err(_) => self.metrics.dropped(1),
+        }
+    }
+
+    /// The time rows are stamped with.
+    #[inline]
+    pub fn now(&self) -> std::time::SystemTime {
+        self.clock.now()
+    }
+
+    /// What the journal was opened with.
+    pub fn options(&self) -> &JournalOptions {
+        &self.options
+    }
+
+    /// Waits until every row queued before this call is written (at most `timeout`).
+    pub async fn flush(&self, timeout: Duration) -> Result<(), JournalError> {
+        self.ask(Msg::Flush, timeout).await
+    }
+
+    /// Writes what is queued, then deletes rows past the retention and, over `max_bytes`,
+    /// the oldest (the writer does this on its own every minute).
+    pub async fn housekeeping(&self) -> Result<(), JournalError> {
+        self.ask(Msg::Housekeep, Duration::from_secs(30)).await
+    }
+
+    async fn ask(
+        &self,
+        msg: fn(tokio::sync::oneshot::Sender<()>) -> Msg,
+        timeout: Duration,
+    ) -> Result<(), JournalError> {
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let tx = self.tx.clone();
+        let sent = tokio::task::spawn_blocking(move || tx.send_timeout(msg(ack), timeout).is_ok())
+            .await
+            .unwrap_or(false);
+        if !sent {
+            return Err(JournalError::Closed);
+        }
+        match tokio::time::timeout(timeout, done).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(JournalError::Closed),
+            Err(_) => Err(JournalError::Timeout(timeout)),
+        }
+    }
+
+    /// The analytics summary over the last `window`, after writing what is queued.
+    ///
+    /// (For a file no node holds, see [`summary_at`].)
+    #[cfg(feature = "duckdb")]
+    pub async fn summary(
+        &self,
+        window: Window,
+        now: std::time::SystemTime,
+    ) -> Result<Summary, JournalError> {
+        const LIMIT: Duration = Duration::from_secs(10);
+        self.flush(LIMIT).await?;
+        let conn = self.clone_reader()?;
+        let ran = tokio::task::spawn_blocking(move || analytics::summary(&conn, window, now));
+        match tokio::time::timeout(LIMIT, ran).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(JournalError::Query("the query thread failed".into())),
+            Err(_) => Err(JournalError::Timeout(LIMIT)),
+        }
+    }
+
+    #[cfg(feature = "duckdb")]
+    fn clone_reader(&self) -> Result<duckdb::Connection, JournalError> {
+        let guard = self.reader.lock().map_err(|_| JournalError::Closed)?;
+        match guard.as_ref() {
+            Some(c) => c
+                .try_clone()
+                .map_err(|e| JournalError::Query(e.to_string())),
+            None => Err(JournalError::Unavailable),
+        }
+    }
+
+    /// Writes what is queued and stops the writer (SIGTERM, `Cache::shutdown`); rows recorded
+    /// later are dropped and counted. Waits at most 30 s for the writer.
+    pub async fn close(&self) {
+        const LIMIT: Duration = Duration::from_secs(30);
+        let Some(handle) = self.writer.lock().ok().and_then(|mut h| h.take()) else {
+            return;
+        };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        let tx = self.tx.clone();
+        let sent =
+            tokio::task::spawn_blocking(move || tx.send_timeout(Msg::Stop(ack), LIMIT).is_ok())
+                .await
+                .unwrap_or(false);
+        if sent && matches!(tokio::time::timeout(LIMIT, done).await, Ok(Ok(()))) {
+            // The writer has answered and is returning: the join is immediate.
+            let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+        } else {
+            tracing::error!(path = %self.options.path.display(), "journal writer did not stop in time; queued rows may be lost");
+        }
+        #[cfg(feature = "duckdb")]
+        if let Ok(mut r) = self.reader.lock() {
+            r.take();
+        }
+    }
+}

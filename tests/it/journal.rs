@@ -1,0 +1,326 @@
+//! The access journal: real traffic through a gateway into a real DuckDB file, the summary's
+//! numbers checked exactly, across a restart, retention, and the CLI over the file.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tierd::clock::ManualClock;
+use tierd::config::Settings;
+use tierd::server::Gateway;
+
+use crate::common::{self, metric_at, with_l3, Origin, Reply};
+
+fn origin_reply(req: &actix_web::HttpRequest, _: u64) -> Reply {
+    match req.path() {
+        p if p.starts_with("/items/") => Reply::ok("item").cc("max-age=60"),
+        _ => Reply::ok("misc!").cc("no-store"),
+    }
+}
+
+fn settings(origin: &Origin, dir: &std::path::Path) -> Settings {
+    let mut s = common::settings_for(origin.addr);
+    with_l3(&mut s, &dir.join("l3.duckdb"));
+    s.rules = common::rules(
+        r#"
+        [[rules]]
+        path = "/items/{id}"
+        ttl_seconds = 60
+        "#,
+    );
+    s.journal.node = "node-a".into();
+    s
+}
+
+async fn summary(gw: &Gateway, window: &str) -> Value {
+    let r = common::send(common::client().get(format!(
+        "http://{}/_tierd/analytics/summary?window={window}",
+        gw.admin_addr
+    )))
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn route<'a>(s: &'a Value, name: &str) -> &'a Value {
+    s["by_route"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["route"] == name)
+        .unwrap_or_else(|| panic!("no route {name} in {s}"))
+}
+
+/// Six requests: /items/1 three times (a miss, two L1 hits), /items/2 once (a miss), /misc
+/// twice (no-store: passes).
+async fn traffic(gw: &Gateway) {
+    let c = common::client();
+    for p in [
+        "/items/1", "/items/1", "/items/1", "/items/2", "/misc", "/misc",
+    ] {
+        let r = common::send(c.get(format!("http://{}{p}", gw.addr))).await;
+        assert_eq!(r.status, 200);
+    }
+}
+
+fn check_numbers(s: &Value) {
+    assert_eq!(s["window"], "1h");
+    assert_eq!(s["requests"], 6, "{s}");
+    assert_eq!(s["hits"], 2);
+    assert!((s["hit_ratio"].as_f64().unwrap() - 2.0 / 6.0).abs() < 1e-9);
+    assert_eq!(
+        s["by_tier"],
+        serde_json::json!({"l1": 2, "l2": 0, "l3": 0, "origin": 4})
+    );
+    let items = route(s, "/items/{id}");
+    assert_eq!(items["requests"], 4);
+    assert_eq!(items["hits"], 2);
+    assert_eq!(items["hit_ratio"], 0.5);
+    assert_eq!(items["origin_requests"], 2);
+    assert_eq!(items["bytes"], 16);
+    let other = route(s, "other");
+    assert_eq!(
+        (other["requests"].as_u64(), other["hits"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert_eq!(other["origin_requests"], 2);
+    let misses: Vec<(String, u64)> = s["top_misses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["url"].as_str().unwrap().to_owned(),
+                m["misses"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let host = "127.0.0.1";
+    let mut expected = vec![
+        (format!("{host}/items/1"), 1),
+        (format!("{host}/items/2"), 1),
+    ];
+    expected.sort();
+    let mut got = misses
+        .iter()
+        .map(|(u, n)| {
+            (
+                u.split_once(':').map_or(u.clone(), |(h, rest)| {
+                    format!("{h}{}", &rest[rest.find('/').unwrap_or(0)..])
+                }),
+                *n,
+            )
+        })
+        .collect::<Vec<_>>();
+    got.sort();
+    assert_eq!(got, expected, "{s}");
+    assert_eq!(s["bytes_saved"], 8, "two hits of 4 bytes");
+    assert_eq!(s["origin_requests"], 4);
+    assert_eq!(s["origin_requests_saved"], 2);
+}
+
+#[actix_web::test]
+async fn the_summary_counts_real_traffic_exactly_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), origin_reply).await;
+    let s = settings(&origin, dir.path());
+    assert!(s.journal_enabled(), "on by default with L3");
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    traffic(&gw).await;
+    let first = summary(&gw, "1h").await;
+    check_numbers(&first);
+    // Every request that was answered is in the summary asked right after: nothing waits for
+    // a timer (the summary writes what is queued first).
+    assert_eq!(
+        metric_at(
+            gw.admin_addr,
+            "tierd_journal_rows_total",
+            &[("outcome", "written")]
+        )
+        .await,
+        6.0
+    );
+    assert_eq!(
+        metric_at(
+            gw.admin_addr,
+            "tierd_journal_rows_total",
+            &[("outcome", "dropped")]
+        )
+        .await,
+        0.0
+    );
+    gw.stop(true).await;
+
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    let again = summary(&gw, "1h").await;
+    check_numbers(&again);
+    // Two hours on, the 1h window is empty and the 24h one still holds the six.
+    clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(summary(&gw, "1h").await["requests"], 0);
+    assert_eq!(summary(&gw, "24h").await["requests"], 6);
+    gw.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn rows_past_the_retention_are_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), origin_reply).await;
+    let mut s = settings(&origin, dir.path());
+    s.journal.retention_days = 1;
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    traffic(&gw).await;
+    let journal = gw.state.journal.clone().unwrap();
+    journal.housekeeping().await.unwrap();
+    assert_eq!(
+        summary(&gw, "7d").await["requests"],
+        6,
+        "within the retention: kept"
+    );
+    clock.advance(Duration::from_secs(86_400 + 60));
+    common::send(common::client().get(format!("http://{}/items/9", gw.addr))).await;
+    journal.housekeeping().await.unwrap();
+    let s7 = summary(&gw, "7d").await;
+    assert_eq!(
+        s7["requests"], 1,
+        "the six older than a day are gone, the new one stays: {s7}"
+    );
+    assert_eq!(
+        metric_at(
+            gw.admin_addr,
+            "tierd_journal_deleted_rows_total",
+            &[("reason", "retention")]
+        )
+        .await,
+        6.0
+    );
+    gw.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn the_cli_reads_the_file_sql_report_and_parquet() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), origin_reply).await;
+    let s = settings(&origin, dir.path());
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    traffic(&gw).await;
+    let journal_path = s.journal_path();
+    // While the node holds the file, the CLI says so and what to do instead.
+    let held = common::tierd_command()
+        .args(["sql", "--file"])
+        .arg(&journal_path)
+        .arg("SELECT 1")
+        .output()
+        .unwrap();
+    assert!(!held.status.success());
+    let err = String::from_utf8_lossy(&held.stderr);
+    assert!(err.contains("--admin"), "{err}");
+    gw.stop(true).await;
+    origin.stop().await;
+
+    let out = common::tierd_command()
+        .args(["sql", "--csv", "--file"])
+        .arg(&journal_path)
+        .arg("SELECT outcome, count(*) AS n FROM journal GROUP BY 1 ORDER BY 1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "outcome,n\nhit,2\nmiss,2\npass,2\n"
+    );
+    // Read-only: a write is refused by DuckDB itself.
+    let write = common::tierd_command()
+        .args(["sql", "--file"])
+        .arg(&journal_path)
+        .arg("DELETE FROM journal")
+        .output()
+        .unwrap();
+    assert!(!write.status.success());
+    let out = common::tierd_command()
+        .args(["sql", "--file"])
+        .arg(&journal_path)
+        .arg("SELECT count(*) AS n FROM journal")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\n6\n"));
+
+    // The report from the file, as JSON, agrees with the admin API's summary. The rows carry
+    // the manual clock's time, which is the real time here (the clock was never moved).
+    let out = common::tierd_command()
+        .args(["report", "--json", "--window", "1h", "--file"])
+        .arg(&journal_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rep: Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_numbers(&rep);
+    let out = common::tierd_command()
+        .args(["report", "--window", "1h", "--file"])
+        .arg(&journal_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("hit ratio 33.3%") && text.contains("/items/{id}"),
+        "{text}"
+    );
+
+    let export = dir.path().join("export");
+    let day = rep["until"].as_str().unwrap()[..10].to_owned();
+    let out = common::tierd_command()
+        .args(["export-journal", "--since", &day, "--file"])
+        .arg(&journal_path)
+        .arg(&export)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let part = export.join(format!("date={day}"));
+    let files: Vec<_> = std::fs::read_dir(&part).unwrap().collect();
+    assert!(!files.is_empty(), "no Parquet file in {}", part.display());
+    // The Parquet files hold the six rows (read back by DuckDB, as any engine would).
+    let conn = duckdb::Connection::open_in_memory().unwrap();
+    let n: i64 = conn
+        .query_row(
+            &format!(
+                "SELECT count(*) FROM read_parquet('{}/*/*.parquet')",
+                export.display()
+            ),
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 6);
+}
+
+#[test]
+fn bad_journal_settings_fail_at_startup_naming_the_key() {
+    for (env, key) in [
+        ("TIERD__JOURNAL__SAMPLE", "journal.sample"),
+        ("TIERD__JOURNAL__RETENTION_DAYS", "journal.retention_days"),
+    ] {
+        let mut vars = std::collections::HashMap::new();
+        vars.insert("TIERD__TIERS__L3__ENABLED".to_owned(), "true".to_owned());
+        vars.insert(env.to_owned(), "0".to_owned());
+        let e = Settings::load_with_env(None, Some(vars))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with(key), "{e}");
+    }
+}
