@@ -1,6 +1,7 @@
 //! Lower-tier benchmarks: L2 (a real `redis-server` started here) and L3 (a real DuckDB file)
 //! hit latency p50/p99 and throughput through `TieredStore::get_lower` (lookup, decode and
-//! promotion into L1, as a request does), L3 at 100k and 1M entries, and batched L3 writes.
+//! promotion into L1, as a request does), L3 at 100k and 1M entries, batched L3 writes, and the
+//! access journal's rows/s (record, append, until flushed and checkpointed) on one thread.
 //!
 //!   cargo bench --bench tiers                 # full run (1M entries takes a few minutes)
 //!   TIERD_BENCH_L3_SIZES=100000 cargo bench --bench tiers
@@ -257,6 +258,65 @@ async fn bench_l3(full: bool) {
     }
 }
 
+/// The journal's rows/s: `n` rows recorded as the request path does, until the writer has
+/// appended them all and closed the file (its last checkpoint included).
+async fn bench_journal(full: bool) {
+    use tierd::journal::{Journal, JournalMetrics, JournalOptions, Row};
+    use tierd::metrics::{MethodLabel, Outcome};
+    let n: usize = if full { 2_000_000 } else { 20_000 };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let metrics = Arc::new(JournalMetrics::register(&prometheus::Registry::new()));
+    let mut o = JournalOptions::new(dir.path().join("journal.duckdb"));
+    o.queue_capacity = n + 1;
+    let journal = Journal::open(o, Arc::new(SystemClock), metrics.clone()).expect("journal");
+    let route: Arc<str> = Arc::from("/api/items/{id}");
+    let urls: Vec<Arc<str>> = (0..1000)
+        .map(|i| Arc::from(format!("api.example/api/items/{i}?view=full").as_str()))
+        .collect();
+    let started = Instant::now();
+    for i in 0..n {
+        journal.record(Row {
+            at: SystemTime::now(),
+            method: MethodLabel::Get,
+            url: urls[i % urls.len()].clone(),
+            route: route.clone(),
+            status: 200,
+            outcome: if i % 10 == 0 {
+                Outcome::Miss
+            } else {
+                Outcome::Hit
+            },
+            bypassed: false,
+            tier: (i % 10 != 0).then_some(tierd::types::TierName::L1),
+            bytes: 1024,
+            origin: (i % 10 == 0).then_some(Duration::from_millis(12)),
+            total: Duration::from_micros(150),
+            ttl: Some(Duration::from_secs(300)),
+            peer: Some(std::net::IpAddr::from([
+                10,
+                0,
+                (i / 256 % 256) as u8,
+                (i % 256) as u8,
+            ])),
+            user_scoped: false,
+            warmed: false,
+        });
+    }
+    let recorded = started.elapsed();
+    journal.close().await;
+    let total = started.elapsed();
+    let file = std::fs::metadata(dir.path().join("journal.duckdb"))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    println!(
+        "journal rows={n} record={:.0} ns/row written={:.0} rows/s (until closed) dropped={} file={:.1} bytes/row",
+        recorded.as_nanos() as f64 / n as f64,
+        metrics.written_total() as f64 / total.as_secs_f64(),
+        metrics.dropped_total(),
+        file as f64 / n as f64,
+    );
+}
+
 fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -265,6 +325,7 @@ fn main() {
         .expect("runtime");
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async {
+        bench_journal(full).await;
         bench_l2(full).await;
         bench_l3(full).await;
     });

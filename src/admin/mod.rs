@@ -272,11 +272,47 @@ async fn stats(
     let rules = state.rules.load();
     HttpResponse::Ok().json(json!({
         "tiers": tiers,
+        "hits": hit_counts(&state),
         "in_flight_fetches": state.flights.len(),
         "l1_indexed_tags": state.store.l1().indexed_tags(),
         "rules": rules.rules().map(|r| json!({"name": r.name, "path": r.template.as_str()})).collect::<Vec<_>>(),
         "node": node(&state),
     }))
+}
+
+/// Hits, misses and hit ratio since start, per tier (its lookups: a fresh or stale entry found
+/// is a hit) and overall (requests: answered from storage, against those that went to the
+/// origin after a lookup; passes and refusals are neither).
+fn hit_counts(state: &CacheState) -> Value {
+    use crate::metrics::{Lookup, Outcome};
+    let ratio = |h: u64, m: u64| {
+        if h + m == 0 {
+            0.0
+        } else {
+            h as f64 / (h + m) as f64
+        }
+    };
+    let mut out = serde_json::Map::new();
+    for t in TierName::ALL {
+        let m = state.metrics.tier(t);
+        let hits = m.lookups(Lookup::Hit) + m.lookups(Lookup::Stale);
+        let misses = m.lookups(Lookup::Miss) + m.lookups(Lookup::Error);
+        out.insert(
+            t.as_str().into(),
+            json!({"hits": hits, "misses": misses, "hit_ratio": ratio(hits, misses)}),
+        );
+    }
+    let n = |o| state.metrics.answered(o);
+    let hits = n(Outcome::Hit)
+        + n(Outcome::StaleWhileRevalidate)
+        + n(Outcome::StaleIfError)
+        + n(Outcome::StaleOriginLimited);
+    let misses = n(Outcome::Miss) + n(Outcome::Collapsed) + n(Outcome::Revalidated);
+    out.insert(
+        "overall".into(),
+        json!({"hits": hits, "misses": misses, "hit_ratio": ratio(hits, misses)}),
+    );
+    Value::Object(out)
 }
 
 /// This node's id on the invalidation bus (none without Redis).

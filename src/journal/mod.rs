@@ -198,7 +198,7 @@ impl Journal {
             }
         }
         match self.tx.try_send(Msg::Row(Box::new(row))) {
-            Ok(()) => self.metrics.queue_depth.inc(),
+            Ok(()) => {}
             Err(_) => self.metrics.dropped(1),
         }
     }

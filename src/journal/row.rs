@@ -66,6 +66,19 @@ pub enum JournalOutcome {
 }
 
 impl JournalOutcome {
+    /// Every outcome, in code order (the `outcome` column stores the index).
+    pub const ALL: [JournalOutcome; 9] = [
+        JournalOutcome::Hit,
+        JournalOutcome::Stale,
+        JournalOutcome::Miss,
+        JournalOutcome::Revalidated,
+        JournalOutcome::Bypass,
+        JournalOutcome::Pass,
+        JournalOutcome::Refused,
+        JournalOutcome::Error,
+        JournalOutcome::Warm,
+    ];
+
     pub fn as_str(self) -> &'static str {
         self.into()
     }
@@ -136,5 +149,24 @@ mod tests {
             JournalOutcome::Refused
         );
         assert_eq!(JournalOutcome::Revalidated.as_str(), "revalidated");
+    }
+
+    /// The journal stores each enum as its discriminant and its view names them by position in
+    /// `ALL`: the two must agree.
+    #[test]
+    fn codes_are_positions_in_all() {
+        use crate::metrics::MethodLabel;
+        for (i, o) in JournalOutcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+        }
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+        }
+        for (i, m) in MethodLabel::ALL.iter().enumerate() {
+            assert_eq!(*m as usize, i);
+        }
+        for (i, t) in TierName::ALL.iter().enumerate() {
+            assert_eq!(*t as usize, i);
+        }
     }
 }

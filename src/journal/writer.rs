@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use duckdb::types::{TimeUnit, Value};
 use duckdb::{params, Connection};
 use tokio::sync::oneshot;
 
@@ -15,6 +14,8 @@ use super::row::split_key;
 use super::{JournalError, JournalMetrics, JournalOptions, JournalOutcome, Msg, Row};
 use crate::clock::Clock;
 use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
+use crate::metrics::{MethodLabel, Outcome};
+use std::net::IpAddr;
 
 /// Rows appended per batch at most.
 const BATCH: usize = 16_384;
@@ -25,21 +26,28 @@ const HOUSEKEEPING_EVERY: Duration = Duration::from_secs(60);
 /// The share of rows deleted at once when the file is over its cap, in percent.
 const SIZE_TRIM_PERCENT: u32 = 10;
 
+/// The rows as stored: every column a number. A string column costs DuckDB an append,
+/// statistics and a compression analysis per value, so the low-cardinality columns are codes
+/// and the URL and route point into their own tables, written once per new value; the
+/// `journal` view ([`view_sql`]) turns it all back into words.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS journal_meta (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL);
 INSERT OR IGNORE INTO journal_meta VALUES ('schema', '1');
-CREATE TABLE IF NOT EXISTS journal (
+CREATE TABLE IF NOT EXISTS journal_nodes (id USMALLINT PRIMARY KEY, name VARCHAR NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS journal_routes (id UINTEGER PRIMARY KEY, route VARCHAR NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS journal_urls (hash UBIGINT PRIMARY KEY, host VARCHAR NOT NULL, target VARCHAR NOT NULL);
+CREATE TABLE IF NOT EXISTS journal_urls_new (hash UBIGINT, host VARCHAR, target VARCHAR);
+CREATE TABLE IF NOT EXISTS journal_rows (
     ts              TIMESTAMP NOT NULL,
-    node            VARCHAR NOT NULL,
-    method          VARCHAR NOT NULL,
-    host            VARCHAR NOT NULL,
-    target          VARCHAR NOT NULL,
-    route           VARCHAR NOT NULL,
+    node            USMALLINT NOT NULL,
+    method          UTINYINT NOT NULL,
+    url             UBIGINT NOT NULL,
+    route           UINTEGER NOT NULL,
     key_hash        UBIGINT NOT NULL,
     status          USMALLINT NOT NULL,
-    outcome         VARCHAR NOT NULL,
-    cache_status    VARCHAR NOT NULL,
-    tier            VARCHAR,
+    outcome         UTINYINT NOT NULL,
+    cache_status    UTINYINT NOT NULL,
+    tier            UTINYINT,
     bytes           UBIGINT NOT NULL,
     origin_ms       DOUBLE,
     total_ms        DOUBLE NOT NULL,
@@ -48,10 +56,39 @@ CREATE TABLE IF NOT EXISTS journal (
     user_scoped     BOOLEAN NOT NULL,
     shared_storable BOOLEAN NOT NULL,
     warmed          BOOLEAN NOT NULL,
-    source          VARCHAR NOT NULL,
+    source          UTINYINT NOT NULL,
     import_key      UBIGINT
 );
 ";
+
+/// The `tier` codes: the tiers, then the origin.
+const TIERS: [&str; 4] = ["l1", "l2", "l3", "origin"];
+/// The `source` codes.
+pub(super) const SOURCES: [&str; 2] = ["live", "import"];
+
+/// A DuckDB list literal of `names`, indexed by code + 1.
+fn list(names: impl Iterator<Item = &'static str>) -> String {
+    let quoted: Vec<String> = names.map(|n| format!("'{n}'")).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+/// The `journal` view over `journal_rows`, from the same code tables the writer uses.
+pub(super) fn view_sql() -> String {
+    format!(
+        "CREATE OR REPLACE VIEW journal AS SELECT r.ts, n.name AS node, {m}[r.method + 1] AS method,
+           u.host, u.target, ro.route, r.key_hash, r.status, {o}[r.outcome + 1] AS outcome,
+           {c}[r.cache_status + 1] AS cache_status, {t}[r.tier + 1] AS tier, r.bytes, r.origin_ms,
+           r.total_ms, r.ttl_s, r.client, r.user_scoped, r.shared_storable, r.warmed,
+           {s}[r.source + 1] AS source, r.import_key
+         FROM journal_rows r LEFT JOIN journal_nodes n ON n.id = r.node
+           LEFT JOIN journal_urls u ON u.hash = r.url LEFT JOIN journal_routes ro ON ro.id = r.route",
+        m = list(MethodLabel::ALL.iter().map(|m| m.as_str())),
+        o = list(JournalOutcome::ALL.iter().map(|o| o.as_str())),
+        c = list(Outcome::ALL.iter().map(|o| o.as_str())),
+        t = list(TIERS.into_iter()),
+        s = list(SOURCES.into_iter()),
+    )
+}
 
 /// The `journal` table's columns, for the README and `tierd sql --schema`.
 pub const SCHEMA_DOC: &str = "\
@@ -80,7 +117,7 @@ import_key       UBIGINT    for imported rows: which log line (re-imports are sk
 ";
 
 /// Opens (or creates) the journal file.
-pub(super) fn open(o: &JournalOptions) -> Result<Connection, JournalError> {
+pub(super) fn open(o: &JournalOptions) -> Result<(Connection, u16), JournalError> {
     let fail = |e: &dyn std::fmt::Display| JournalError::Open {
         path: o.path.display().to_string(),
         message: e.to_string(),
@@ -95,7 +132,45 @@ pub(super) fn open(o: &JournalOptions) -> Result<Connection, JournalError> {
         .map_err(|e| fail(&e))?;
     let conn = Connection::open_with_flags(&o.path, config).map_err(|e| fail(&e))?;
     conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
-    Ok(conn)
+    conn.execute_batch(&view_sql()).map_err(|e| fail(&e))?;
+    let node = node_id(&conn, &o.node).map_err(|e| fail(&e))?;
+    Ok((conn, node))
+}
+
+/// The route templates already coded.
+fn load_routes(conn: &Connection) -> duckdb::Result<std::collections::HashMap<Arc<str>, u32>> {
+    let mut st = conn.prepare("SELECT route, id FROM journal_routes")?;
+    let rows = st.query_map([], |r| {
+        Ok((Arc::from(r.get::<_, String>(0)?.as_str()), r.get(1)?))
+    })?;
+    rows.collect()
+}
+
+/// Deletes the URLs no row points to any more (after rows were deleted).
+fn forget_orphans(conn: &Connection) {
+    if let Err(e) = conn.execute_batch(
+        "DELETE FROM journal_urls WHERE hash NOT IN (SELECT DISTINCT url FROM journal_rows)",
+    ) {
+        tracing::warn!(error = %e, "journal: deleting unused URLs failed");
+    }
+}
+
+/// URL hashes the writer remembers as written; past this it forgets them all (and writes each
+/// again once, a no-op for the file).
+const MAX_KNOWN_URLS: usize = 1 << 20;
+
+/// The code of `name` in `journal_nodes`, added if new.
+fn node_id(conn: &Connection, name: &str) -> duckdb::Result<u16> {
+    conn.execute(
+        "INSERT INTO journal_nodes SELECT (SELECT coalesce(max(id) + 1, 0) FROM journal_nodes), ?
+         WHERE NOT EXISTS (SELECT 1 FROM journal_nodes WHERE name = ?)",
+        params![name, name],
+    )?;
+    conn.query_row(
+        "SELECT id FROM journal_nodes WHERE name = ?",
+        params![name],
+        |r| r.get(0),
+    )
 }
 
 /// Opens `path` read-only for queries (no node may hold it).
@@ -177,6 +252,12 @@ pub(super) struct Writer {
     last_housekeeping: Option<Instant>,
     reopen_at: Option<Instant>,
     reopen_wait: Duration,
+    /// This node's code in `journal_nodes`.
+    node: u16,
+    /// URL hashes known to be in `journal_urls` (cleared past [`MAX_KNOWN_URLS`]).
+    known_urls: std::collections::HashSet<u64>,
+    /// Route templates and their codes in `journal_routes`.
+    routes: std::collections::HashMap<Arc<str>, u32>,
     /// A caller asked for housekeeping now ([`Msg::Housekeep`]).
     housekeep_now: std::cell::Cell<bool>,
 }
@@ -200,6 +281,9 @@ impl Writer {
             reopen_at: None,
             reopen_wait: Duration::from_secs(1),
             housekeep_now: std::cell::Cell::new(false),
+            node: 0,
+            known_urls: std::collections::HashSet::new(),
+            routes: std::collections::HashMap::new(),
         }
     }
 
@@ -218,25 +302,15 @@ impl Writer {
                     return;
                 }
             }
-            // Gather more rows for a while, unless someone waits for them.
-            let deadline = Instant::now() + LINGER;
-            while stop.is_none() && acks.is_empty() && batch.len() < BATCH && !batch.is_empty() {
-                let left = deadline.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                match rx.recv_timeout(left) {
-                    Ok(m) => self.take(m, &mut batch, &mut acks, &mut stop),
-                    Err(_) => break,
-                }
+            // Everything already queued joins (a flush must see every row sent before it); then,
+            // unless someone waits, the rows of the next moment too: one larger append costs
+            // less than many small ones (and no clock is read per row).
+            self.drain(&rx, &mut batch, &mut acks, &mut stop);
+            if stop.is_none() && acks.is_empty() && !batch.is_empty() && batch.len() < BATCH {
+                std::thread::sleep(LINGER);
+                self.drain(&rx, &mut batch, &mut acks, &mut stop);
             }
-            // Everything already queued joins (a flush must see every row sent before it).
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(m) => self.take(m, &mut batch, &mut acks, &mut stop),
-                    Err(_) => break,
-                }
-            }
+            self.metrics.queue_depth.set(rx.len() as i64);
             self.write(&mut batch);
             if self.housekeep_now.take() {
                 self.housekeeping();
@@ -250,9 +324,9 @@ impl Writer {
                 while let Ok(m) = rx.try_recv() {
                     if let Msg::Row(_) = m {
                         late += 1;
-                        self.metrics.queue_depth.dec();
                     }
                 }
+                self.metrics.queue_depth.set(0);
                 self.metrics.dropped(late);
                 if let Some(c) = self.conn.take() {
                     if let Err(e) = c.execute_batch("CHECKPOINT") {
@@ -272,6 +346,22 @@ impl Writer {
         }
     }
 
+    /// Takes what is queued, up to a batch.
+    fn drain(
+        &self,
+        rx: &Receiver<Msg>,
+        batch: &mut Vec<Row>,
+        acks: &mut Vec<oneshot::Sender<()>>,
+        stop: &mut Option<oneshot::Sender<()>>,
+    ) {
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(m) => self.take(m, batch, acks, stop),
+                Err(_) => break,
+            }
+        }
+    }
+
     fn take(
         &self,
         m: Msg,
@@ -280,10 +370,7 @@ impl Writer {
         stop: &mut Option<oneshot::Sender<()>>,
     ) {
         match m {
-            Msg::Row(r) => {
-                self.metrics.queue_depth.dec();
-                batch.push(*r);
-            }
+            Msg::Row(r) => batch.push(*r),
             Msg::Flush(a) => acks.push(a),
             Msg::Stop(a) => *stop = Some(a),
             Msg::Housekeep(a) => {
@@ -300,10 +387,10 @@ impl Writer {
         }
         let n = batch.len() as u64;
         let started = Instant::now();
-        let (node, salt) = (self.o.node.clone(), self.salt);
-        let result = match self.connection() {
-            Some(conn) => append(conn, batch, &node, salt),
-            None => Err(duckdb::Error::InvalidParameterName(
+        self.connection();
+        let result = match self.conn.is_some() {
+            true => self.append(batch),
+            false => Err(duckdb::Error::InvalidParameterName(
                 "the journal file is not open".into(),
             )),
         };
@@ -334,13 +421,16 @@ impl Writer {
     /// The open connection, reopening the file (with backoff) after a failure.
     fn connection(&mut self) -> Option<&Connection> {
         if self.conn.is_none() && self.reopen_at.is_none_or(|t| Instant::now() >= t) {
-            match open(&self.o).and_then(|c| {
+            match open(&self.o).and_then(|(c, node)| {
                 let r = c
                     .try_clone()
                     .map_err(|e| JournalError::Query(e.to_string()))?;
-                Ok((c, r))
+                Ok((c, r, node))
             }) {
-                Ok((c, r)) => {
+                Ok((c, r, node)) => {
+                    self.node = node;
+                    self.known_urls.clear();
+                    self.routes = load_routes(&c).unwrap_or_default();
                     if self.reopen_at.is_some() {
                         tracing::info!(path = %self.o.path.display(), "journal file open again");
                     }
@@ -378,7 +468,7 @@ impl Writer {
             return;
         };
         match conn.execute(
-            "DELETE FROM journal WHERE ts < make_timestamp(?)",
+            "DELETE FROM journal_rows WHERE ts < make_timestamp(?)",
             params![cutoff],
         ) {
             Ok(n) if n > 0 => {
@@ -387,6 +477,7 @@ impl Writer {
                     .with_label_values(&["retention"])
                     .inc_by(n as u64);
                 tracing::info!(rows = n, "journal rows past the retention deleted");
+                forget_orphans(conn);
                 let _ = conn.execute_batch("CHECKPOINT");
             }
             Ok(_) => {}
@@ -398,7 +489,7 @@ impl Writer {
             // DuckDB reuses the blocks of deleted rows after a checkpoint, so the file stops
             // growing rather than shrinking.
             let trimmed = conn.execute(
-                "DELETE FROM journal WHERE ts <= (SELECT quantile_disc(ts, ?) FROM journal)",
+                "DELETE FROM journal_rows WHERE ts <= (SELECT quantile_disc(ts, ?) FROM journal_rows)",
                 params![f64::from(SIZE_TRIM_PERCENT) / 100.0],
             );
             match trimmed {
@@ -407,6 +498,7 @@ impl Writer {
                         .deleted
                         .with_label_values(&["size"])
                         .inc_by(n as u64);
+                    forget_orphans(conn);
                     tracing::warn!(
                         rows = n,
                         file_bytes = size,
@@ -421,66 +513,196 @@ impl Writer {
     }
 }
 
-/// Appends `rows` in one appender flush.
-fn append(conn: &Connection, rows: &[Row], node: &str, salt: u64) -> duckdb::Result<()> {
-    let mut app = conn.appender("journal")?;
-    for r in rows {
-        let (host, target, user) = split_key(&r.url);
-        let key_hash = crate::store::key_hash(&r.url);
-        let client = match (user, r.peer) {
-            (Some(u), _) => xxhash_rust::xxh3::xxh3_64_with_seed(u.as_bytes(), salt),
-            (None, Some(ip)) => {
-                xxhash_rust::xxh3::xxh3_64_with_seed(ip.to_string().as_bytes(), salt)
-            }
-            (None, None) => 0,
-        };
-        let outcome = JournalOutcome::of(r.outcome, r.bypassed);
-        let tier = match r.tier {
-            Some(t) => Some(t.as_str()),
-            None if r.origin.is_some()
-                && matches!(
-                    outcome,
-                    JournalOutcome::Miss | JournalOutcome::Pass | JournalOutcome::Bypass
-                ) =>
-            {
-                Some("origin")
-            }
-            None => None,
-        };
-        let shared = !r.user_scoped
-            && matches!(
-                outcome,
-                JournalOutcome::Hit
-                    | JournalOutcome::Stale
-                    | JournalOutcome::Miss
-                    | JournalOutcome::Revalidated
-            );
-        app.append_row(params![
-            Value::Timestamp(TimeUnit::Microsecond, micros(r.at)),
-            node,
-            r.method.as_str(),
-            host,
-            target,
-            &*r.route,
-            key_hash,
-            r.status,
-            outcome.as_str(),
-            r.outcome.as_str(),
-            tier,
-            r.bytes,
-            r.origin.map(|d| d.as_secs_f64() * 1000.0),
-            r.total.as_secs_f64() * 1000.0,
-            r.ttl.map(|d| d.as_secs().min(i32::MAX as u64) as i32),
-            client,
-            r.user_scoped,
-            shared,
-            r.warmed,
-            "live",
-            Option::<u64>::None,
-        ])?;
+/// The client's hash: its per-user scope value if any, else its address, keyed with `salt`.
+fn client_hash(user: Option<&str>, peer: Option<IpAddr>, salt: u64) -> u64 {
+    use xxhash_rust::xxh3::xxh3_64_with_seed as h;
+    match (user, peer) {
+        (Some(u), _) => h(u.as_bytes(), salt),
+        (None, Some(IpAddr::V4(a))) => h(&a.octets(), salt),
+        (None, Some(IpAddr::V6(a))) => h(&a.octets(), salt),
+        (None, None) => 0,
     }
-    app.flush()
 }
+
+/// The code of route template `route` in `journal_routes`, added if new (once per template
+/// and file: the writer remembers the codes).
+fn route_id(conn: &Connection, route: &str) -> duckdb::Result<u32> {
+    conn.execute(
+        "INSERT INTO journal_routes SELECT (SELECT coalesce(max(id) + 1, 0) FROM journal_routes), ?
+         WHERE NOT EXISTS (SELECT 1 FROM journal_routes WHERE route = ?)",
+        params![route, route],
+    )?;
+    conn.query_row(
+        "SELECT id FROM journal_routes WHERE route = ?",
+        params![route],
+        |r| r.get(0),
+    )
+}
+
+impl Writer {
+    /// Appends `rows` as one Arrow batch (column by column: no per-value conversions), after
+    /// the URLs and routes not written before.
+    fn append(&mut self, rows: &[Row]) -> duckdb::Result<()> {
+        use duckdb::arrow::array::{
+            ArrayRef, BooleanArray, Float64Array, Int32Array, StringBuilder,
+            TimestampMicrosecondArray, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
+        };
+        use duckdb::arrow::record_batch::RecordBatch;
+        let Some(conn) = self.conn.as_ref() else {
+            return Err(duckdb::Error::InvalidParameterName(
+                "the journal file is not open".into(),
+            ));
+        };
+        let n = rows.len();
+        let (mut new_hash, mut new_host, mut new_target) =
+            (Vec::new(), StringBuilder::new(), StringBuilder::new());
+        let mut ts = Vec::with_capacity(n);
+        let mut method = Vec::with_capacity(n);
+        let mut url = Vec::with_capacity(n);
+        let mut route = Vec::with_capacity(n);
+        let mut key_hash = Vec::with_capacity(n);
+        let mut status = Vec::with_capacity(n);
+        let mut outcome = Vec::with_capacity(n);
+        let mut cache_status = Vec::with_capacity(n);
+        let mut tier = Vec::with_capacity(n);
+        let mut bytes = Vec::with_capacity(n);
+        let mut origin_ms = Vec::with_capacity(n);
+        let mut total_ms = Vec::with_capacity(n);
+        let mut ttl_s = Vec::with_capacity(n);
+        let mut client = Vec::with_capacity(n);
+        let mut user_scoped = Vec::with_capacity(n);
+        let mut shared = Vec::with_capacity(n);
+        let mut warmed = Vec::with_capacity(n);
+        if self.known_urls.len() > MAX_KNOWN_URLS {
+            self.known_urls.clear();
+        }
+        for r in rows {
+            let (h, t, user) = split_key(&r.url);
+            let plain = &r.url[..h.len() + t.len()];
+            let u = xxhash_rust::xxh3::xxh3_64(plain.as_bytes());
+            if self.known_urls.insert(u) {
+                new_hash.push(u);
+                new_host.append_value(h);
+                new_target.append_value(t);
+            }
+            url.push(u);
+            let code = match self.routes.get(&r.route) {
+                Some(c) => *c,
+                None => {
+                    let id = route_id(conn, &r.route)?;
+                    self.routes.insert(r.route.clone(), id);
+                    id
+                }
+            };
+            route.push(code);
+            ts.push(micros(r.at));
+            method.push(r.method as u8);
+            key_hash.push(crate::store::key_hash(&r.url));
+            status.push(r.status);
+            let o = JournalOutcome::of(r.outcome, r.bypassed);
+            outcome.push(o as u8);
+            cache_status.push(r.outcome as u8);
+            tier.push(match r.tier {
+                Some(t) => Some(t as u8),
+                None if r.origin.is_some()
+                    && matches!(
+                        o,
+                        JournalOutcome::Miss | JournalOutcome::Pass | JournalOutcome::Bypass
+                    ) =>
+                {
+                    Some(3)
+                }
+                None => None,
+            });
+            bytes.push(r.bytes);
+            origin_ms.push(r.origin.map(|d| d.as_secs_f64() * 1000.0));
+            total_ms.push(r.total.as_secs_f64() * 1000.0);
+            ttl_s.push(r.ttl.map(|d| d.as_secs().min(i32::MAX as u64) as i32));
+            client.push(client_hash(user, r.peer, self.salt));
+            user_scoped.push(r.user_scoped);
+            shared.push(
+                !r.user_scoped
+                    && matches!(
+                        o,
+                        JournalOutcome::Hit
+                            | JournalOutcome::Stale
+                            | JournalOutcome::Miss
+                            | JournalOutcome::Revalidated
+                    ),
+            );
+            warmed.push(r.warmed);
+        }
+        let to_err = |e: duckdb::arrow::error::ArrowError| {
+            duckdb::Error::InvalidParameterName(e.to_string())
+        };
+        if !new_hash.is_empty() {
+            let batch = RecordBatch::try_from_iter([
+                ("hash", Arc::new(UInt64Array::from(new_hash)) as ArrayRef),
+                ("host", Arc::new(new_host.finish()) as ArrayRef),
+                ("target", Arc::new(new_target.finish()) as ArrayRef),
+            ])
+            .map_err(to_err)?;
+            let mut app = conn.appender("journal_urls_new")?;
+            app.append_record_batch(batch)?;
+            app.flush()?;
+            drop(app);
+            conn.execute_batch(
+                "INSERT OR IGNORE INTO journal_urls SELECT * FROM journal_urls_new;
+                 DELETE FROM journal_urls_new;",
+            )?;
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(TimestampMicrosecondArray::from(ts)),
+            Arc::new(UInt16Array::from(vec![self.node; n])),
+            Arc::new(UInt8Array::from(method)),
+            Arc::new(UInt64Array::from(url)),
+            Arc::new(UInt32Array::from(route)),
+            Arc::new(UInt64Array::from(key_hash)),
+            Arc::new(UInt16Array::from(status)),
+            Arc::new(UInt8Array::from(outcome)),
+            Arc::new(UInt8Array::from(cache_status)),
+            Arc::new(UInt8Array::from(tier)),
+            Arc::new(UInt64Array::from(bytes)),
+            Arc::new(Float64Array::from(origin_ms)),
+            Arc::new(Float64Array::from(total_ms)),
+            Arc::new(Int32Array::from(ttl_s)),
+            Arc::new(UInt64Array::from(client)),
+            Arc::new(BooleanArray::from(user_scoped)),
+            Arc::new(BooleanArray::from(shared)),
+            Arc::new(BooleanArray::from(warmed)),
+            Arc::new(UInt8Array::from(vec![0u8; n])),
+            Arc::new(UInt64Array::from(vec![None::<u64>; n])),
+        ];
+        let batch = RecordBatch::try_from_iter(COLUMNS.into_iter().zip(columns)).map_err(to_err)?;
+        let mut app = conn.appender("journal_rows")?;
+        app.append_record_batch(batch)?;
+        app.flush()
+    }
+}
+
+/// `journal_rows`' columns, in order.
+const COLUMNS: [&str; 20] = [
+    "ts",
+    "node",
+    "method",
+    "url",
+    "route",
+    "key_hash",
+    "status",
+    "outcome",
+    "cache_status",
+    "tier",
+    "bytes",
+    "origin_ms",
+    "total_ms",
+    "ttl_s",
+    "client",
+    "user_scoped",
+    "shared_storable",
+    "warmed",
+    "source",
+    "import_key",
+];
 
 /// Writes the rows since `since` (UTC midnight of that date) as Parquet files partitioned by
 /// day (`date=YYYY-MM-DD/`) under `dir`; returns the rows written.

@@ -81,6 +81,16 @@ pub enum MethodLabel {
 
 impl MethodLabel {
     pub const COUNT: usize = 8;
+    pub const ALL: [MethodLabel; MethodLabel::COUNT] = [
+        MethodLabel::Get,
+        MethodLabel::Head,
+        MethodLabel::Post,
+        MethodLabel::Put,
+        MethodLabel::Patch,
+        MethodLabel::Delete,
+        MethodLabel::Options,
+        MethodLabel::Other,
+    ];
 
     pub fn of(m: &Method) -> MethodLabel {
         match *m {

@@ -237,6 +237,11 @@ impl Metrics {
         }
     }
 
+    /// Requests answered with `o` since start (0 with per-request metrics off).
+    pub fn answered(&self, o: Outcome) -> u64 {
+        self.request_seconds[o as usize].get_sample_count()
+    }
+
     /// Counts body bytes sent after the response head (streamed bodies).
     pub fn add_response_bytes(&self, from_cache: bool, n: u64) {
         if self.enabled {

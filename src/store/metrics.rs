@@ -38,6 +38,10 @@ impl TierMetrics {
             self.lookups[l as usize].inc();
         }
     }
+    /// Lookups with result `l` since start (0 with per-request metrics off).
+    pub fn lookups(&self, l: Lookup) -> u64 {
+        self.lookups[l as usize].get()
+    }
     pub fn fault(&self, f: TierFault) {
         self.faults[f as usize].inc();
     }

@@ -286,6 +286,46 @@ fn src_has_no_import_cycle_between_files_and_no_file_over_800_lines() {
         })
         .collect();
     assert!(found.is_empty(), "import cycles in src/: {described:#?}");
+    if std::env::var_os("TIERD_PRINT_LAYERS").is_some() {
+        print!("{}", layers(&edges));
+    }
+}
+
+/// Files by depth, bottom to top: depth 0 imports nothing of the crate; a file's depth is one
+/// more than the deepest file it imports (the house's layering, as the imports make it).
+fn layers(edges: &BTreeMap<String, BTreeSet<String>>) -> String {
+    fn depth(
+        f: &str,
+        edges: &BTreeMap<String, BTreeSet<String>>,
+        memo: &mut HashMap<String, usize>,
+    ) -> usize {
+        if let Some(d) = memo.get(f) {
+            return *d;
+        }
+        let d = edges
+            .get(f)
+            .map(|to| {
+                to.iter()
+                    .filter(|t| t.as_str() != f)
+                    .map(|t| depth(t, edges, memo) + 1)
+                    .max()
+                    .unwrap_or(0)
+            })
+            .unwrap_or(0);
+        memo.insert(f.to_owned(), d);
+        d
+    }
+    let mut memo = HashMap::new();
+    let mut by: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    let all: BTreeSet<&String> = edges.keys().chain(edges.values().flatten()).collect();
+    for f in all {
+        by.entry(depth(f, edges, &mut memo))
+            .or_default()
+            .push(f.clone());
+    }
+    by.iter()
+        .map(|(d, fs)| format!("{d:>2}  {}\n", fs.join(" ")))
+        .collect()
 }
 
 /// The checker sees a cycle that goes through a re-export.

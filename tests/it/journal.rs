@@ -150,6 +150,22 @@ async fn the_summary_counts_real_traffic_exactly_and_survives_a_restart() {
         .await,
         0.0
     );
+    // /_tierd/stats: hits, misses and hit ratio since start, per tier and overall (the two
+    // /misc passes are neither).
+    let st =
+        common::send(common::client().get(format!("http://{}/_tierd/stats", gw.admin_addr))).await;
+    let st: Value = serde_json::from_slice(&st.body).unwrap();
+    assert_eq!(
+        st["hits"]["l1"],
+        serde_json::json!({"hits": 2, "misses": 4, "hit_ratio": 2.0 / 6.0}),
+        "{st}"
+    );
+    assert_eq!(st["hits"]["l3"]["misses"], 4, "{st}");
+    assert_eq!(
+        st["hits"]["overall"],
+        serde_json::json!({"hits": 2, "misses": 2, "hit_ratio": 0.5}),
+        "{st}"
+    );
     gw.stop(true).await;
 
     let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
@@ -198,6 +214,16 @@ async fn rows_past_the_retention_are_deleted() {
     );
     gw.stop(true).await;
     origin.stop().await;
+    // The URLs only the deleted rows used are gone too; the view still names the new row's.
+    let conn = tierd::journal::open_read_only(&s.journal_path()).unwrap();
+    let urls: i64 = conn
+        .query_row("SELECT count(*) FROM journal_urls", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(urls, 1);
+    let target: String = conn
+        .query_row("SELECT target FROM journal", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(target, "/items/9");
 }
 
 #[actix_web::test]
