@@ -6,7 +6,10 @@
 # instructions are divided by the requests served. Kernel time (the TCP path, the same for both)
 # is not counted.
 #
-#   scripts/bench-instructions.sh [--tierd BIN]
+#   scripts/bench-instructions.sh [--tierd BIN] [--env "TIERD__X=y ..."]
+#
+# --env sets tierd settings for the run (e.g. the journal on:
+# --env "TIERD__JOURNAL__ENABLED=true TIERD__JOURNAL__PATH=/tmp/j.duckdb").
 #
 # Needs valgrind, nginx, wrk and curl (apt-get install -y valgrind nginx wrk curl).
 # Ports: origin 19100, tierd 19103 (admin 19104), floor 19105.
@@ -15,6 +18,7 @@ cd "$(dirname "$0")/.."
 TIERD=""
 while [ $# -gt 0 ]; do case $1 in
   --tierd) TIERD=$2; shift 2;;
+  --env) EXTRA_ENV=$2; shift 2;;
   *) echo "unknown argument $1" >&2; exit 2;; esac; done
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-/var/tmp/tierd-target}"
 DUCKDB_LIB_DIR="${DUCKDB_LIB_DIR:-$(scripts/duckdb-lib.sh)}"
@@ -53,6 +57,7 @@ count() { # name port command...
 }
 
 echo "== instructions per L1 hit (callgrind; about a minute per server)"
+for kv in ${EXTRA_ENV:-}; do export "${kv?}"; echo "tierd with $kv"; done
 TIERD__UPSTREAM__URL=http://127.0.0.1:19100 TIERD__SERVER__LISTEN=127.0.0.1:19103 \
   TIERD__ADMIN__LISTEN=127.0.0.1:19104 TIERD__SERVER__WORKERS=1 \
   count tierd 19103 "$TIERD" serve

@@ -59,6 +59,6 @@ pub(super) async fn summary(
 fn off() -> HttpResponse {
     error(
         StatusCode::NOT_FOUND,
-        "the journal is off: set journal.enabled = true (it is on by default when tiers.l3 is)",
+        "the journal is off: set journal.enabled = true",
     )
 }

@@ -105,7 +105,8 @@ pub struct TtlAdvice {
     pub reason: String,
     /// Stale entries validated with a 304 (the content had not changed).
     pub revalidated_304: u64,
-    /// Entries fetched again in full (expired, then changed or not validatable).
+    /// URLs fetched again in full after an earlier request in the window (their entry had
+    /// expired and changed, could not be validated, or was purged).
     pub refetched: u64,
     /// The median time between two requests for the same URL, seconds.
     pub median_rerequest_s: Option<f64>,
@@ -331,14 +332,13 @@ fn ttl_advice(
 ) -> Result<Vec<TtlAdvice>, JournalError> {
     let mut st = conn
         .prepare(&format!(
-            "WITH win AS (SELECT * FROM journal WHERE {w} AND shared_storable),
-             gaps AS (
-                SELECT route, epoch_us(ts) - lag(epoch_us(ts)) OVER (PARTITION BY key_hash ORDER BY ts) AS gap
-                FROM win)
+            "WITH win AS (
+                SELECT *, lag(ts) OVER (PARTITION BY key_hash ORDER BY ts, seq) AS prev
+                FROM journal WHERE {w} AND shared_storable)
              SELECT win.route, mode(ttl_s) FILTER (ttl_s IS NOT NULL)::BIGINT,
                     count(*) FILTER (outcome = 'revalidated'),
-                    count(*) FILTER (outcome = 'miss' AND cache_status = 'miss'),
-                    (SELECT median(gap) FROM gaps WHERE gaps.route = win.route AND gap IS NOT NULL) / 1e6
+                    count(*) FILTER (outcome = 'miss' AND cache_status = 'miss' AND prev IS NOT NULL),
+                    median(epoch_us(ts) - epoch_us(prev)) FILTER (prev IS NOT NULL) / 1e6
              FROM win GROUP BY win.route
              HAVING mode(ttl_s) FILTER (ttl_s IS NOT NULL) IS NOT NULL
              ORDER BY count(*) DESC, win.route LIMIT {SUMMARY_TOP}"
@@ -393,7 +393,7 @@ pub fn advise(ttl: u64, revalidated: u64, refetched: u64, gap: Option<f64>) -> (
     if expiries < ADVICE_MIN_SAMPLES {
         return (
             ttl,
-            format!("keep: {expiries} expiries in the window, too few to tell (need {ADVICE_MIN_SAMPLES})"),
+            format!("keep: too few expired entries asked for again to tell ({expiries}, need {ADVICE_MIN_SAMPLES})"),
         );
     }
     let unchanged = revalidated as f64 / expiries as f64;

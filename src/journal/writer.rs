@@ -79,7 +79,7 @@ pub(super) fn view_sql() -> String {
            u.host, u.target, ro.route, r.key_hash, r.status, {o}[r.outcome + 1] AS outcome,
            {c}[r.cache_status + 1] AS cache_status, {t}[r.tier + 1] AS tier, r.bytes, r.origin_ms,
            r.total_ms, r.ttl_s, r.client, r.user_scoped, r.shared_storable, r.warmed,
-           {s}[r.source + 1] AS source, r.import_key
+           {s}[r.source + 1] AS source, r.import_key, r.rowid AS seq
          FROM journal_rows r LEFT JOIN journal_nodes n ON n.id = r.node
            LEFT JOIN journal_urls u ON u.hash = r.url LEFT JOIN journal_routes ro ON ro.id = r.route",
         m = list(MethodLabel::ALL.iter().map(|m| m.as_str())),
@@ -114,6 +114,7 @@ shared_storable  BOOLEAN    the answer was stored or served from a shared (not p
 warmed           BOOLEAN    served from an entry a warming job stored
 source           VARCHAR    live (answered by this node) or import (tierd import-log)
 import_key       UBIGINT    for imported rows: which log line (re-imports are skipped)
+seq              BIGINT     the row's place in the file, in the order rows were written
 ";
 
 /// Opens (or creates) the journal file.
@@ -709,7 +710,7 @@ const COLUMNS: [&str; 20] = [
 pub fn export_parquet(conn: &Connection, since: &str, dir: &Path) -> Result<u64, JournalError> {
     let d = dir.to_string_lossy().replace('\'', "''");
     let sql = format!(
-        "COPY (SELECT *, strftime(ts, '%Y-%m-%d') AS date FROM journal \
+        "COPY (SELECT * EXCLUDE (seq), strftime(ts, '%Y-%m-%d') AS date FROM journal \
          WHERE ts >= CAST(? AS DATE)) TO '{d}' \
          (FORMAT PARQUET, PARTITION_BY (date), OVERWRITE_OR_IGNORE, FILENAME_PATTERN 'part-{{uuid}}')"
     );

@@ -28,6 +28,7 @@ fn settings(origin: &Origin, dir: &std::path::Path) -> Settings {
         ttl_seconds = 60
         "#,
     );
+    s.journal.enabled = true;
     s.journal.node = "node-a".into();
     s
 }
@@ -117,6 +118,19 @@ fn check_numbers(s: &Value) {
     assert_eq!(s["bytes_saved"], 8, "two hits of 4 bytes");
     assert_eq!(s["origin_requests"], 4);
     assert_eq!(s["origin_requests_saved"], 2);
+    // TTL advice for the cached route only: its entries' lifetime, nothing expired yet.
+    let advice = s["ttl_advice"].as_array().unwrap();
+    assert_eq!(advice.len(), 1, "{s}");
+    assert_eq!(advice[0]["route"], "/items/{id}");
+    assert_eq!(advice[0]["current_ttl_s"], 60);
+    assert_eq!(advice[0]["suggested_ttl_s"], 60);
+    assert_eq!(
+        (
+            advice[0]["revalidated_304"].as_u64(),
+            advice[0]["refetched"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
 }
 
 #[actix_web::test]
@@ -125,7 +139,6 @@ async fn the_summary_counts_real_traffic_exactly_and_survives_a_restart() {
     let clock = Arc::new(ManualClock::new());
     let origin = Origin::start(clock.clone(), origin_reply).await;
     let s = settings(&origin, dir.path());
-    assert!(s.journal_enabled(), "on by default with L3");
     let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
     traffic(&gw).await;
     let first = summary(&gw, "1h").await;
@@ -342,7 +355,7 @@ fn bad_journal_settings_fail_at_startup_naming_the_key() {
         ("TIERD__JOURNAL__RETENTION_DAYS", "journal.retention_days"),
     ] {
         let mut vars = std::collections::HashMap::new();
-        vars.insert("TIERD__TIERS__L3__ENABLED".to_owned(), "true".to_owned());
+        vars.insert("TIERD__JOURNAL__ENABLED".to_owned(), "true".to_owned());
         vars.insert(env.to_owned(), "0".to_owned());
         let e = Settings::load_with_env(None, Some(vars))
             .unwrap_err()

@@ -589,6 +589,7 @@ async fn a_database_duckdb_invalidated_is_reopened_once_the_disk_has_room() {
             .env("TIERD__TIERS__L3__ENABLED", "true")
             .env("TIERD__TIERS__L3__PATH", &db)
             .env("TIERD__TIERS__L3__CHECKPOINT_INTERVAL_SECONDS", "1")
+            .env("TIERD__JOURNAL__ENABLED", "true")
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(std::process::Stdio::null());
         common::Proc(cmd.spawn().expect("tierd binary"))
