@@ -300,6 +300,7 @@ async fn bench_journal(full: bool) {
             ])),
             user_scoped: false,
             warmed: false,
+            import_key: None,
         });
     }
     let recorded = started.elapsed();

@@ -76,6 +76,20 @@ enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
+    /// Import nginx/Apache access logs into the journal file (stop the node first), so that
+    /// analytics and warming have a history. Bad lines are skipped and counted; importing a
+    /// file again adds only the lines not imported yet.
+    ImportLog {
+        /// combined (Apache/nginx combined) or nginx-json (one JSON object per line).
+        #[arg(long, default_value = "combined")]
+        format: String,
+        /// The host the logged requests were made to (a JSON line's host wins).
+        #[arg(long)]
+        host: String,
+        /// The log files.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Write the journal's rows since DATE as Parquet files partitioned by day
     /// (DIR/date=YYYY-MM-DD/*.parquet), for fleet-wide analytics in any Parquet reader.
     ExportJournal {
@@ -138,6 +152,11 @@ fn main() -> ExitCode {
             limit,
             file,
         }) => exit(sql(cli.config.as_deref(), query, csv, schema, limit, file)),
+        Some(Command::ImportLog {
+            format,
+            host,
+            files,
+        }) => exit(import_log(cli.config.as_deref(), &format, &host, &files)),
         Some(Command::ExportJournal { since, dir, file }) => {
             exit(export(cli.config.as_deref(), &since, &dir, file))
         }
@@ -332,5 +351,58 @@ fn export(
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?;
     let n = tierd::journal::export_parquet(&conn, since, dir)?;
     println!("{n} rows since {since} written to {}", dir.display());
+    Ok(())
+}
+
+fn import_log(
+    config: Option<&Path>,
+    format: &str,
+    host: &str,
+    files: &[PathBuf],
+) -> anyhow::Result<()> {
+    use std::io::{IsTerminal, Write};
+    use tierd::journal::import::{import_logs, LogFormat};
+    let format = LogFormat::parse(format)
+        .ok_or_else(|| anyhow::anyhow!("--format '{format}' is not one of combined, nginx-json"))?;
+    let file = config.or(Some(Path::new(QUICKSTART_CONFIG)).filter(|p| p.is_file()));
+    let settings =
+        Settings::load(file).map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+    let opts = settings.journal_file_options();
+    let rules = tierd::policy::RuleSet::compile(&settings.rules, &tierd::metrics::Metrics::new())
+        .map_err(|e| anyhow::anyhow!("invalid rule: {e}"))?;
+    let paths: Vec<&Path> = files.iter().map(PathBuf::as_path).collect();
+    let tty = std::io::stderr().is_terminal();
+    let report = import_logs(
+        &opts,
+        &rules,
+        format,
+        host,
+        &paths,
+        std::time::SystemTime::now(),
+        |done, total| {
+            if tty && total > 0 {
+                let pct = (done * 100 / total).min(100);
+                let bar = "#".repeat((pct / 4) as usize);
+                eprint!(
+                    "\r[{bar:<25}] {pct:>3}%  {} / {} MiB",
+                    done >> 20,
+                    total >> 20
+                );
+                let _ = std::io::stderr().flush();
+            }
+        },
+    )?;
+    if tty {
+        eprintln!();
+    }
+    println!(
+        "{} lines read, {} imported into {}",
+        report.lines,
+        report.imported,
+        opts.path.display()
+    );
+    for (why, n) in &report.skipped {
+        println!("  skipped {n}: {why}");
+    }
     Ok(())
 }

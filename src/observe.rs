@@ -229,6 +229,7 @@ impl Observe {
             peer: req.peer_addr().map(|a| a.ip()),
             user_scoped: served.private,
             warmed: false,
+            import_key: None,
         });
     }
 }

@@ -76,11 +76,14 @@ impl Settings {
 
     /// The journal's options, `None` when it is off.
     pub fn journal_options(&self) -> Option<JournalOptions> {
-        if !self.journal_enabled() {
-            return None;
-        }
+        self.journal_enabled().then(|| self.journal_file_options())
+    }
+
+    /// The journal's options whether it is on or not (`tierd import-log` writes the file a
+    /// node will use).
+    pub fn journal_file_options(&self) -> JournalOptions {
         let j = &self.journal;
-        Some(JournalOptions {
+        JournalOptions {
             path: self.journal_path(),
             node: if j.node.is_empty() {
                 default_node()
@@ -91,7 +94,7 @@ impl Settings {
             sample: j.sample,
             queue_capacity: j.queue_capacity,
             max_bytes: j.max_bytes,
-        })
+        }
     }
 
     pub(super) fn validate_journal(&self) -> Result<(), ConfigError> {

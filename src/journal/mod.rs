@@ -17,6 +17,8 @@
 
 #[cfg(feature = "duckdb")]
 mod analytics;
+#[cfg(feature = "duckdb")]
+pub mod import;
 mod metrics;
 #[cfg(feature = "duckdb")]
 pub mod report;

@@ -39,6 +39,8 @@ pub struct Row {
     pub user_scoped: bool,
     /// Served from an entry a warming job stored.
     pub warmed: bool,
+    /// Imported from an access log (`tierd import-log`): which line; `None` for live requests.
+    pub import_key: Option<u64>,
 }
 
 /// The `outcome` column: what happened to a request, in the journal's coarse terms.

@@ -288,6 +288,50 @@ impl Writer {
         }
     }
 
+    /// A writer for `tierd import-log`: the file opened now, or the error.
+    pub(super) fn for_import(o: &JournalOptions) -> Result<Writer, JournalError> {
+        let salt = salt(&o.path).map_err(|e| JournalError::Open {
+            path: o.path.display().to_string(),
+            message: format!("salt file: {e}"),
+        })?;
+        let (conn, node) = open(o)?;
+        let routes = load_routes(&conn).map_err(|e| JournalError::Query(e.to_string()))?;
+        let registry = prometheus::Registry::new();
+        let mut w = Writer::new(
+            Arc::new(std::sync::Mutex::new(None)),
+            o.clone(),
+            Arc::new(crate::clock::SystemClock),
+            Arc::new(JournalMetrics::register(&registry)),
+            salt,
+        );
+        w.conn = Some(conn);
+        w.node = node;
+        w.routes = routes;
+        Ok(w)
+    }
+
+    /// The `import_key` of every imported row.
+    pub(super) fn imported_keys(&self) -> Result<std::collections::HashSet<u64>, JournalError> {
+        let q = |e: duckdb::Error| JournalError::Query(e.to_string());
+        let Some(conn) = &self.conn else {
+            return Err(JournalError::Unavailable);
+        };
+        let mut st = conn
+            .prepare("SELECT import_key FROM journal_rows WHERE import_key IS NOT NULL")
+            .map_err(q)?;
+        let keys = st.query_map([], |r| r.get::<_, u64>(0)).map_err(q)?;
+        keys.collect::<duckdb::Result<_>>().map_err(q)
+    }
+
+    /// Folds the WAL into the file.
+    pub(super) fn checkpoint(&self) {
+        if let Some(c) = &self.conn {
+            if let Err(e) = c.execute_batch("CHECKPOINT") {
+                tracing::warn!(error = %e, "journal checkpoint failed");
+            }
+        }
+    }
+
     /// Runs until told to stop (or every sender is gone), writing what was queued before.
     pub(super) fn run(mut self, rx: Receiver<Msg>) {
         self.connection();
@@ -543,7 +587,7 @@ fn route_id(conn: &Connection, route: &str) -> duckdb::Result<u32> {
 impl Writer {
     /// Appends `rows` as one Arrow batch (column by column: no per-value conversions), after
     /// the URLs and routes not written before.
-    fn append(&mut self, rows: &[Row]) -> duckdb::Result<()> {
+    pub(super) fn append(&mut self, rows: &[Row]) -> duckdb::Result<()> {
         use duckdb::arrow::array::{
             ArrayRef, BooleanArray, Float64Array, Int32Array, StringBuilder,
             TimestampMicrosecondArray, UInt16Array, UInt32Array, UInt64Array, UInt8Array,
@@ -671,8 +715,10 @@ impl Writer {
             Arc::new(BooleanArray::from(user_scoped)),
             Arc::new(BooleanArray::from(shared)),
             Arc::new(BooleanArray::from(warmed)),
-            Arc::new(UInt8Array::from(vec![0u8; n])),
-            Arc::new(UInt64Array::from(vec![None::<u64>; n])),
+            Arc::new(UInt8Array::from_iter_values(
+                rows.iter().map(|r| u8::from(r.import_key.is_some())),
+            )),
+            Arc::new(UInt64Array::from_iter(rows.iter().map(|r| r.import_key))),
         ];
         let batch = RecordBatch::try_from_iter(COLUMNS.into_iter().zip(columns)).map_err(to_err)?;
         let mut app = conn.appender("journal_rows")?;

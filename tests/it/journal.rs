@@ -363,3 +363,117 @@ fn bad_journal_settings_fail_at_startup_naming_the_key() {
         assert!(e.starts_with(key), "{e}");
     }
 }
+
+/// `10/Oct/2000:13:55:36 +0000` for `t` (the combined log format's time).
+fn clf(t: std::time::SystemTime) -> String {
+    let h = httpdate::fmt_http_date(t); // "Wed, 02 Dec 2026 06:41:39 GMT"
+    let p: Vec<&str> = h.split(' ').collect();
+    format!("{}/{}/{}:{} +0000", p[1], p[2], p[3], p[4])
+}
+
+#[test]
+fn import_log_reads_a_combined_log_skips_bad_lines_and_never_counts_a_line_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.duckdb");
+    let config = dir.path().join("tierd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[journal]\npath = \"{}\"\n\n[[rules]]\npath = \"/items/{{id}}\"\nttl_seconds = 60\n",
+            journal.display()
+        ),
+    )
+    .unwrap();
+    let now = std::time::SystemTime::now();
+    let t = |ago: u64| clf(now - Duration::from_secs(ago));
+    let log = dir.path().join("access.log");
+    let good = [
+        format!(
+            r#"10.0.0.1 - - [{}] "GET /items/1 HTTP/1.1" 200 512 "-" "curl/8""#,
+            t(300)
+        ),
+        format!(
+            r#"10.0.0.1 - - [{}] "GET /items/1 HTTP/1.1" 200 512 "-" "curl/8""#,
+            t(200)
+        ),
+        format!(
+            r#"10.0.0.2 - - [{}] "GET /items/1 HTTP/1.1" 304 - "-" "curl/8""#,
+            t(100)
+        ),
+        format!(
+            r#"10.0.0.2 - - [{}] "GET /items/2 HTTP/1.1" 200 100 "-" "curl/8""#,
+            t(90)
+        ),
+        format!(
+            r#"10.0.0.3 - - [{}] "GET /other?x=1 HTTP/1.1" 404 9 "-" "-" 0.004"#,
+            t(80)
+        ),
+    ];
+    let bad = [
+        "garbage line".to_owned(),
+        format!(
+            r#"10.0.0.4 - - [{}] "GET /items/3 HTTP/1.1" 999 1 "-" "-""#,
+            t(70)
+        ),
+        format!(
+            r#"10.0.0.5 - - [{}] "GET /items/4 HTTP/1.1" 200 1 "-" "-""#,
+            t(400 * 86_400)
+        ),
+    ];
+    let text = format!("{}\n\n{}\n", good.join("\n"), bad.join("\n"));
+    std::fs::write(&log, text).unwrap();
+    let import = || {
+        let out = common::tierd_command()
+            .arg("import-log")
+            .arg("--config")
+            .arg(&config)
+            .args(["--host", "API.example:80"])
+            .arg(&log)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let first = import();
+    assert!(first.starts_with("8 lines read, 5 imported"), "{first}");
+    assert!(first.contains("skipped 1: bad status"), "{first}");
+    assert!(first.contains("skipped 1: no [time]"), "{first}");
+    assert!(
+        first.contains("skipped 1: older than journal.retention_days"),
+        "{first}"
+    );
+    let again = import();
+    assert!(again.starts_with("8 lines read, 0 imported"), "{again}");
+    assert!(again.contains("skipped 5: already imported"), "{again}");
+
+    let sql = |q: &str| {
+        let out = common::tierd_command()
+            .args(["sql", "--csv", "--file"])
+            .arg(&journal)
+            .arg(q)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        sql("SELECT route, count(*) AS n FROM journal GROUP BY 1 ORDER BY 1"),
+        "route,n\n/items/{id},4\nother,1\n"
+    );
+    assert_eq!(
+        sql("SELECT DISTINCT host, source, outcome FROM journal ORDER BY 1"),
+        "host,source,outcome\napi.example,import,pass\n"
+    );
+    assert_eq!(
+        sql("SELECT count(DISTINCT client) AS clients, sum(bytes) AS bytes FROM journal"),
+        "clients,bytes\n3,1133\n"
+    );
+}
