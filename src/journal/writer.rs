@@ -134,7 +134,7 @@ pub(super) fn open(o: &JournalOptions) -> Result<(Connection, u16), JournalError
     let conn = Connection::open_with_flags(&o.path, config).map_err(|e| fail(&e))?;
     conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
     conn.execute_batch(&view_sql()).map_err(|e| fail(&e))?;
-    let node = node_id(&conn, &o.node).map_err(|e| fail(&e))?;
+    let node = code_of(&conn, "journal_nodes", "name", &o.node).map_err(|e| fail(&e))?;
     Ok((conn, node))
 }
 
@@ -160,16 +160,24 @@ fn forget_orphans(conn: &Connection) {
 /// again once, a no-op for the file).
 const MAX_KNOWN_URLS: usize = 1 << 20;
 
-/// The code of `name` in `journal_nodes`, added if new.
-fn node_id(conn: &Connection, name: &str) -> duckdb::Result<u16> {
+/// The code of `value` in the dimension table `table` (`id`, `column`), added if new: the
+/// node names and route templates the rows point to.
+fn code_of<T: duckdb::types::FromSql>(
+    conn: &Connection,
+    table: &str,
+    column: &str,
+    value: &str,
+) -> duckdb::Result<T> {
     conn.execute(
-        "INSERT INTO journal_nodes SELECT (SELECT coalesce(max(id) + 1, 0) FROM journal_nodes), ?
-         WHERE NOT EXISTS (SELECT 1 FROM journal_nodes WHERE name = ?)",
-        params![name, name],
+        &format!(
+            "INSERT INTO {table} SELECT (SELECT coalesce(max(id) + 1, 0) FROM {table}), ?
+             WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE {column} = ?)"
+        ),
+        params![value, value],
     )?;
     conn.query_row(
-        "SELECT id FROM journal_nodes WHERE name = ?",
-        params![name],
+        &format!("SELECT id FROM {table} WHERE {column} = ?"),
+        params![value],
         |r| r.get(0),
     )
 }
@@ -569,21 +577,6 @@ fn client_hash(user: Option<&str>, peer: Option<IpAddr>, salt: u64) -> u64 {
     }
 }
 
-/// The code of route template `route` in `journal_routes`, added if new (once per template
-/// and file: the writer remembers the codes).
-fn route_id(conn: &Connection, route: &str) -> duckdb::Result<u32> {
-    conn.execute(
-        "INSERT INTO journal_routes SELECT (SELECT coalesce(max(id) + 1, 0) FROM journal_routes), ?
-         WHERE NOT EXISTS (SELECT 1 FROM journal_routes WHERE route = ?)",
-        params![route, route],
-    )?;
-    conn.query_row(
-        "SELECT id FROM journal_routes WHERE route = ?",
-        params![route],
-        |r| r.get(0),
-    )
-}
-
 impl Writer {
     /// Appends `rows` as one Arrow batch (column by column: no per-value conversions), after
     /// the URLs and routes not written before.
@@ -634,7 +627,7 @@ impl Writer {
             let code = match self.routes.get(&r.route) {
                 Some(c) => *c,
                 None => {
-                    let id = route_id(conn, &r.route)?;
+                    let id = code_of(conn, "journal_routes", "route", &r.route)?;
                     self.routes.insert(r.route.clone(), id);
                     id
                 }
@@ -642,7 +635,12 @@ impl Writer {
             route.push(code);
             ts.push(micros(r.at));
             method.push(r.method as u8);
-            key_hash.push(crate::store::key_hash(&r.url));
+            // The cache key is the plain URL unless it carries keyed headers or a user scope.
+            key_hash.push(if plain.len() == r.url.len() {
+                u
+            } else {
+                crate::store::key_hash(&r.url)
+            });
             status.push(r.status);
             let o = JournalOutcome::of(r.outcome, r.bypassed);
             outcome.push(o as u8);
