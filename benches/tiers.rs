@@ -258,16 +258,23 @@ async fn bench_l3(full: bool) {
     }
 }
 
-/// The journal's rows/s: `n` rows recorded as the request path does, until the writer has
-/// appended them all and closed the file (its last checkpoint included).
+/// The journal's rows/s: `n` rows recorded as the request path does, in rounds of 100,000 that
+/// the writer takes as it would under steady load (the queue as configured by default, rows
+/// gathered while it lingers), until the writer has appended them all and closed the file (its
+/// last checkpoint included); and the process's CPU time per row (run it on one core,
+/// `taskset -c 1`, to see the writer's cost as the request path would feel it).
 async fn bench_journal(full: bool) {
     use tierd::journal::{Journal, JournalMetrics, JournalOptions, Row};
     use tierd::metrics::{MethodLabel, Outcome};
-    let n: usize = if full { 2_000_000 } else { 20_000 };
+    let n: usize = std::env::var("TIERD_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if full { 2_000_000 } else { 20_000 });
     let dir = tempfile::tempdir().expect("tempdir");
     let metrics = Arc::new(JournalMetrics::register(&prometheus::Registry::new()));
     let mut o = JournalOptions::new(dir.path().join("journal.duckdb"));
-    o.queue_capacity = n + 1;
+    o.queue_capacity = 131_072;
+    let cpu_before = cpu_seconds();
     let journal = Journal::open(o, Arc::new(SystemClock), metrics.clone()).expect("journal");
     let route: Arc<str> = Arc::from("/api/items/{id}");
     let urls: Vec<Arc<str>> = (0..1000)
@@ -275,6 +282,9 @@ async fn bench_journal(full: bool) {
         .collect();
     let started = Instant::now();
     for i in 0..n {
+        if i % 100_000 == 0 && i > 0 {
+            journal.flush(Duration::from_secs(30)).await.expect("flush");
+        }
         journal.record(Row {
             at: SystemTime::now(),
             method: MethodLabel::Get,
@@ -309,13 +319,26 @@ async fn bench_journal(full: bool) {
     let file = std::fs::metadata(dir.path().join("journal.duckdb"))
         .map(|m| m.len())
         .unwrap_or(0);
+    let cpu = cpu_seconds() - cpu_before;
     println!(
-        "journal rows={n} record={:.0} ns/row written={:.0} rows/s (until closed) dropped={} file={:.1} bytes/row",
+        "journal rows={n} record+write={:.0} ns/row cpu={:.0} ns/row (appends {:.0} ns/row) written={:.0} rows/s (until closed) dropped={} file={:.1} bytes/row",
         recorded.as_nanos() as f64 / n as f64,
+        cpu * 1e9 / n as f64,
+        metrics.write_seconds.get_sample_sum() * 1e9 / n as f64,
         metrics.written_total() as f64 / total.as_secs_f64(),
         metrics.dropped_total(),
         file as f64 / n as f64,
     );
+}
+
+/// User and system CPU seconds of this process so far (every thread).
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields 14 and 15 (utime, stime) in clock ticks, counted after the command's ')'.
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn main() {
@@ -325,9 +348,21 @@ fn main() {
         .build()
         .expect("runtime");
     let local = tokio::task::LocalSet::new();
+    // `cargo bench --bench tiers -- journal` runs only the benches whose name holds a word given.
+    let words: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let run = |name: &str| words.is_empty() || words.iter().any(|w| name.contains(w.as_str()));
     local.block_on(&rt, async {
-        bench_journal(full).await;
-        bench_l2(full).await;
-        bench_l3(full).await;
+        if run("journal") {
+            bench_journal(full).await;
+        }
+        if run("l2") {
+            bench_l2(full).await;
+        }
+        if run("l3") {
+            bench_l3(full).await;
+        }
     });
 }

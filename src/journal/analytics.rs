@@ -145,11 +145,11 @@ fn micros(t: SystemTime) -> i64 {
 
 fn rfc3339(micros: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_micros(micros.max(0) as u64);
-    httpdate_rfc3339(t)
+    format_utc(t)
 }
 
 /// `YYYY-MM-DDTHH:MM:SSZ`.
-fn httpdate_rfc3339(t: SystemTime) -> String {
+pub(super) fn format_utc(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

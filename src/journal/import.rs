@@ -144,7 +144,8 @@ pub fn import_logs(
                     .or_default() += 1;
                 continue;
             }
-            let key = xxhash_rust::xxh3::xxh3_64_with_seed(line.as_bytes(), position);
+            // 0 marks a live row in the file.
+            let key = xxhash_rust::xxh3::xxh3_64_with_seed(line.as_bytes(), position).max(1);
             if !seen.insert(key) {
                 *report.skipped.entry("already imported").or_default() += 1;
                 continue;

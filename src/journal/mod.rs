@@ -24,6 +24,8 @@ mod metrics;
 pub mod report;
 mod row;
 #[cfg(feature = "duckdb")]
+mod schema;
+#[cfg(feature = "duckdb")]
 mod writer;
 
 use std::path::PathBuf;
@@ -38,7 +40,9 @@ pub use analytics::{
 pub use metrics::JournalMetrics;
 pub use row::{split_key, JournalOutcome, Row};
 #[cfg(feature = "duckdb")]
-pub use writer::{export_parquet, SCHEMA_DOC};
+pub use schema::SCHEMA_DOC;
+#[cfg(feature = "duckdb")]
+pub use writer::export_parquet;
 
 /// The summary over the `window` ending at `now`, from a connection to a journal file.
 #[cfg(feature = "duckdb")]
@@ -48,6 +52,12 @@ pub fn summary_at(
     now: std::time::SystemTime,
 ) -> Result<Summary, JournalError> {
     analytics::summary(conn, window, now)
+}
+
+/// `t` as the summary writes times: RFC 3339 UTC to the second (`YYYY-MM-DDTHH:MM:SSZ`).
+#[cfg(feature = "duckdb")]
+pub fn format_utc(t: std::time::SystemTime) -> String {
+    analytics::format_utc(t)
 }
 
 /// Default `[journal] retention_days`.
@@ -100,8 +110,9 @@ pub fn default_node() -> String {
 
 /// A message to the writer thread.
 #[cfg_attr(not(feature = "duckdb"), allow(dead_code))]
+#[allow(clippy::large_enum_variant)] // rows inline: no allocation per request, no cross-thread free
 pub(crate) enum Msg {
-    Row(Box<Row>),
+    Row(Row),
     /// Write everything queued before this, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
     /// Write everything queued before this, answer, and stop.
@@ -199,7 +210,7 @@ impl Journal {
                 return;
             }
         }
-        match self.tx.try_send(Msg::Row(Box::new(row))) {
+        match self.tx.try_send(Msg::Row(row)) {
             Ok(()) => {}
             Err(_) => self.metrics.dropped(1),
         }
@@ -209,6 +220,11 @@ impl Journal {
     #[inline]
     pub fn now(&self) -> std::time::SystemTime {
         self.clock.now()
+    }
+
+    /// The journal's own metrics (rows written and dropped, the file's state).
+    pub fn metrics(&self) -> &JournalMetrics {
+        &self.metrics
     }
 
     /// What the journal was opened with.

@@ -105,8 +105,16 @@ impl JournalOutcome {
 /// Splits a cache key into host and target (`/path?query`), leaving out the ` h:` (keyed
 /// headers) and ` u:` (per-user scope) parts; the user value, if any, is returned third.
 pub fn split_key(key: &str) -> (&str, &str, Option<&str>) {
-    let user = key.find(" u:").map(|i| &key[i + 3..]);
-    let url = key.split(' ').next().unwrap_or(key);
+    // Most keys are the plain URL: one byte search, and the rest only when there is one.
+    let (url, rest) = match key.find(' ') {
+        Some(i) => (&key[..i], &key[i..]),
+        None => (key, ""),
+    };
+    let user = if rest.is_empty() {
+        None
+    } else {
+        rest.find(" u:").map(|i| &rest[i + 3..])
+    };
     match url.find('/') {
         Some(i) => (&url[..i], &url[i..], user),
         None => (url, "/", user),
