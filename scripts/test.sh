@@ -21,6 +21,8 @@ command -v prometheus >/dev/null || need_apt+=(prometheus)
 command -v promtool >/dev/null || need_apt+=(prometheus)
 command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+# The admin page is checked in a real headless Chromium (and a font to draw its text with).
+command -v chromium >/dev/null || need_apt+=(chromium fonts-dejavu-core)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "== installing ${need_apt[*]}"
   # Packages install without starting their services (Prometheus would take port 9090).

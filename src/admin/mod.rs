@@ -7,6 +7,9 @@
 //! JSON objects `{"error": "..."}` that say what to change.
 
 mod analytics;
+mod page;
+
+pub use page::BAR_RGB as PAGE_BAR_RGB;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,7 +46,9 @@ pub fn configure(
 ) -> impl FnOnce(&mut web::ServiceConfig) {
     move |cfg| {
         routes(cfg, state, opts, "/_tierd");
-        cfg.route("/_tierd/reload", web::post().to(reload))
+        cfg.route("/", web::get().to(to_page))
+            .route("/_tierd", web::get().to(to_page))
+            .route("/_tierd/reload", web::post().to(reload))
             .default_service(web::to(not_found));
     }
 }
@@ -65,6 +70,10 @@ fn routes(cfg: &mut web::ServiceConfig, state: Arc<CacheState>, opts: AdminOptio
         .route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
         .route("/readyz", web::get().to(readyz))
+        .route(
+            if api.is_empty() { "/" } else { "/_tierd/" },
+            web::get().to(page::page),
+        )
         .route(&format!("{api}/stats"), web::get().to(stats))
         .route(&format!("{api}/entry"), web::get().to(entry))
         .route(&format!("{api}/purge"), web::post().to(purge))
@@ -104,9 +113,16 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such admin endpoint; see /_tierd/stats, /_tierd/entry, /_tierd/purge, /_tierd/reload, /_tierd/analytics/summary, /metrics, /healthz, /readyz",
+            "no such admin endpoint; see /_tierd/ (the page), /_tierd/stats, /_tierd/entry, /_tierd/purge, /_tierd/reload, /_tierd/analytics/summary, /metrics, /healthz, /readyz",
         ),
     }
+}
+
+/// The admin listener's root and `/_tierd` lead to the page.
+async fn to_page() -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header((header::LOCATION, "/_tierd/"))
+        .finish()
 }
 
 /// Compares in time independent of where the strings differ.
@@ -139,20 +155,41 @@ fn refuse_read(req: &HttpRequest, opts: &AdminOptions) -> Option<HttpResponse> {
     refuse_without_token(req, opts)
 }
 
-/// The 401, unless the request carries `Authorization: Bearer <admin.token>` (compared in
-/// constant time).
-fn refuse_without_token(req: &HttpRequest, opts: &AdminOptions) -> Option<HttpResponse> {
-    let given = req
+/// Whether the request carries the admin token: `Authorization: Bearer <token>`, or HTTP
+/// Basic with the token as the password (what a browser sends for the admin page); compared in
+/// constant time.
+fn token_given(req: &HttpRequest, opts: &AdminOptions) -> bool {
+    use base64::Engine as _;
+    let Some((scheme, value)) = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-    match given {
-        Some(t) if same(t.as_bytes(), opts.token.as_bytes()) => None,
-        _ => {
+        .and_then(|v| v.trim().split_once(' '))
+    else {
+        return false;
+    };
+    let value = value.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return same(value.as_bytes(), opts.token.as_bytes());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(pair) = base64::engine::general_purpose::STANDARD.decode(value) else {
+            return false;
+        };
+        let password = match pair.iter().position(|&b| b == b':') {
+            Some(i) => &pair[i + 1..],
+            None => return false,
+        };
+        return same(password, opts.token.as_bytes());
+    }
+    false
+}
+
+/// The 401, unless the request carries the admin token ([`token_given`]).
+fn refuse_without_token(req: &HttpRequest, opts: &AdminOptions) -> Option<HttpResponse> {
+    match token_given(req, opts) {
+        true => None,
+        false => {
             tracing::warn!(path = req.path(), peer = ?req.peer_addr(), "admin call refused: missing or wrong bearer token");
             let mut res = error(
                 StatusCode::UNAUTHORIZED,

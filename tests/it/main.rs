@@ -15,6 +15,7 @@ mod house;
 mod journal;
 mod metrics;
 mod nodes;
+mod page;
 mod prometheus;
 mod ratelimit;
 mod reliability;
