@@ -57,8 +57,9 @@ enum Command {
         #[arg(long)]
         file: Option<PathBuf>,
     },
-    /// Run read-only SQL over the journal file (table `journal`; --schema lists its columns)
-    /// and print the result as a table.
+    /// Run read-only SQL over the journal (view `journal`; --schema lists its columns) and print
+    /// the result as a table: from the file when no node holds it, or through a running node's
+    /// admin API (--admin).
     Sql {
         /// The query, e.g. "SELECT route, count(*) FROM journal GROUP BY 1".
         #[arg(required_unless_present = "schema")]
@@ -72,6 +73,13 @@ enum Command {
         /// Rows printed at most.
         #[arg(long, default_value_t = 10_000)]
         limit: usize,
+        /// A running node's admin address (its journal is locked while it runs), e.g.
+        /// http://127.0.0.1:9090; needs the admin token.
+        #[arg(long)]
+        admin: Option<String>,
+        /// The admin token (default: TIERD_ADMIN_TOKEN).
+        #[arg(long, env = "TIERD_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
         /// The journal file (default: the config's journal.path).
         #[arg(long)]
         file: Option<PathBuf>,
@@ -150,8 +158,19 @@ fn main() -> ExitCode {
             csv,
             schema,
             limit,
+            admin,
+            token,
             file,
-        }) => exit(sql(cli.config.as_deref(), query, csv, schema, limit, file)),
+        }) => exit(sql(
+            cli.config.as_deref(),
+            query,
+            csv,
+            schema,
+            limit,
+            admin,
+            token,
+            file,
+        )),
         Some(Command::ImportLog {
             format,
             host,
@@ -263,33 +282,12 @@ fn report(
     let w = Window::parse(window)
         .ok_or_else(|| anyhow::anyhow!("--window '{window}' is not one of 1h, 24h, 7d"))?;
     let summary: Summary = match admin {
-        Some(base) => actix_web::rt::System::new().block_on(async move {
-            let url = format!(
-                "{}/_tierd/analytics/summary?window={}",
-                base.trim_end_matches('/'),
-                w.as_str()
-            );
-            let client = awc::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .finish();
-            let mut req = client.get(&url);
-            if let Some(t) = token.filter(|t| !t.is_empty()) {
-                req = req.insert_header(("authorization", format!("Bearer {t}")));
-            }
-            let mut res = req
-                .send()
-                .await
-                .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-            let body = res
-                .body()
-                .limit(16 << 20)
-                .await
-                .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
-            if !res.status().is_success() {
-                anyhow::bail!("{url}: {} {}", res.status(), String::from_utf8_lossy(&body));
-            }
-            serde_json::from_slice(&body).map_err(|e| anyhow::anyhow!("{url}: not a summary: {e}"))
-        })?,
+        Some(base) => {
+            let path = format!("/_tierd/analytics/summary?window={}", w.as_str());
+            let body = admin_call(&base, &path, token, None)?;
+            serde_json::from_slice(&body)
+                .map_err(|e| anyhow::anyhow!("{base}{path}: not a summary: {e}"))?
+        }
         None => {
             let path = journal_file(config, file)?;
             let conn = tierd::journal::open_read_only(&path)?;
@@ -304,12 +302,51 @@ fn report(
     Ok(())
 }
 
+/// A GET (or, with a body, a JSON POST) to a running node's admin API; the body of a 2xx.
+fn admin_call(
+    base: &str,
+    path: &str,
+    token: Option<String>,
+    json: Option<serde_json::Value>,
+) -> anyhow::Result<Vec<u8>> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    actix_web::rt::System::new().block_on(async move {
+        let client = awc::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .finish();
+        let mut req = match json {
+            Some(_) => client.post(&url),
+            None => client.get(&url),
+        };
+        if let Some(t) = token.filter(|t| !t.is_empty()) {
+            req = req.insert_header(("authorization", format!("Bearer {t}")));
+        }
+        let sent = match json {
+            Some(v) => req.send_json(&v).await,
+            None => req.send().await,
+        };
+        let mut res = sent.map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        let body = res
+            .body()
+            .limit(64 << 20)
+            .await
+            .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        if !res.status().is_success() {
+            anyhow::bail!("{url}: {} {}", res.status(), String::from_utf8_lossy(&body));
+        }
+        Ok(body.to_vec())
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
 fn sql(
     config: Option<&Path>,
     query: Option<String>,
     csv: bool,
     schema: bool,
     limit: usize,
+    admin: Option<String>,
+    token: Option<String>,
     file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     if schema {
@@ -317,9 +354,36 @@ fn sql(
         return Ok(());
     }
     let query = query.unwrap_or_default();
-    let path = journal_file(config, file)?;
-    let conn = tierd::journal::open_read_only(&path)?;
-    let out = tierd::journal::query_table(&conn, &query, limit)?;
+    let out = match admin {
+        Some(base) => {
+            let body = admin_call(
+                &base,
+                "/_tierd/analytics/sql",
+                token,
+                Some(serde_json::json!({"sql": query, "limit": limit})),
+            )?;
+            #[derive(serde::Deserialize)]
+            struct Answer {
+                columns: Vec<String>,
+                rows: Vec<Vec<String>>,
+                truncated: bool,
+            }
+            let a: Answer = serde_json::from_slice(&body)
+                .map_err(|e| anyhow::anyhow!("{base}: not a query result: {e}"))?;
+            if a.truncated {
+                eprintln!("(the node answered the first {limit} rows; raise --limit for more)");
+            }
+            tierd::journal::TableOut {
+                columns: a.columns,
+                rows: a.rows,
+            }
+        }
+        None => {
+            let path = journal_file(config, file)?;
+            let conn = tierd::journal::open_read_only(&path)?;
+            tierd::journal::query_table(&conn, &query, limit)?
+        }
+    };
     if csv {
         print!("{}", tierd::journal::report::csv(&out.columns, &out.rows));
     } else {

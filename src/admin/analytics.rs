@@ -1,11 +1,12 @@
 //! `GET /_tierd/analytics/summary?window=1h|24h|7d`: what the journal says (read token when one
-//! is set).
+//! is set); `POST /_tierd/analytics/sql`: one read-only query over it (the token always: the
+//! rows say who asked for what).
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 
-use super::{error, refuse_read, AdminOptions};
+use super::{error, read_body, refuse, refuse_read, AdminOptions};
 use crate::cache::CacheState;
 
 #[derive(Deserialize)]
@@ -61,4 +62,80 @@ fn off() -> HttpResponse {
         StatusCode::NOT_FOUND,
         "the journal is off: set journal.enabled = true",
     )
+}
+
+/// Largest SQL request body accepted.
+const MAX_SQL_BODY_BYTES: usize = 64 * 1024;
+/// Rows answered at most (and by default).
+const MAX_SQL_ROWS: usize = 10_000;
+
+#[derive(Deserialize)]
+#[cfg_attr(not(feature = "duckdb"), allow(dead_code))]
+struct SqlRequest {
+    sql: String,
+    limit: Option<usize>,
+}
+
+/// `POST /_tierd/analytics/sql` with `{"sql": "SELECT ...", "limit": 100}`: answers
+/// `{"columns": [...], "rows": [[...]], "truncated": bool}`, every cell as text (NULL as "").
+pub(super) async fn sql(
+    req: HttpRequest,
+    st: web::Data<CacheState>,
+    opts: web::Data<AdminOptions>,
+    payload: web::Payload,
+) -> HttpResponse {
+    if let Some(r) = refuse(&req, &opts) {
+        return r;
+    }
+    let body = match read_body(payload, MAX_SQL_BODY_BYTES).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let q: SqlRequest = match serde_json::from_slice(&body) {
+        Ok(q) => q,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not {{\"sql\": \"SELECT ...\", \"limit\": N}}: {e}"),
+            )
+        }
+    };
+    #[cfg(feature = "duckdb")]
+    {
+        use crate::journal::JournalError;
+        let Some(journal) = &st.journal else {
+            return off();
+        };
+        let limit = q.limit.unwrap_or(MAX_SQL_ROWS).min(MAX_SQL_ROWS);
+        // One row more than asked tells whether there were more.
+        match journal.query(&q.sql, limit + 1).await {
+            Ok(mut t) => {
+                let truncated = t.rows.len() > limit;
+                t.rows.truncate(limit);
+                HttpResponse::Ok()
+                    .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
+                    .json(serde_json::json!({
+                        "columns": t.columns,
+                        "rows": t.rows,
+                        "truncated": truncated,
+                    }))
+            }
+            Err(JournalError::Query(m)) => error(StatusCode::BAD_REQUEST, m),
+            Err(e @ JournalError::Timeout(_)) => {
+                error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "analytics sql failed");
+                error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the journal could not be read; see the log",
+                )
+            }
+        }
+    }
+    #[cfg(not(feature = "duckdb"))]
+    {
+        let _ = (st, q);
+        off()
+    }
 }

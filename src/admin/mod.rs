@@ -80,6 +80,10 @@ fn routes(cfg: &mut web::ServiceConfig, state: Arc<CacheState>, opts: AdminOptio
         .route(
             &format!("{api}/analytics/summary"),
             web::get().to(analytics::summary),
+        )
+        .route(
+            &format!("{api}/analytics/sql"),
+            web::post().to(analytics::sql),
         );
 }
 
@@ -113,7 +117,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such admin endpoint; see /_tierd/ (the page), /_tierd/stats, /_tierd/entry, /_tierd/purge, /_tierd/reload, /_tierd/analytics/summary, /metrics, /healthz, /readyz",
+            "no such admin endpoint; see /_tierd/ (the page), /_tierd/stats, /_tierd/entry, /_tierd/purge, /_tierd/reload, /_tierd/analytics/summary, /_tierd/analytics/sql, /metrics, /healthz, /readyz",
         ),
     }
 }

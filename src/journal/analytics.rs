@@ -529,3 +529,39 @@ mod tests {
         assert_eq!(rfc3339(1_798_761_600_000_000), "2027-01-01T00:00:00Z");
     }
 }
+
+/// Runs `sql` when DuckDB's own parser finds it to be exactly one query (`SELECT`, `WITH`,
+/// `FROM`, `SUMMARIZE`...: anything `json_serialize_sql` accepts), inside a read-only
+/// transaction that is rolled back whatever happens: the node's endpoint for `tierd sql`.
+pub(super) fn query_read_only(
+    conn: &Connection,
+    sql: &str,
+    limit: usize,
+) -> Result<TableOut, JournalError> {
+    let parsed: String = conn
+        .query_row("SELECT json_serialize_sql(?::VARCHAR)", params![sql], |r| {
+            r.get(0)
+        })
+        .map_err(q)?;
+    let parsed: serde_json::Value =
+        serde_json::from_str(&parsed).map_err(|e| JournalError::Query(e.to_string()))?;
+    if parsed["error"] != false {
+        let m = parsed["error_message"].as_str().unwrap_or("not a query");
+        return Err(JournalError::Query(format!(
+            "only one read-only query (SELECT, WITH, FROM, SUMMARIZE...) is run: {m}"
+        )));
+    }
+    let n = parsed["statements"].as_array().map_or(0, |s| s.len());
+    if n != 1 {
+        return Err(JournalError::Query(format!(
+            "one query at a time ({n} statements given)"
+        )));
+    }
+    conn.execute_batch("BEGIN TRANSACTION READ ONLY")
+        .map_err(q)?;
+    let out = query_table(conn, sql, limit);
+    if let Err(e) = conn.execute_batch("ROLLBACK") {
+        tracing::warn!(error = %e, "journal query: rollback failed");
+    }
+    out
+}

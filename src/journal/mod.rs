@@ -283,6 +283,33 @@ impl Journal {
         }
     }
 
+    /// Runs one read-only query over the journal after writing what is queued: at most
+    /// `limit` rows, for at most 10 s (then it is interrupted). DuckDB's parser must find
+    /// exactly one query expression (no DDL, DML, `COPY`, `SET`, `ATTACH`, no second
+    /// statement), it runs in a read-only transaction, and the database is opened without
+    /// access to any other file or extension.
+    #[cfg(feature = "duckdb")]
+    pub async fn query(&self, sql: &str, limit: usize) -> Result<TableOut, JournalError> {
+        const LIMIT: Duration = Duration::from_secs(10);
+        let sql = sql.trim().to_owned();
+        if sql.trim_end_matches(';').trim().is_empty() {
+            return Err(JournalError::Query("the query is empty".into()));
+        }
+        self.flush(LIMIT).await?;
+        let conn = self.clone_reader()?;
+        let interrupt = conn.interrupt_handle();
+        let ran =
+            tokio::task::spawn_blocking(move || analytics::query_read_only(&conn, &sql, limit));
+        match tokio::time::timeout(LIMIT, ran).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(JournalError::Query("the query thread failed".into())),
+            Err(_) => {
+                interrupt.interrupt();
+                Err(JournalError::Timeout(LIMIT))
+            }
+        }
+    }
+
     #[cfg(feature = "duckdb")]
     fn clone_reader(&self) -> Result<duckdb::Connection, JournalError> {
         let guard = self.reader.lock().map_err(|_| JournalError::Closed)?;

@@ -44,9 +44,13 @@ pub(super) fn open(o: &JournalOptions) -> Result<Connection, JournalError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| fail(&format!("cannot create its directory: {e}")))?;
     }
+    // No file but its own, no extension: the node's SQL endpoint (/_tierd/analytics/sql) runs
+    // on this database, and nothing it does needs more.
     let config = duckdb::Config::default()
         .threads(2)
         .and_then(|c| c.max_memory("256MB"))
+        .and_then(|c| c.enable_external_access(false))
+        .and_then(|c| c.enable_autoload_extension(false))
         .map_err(|e| fail(&e))?;
     let conn = Connection::open_with_flags(&o.path, config).map_err(|e| fail(&e))?;
     conn.execute_batch(SCHEMA).map_err(|e| fail(&e))?;
@@ -124,7 +128,7 @@ pub(super) fn open_read_only_at(path: &Path) -> Result<Connection, JournalError>
     Connection::open_with_flags(path, config).map_err(|e| {
         let text = e.to_string();
         if text.contains("lock") {
-            fail(&"a running tierd holds it: ask the node instead (--admin URL)")
+            fail(&"a running tierd holds it: ask the node instead (tierd report or sql with --admin URL)")
         } else {
             fail(&text)
         }

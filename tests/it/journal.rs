@@ -477,3 +477,96 @@ fn import_log_reads_a_combined_log_skips_bad_lines_and_never_counts_a_line_twice
         "clients,bytes\n3,1133\n"
     );
 }
+
+/// `POST /_tierd/analytics/sql` (and `tierd sql --admin`) answers queries over the journal of a
+/// running node, which holds the file: with the token only, a query expression only, and no
+/// other file reachable from it; hostile statements are 400s that change nothing.
+#[actix_web::test]
+async fn sql_through_a_running_node_needs_the_token_and_cannot_write_or_read_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), origin_reply).await;
+    let mut s = settings(&origin, dir.path());
+    s.admin.token = "t0ken".into();
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    traffic(&gw).await;
+    let ask = async |token: Option<&str>, sql: &str| {
+        let body = serde_json::json!({ "sql": sql }).to_string();
+        common::admin_post_at(gw.admin_addr, "/_tierd/analytics/sql", token, &body).await
+    };
+    let q = "SELECT outcome, count(*) AS n FROM journal GROUP BY 1 ORDER BY 1;";
+    assert_eq!(ask(None, q).await.status, 401);
+    assert_eq!(ask(Some("wrong"), q).await.status, 401);
+    let r = ask(Some("t0ken"), q).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(
+        v,
+        serde_json::json!({
+            "columns": ["outcome", "n"],
+            "rows": [["hit", "2"], ["miss", "2"], ["pass", "2"]],
+            "truncated": false,
+        })
+    );
+    let secret = dir.path().join("secret.csv");
+    std::fs::write(&secret, "a,b\n1,2\n").unwrap();
+    let out = dir.path().join("out.csv");
+    for hostile in [
+        "DELETE FROM journal_rows".to_owned(),
+        "DROP TABLE journal_rows".to_owned(),
+        "SELECT 1; DELETE FROM journal_rows".to_owned(),
+        "SELECT 1) AS q; DELETE FROM journal_rows; SELECT * FROM (SELECT 1".to_owned(),
+        format!("COPY journal_rows TO '{}'", out.display()),
+        format!("SELECT * FROM read_csv('{}')", secret.display()),
+        format!("SELECT * FROM read_text('{}')", secret.display()),
+        format!(
+            "ATTACH '{}' AS other",
+            dir.path().join("x.duckdb").display()
+        ),
+        "INSTALL httpfs".to_owned(),
+        "SET threads = 64".to_owned(),
+        "SELECT * FROM query('DELETE FROM journal_rows')".to_owned(),
+        "".to_owned(),
+    ] {
+        let r = ask(Some("t0ken"), &hostile).await;
+        assert_eq!(r.status, 400, "{hostile}: {}", r.text());
+    }
+    assert!(!out.exists(), "nothing written outside the journal");
+    let r = ask(Some("t0ken"), "SELECT count(*) AS n FROM journal").await;
+    assert_eq!(
+        serde_json::from_slice::<Value>(&r.body).unwrap()["rows"],
+        serde_json::json!([["6"]]),
+        "every row is still there"
+    );
+    // A query that runs away is interrupted after 10 s; the next one runs.
+    let r = ask(Some("t0ken"), "SELECT count(*) FROM range(1000000000000)").await;
+    assert_eq!(r.status, 503, "{}", r.text());
+    let r = ask(Some("t0ken"), "SELECT count(*) AS n FROM journal").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A limit, and the CLI through the node.
+    let r = ask(Some("t0ken"), "SELECT * FROM range(5)").await;
+    assert_eq!(r.status, 200);
+    let body = serde_json::json!({"sql": "SELECT * FROM range(5)", "limit": 2}).to_string();
+    let r =
+        common::admin_post_at(gw.admin_addr, "/_tierd/analytics/sql", Some("t0ken"), &body).await;
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(v["rows"], serde_json::json!([["0"], ["1"]]));
+    assert_eq!(v["truncated"], true);
+    let admin = format!("http://{}", gw.admin_addr);
+    let cli = common::tierd_command()
+        .args(["sql", "--csv", "--admin", &admin, "--token", "t0ken"])
+        .arg("SELECT route, count(*) AS n FROM journal GROUP BY 1 ORDER BY 1")
+        .output()
+        .unwrap();
+    assert!(
+        cli.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cli.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stdout),
+        "route,n\n/items/{id},4\nother,2\n"
+    );
+    gw.stop(true).await;
+    origin.stop().await;
+}
