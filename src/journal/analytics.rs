@@ -499,37 +499,6 @@ fn cell(v: ValueRef<'_>) -> String {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn advice_follows_the_share_of_unchanged_expiries() {
-        assert_eq!(advise(60, 9, 0, None).0, 60, "too few samples");
-        assert_eq!(advise(60, 9, 1, None).0, 120, "90% unchanged: doubled");
-        assert_eq!(advise(60, 1, 9, None).0, 60, "mostly changed: kept");
-        assert_eq!(
-            advise(60, 6, 4, Some(200.0)).0,
-            300,
-            "asked again after 200 s: 1.5x the gap"
-        );
-        assert_eq!(
-            advise(60, 2, 8, Some(200.0)).0,
-            60,
-            "gap long but content changes: kept"
-        );
-        assert_eq!(advise(50_000, 10, 0, None).0, ADVICE_MAX_TTL, "capped");
-        assert_eq!(advise(0, 10, 0, None).0, 0);
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(1_709_251_199_000_000), "2024-02-29T23:59:59Z");
-        assert_eq!(rfc3339(1_798_761_600_000_000), "2027-01-01T00:00:00Z");
-    }
-}
-
 /// Runs `sql` when DuckDB's own parser finds it to be exactly one query (`SELECT`, `WITH`,
 /// `FROM`, `SUMMARIZE`...: anything `json_serialize_sql` accepts), inside a read-only
 /// transaction that is rolled back whatever happens: the node's endpoint for `tierd sql`.
@@ -564,4 +533,35 @@ pub(super) fn query_read_only(
         tracing::warn!(error = %e, "journal query: rollback failed");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advice_follows_the_share_of_unchanged_expiries() {
+        assert_eq!(advise(60, 9, 0, None).0, 60, "too few samples");
+        assert_eq!(advise(60, 9, 1, None).0, 120, "90% unchanged: doubled");
+        assert_eq!(advise(60, 1, 9, None).0, 60, "mostly changed: kept");
+        assert_eq!(
+            advise(60, 6, 4, Some(200.0)).0,
+            300,
+            "asked again after 200 s: 1.5x the gap"
+        );
+        assert_eq!(
+            advise(60, 2, 8, Some(200.0)).0,
+            60,
+            "gap long but content changes: kept"
+        );
+        assert_eq!(advise(50_000, 10, 0, None).0, ADVICE_MAX_TTL, "capped");
+        assert_eq!(advise(0, 10, 0, None).0, 0);
+    }
+
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(1_709_251_199_000_000), "2024-02-29T23:59:59Z");
+        assert_eq!(rfc3339(1_798_761_600_000_000), "2027-01-01T00:00:00Z");
+    }
 }
