@@ -67,6 +67,7 @@ fn off() -> HttpResponse {
 /// Largest SQL request body accepted.
 const MAX_SQL_BODY_BYTES: usize = 64 * 1024;
 /// Rows answered at most (and by default).
+#[cfg_attr(not(feature = "duckdb"), allow(dead_code))]
 const MAX_SQL_ROWS: usize = 10_000;
 
 #[derive(Deserialize)]

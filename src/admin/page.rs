@@ -452,6 +452,7 @@ fn journal_health(html: &mut String, st: &CacheState) {
     let _ = (html, st);
 }
 
+#[cfg(feature = "duckdb")]
 fn card(id: &str, label: &str, value: &str) -> String {
     format!("<div class=\"card\"><span class=\"label\">{label}</span><span class=\"value\" id=\"{id}\">{value}</span></div>")
 }
