@@ -165,6 +165,13 @@ details{margin-top:6px}
 
 #[cfg(feature = "duckdb")]
 fn summary_sections(html: &mut String, s: &crate::journal::Summary) {
+    if s.sample < 1.0 {
+        let _ = write!(
+            html,
+            "<p class=\"note\" id=\"sampled\">The journal keeps {} of requests ([journal] sample): counts are of that sample, ratios and percentiles estimate the whole.</p>",
+            percent(s.sample)
+        );
+    }
     let _ = write!(
         html,
         "<section id=\"totals\" class=\"cards\" aria-label=\"totals, {window}\">\

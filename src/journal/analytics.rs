@@ -135,6 +135,15 @@ pub struct Summary {
     pub origin_requests_saved: u64,
     pub origin_requests: u64,
     pub ttl_advice: Vec<TtlAdvice>,
+    /// The share of requests the journal keeps (`[journal] sample`): below 1 the counts are of
+    /// that sample (multiply by 1 / sample for all requests); ratios and percentiles estimate
+    /// the whole.
+    #[serde(default = "one")]
+    pub sample: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 fn micros(t: SystemTime) -> i64 {
@@ -319,6 +328,15 @@ pub(super) fn summary(
         origin_requests_saved: (requests - refused).saturating_sub(origin_requests),
         origin_requests,
         ttl_advice,
+        sample: conn
+            .query_row(
+                "SELECT TRY_CAST(value AS DOUBLE) FROM journal_meta WHERE name = 'sample'",
+                [],
+                |r| r.get::<_, Option<f64>>(0),
+            )
+            .ok()
+            .flatten()
+            .unwrap_or(1.0),
     })
 }
 

@@ -104,6 +104,12 @@ pub fn render(s: &Summary) -> String {
         s.by_tier.l3,
         s.by_tier.origin,
     );
+    if s.sample < 1.0 {
+        out.push_str(&format!(
+            "sampled: the counts are of {} of requests ([journal] sample)\n\n",
+            pct(s.sample)
+        ));
+    }
     let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     out.push_str("Routes\n");
     out.push_str(&table(

@@ -57,8 +57,8 @@ pub(super) fn open(o: &JournalOptions) -> Result<Connection, JournalError> {
     migrate(&conn).map_err(|e| fail(&format!("converting it to schema {SCHEMA_VERSION}: {e}")))?;
     conn.execute_batch(&view_sql()).map_err(|e| fail(&e))?;
     conn.execute(
-        "INSERT OR REPLACE INTO journal_meta VALUES ('node', ?)",
-        params![o.node],
+        "INSERT OR REPLACE INTO journal_meta VALUES ('node', ?), ('sample', ?)",
+        params![o.node, o.sample.to_string()],
     )
     .map_err(|e| fail(&e))?;
     Ok(conn)

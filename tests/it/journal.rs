@@ -66,6 +66,7 @@ async fn traffic(gw: &Gateway) {
 
 fn check_numbers(s: &Value) {
     assert_eq!(s["window"], "1h");
+    assert_eq!(s["sample"], 1.0, "every request journaled");
     assert_eq!(s["requests"], 6, "{s}");
     assert_eq!(s["hits"], 2);
     assert!((s["hit_ratio"].as_f64().unwrap() - 2.0 / 6.0).abs() < 1e-9);
