@@ -18,6 +18,9 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::{hit_counts, node, token_given, AdminOptions};
 use crate::cache::CacheState;
+use crate::journal::text::{bytes, count, percent};
+#[cfg(feature = "duckdb")]
+use crate::journal::text::{format_utc, parse_utc};
 use crate::store::TierName;
 
 /// The chart's colours; the bar colour is used for nothing else on the page (the browser check
@@ -250,24 +253,6 @@ fn summary_sections(_: &mut String, s: &std::convert::Infallible) {
     match *s {}
 }
 
-/// Seconds since the epoch of an RFC 3339 UTC time as the summary writes it
-/// (`YYYY-MM-DDTHH:MM:SSZ`).
-#[cfg(feature = "duckdb")]
-fn parse_utc(s: &str) -> Option<u64> {
-    let n = |r: std::ops::Range<usize>| s.get(r).and_then(|v| v.parse::<i64>().ok());
-    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
-    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
-}
-
 /// One bar per hour from the window's first hour to its last; hours without requests stay
 /// empty.
 #[cfg(feature = "duckdb")]
@@ -344,7 +329,7 @@ fn chart(html: &mut String, s: &crate::journal::Summary) {
         }
         if i % label_every == 0 {
             let t = UNIX_EPOCH + std::time::Duration::from_secs(hour * 3600);
-            let text = crate::journal::format_utc(t);
+            let text = format_utc(t);
             // `YYYY-MM-DDTHH:MM:SSZ`: the hour, and the day where a day starts.
             let label = if slots > 30 || hour % 24 == 0 {
                 format!("{} {}h", &text[5..10], &text[11..13])
@@ -464,37 +449,6 @@ fn card(id: &str, label: &str, value: &str) -> String {
     format!("<div class=\"card\"><span class=\"label\">{label}</span><span class=\"value\" id=\"{id}\">{value}</span></div>")
 }
 
-fn count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn percent(r: f64) -> String {
-    format!("{:.1}%", r * 100.0)
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// HTML-escapes text for element content and quoted attribute values.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -521,26 +475,5 @@ mod tests {
             esc("a.example/x?q=<script>alert('1')</script>&b=\"c\""),
             "a.example/x?q=&lt;script&gt;alert(&#39;1&#39;)&lt;/script&gt;&amp;b=&quot;c&quot;"
         );
-    }
-
-    #[test]
-    fn figures_read_as_a_person_writes_them() {
-        assert_eq!(count(0), "0");
-        assert_eq!(count(1234567), "1,234,567");
-        assert_eq!(count(100), "100");
-        assert_eq!(bytes(512), "512 B");
-        assert_eq!(bytes(1536), "1.5 KiB");
-        assert_eq!(percent(0.8125), "81.2%");
-    }
-
-    #[cfg(feature = "duckdb")]
-    #[test]
-    fn summary_times_parse_back() {
-        use std::time::UNIX_EPOCH;
-        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_764_662_400 + 3 * 3600 + 61);
-        let text = crate::journal::format_utc(t);
-        assert_eq!(parse_utc(&text), Some(1_764_662_400 + 3 * 3600 + 61));
-        assert_eq!(parse_utc("2024-02-29T23:59:59Z"), Some(1_709_251_199));
-        assert_eq!(parse_utc("garbage"), None);
     }
 }

@@ -25,6 +25,7 @@ pub mod report;
 mod row;
 #[cfg(feature = "duckdb")]
 mod schema;
+pub mod text;
 #[cfg(feature = "duckdb")]
 mod writer;
 
@@ -52,12 +53,6 @@ pub fn summary_at(
     now: std::time::SystemTime,
 ) -> Result<Summary, JournalError> {
     analytics::summary(conn, window, now)
-}
-
-/// `t` as the summary writes times: RFC 3339 UTC to the second (`YYYY-MM-DDTHH:MM:SSZ`).
-#[cfg(feature = "duckdb")]
-pub fn format_utc(t: std::time::SystemTime) -> String {
-    analytics::format_utc(t)
 }
 
 /// Default `[journal] retention_days`.

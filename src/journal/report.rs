@@ -2,6 +2,7 @@
 //! prints it.
 
 use super::analytics::Summary;
+use super::text::{bytes, percent};
 
 /// Columns padded to their widest cell; numbers (cells that parse as one) right-aligned.
 pub fn table(columns: &[String], rows: &[Vec<String>]) -> String {
@@ -63,25 +64,6 @@ pub fn csv(columns: &[String], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn pct(r: f64) -> String {
-    format!("{:.1}%", r * 100.0)
-}
-
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 /// The summary as readable tables.
 pub fn render(s: &Summary) -> String {
     let mut out = format!(
@@ -94,7 +76,7 @@ pub fn render(s: &Summary) -> String {
         s.until,
         s.requests,
         s.hits,
-        pct(s.hit_ratio),
+        percent(s.hit_ratio),
         s.refused,
         s.origin_requests,
         s.origin_requests_saved,
@@ -107,7 +89,7 @@ pub fn render(s: &Summary) -> String {
     if s.sample < 1.0 {
         out.push_str(&format!(
             "sampled: the counts are of {} of requests ([journal] sample)\n\n",
-            pct(s.sample)
+            percent(s.sample)
         ));
     }
     let cols = |c: &[&str]| c.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -128,7 +110,7 @@ pub fn render(s: &Summary) -> String {
                 vec![
                     r.route.clone(),
                     r.requests.to_string(),
-                    pct(r.hit_ratio),
+                    percent(r.hit_ratio),
                     format!("{:.2}", r.p50_ms),
                     format!("{:.2}", r.p99_ms),
                     r.bytes.to_string(),
@@ -147,7 +129,7 @@ pub fn render(s: &Summary) -> String {
                     h.hour.clone(),
                     h.requests.to_string(),
                     h.hits.to_string(),
-                    pct(h.hit_ratio),
+                    percent(h.hit_ratio),
                 ]
             })
             .collect::<Vec<_>>(),
