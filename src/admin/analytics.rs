@@ -85,6 +85,12 @@ pub(super) async fn sql(
     opts: web::Data<AdminOptions>,
     payload: web::Payload,
 ) -> HttpResponse {
+    if opts.token.is_empty() {
+        return error(
+            StatusCode::FORBIDDEN,
+            "SQL over the journal needs the admin token: set admin.token (or TIERD__ADMIN__TOKEN) and send Authorization: Bearer <token>",
+        );
+    }
     if let Some(r) = refuse(&req, &opts) {
         return r;
     }

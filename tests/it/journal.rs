@@ -571,3 +571,23 @@ async fn sql_through_a_running_node_needs_the_token_and_cannot_write_or_read_fil
     gw.stop(true).await;
     origin.stop().await;
 }
+
+#[actix_web::test]
+async fn sql_through_a_node_without_a_token_is_refused_saying_what_to_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), origin_reply).await;
+    let s = settings(&origin, dir.path());
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    let r = common::admin_post_at(
+        gw.admin_addr,
+        "/_tierd/analytics/sql",
+        None,
+        r#"{"sql": "SELECT 1"}"#,
+    )
+    .await;
+    assert_eq!(r.status, 403);
+    assert!(r.text().contains("admin.token"), "{}", r.text());
+    gw.stop(true).await;
+    origin.stop().await;
+}
