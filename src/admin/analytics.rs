@@ -41,13 +41,7 @@ pub(super) async fn summary(
             Ok(s) => HttpResponse::Ok()
                 .insert_header((actix_web::http::header::CACHE_CONTROL, "no-store"))
                 .json(s),
-            Err(e) => {
-                tracing::error!(error = %e, "analytics summary failed");
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the journal could not be read; see the log",
-                )
-            }
+            Err(e) => unreadable(&e, "summary"),
         }
     }
     #[cfg(not(feature = "duckdb"))]
@@ -55,6 +49,16 @@ pub(super) async fn summary(
         let _ = (st, q);
         off()
     }
+}
+
+/// The 503 for a journal that could not be read, with the reason in the log only.
+#[cfg(feature = "duckdb")]
+fn unreadable(e: &crate::journal::JournalError, call: &str) -> HttpResponse {
+    tracing::error!(error = %e, call, "analytics: the journal could not be read");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the journal could not be read; see the log",
+    )
 }
 
 fn off() -> HttpResponse {
@@ -131,13 +135,7 @@ pub(super) async fn sql(
             Err(e @ JournalError::Timeout(_)) => {
                 error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
             }
-            Err(e) => {
-                tracing::error!(error = %e, "analytics sql failed");
-                error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the journal could not be read; see the log",
-                )
-            }
+            Err(e) => unreadable(&e, "sql"),
         }
     }
     #[cfg(not(feature = "duckdb"))]

@@ -11,14 +11,15 @@ use tierd::server::Gateway;
 
 use crate::common::{self, metric_at, with_l3, Origin, Reply};
 
-fn origin_reply(req: &actix_web::HttpRequest, _: u64) -> Reply {
+pub(crate) fn origin_reply(req: &actix_web::HttpRequest, _: u64) -> Reply {
     match req.path() {
         p if p.starts_with("/items/") => Reply::ok("item").cc("max-age=60"),
         _ => Reply::ok("misc!").cc("no-store"),
     }
 }
 
-fn settings(origin: &Origin, dir: &std::path::Path) -> Settings {
+/// A gateway with L3, the `/items/{id}` rule and the journal on (node `node-a`), in `dir`.
+pub(crate) fn settings(origin: &Origin, dir: &std::path::Path) -> Settings {
     let mut s = common::settings_for(origin.addr);
     with_l3(&mut s, &dir.join("l3.duckdb"));
     s.rules = common::rules(

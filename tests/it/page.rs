@@ -11,14 +11,8 @@ use serde_json::Value;
 use tierd::clock::ManualClock;
 use tierd::server::Gateway;
 
-use crate::common::{self, with_l3, Origin, Reply};
-
-fn origin_reply(req: &actix_web::HttpRequest, _: u64) -> Reply {
-    match req.path() {
-        p if p.starts_with("/items/") => Reply::ok("item").cc("max-age=60"),
-        _ => Reply::ok("misc!").cc("no-store"),
-    }
-}
+use crate::common::{self, Origin};
+use crate::journal::{origin_reply, settings};
 
 /// Debian's `chromium` (or `TIERD_CHROMIUM`); the test command installs it.
 fn chromium() -> String {
@@ -182,17 +176,7 @@ async fn the_admin_page_renders_in_chromium_with_the_summary_and_its_chart() {
     let profile = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new());
     let origin = Origin::start(clock.clone(), origin_reply).await;
-    let mut s = common::settings_for(origin.addr);
-    with_l3(&mut s, &dir.path().join("l3.duckdb"));
-    s.rules = common::rules(
-        r#"
-        [[rules]]
-        path = "/items/{id}"
-        ttl_seconds = 60
-        "#,
-    );
-    s.journal.enabled = true;
-    s.journal.node = "node-a".into();
+    let s = settings(&origin, dir.path());
     let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
     let page = format!("http://{}/_tierd/", gw.admin_addr);
 
@@ -296,9 +280,7 @@ async fn the_admin_page_asks_for_the_token_and_takes_it_as_a_password() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new());
     let origin = Origin::start(clock.clone(), origin_reply).await;
-    let mut s = common::settings_for(origin.addr);
-    with_l3(&mut s, &dir.path().join("l3.duckdb"));
-    s.journal.enabled = true;
+    let mut s = settings(&origin, dir.path());
     s.admin.token = "s3cret".into();
     let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
     let page = format!("http://{}/_tierd/", gw.admin_addr);
