@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Hit-path throughput of one tierd binary under two settings, in one run: two tierd processes
-# (settings A and B, as environment variables) in front of the same nginx origin, measured
-# alternately with wrk, one round after another. Prints each round and the median ratio A/B.
+# (settings A and B, as environment variables; `$ROUND` in them is a fresh directory per round)
+# in front of the same nginx origin, measured alternately with wrk, one round after another,
+# each round with new processes. Prints each round, the median ratio A/B of requests/s and of
+# the servers' CPU time per request.
 #
 #   scripts/bench-ab.sh NAME_A "VAR=value ..." NAME_B "VAR=value ..." [--duration S]
 #                       [--connections N] [--rounds R]
@@ -13,7 +15,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ $# -ge 4 ] || { echo "usage: $0 NAME_A ENV_A NAME_B ENV_B [options]" >&2; exit 2; }
 NA=$1; EA=$2; NB=$3; EB=$4; shift 4
-D=8; C=64; R=5
+D=4; C=64; R=8
 while [ $# -gt 0 ]; do case $1 in
   --duration) D=$2; shift 2;; --connections) C=$2; shift 2;; --rounds) R=$2; shift 2;;
   *) echo "unknown argument $1" >&2; exit 2;; esac; done
@@ -31,31 +33,52 @@ start() { # port admin_port "extra environment"
   $3 taskset -c 1 "$BIN" serve > "$W/logs/tierd-$1.log" 2>&1 &
   PIDS+=($!)
 }
-start 19103 19104 "$EA"
-start 19105 19106 "$EB"
-for _ in $(seq 1 50); do
-  curl -sf -o /dev/null http://127.0.0.1:19104/healthz && curl -sf -o /dev/null http://127.0.0.1:19106/healthz && break
-  sleep 0.2
-done
+# Two identical processes differ by several percent on this kind of machine (where their
+# memory lands, which port, which runs first), as much as the settings compared often do. So
+# every round starts both afresh (each setting in a new process), A and B swap ports every
+# other round, and which runs first alternates: what is left is the settings' difference.
 for r in $(seq 1 "$R"); do
-  echo "round=$r $(bench_wrk "$NA" 19103)"
-  echo "round=$r $(bench_wrk "$NB" 19105)"
-done | tee "$W/results"
-for a in 19104 19106; do
-  m=$(curl -s http://127.0.0.1:$a/metrics)
-  hits=$(echo "$m" | awk '/^tierd_requests_total\{.*cache_status="hit"/ {s+=$2} END {print s+0}')
-  limited=$(echo "$m" | awk '/^tierd_rate_limited_total\{/ {s+=$2} END {print s+0}')
-  echo "admin :$a counted $hits hits, $limited rate limited"
+  J=$(mktemp -d "$W/round.XXXX")
+  if [ $((r % 4)) -lt 2 ]; then PA=19103; PB=19105; else PA=19105; PB=19103; fi
+  PIDS=()
+  start "$PA" $((PA + 1)) "${EA//\$ROUND/$J}"; pa=${PIDS[-1]}
+  start "$PB" $((PB + 1)) "${EB//\$ROUND/$J}"; pb=${PIDS[-1]}
+  for _ in $(seq 1 100); do
+    curl -sf -o /dev/null "http://127.0.0.1:$((PA + 1))/healthz" && curl -sf -o /dev/null "http://127.0.0.1:$((PB + 1))/healthz" && break
+    sleep 0.1
+  done
+  if [ $((r % 2)) = 1 ]; then order="$NA:$PA:$pa $NB:$PB:$pb"; else order="$NB:$PB:$pb $NA:$PA:$pa"; fi
+  for run in $order; do
+    IFS=: read -r name port pid <<< "$run"
+    echo "round=$r $(bench_wrk "$name" "$port" "$pid")"
+  done | tee -a "$W/results"
+  hits=$(curl -s "http://127.0.0.1:$((PA + 1))/metrics" | awk '/^tierd_requests_total\{.*cache_status="hit"/ {s+=$2} END {print s+0}')
+  kill "$pa" "$pb"
+  while [ -e "/proc/$pa" ] || [ -e "/proc/$pb" ]; do sleep 0.1; done
+  rm -rf "$J"
+  [ "$hits" -gt 0 ] || { echo "round $r: $NA counted no hits (see $W/logs)" >&2; exit 1; }
 done
 python3 - "$W/results" "$NA" "$NB" <<'PY'
 import sys, statistics, re
-rows = {}
+rows, cpu = {}, {}
 for line in open(sys.argv[1]):
     m = re.match(r"round=(\d+) (\S+) rps=([\d.]+)", line)
     if m: rows.setdefault(m.group(1), {})[m.group(2)] = float(m.group(3))
+    m = re.match(r"round=(\d+) (\S+) .*cpu_us=([\d.]+) journal_us=([\d.]+)", line)
+    if m: cpu.setdefault(m.group(1), {})[m.group(2)] = (float(m.group(3)), float(m.group(4)))
 a, b = sys.argv[2], sys.argv[3]
 v = [r[a] / r[b] for r in rows.values() if a in r and r.get(b)]
 if v:
     x = statistics.median(v)
-    print(f"median ratio {a}/{b} = {x:.3f} (cost {100 * (1 - x):.1f}%)")
+    print(f"median ratio {a}/{b} = {x:.3f} (cost {100 * (1 - x):.1f}%) over {len(v)} rounds")
+# CPU per request: on a saturated core, throughput is its inverse; the server's CPU time per
+# request moves less with the machine's other load than requests/s does.
+c = [r[b][0] / r[a][0] for r in cpu.values() if a in r and b in r and r[a][0] > 0]
+if c:
+    ca = statistics.median(r[a][0] for r in cpu.values() if a in r)
+    cb = statistics.median(r[b][0] for r in cpu.values() if b in r)
+    ja = statistics.median(r[a][1] for r in cpu.values() if a in r)
+    x = statistics.median(c)
+    print(f"median CPU per request: {a} {ca:.2f} us (of it the journal writer {ja:.2f} us), {b} {cb:.2f} us; "
+          f"ratio {b}/{a} = {x:.3f} (cost {100 * (1 - x):.1f}%)")
 PY

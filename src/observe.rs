@@ -36,7 +36,7 @@ use bytes::Bytes;
 use futures_util::future::LocalBoxFuture;
 use tracing::Instrument;
 
-use crate::journal::{Journal, Row};
+use crate::journal::{Journal, JournalUrl, Row};
 use crate::logging::{self, InRequest, RequestContext};
 use crate::metrics::{MethodLabel, Metrics, Outcome, RouteCounters, StatusClass, OTHER_ROUTE};
 
@@ -202,14 +202,18 @@ impl Observe {
         body_bytes: u64,
     ) {
         let served = served.unwrap_or_else(|| Served::answered(Outcome::Pass, self.other.clone()));
-        let url: Arc<str> = match served.key {
-            Some(k) => k,
-            None => {
+        let url = match served.key {
+            JournalUrl::Url(u) => u,
+            JournalUrl::NotSampled => return,
+            JournalUrl::NotKeyed => {
                 let host = crate::http::host::normalized(
                     crate::http::host::authority(req.uri(), req.headers()).unwrap_or_default(),
                 );
                 let pq = req.uri().path_and_query().map_or("/", |p| p.as_str());
-                Arc::from(format!("{host}{pq}"))
+                match journal.url(&format!("{host}{pq}")) {
+                    Some(u) => u,
+                    None => return,
+                }
             }
         };
         let origin = req.extensions().get::<OriginTime>().map(|t| t.0);

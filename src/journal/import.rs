@@ -17,8 +17,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use actix_web::http::Method;
 
-use super::writer::Writer;
-use super::{JournalError, JournalOptions, Row};
+use super::row::Entry;
+use super::writer::{Batch, Writer};
+use super::{JournalError, JournalOptions, Row, UrlRef};
 use crate::metrics::{MethodLabel, Outcome};
 use crate::policy::RuleSet;
 
@@ -87,7 +88,8 @@ pub fn import_logs(
     let oldest = now.checked_sub(o.retention).unwrap_or(UNIX_EPOCH);
     let mut report = ImportReport::default();
     let mut done = 0u64;
-    let mut batch = Vec::with_capacity(ROWS_PER_APPEND);
+    let mut batch = Batch::default();
+    let salt = w.salt_value();
     let other: Arc<str> = Arc::from(crate::metrics::OTHER_ROUTE);
     let mut routes: BTreeMap<usize, Arc<str>> = BTreeMap::new();
     for file in files {
@@ -168,10 +170,10 @@ pub fn import_logs(
                 Some("BYPASS") => (Outcome::Pass, true),
                 _ => (Outcome::Pass, false),
             };
-            batch.push(Row {
+            let row = Row {
                 at: p.at,
                 method: MethodLabel::of(&p.method),
-                url: Arc::from(format!("{host}{}", p.target)),
+                url: UrlRef::with_text(&format!("{host}{}", p.target), salt),
                 route,
                 status: p.status,
                 outcome,
@@ -185,19 +187,19 @@ pub fn import_logs(
                 user_scoped: false,
                 warmed: false,
                 import_key: Some(key),
-            });
+            };
+            w.push(Entry::of(row, salt), &mut batch);
             if batch.len() >= ROWS_PER_APPEND {
-                w.append(&batch)
-                    .map_err(|e| JournalError::Query(e.to_string()))?;
                 report.imported += batch.len() as u64;
-                batch.clear();
+                w.append(&mut batch)
+                    .map_err(|e| JournalError::Query(e.to_string()))?;
             }
         }
     }
     if !batch.is_empty() {
-        w.append(&batch)
-            .map_err(|e| JournalError::Query(e.to_string()))?;
         report.imported += batch.len() as u64;
+        w.append(&mut batch)
+            .map_err(|e| JournalError::Query(e.to_string()))?;
     }
     w.checkpoint();
     progress(total, total);

@@ -6,9 +6,11 @@
 //!                                   (never waits: a full queue drops    (DuckDB appender,
 //!                                    the row and counts it)              batches, retention)
 //! ```
-//! The request path builds a [`Row`] of plain values (no formatting, no hashing: the writer
-//! splits the key into host and target and hashes the client) and hands it over with a
-//! non-blocking `try_send`. The writer thread appends batches through a DuckDB appender, deletes
+//! The request path hashes the URL where the request is keyed ([`Journal::url`]), describes the
+//! answer in a [`Row`], and [`Journal::record`] packs it into the stored row's numbers and hands
+//! it over with a non-blocking `try_send`: nothing is allocated per request, so nothing is
+//! freed on another thread, and a URL's text travels only the first time a worker thread sees
+//! it. The writer thread appends batches through a DuckDB appender, deletes
 //! rows past the retention and, past `max_bytes`, the oldest rows; on shutdown it writes what is
 //! queued before it stops.
 //!
@@ -30,6 +32,7 @@ pub mod text;
 mod writer;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,7 +42,8 @@ pub use analytics::{
     TtlAdvice, Window, SUMMARY_TOP,
 };
 pub use metrics::JournalMetrics;
-pub use row::{split_key, JournalOutcome, Row};
+use row::Entry;
+pub use row::{split_key, JournalOutcome, JournalUrl, Row, UrlRef};
 #[cfg(feature = "duckdb")]
 pub use schema::SCHEMA_DOC;
 #[cfg(feature = "duckdb")]
@@ -107,7 +111,7 @@ pub fn default_node() -> String {
 #[cfg_attr(not(feature = "duckdb"), allow(dead_code))]
 #[allow(clippy::large_enum_variant)] // rows inline: no allocation per request, no cross-thread free
 pub(crate) enum Msg {
-    Row(Row),
+    Row(Entry),
     /// Write everything queued before this, then answer.
     Flush(tokio::sync::oneshot::Sender<()>),
     /// Write everything queued before this, answer, and stop.
@@ -123,12 +127,46 @@ pub struct Journal {
     metrics: Arc<JournalMetrics>,
     /// `sample` scaled to `u64`: a request is journaled when a random `u64` is below it.
     sample_below: Option<u64>,
+    /// The client-hash salt.
+    salt: u64,
+    /// The URL texts the writer has: a thread's record of the texts it sent counts only while
+    /// this is the generation it saw ([`forget_urls`]).
+    urls_generation: Arc<AtomicU64>,
     options: JournalOptions,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// A connection to clone for queries (the writer owns its own and replaces this one when
     /// it reopens the file; `None` while the file cannot be opened).
     #[cfg(feature = "duckdb")]
     reader: Arc<Mutex<Option<duckdb::Connection>>>,
+}
+
+/// URL hashes a thread sent the text of, past which it forgets them all (and sends each again
+/// once): at most about a megabyte per thread.
+const MAX_SENT_URLS: usize = 1 << 16;
+
+/// The URLs whose text this thread sent to a journal's writer, in that journal's generation.
+#[derive(Default)]
+struct SentUrls {
+    generation: u64,
+    urls: std::collections::HashSet<u64, foldhash::fast::RandomState>,
+}
+
+thread_local! {
+    static SENT: std::cell::RefCell<SentUrls> = std::cell::RefCell::new(SentUrls::default());
+}
+
+/// Generations are unique in the process (journals never share one), so a thread switching
+/// journals starts over.
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
+fn next_generation() -> u64 {
+    GENERATIONS.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Tells every thread that the writer may lack URL texts they sent (a failed write, a dropped
+/// row, URLs deleted with their last rows): each sends its URLs' texts again.
+pub(crate) fn forget_urls(generation: &AtomicU64) {
+    generation.store(next_generation(), Ordering::Relaxed);
 }
 
 /// Why the journal could not start.
@@ -169,12 +207,14 @@ impl Journal {
         let sample_below =
             (options.sample < 1.0).then_some((options.sample * u64::MAX as f64) as u64);
         let reader = Arc::new(Mutex::new(None));
+        let urls_generation = Arc::new(AtomicU64::new(next_generation()));
         let w = writer::Writer::new(
             reader.clone(),
             options.clone(),
             clock.clone(),
             metrics.clone(),
             salt,
+            urls_generation.clone(),
         );
         let handle = std::thread::Builder::new()
             .name("tierd-journal".into())
@@ -191,23 +231,47 @@ impl Journal {
             clock,
             metrics,
             sample_below,
+            salt,
+            urls_generation,
             options,
             writer: Mutex::new(Some(handle)),
             reader,
         }))
     }
 
+    /// The URL of a request to journal, from its cache key (or `host/path?query`); `None`
+    /// when the request is not sampled (`[journal] sample`). Its text is left out when this
+    /// thread already sent it to the writer.
+    #[inline]
+    pub fn url(&self, key: &str) -> Option<UrlRef> {
+        if let Some(below) = self.sample_below {
+            if fastrand::u64(..) >= below {
+                return None;
+            }
+        }
+        let generation = self.urls_generation.load(Ordering::Relaxed);
+        Some(UrlRef::of(key, self.salt, |hash| {
+            SENT.with(|s| {
+                let mut s = s.borrow_mut();
+                if s.generation != generation || s.urls.len() >= MAX_SENT_URLS {
+                    s.urls.clear();
+                    s.generation = generation;
+                }
+                s.urls.insert(hash)
+            })
+        }))
+    }
+
     /// Queues one row; never waits. A full queue drops the row and counts it.
     #[inline]
     pub fn record(&self, row: Row) {
-        if let Some(below) = self.sample_below {
-            if fastrand::u64(..) >= below {
-                return;
+        let entry = Entry::of(row, self.salt);
+        if let Err(e) = self.tx.try_send(Msg::Row(entry)) {
+            self.metrics.dropped(1);
+            if let Msg::Row(Entry { text: Some(_), .. }) = e.into_inner() {
+                // That text never reaches the writer: every thread sends its URLs' again.
+                forget_urls(&self.urls_generation);
             }
-        }
-        match self.tx.try_send(Msg::Row(row)) {
-            Ok(()) => {}
-            Err(_) => self.metrics.dropped(1),
         }
     }
 

@@ -40,29 +40,7 @@ const ROWS_TABLE: &str = "(
 /// The schema version this build writes.
 pub(super) const SCHEMA_VERSION: &str = "2";
 
-/// The bit fields of `journal_rows.codes`, lowest bit first: (name, shift, width).
-pub(super) mod codes {
-    pub const STATUS: (u32, u32) = (0, 10);
-    pub const METHOD: (u32, u32) = (10, 4);
-    pub const OUTCOME: (u32, u32) = (14, 4);
-    pub const CACHE_STATUS: (u32, u32) = (18, 4);
-    /// The tier code plus one; 0 for none.
-    pub const TIER: (u32, u32) = (22, 3);
-    pub const SOURCE: (u32, u32) = (25, 1);
-    pub const USER_SCOPED: (u32, u32) = (26, 1);
-    pub const SHARED: (u32, u32) = (27, 1);
-    pub const WARMED: (u32, u32) = (28, 1);
-
-    /// `value` placed in `field` (masked to its width).
-    pub fn put(field: (u32, u32), value: u32) -> u32 {
-        (value & ((1 << field.1) - 1)) << field.0
-    }
-
-    /// SQL reading `field` out of the `codes` column of `r`.
-    pub fn sql(field: (u32, u32)) -> String {
-        format!("((r.codes >> {}) & {})", field.0, (1u32 << field.1) - 1)
-    }
-}
+pub(super) use super::row::codes;
 
 /// Creates `journal_rows` (schema 2), converting a schema-1 table (one column per code, NULLs,
 /// durations as milliseconds, a node code per row) in place: a file written by an older tierd

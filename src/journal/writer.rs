@@ -10,12 +10,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use duckdb::{params, Connection};
 use tokio::sync::oneshot;
 
-use super::row::split_key;
-use super::schema::{codes, migrate, view_sql, SCHEMA, SCHEMA_VERSION};
-use super::{JournalError, JournalMetrics, JournalOptions, JournalOutcome, Msg, Row};
+use super::row::{split_key, Entry};
+use super::schema::{migrate, view_sql, SCHEMA, SCHEMA_VERSION};
+use super::{forget_urls, JournalError, JournalMetrics, JournalOptions, Msg};
 use crate::clock::Clock;
 use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
-use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
 
 /// Rows appended per batch at most: one DuckDB row group. An append this large is written
 /// straight into the file's blocks (DuckDB's optimistic write) instead of once into the WAL
@@ -86,8 +86,61 @@ fn forget_orphans(conn: &Connection) {
 type RouteCodes = std::collections::HashMap<Arc<str>, u32, foldhash::fast::RandomState>;
 
 /// URL hashes the writer remembers as written; past this it forgets them all (and writes each
-/// again once, a no-op for the file).
+/// text it is sent again once, a no-op for the file).
 const MAX_KNOWN_URLS: usize = 1 << 20;
+
+/// Rows gathered for one append, column by column as `journal_rows` stores them (about 70
+/// bytes a row), taken from the queue as they come.
+#[derive(Default)]
+pub(super) struct Batch {
+    ts: Vec<i64>,
+    url: Vec<u64>,
+    /// Until the append: an index into `routes`.
+    route: Vec<u32>,
+    key_hash: Vec<u64>,
+    codes: Vec<u32>,
+    bytes: Vec<u64>,
+    origin_us: Vec<u32>,
+    total_us: Vec<u32>,
+    ttl_s: Vec<i32>,
+    client: Vec<u64>,
+    import_key: Vec<u64>,
+    /// The routes of this batch's rows (coded at the append).
+    routes: Vec<Arc<str>>,
+    route_index: RouteCodes,
+    /// URL texts the file may not have: (hash, `host/path?query`).
+    urls: Vec<(u64, Arc<str>)>,
+}
+
+impl Batch {
+    pub(super) fn len(&self) -> usize {
+        self.ts.len()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.ts.is_empty()
+    }
+
+    fn clear(&mut self) {
+        *self = Batch::default();
+    }
+
+    /// The index of `route` in `routes` (the last one's, mostly: the same `Arc`).
+    fn route(&mut self, route: Arc<str>) -> u32 {
+        if let Some(last) = self.routes.last() {
+            if Arc::ptr_eq(last, &route) {
+                return (self.routes.len() - 1) as u32;
+            }
+        }
+        if let Some(i) = self.route_index.get(&route) {
+            return *i;
+        }
+        let i = self.routes.len() as u32;
+        self.route_index.insert(route.clone(), i);
+        self.routes.push(route);
+        i
+    }
+}
 
 /// The code of `value` in the dimension table `table` (`id`, `column`), added if new: the
 /// route templates the rows point to.
@@ -187,6 +240,8 @@ pub(super) struct Writer {
     clock: Arc<dyn Clock>,
     metrics: Arc<JournalMetrics>,
     salt: u64,
+    /// See [`forget_urls`]: bumped whenever URL texts the threads sent may be missing.
+    urls_generation: Arc<AtomicU64>,
     last_housekeeping: Option<Instant>,
     reopen_at: Option<Instant>,
     reopen_wait: Duration,
@@ -205,6 +260,7 @@ impl Writer {
         clock: Arc<dyn Clock>,
         metrics: Arc<JournalMetrics>,
         salt: u64,
+        urls_generation: Arc<AtomicU64>,
     ) -> Writer {
         Writer {
             conn: None,
@@ -213,6 +269,7 @@ impl Writer {
             clock,
             metrics,
             salt,
+            urls_generation,
             last_housekeeping: None,
             reopen_at: None,
             reopen_wait: Duration::from_secs(1),
@@ -237,6 +294,7 @@ impl Writer {
             Arc::new(crate::clock::SystemClock),
             Arc::new(JournalMetrics::register(&registry)),
             salt,
+            Arc::new(AtomicU64::new(0)),
         );
         w.conn = Some(conn);
         w.routes = routes;
@@ -265,10 +323,15 @@ impl Writer {
         }
     }
 
+    /// The client-hash salt (for rows made here: `tierd import-log`).
+    pub(super) fn salt_value(&self) -> u64 {
+        self.salt
+    }
+
     /// Runs until told to stop (or every sender is gone), writing what was queued before.
     pub(super) fn run(mut self, rx: Receiver<Msg>) {
         self.connection();
-        let mut batch: Vec<Row> = Vec::with_capacity(1024);
+        let mut batch = Batch::default();
         let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
             let mut stop = None;
@@ -332,9 +395,9 @@ impl Writer {
 
     /// Takes what is queued, up to a batch.
     fn drain(
-        &self,
+        &mut self,
         rx: &Receiver<Msg>,
-        batch: &mut Vec<Row>,
+        batch: &mut Batch,
         acks: &mut Vec<oneshot::Sender<()>>,
         stop: &mut Option<oneshot::Sender<()>>,
     ) {
@@ -347,14 +410,14 @@ impl Writer {
     }
 
     fn take(
-        &self,
+        &mut self,
         m: Msg,
-        batch: &mut Vec<Row>,
+        batch: &mut Batch,
         acks: &mut Vec<oneshot::Sender<()>>,
         stop: &mut Option<oneshot::Sender<()>>,
     ) {
         match m {
-            Msg::Row(r) => batch.push(r),
+            Msg::Row(e) => self.push(e, batch),
             Msg::Flush(a) => acks.push(a),
             Msg::Stop(a) => *stop = Some(a),
             Msg::Housekeep(a) => {
@@ -364,8 +427,32 @@ impl Writer {
         }
     }
 
+    /// Adds `e` to `batch`.
+    pub(super) fn push(&mut self, e: Entry, batch: &mut Batch) {
+        if let Some(text) = e.text {
+            if self.known_urls.len() > MAX_KNOWN_URLS {
+                self.known_urls.clear();
+            }
+            if self.known_urls.insert(e.url) {
+                batch.urls.push((e.url, text));
+            }
+        }
+        let route = batch.route(e.route);
+        batch.route.push(route);
+        batch.ts.push(e.ts_us);
+        batch.url.push(e.url);
+        batch.key_hash.push(e.key_hash);
+        batch.codes.push(e.codes);
+        batch.bytes.push(e.bytes);
+        batch.origin_us.push(e.origin_us);
+        batch.total_us.push(e.total_us);
+        batch.ttl_s.push(e.ttl_s);
+        batch.client.push(e.client);
+        batch.import_key.push(e.import_key);
+    }
+
     /// Appends `batch` (emptied whatever happens); a failure drops it, counted and logged.
-    fn write(&mut self, batch: &mut Vec<Row>) {
+    fn write(&mut self, batch: &mut Batch) {
         if batch.is_empty() {
             return;
         }
@@ -388,6 +475,9 @@ impl Writer {
             }
             Err(e) => {
                 self.metrics.dropped(n);
+                // The URL texts of the batch may be lost with it: the threads send them again.
+                self.known_urls.clear();
+                forget_urls(&self.urls_generation);
                 static FAILED: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
                 if let Some(occurrences) = FAILED.check() {
                     tracing::error!(error = %e, rows = n, occurrences, path = %self.o.path.display(),
@@ -450,6 +540,7 @@ impl Writer {
         let Some(conn) = self.connection() else {
             return;
         };
+        let mut orphaned = false;
         match conn.execute(
             "DELETE FROM journal_rows WHERE ts < make_timestamp(?)",
             params![cutoff],
@@ -461,6 +552,7 @@ impl Writer {
                     .inc_by(n as u64);
                 tracing::info!(rows = n, "journal rows past the retention deleted");
                 forget_orphans(conn);
+                orphaned = true;
                 let _ = conn.execute_batch("CHECKPOINT");
             }
             Ok(_) => {}
@@ -482,6 +574,7 @@ impl Writer {
                         .with_label_values(&["size"])
                         .inc_by(n as u64);
                     forget_orphans(conn);
+                    orphaned = true;
                     tracing::warn!(
                         rows = n,
                         file_bytes = size,
@@ -493,24 +586,18 @@ impl Writer {
                 Err(e) => tracing::warn!(error = %e, "journal size cap failed"),
             }
         }
-    }
-}
-
-/// The client's hash: its per-user scope value if any, else its address, keyed with `salt`.
-fn client_hash(user: Option<&str>, peer: Option<IpAddr>, salt: u64) -> u64 {
-    use xxhash_rust::xxh3::xxh3_64_with_seed as h;
-    match (user, peer) {
-        (Some(u), _) => h(u.as_bytes(), salt),
-        (None, Some(IpAddr::V4(a))) => h(&a.octets(), salt),
-        (None, Some(IpAddr::V6(a))) => h(&a.octets(), salt),
-        (None, None) => 0,
+        if orphaned {
+            // URLs deleted with their last rows: a thread that sees one again sends its text.
+            self.known_urls.clear();
+            forget_urls(&self.urls_generation);
+        }
     }
 }
 
 impl Writer {
-    /// Appends `rows` as one Arrow batch (column by column: no per-value conversions), after
-    /// the URLs and routes not written before.
-    pub(super) fn append(&mut self, rows: &[Row]) -> duckdb::Result<()> {
+    /// Appends `batch` as one Arrow batch (its columns as they are: no per-value conversion),
+    /// after the routes and URL texts not written before; leaves `batch` empty.
+    pub(super) fn append(&mut self, batch: &mut Batch) -> duckdb::Result<()> {
         use duckdb::arrow::array::{
             ArrayRef, Int32Array, StringBuilder, TimestampMicrosecondArray, UInt32Array,
             UInt64Array,
@@ -521,100 +608,43 @@ impl Writer {
                 "the journal file is not open".into(),
             ));
         };
-        let n = rows.len();
-        let (mut new_hash, mut new_host, mut new_target) =
-            (Vec::new(), StringBuilder::new(), StringBuilder::new());
-        let mut ts = Vec::with_capacity(n);
-        let mut url = Vec::with_capacity(n);
-        let mut route = Vec::with_capacity(n);
-        let mut key_hash = Vec::with_capacity(n);
-        let mut code = Vec::with_capacity(n);
-        let mut bytes = Vec::with_capacity(n);
-        let mut origin_us = Vec::with_capacity(n);
-        let mut total_us = Vec::with_capacity(n);
-        let mut ttl_s = Vec::with_capacity(n);
-        let mut client = Vec::with_capacity(n);
-        let mut import_key = Vec::with_capacity(n);
-        if self.known_urls.len() > MAX_KNOWN_URLS {
-            self.known_urls.clear();
-        }
-        let us = |d: Duration| d.as_micros().min(u128::from(u32::MAX - 1)) as u32;
-        for r in rows {
-            let (h, t, user) = split_key(&r.url);
-            let plain = &r.url[..h.len() + t.len()];
-            let u = xxhash_rust::xxh3::xxh3_64(plain.as_bytes());
-            if self.known_urls.insert(u) {
-                new_hash.push(u);
-                new_host.append_value(h);
-                new_target.append_value(t);
-            }
-            url.push(u);
-            let id = match self.routes.get(&r.route) {
+        let b = std::mem::take(batch);
+        let mut codes = Vec::with_capacity(b.routes.len());
+        for r in &b.routes {
+            codes.push(match self.routes.get(r) {
                 Some(c) => *c,
                 None => {
-                    let id = code_of(conn, "journal_routes", "route", &r.route)?;
-                    self.routes.insert(r.route.clone(), id);
+                    let id = code_of(conn, "journal_routes", "route", r)?;
+                    self.routes.insert(r.clone(), id);
                     id
                 }
-            };
-            route.push(id);
-            ts.push(micros(r.at));
-            // The cache key is the plain URL unless it carries keyed headers or a user scope.
-            key_hash.push(if plain.len() == r.url.len() {
-                0
-            } else {
-                crate::store::key_hash(&r.url)
             });
-            let o = JournalOutcome::of(r.outcome, r.bypassed);
-            let tier = match r.tier {
-                Some(t) => t as u32 + 1,
-                None if r.origin.is_some()
-                    && matches!(
-                        o,
-                        JournalOutcome::Miss | JournalOutcome::Pass | JournalOutcome::Bypass
-                    ) =>
-                {
-                    4
-                }
-                None => 0,
-            };
-            let shared = !r.user_scoped
-                && matches!(
-                    o,
-                    JournalOutcome::Hit
-                        | JournalOutcome::Stale
-                        | JournalOutcome::Miss
-                        | JournalOutcome::Revalidated
-                );
-            code.push(
-                codes::put(codes::STATUS, u32::from(r.status))
-                    | codes::put(codes::METHOD, r.method as u32)
-                    | codes::put(codes::OUTCOME, o as u32)
-                    | codes::put(codes::CACHE_STATUS, r.outcome as u32)
-                    | codes::put(codes::TIER, tier)
-                    | codes::put(codes::SOURCE, u32::from(r.import_key.is_some()))
-                    | codes::put(codes::USER_SCOPED, u32::from(r.user_scoped))
-                    | codes::put(codes::SHARED, u32::from(shared))
-                    | codes::put(codes::WARMED, u32::from(r.warmed)),
-            );
-            bytes.push(r.bytes);
-            origin_us.push(r.origin.map_or(0, |d| us(d).saturating_add(1)));
-            total_us.push(us(r.total));
-            ttl_s.push(
-                r.ttl
-                    .map_or(-1, |d| d.as_secs().min(i32::MAX as u64) as i32),
-            );
-            client.push(client_hash(user, r.peer, self.salt));
-            import_key.push(r.import_key.unwrap_or(0));
+        }
+        let mut route = b.route;
+        if codes.iter().enumerate().any(|(i, c)| *c != i as u32) {
+            for r in &mut route {
+                *r = codes[*r as usize];
+            }
         }
         let to_err = |e: duckdb::arrow::error::ArrowError| {
             duckdb::Error::InvalidParameterName(e.to_string())
         };
-        if !new_hash.is_empty() {
+        if !b.urls.is_empty() {
+            let (mut hash, mut host, mut target) = (
+                Vec::with_capacity(b.urls.len()),
+                StringBuilder::new(),
+                StringBuilder::new(),
+            );
+            for (u, text) in &b.urls {
+                let (h, t, _) = split_key(text);
+                hash.push(*u);
+                host.append_value(h);
+                target.append_value(t);
+            }
             let batch = RecordBatch::try_from_iter([
-                ("hash", Arc::new(UInt64Array::from(new_hash)) as ArrayRef),
-                ("host", Arc::new(new_host.finish()) as ArrayRef),
-                ("target", Arc::new(new_target.finish()) as ArrayRef),
+                ("hash", Arc::new(UInt64Array::from(hash)) as ArrayRef),
+                ("host", Arc::new(host.finish()) as ArrayRef),
+                ("target", Arc::new(target.finish()) as ArrayRef),
             ])
             .map_err(to_err)?;
             let mut app = conn.appender("journal_urls_new")?;
@@ -622,22 +652,23 @@ impl Writer {
             app.flush()?;
             drop(app);
             conn.execute_batch(
-                "INSERT OR IGNORE INTO journal_urls SELECT * FROM journal_urls_new;
+                "INSERT OR IGNORE INTO journal_urls
+                   SELECT hash, any_value(host), any_value(target) FROM journal_urls_new GROUP BY hash;
                  DELETE FROM journal_urls_new;",
             )?;
         }
         let columns: Vec<ArrayRef> = vec![
-            Arc::new(TimestampMicrosecondArray::from(ts)),
-            Arc::new(UInt64Array::from(url)),
+            Arc::new(TimestampMicrosecondArray::from(b.ts)),
+            Arc::new(UInt64Array::from(b.url)),
             Arc::new(UInt32Array::from(route)),
-            Arc::new(UInt64Array::from(key_hash)),
-            Arc::new(UInt32Array::from(code)),
-            Arc::new(UInt64Array::from(bytes)),
-            Arc::new(UInt32Array::from(origin_us)),
-            Arc::new(UInt32Array::from(total_us)),
-            Arc::new(Int32Array::from(ttl_s)),
-            Arc::new(UInt64Array::from(client)),
-            Arc::new(UInt64Array::from(import_key)),
+            Arc::new(UInt64Array::from(b.key_hash)),
+            Arc::new(UInt32Array::from(b.codes)),
+            Arc::new(UInt64Array::from(b.bytes)),
+            Arc::new(UInt32Array::from(b.origin_us)),
+            Arc::new(UInt32Array::from(b.total_us)),
+            Arc::new(Int32Array::from(b.ttl_s)),
+            Arc::new(UInt64Array::from(b.client)),
+            Arc::new(UInt64Array::from(b.import_key)),
         ];
         let batch = RecordBatch::try_from_iter(COLUMNS.into_iter().zip(columns)).map_err(to_err)?;
         let mut app = conn.appender("journal_rows")?;

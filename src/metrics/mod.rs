@@ -31,8 +31,8 @@ pub struct Served {
     pub tier: Option<TierName>,
     /// The counters of the rule that matched (its template is the `route` label).
     pub counters: Arc<RouteCounters>,
-    /// The cache key, when a journal records requests (`None` otherwise: no copy is made).
-    pub key: Option<Arc<str>>,
+    /// The cache key as the journal takes it, when a journal records requests.
+    pub key: crate::journal::JournalUrl,
     /// The freshness lifetime of the entry served or stored.
     pub ttl: Option<std::time::Duration>,
     /// The request carried a per-user scope value: its answer is stored privately.
@@ -48,7 +48,7 @@ impl Served {
             outcome,
             tier: None,
             counters,
-            key: None,
+            key: crate::journal::JournalUrl::NotKeyed,
             ttl: None,
             private: false,
             bypassed: false,

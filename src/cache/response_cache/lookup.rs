@@ -71,8 +71,11 @@ where
             None => key::for_request(req.request()),
         };
         route.private = private;
-        if st.journal.is_some() {
-            route.key = Some(Arc::from(key.as_str()));
+        if let Some(j) = &st.journal {
+            route.key = match j.url(&key) {
+                Some(u) => crate::journal::JournalUrl::Url(u),
+                None => crate::journal::JournalUrl::NotSampled,
+            };
         }
         if route.private {
             // The origin sees the credential; the cache never shares the answer.

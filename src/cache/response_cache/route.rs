@@ -15,8 +15,8 @@ pub(super) struct Route {
     pub(super) private: bool,
     /// A background refresh: no client is waiting, so nothing is noted for request metrics.
     pub(super) background: bool,
-    /// The cache key, kept only when a journal records requests.
-    pub(super) key: Option<Arc<str>>,
+    /// The cache key as the journal takes it, when a journal records requests.
+    pub(super) key: crate::journal::JournalUrl,
     /// The freshness lifetime of the entry served or stored.
     pub(super) ttl: Option<Duration>,
     /// Sent to the origin without a lookup.
@@ -44,7 +44,7 @@ impl Route {
             tags: Vec::new(),
             private: false,
             background: false,
-            key: None,
+            key: crate::journal::JournalUrl::NotKeyed,
             ttl: None,
             bypassed: false,
         }
