@@ -14,8 +14,8 @@ use crate::journal::{
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JournalConfig {
-    /// Off by default: on one core the journal still costs a quarter to a third of the L1-hit
-    /// throughput (see the README's Analytics section), above the 5% it is meant to cost.
+    /// Off by default until its cost is shown under 5% of one core's L1-hit throughput (about
+    /// 4% today: see the README's "What it costs").
     pub enabled: bool,
     /// The DuckDB file. Default: beside the L3 file, its name with `.journal` before the
     /// extension (`data/tierd.duckdb` -> `data/tierd.journal.duckdb`).
