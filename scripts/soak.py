@@ -4,8 +4,8 @@
     scripts/soak.py [--minutes M] [--bin PATH]
 
 Runs tierd with config/tierd.toml as shipped (its demo origin, rate limits, rules), with a real
-redis-server as its L2, its DuckDB L3 and the access journal on, all in a temporary directory;
-only the ports, the file paths, an admin token and `journal.enabled` are overridden. Twenty
+redis-server as its L2, its DuckDB L3 and the access journal (on by default with L3), all in a
+temporary directory; only the ports, the file paths and an admin token are overridden. Twenty
 clients, each from its own loopback address (so that each stays within the per-client quota as
 real users would), read assessments, the dashboard and recommendations, and now and then update an
 assessment (a PUT the rules turn into purges). Halfway, Redis is killed; it is started again 15 s
@@ -226,7 +226,6 @@ def run(binary, work, procs, minutes):
         "TIERD__DEMO_ORIGIN__LISTEN": f"127.0.0.1:{origin}",
         "TIERD__TIERS__L2__URL": f"redis://127.0.0.1:{rport}",
         "TIERD__TIERS__L3__PATH": f"{work}/tierd.duckdb",
-        "TIERD__JOURNAL__ENABLED": "true",
         "TIERD__JOURNAL__PATH": f"{work}/tierd.journal.duckdb",
     })
     log = open(f"{work}/tierd.log", "w")

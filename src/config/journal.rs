@@ -14,9 +14,10 @@ use crate::journal::{
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JournalConfig {
-    /// Off by default until its cost is shown under 5% of one core's L1-hit throughput (about
-    /// 4% today: see the README's "What it costs").
-    pub enabled: bool,
+    /// Unset: on when the L3 tier is on (its DuckDB is there anyway) in a build with DuckDB.
+    /// It costs about 4% of one saturated core's L1-hit throughput (the README's "What it
+    /// costs").
+    pub enabled: Option<bool>,
     /// The DuckDB file. Default: beside the L3 file, its name with `.journal` before the
     /// extension (`data/tierd.duckdb` -> `data/tierd.journal.duckdb`).
     pub path: String,
@@ -35,7 +36,7 @@ pub struct JournalConfig {
 impl Default for JournalConfig {
     fn default() -> Self {
         JournalConfig {
-            enabled: false,
+            enabled: None,
             path: String::new(),
             node: String::new(),
             retention_days: DEFAULT_RETENTION_DAYS,
@@ -60,9 +61,11 @@ fn beside(l3: &Path) -> PathBuf {
 }
 
 impl Settings {
-    /// Whether the journal is on (`journal.enabled`).
+    /// Whether the journal is on: `journal.enabled`, else whether L3 is (with DuckDB built in).
     pub fn journal_enabled(&self) -> bool {
-        self.journal.enabled
+        self.journal
+            .enabled
+            .unwrap_or(self.tiers.l3.enabled && cfg!(feature = "duckdb"))
     }
 
     /// The journal's file.
@@ -134,6 +137,21 @@ impl Settings {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Unset, the journal follows L3 (in a build with DuckDB); set, the setting wins.
+    #[test]
+    fn the_journal_is_on_when_l3_is_unless_set() {
+        let mut s = Settings::default();
+        s.tiers.l3.enabled = false;
+        assert!(!s.journal_enabled());
+        s.tiers.l3.enabled = true;
+        assert_eq!(s.journal_enabled(), cfg!(feature = "duckdb"));
+        s.journal.enabled = Some(false);
+        assert!(!s.journal_enabled());
+        s.tiers.l3.enabled = false;
+        s.journal.enabled = Some(true);
+        assert!(s.journal_enabled());
+    }
 
     #[test]
     fn the_default_file_sits_beside_the_l3_file() {

@@ -29,7 +29,7 @@ pub(crate) fn settings(origin: &Origin, dir: &std::path::Path) -> Settings {
         ttl_seconds = 60
         "#,
     );
-    s.journal.enabled = true;
+    s.journal.enabled = Some(true);
     s.journal.node = "node-a".into();
     s
 }
