@@ -8,6 +8,7 @@ use duckdb::types::ValueRef;
 use duckdb::{params, Connection};
 use serde::Serialize;
 
+use super::row::micros;
 use super::JournalError;
 
 /// Rows in each list of the summary (routes, misses, advice).
@@ -144,12 +145,6 @@ pub struct Summary {
 
 fn one() -> f64 {
     1.0
-}
-
-fn micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 use super::text::format_utc;

@@ -108,20 +108,31 @@ impl JournalOutcome {
 /// Splits a cache key into host and target (`/path?query`), leaving out the ` h:` (keyed
 /// headers) and ` u:` (per-user scope) parts; the user value, if any, is returned third.
 pub fn split_key(key: &str) -> (&str, &str, Option<&str>) {
-    // Most keys are the plain URL: one byte search, and the rest only when there is one.
-    let (url, rest) = match key.find(' ') {
-        Some(i) => (&key[..i], &key[i..]),
-        None => (key, ""),
-    };
-    let user = if rest.is_empty() {
-        None
-    } else {
-        rest.find(" u:").map(|i| &rest[i + 3..])
-    };
-    match url.find('/') {
+    let (url, user) = url_and_user(key);
+    match memchr::memchr(b'/', url.as_bytes()) {
         Some(i) => (&url[..i], &url[i..], user),
         None => (url, "/", user),
     }
+}
+
+/// A cache key's `host/path?query` and its per-user scope value, if any: one SIMD byte search
+/// for most keys (the plain URL), the rest only when there is one.
+fn url_and_user(key: &str) -> (&str, Option<&str>) {
+    match memchr::memchr(b' ', key.as_bytes()) {
+        None => (key, None),
+        Some(i) => {
+            let rest = &key[i..];
+            let user = memchr::memmem::find(rest.as_bytes(), b" u:").map(|j| &rest[j + 3..]);
+            (&key[..i], user)
+        }
+    }
+}
+
+/// Microseconds since the Unix epoch (0 before it), in u64 arithmetic (`as_micros` is u128).
+pub(super) fn micros(t: SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| {
+        d.as_secs() as i64 * 1_000_000 + i64::from(d.subsec_micros())
+    })
 }
 
 /// A request's URL as the journal takes it: hashed where the request is answered, with its
@@ -147,29 +158,21 @@ impl UrlRef {
         UrlRef::of(key, salt, |_| true)
     }
 
-    /// `key` hashed; its text kept when `send(url hash)` says so. On the request path: one
-    /// SIMD byte search (no host/target split, which only the writer needs, for new texts).
+    /// `key` hashed; its text kept when `send(url hash)` says so. On the request path: no
+    /// host/target split, which only the writer needs (for new texts).
     pub(super) fn of(key: &str, salt: u64, send: impl FnOnce(u64) -> bool) -> UrlRef {
-        let bytes = key.as_bytes();
-        let (plain, user) = match memchr::memchr(b' ', bytes) {
-            // The cache key is the plain URL unless it carries keyed headers or a user scope.
-            None => (bytes, None),
-            Some(i) => {
-                let rest = &bytes[i..];
-                let user = memchr::memmem::find(rest, b" u:").map(|j| &rest[j + 3..]);
-                (&bytes[..i], user)
-            }
-        };
-        let url = xxhash_rust::xxh3::xxh3_64(plain);
+        let (plain, user) = url_and_user(key);
+        let url = xxhash_rust::xxh3::xxh3_64(plain.as_bytes());
         UrlRef {
             url,
-            key_hash: if plain.len() == bytes.len() {
+            // The cache key is the plain URL unless it carries keyed headers or a user scope.
+            key_hash: if plain.len() == key.len() {
                 0
             } else {
-                xxhash_rust::xxh3::xxh3_64(bytes)
+                xxhash_rust::xxh3::xxh3_64(key.as_bytes())
             },
-            user: user.map(|u| xxhash_rust::xxh3::xxh3_64_with_seed(u, salt)),
-            text: send(url).then(|| Arc::from(&key[..plain.len()])),
+            user: user.map(|u| xxhash_rust::xxh3::xxh3_64_with_seed(u.as_bytes(), salt)),
+            text: send(url).then(|| Arc::from(plain)),
         }
     }
 }
@@ -269,9 +272,7 @@ impl Entry {
             (None, None) => 0,
         };
         Entry {
-            ts_us: row.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| {
-                d.as_secs() as i64 * 1_000_000 + i64::from(d.subsec_micros())
-            }),
+            ts_us: micros(row.at),
             url: row.url.url,
             key_hash: row.url.key_hash,
             client,

@@ -4,13 +4,13 @@
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use duckdb::{params, Connection};
 use tokio::sync::oneshot;
 
-use super::row::{split_key, Entry};
+use super::row::{micros, split_key, Entry};
 use super::schema::{migrate, view_sql, SCHEMA, SCHEMA_VERSION};
 use super::{forget_urls, JournalError, JournalMetrics, JournalOptions, Msg};
 use crate::clock::Clock;
@@ -226,12 +226,6 @@ fn file_bytes(path: &Path) -> u64 {
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
-}
-
-fn micros(t: SystemTime) -> i64 {
-    t.duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 /// The writer thread's state.
