@@ -312,6 +312,7 @@ async fn bench_journal(full: bool) {
                 (i % 256) as u8,
             ])),
             user_scoped: false,
+            warm_fetch: false,
             warmed: false,
             import_key: None,
         });

@@ -91,9 +91,11 @@ pub mod types;
 #[cfg(feature = "gateway")]
 #[doc(hidden)]
 pub mod upstream;
+#[doc(hidden)]
+pub mod warm;
 
 pub use cache::{CacheDirective, ValueCache, ValueOptions};
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use config::Settings;
+pub use config::{Settings, WarmingConfig};
 pub use facade::{Cache, CacheBuilder, CacheMiddleware, CacheService, Error, Purged, Rules};
 pub use selector::Selector;

@@ -169,6 +169,8 @@ impl Observe {
         body_bytes: u64,
     ) {
         let (outcome, tier, counters) = match served {
+            // The warmer's fetches have their own metrics (`tierd_warm_*`).
+            Some(s) if s.warm_fetch => return,
             Some(s) => (s.outcome, s.tier, &s.counters),
             None => (Outcome::Pass, None, &self.other),
         };
@@ -232,7 +234,8 @@ impl Observe {
             ttl: served.ttl,
             peer: req.peer_addr().map(|a| a.ip()),
             user_scoped: served.private,
-            warmed: false,
+            warm_fetch: served.warm_fetch,
+            warmed: served.warmed,
             import_key: None,
         });
     }

@@ -31,6 +31,8 @@ pub struct Gateway {
     drain: Duration,
     /// The config file rules are reloaded from on SIGHUP.
     file: Option<PathBuf>,
+    /// The warmer, when warming is on.
+    pub warmer: Option<Arc<crate::warm::Warmer>>,
 }
 
 /// SIGTERM: keep serving for `drain`, every response closing its keep-alive connection, then
@@ -102,6 +104,7 @@ impl Gateway {
         let admin_opts = crate::admin::AdminOptions {
             token: settings.admin.token.clone(),
             config_file: file.clone(),
+            warmer: cache.warmer().cloned(),
         };
         let mut others = Vec::new();
 
@@ -163,6 +166,7 @@ impl Gateway {
             .copied()
             .ok_or_else(|| io::Error::other("gateway listener has no address"))?;
         let (main, main_task) = spawn(server.run());
+        cache.start_warming(addr)?;
         Ok(Gateway {
             state,
             addr,
@@ -174,6 +178,7 @@ impl Gateway {
             main_task,
             drain: Duration::from_millis(settings.server.drain_ms),
             file,
+            warmer: cache.warmer().cloned(),
         })
     }
 
@@ -201,6 +206,9 @@ impl Gateway {
     /// and drains the lower tiers' write queues.
     pub async fn wait(self) -> io::Result<()> {
         let result = self.main_task.await.map_err(io::Error::other)?;
+        if let Some(w) = &self.warmer {
+            w.stop().await;
+        }
         for h in &self.others {
             h.stop(true).await;
         }
@@ -212,6 +220,9 @@ impl Gateway {
     pub async fn stop(self, graceful: bool) {
         if graceful {
             self.draining.start();
+        }
+        if let Some(w) = &self.warmer {
+            w.stop().await;
         }
         self.main.stop(graceful).await;
         for h in &self.others {

@@ -8,6 +8,7 @@
 
 mod analytics;
 mod page;
+mod warm;
 
 pub use page::BAR_RGB as PAGE_BAR_RGB;
 
@@ -36,6 +37,8 @@ pub struct AdminOptions {
     pub token: String,
     /// The config file rules are reloaded from.
     pub config_file: Option<PathBuf>,
+    /// The warmer, when warming is on.
+    pub warmer: Option<Arc<crate::warm::Warmer>>,
 }
 
 /// Registers the admin routes of the gateway's admin listener: `/metrics`, `/healthz`,
@@ -77,6 +80,8 @@ fn routes(cfg: &mut web::ServiceConfig, state: Arc<CacheState>, opts: AdminOptio
         .route(&format!("{api}/stats"), web::get().to(stats))
         .route(&format!("{api}/entry"), web::get().to(entry))
         .route(&format!("{api}/purge"), web::post().to(purge))
+        .route(&format!("{api}/warm"), web::post().to(warm::run))
+        .route(&format!("{api}/warm"), web::get().to(warm::show))
         .route(
             &format!("{api}/analytics/summary"),
             web::get().to(analytics::summary),
@@ -96,6 +101,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> HttpResponse {
 async fn not_found(req: HttpRequest) -> HttpResponse {
     let allowed = match req.path() {
         "/_tierd/purge" | "/_tierd/reload" => Some("POST"),
+        "/_tierd/warm" => Some("GET, POST"),
         "/metrics"
         | "/healthz"
         | "/readyz"
@@ -105,7 +111,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         _ => None,
     };
     match allowed {
-        Some(m) if req.method() != Method::from_bytes(m.as_bytes()).unwrap_or(Method::GET) => {
+        Some(m) if !m.split(", ").any(|m| req.method().as_str() == m) => {
             let mut res = error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 format!("{} takes {m}", req.path()),
@@ -117,7 +123,7 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
         }
         _ => error(
             StatusCode::NOT_FOUND,
-            "no such admin endpoint; see /_tierd/ (the page), /_tierd/stats, /_tierd/entry, /_tierd/purge, /_tierd/reload, /_tierd/analytics/summary, /_tierd/analytics/sql, /metrics, /healthz, /readyz",
+            "no such admin endpoint; see /_tierd/ (the page), /_tierd/stats, /_tierd/entry, /_tierd/purge, /_tierd/reload, /_tierd/warm, /_tierd/analytics/summary, /_tierd/analytics/sql, /metrics, /healthz, /readyz",
         ),
     }
 }

@@ -15,6 +15,7 @@ mod metrics;
 mod response_cache;
 pub mod single_flight;
 mod values;
+pub mod warm_hook;
 
 #[cfg(feature = "redis")]
 pub use bus::Bus;
@@ -26,5 +27,6 @@ pub use response_cache::{
     ResponseCacheService, UpstreamFailure,
 };
 pub use values::{ValueCache, ValueOptions};
+pub use warm_hook::{WarmFetch, WarmHook, WARM_HEADER, WARM_RESULT_HEADER};
 
 pub use crate::http::response::opaque;

@@ -16,9 +16,11 @@ use crate::http::target::Target;
 
 mod journal;
 mod sections;
+mod warming;
 
 pub use journal::JournalConfig;
 pub use sections::*;
+pub use warming::WarmingConfig;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
@@ -82,6 +84,7 @@ pub struct Settings {
     pub metrics: MetricsConfig,
     pub rate_limit: RateLimitConfig,
     pub journal: JournalConfig,
+    pub warming: WarmingConfig,
     /// `[[rules]]`, first match wins.
     pub rules: Vec<crate::policy::RuleConfig>,
 }
@@ -138,6 +141,7 @@ impl Settings {
                 self.cache.coalesce_timeout_ms, self.upstream.timeout_ms
             ));
         }
+        out.extend(self.warming_warnings());
         out
     }
 
@@ -145,6 +149,7 @@ impl Settings {
     pub fn validate(&self) -> Result<(), ConfigError> {
         crate::policy::compile_all(&self.rules).map_err(ConfigError)?;
         self.validate_journal()?;
+        self.validate_warming()?;
         let err = |key: &str, msg: String| Err(ConfigError(format!("{key}: {msg}")));
         for (key, value) in [
             ("server.listen", &self.server.listen),

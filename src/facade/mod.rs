@@ -79,6 +79,7 @@ pub struct Cache {
     limits: RequestLimits,
     admin: AdminOptions,
     housekeeping: Arc<Once>,
+    warmer: Option<Arc<crate::warm::Warmer>>,
 }
 
 /// What a purge removed from each tier of this node (`None`: the tier is not configured).
@@ -195,7 +196,27 @@ impl Cache {
     /// written) and the journal has written its rows. Call it after the server stopped; lookups
     /// and stores keep working after it (the journal no longer records them).
     pub async fn shutdown(&self) {
+        if let Some(w) = &self.warmer {
+            w.stop().await;
+        }
         self.state.close().await;
+    }
+
+    /// Starts predictive warming ([`CacheBuilder::warming`]): its fetches are requests to the
+    /// application's own listener at `addr` (what `HttpServer::addrs()` gives after `bind`),
+    /// so they go through the same middleware and handlers as a client's. Does nothing when
+    /// warming is off; once started, later calls do nothing.
+    pub fn start_warming(&self, addr: std::net::SocketAddr) -> std::io::Result<()> {
+        match &self.warmer {
+            Some(w) => w.start(addr),
+            None => Ok(()),
+        }
+    }
+
+    /// The warmer, when warming is on (`POST`/`GET /_tierd/warm` use it).
+    #[doc(hidden)]
+    pub fn warmer(&self) -> Option<&Arc<crate::warm::Warmer>> {
+        self.warmer.as_ref()
     }
 
     /// Starts the rate limiter's housekeeping on the current runtime now rather than when the
@@ -267,6 +288,15 @@ impl CacheBuilder {
         self
     }
 
+    /// Predictive warming: `WarmingConfig { enabled: true, ..Default::default() }` warms the
+    /// journal's most requested URLs at start and what usually follows each request (the
+    /// journal needs [`duckdb`](Self::duckdb), or `Settings::journal`); start it with
+    /// [`Cache::start_warming`] once the server is bound.
+    pub fn warming(mut self, warming: crate::config::WarmingConfig) -> Self {
+        self.settings.warming = warming;
+        self
+    }
+
     /// The clock every freshness decision reads (tests move a manual one forward).
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
@@ -280,6 +310,12 @@ impl CacheBuilder {
         self.settings.validate()?;
         let clock = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         let state = build_state(&self.settings, clock)?;
+        // Registered whether warming is on or not: dashboards and alerts find zeros.
+        let warm_metrics = Arc::new(crate::warm::WarmMetrics::register(state.metrics.registry()));
+        let warmer = self
+            .settings
+            .warm_options()
+            .map(|o| crate::warm::Warmer::new(o, &state, warm_metrics));
         Ok(Cache {
             values: ValueCache::new(state.clone()),
             state,
@@ -287,8 +323,10 @@ impl CacheBuilder {
             admin: AdminOptions {
                 token: self.settings.admin.token.clone(),
                 config_file: None,
+                warmer: warmer.clone(),
             },
             housekeeping: Arc::new(Once::new()),
+            warmer,
         })
     }
 }

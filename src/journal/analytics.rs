@@ -168,7 +168,8 @@ pub(super) fn summary(
 ) -> Result<Summary, JournalError> {
     let until = micros(now);
     let since = until - window.duration().as_micros() as i64;
-    let w = "ts >= make_timestamp(?) AND ts <= make_timestamp(?)";
+    // The warmer's own fetches are not client requests.
+    let w = "ts >= make_timestamp(?) AND ts <= make_timestamp(?) AND outcome <> 'warm'";
     let (requests, hits, refused, origin_requests, bytes_saved): (u64, u64, u64, u64, u64) = conn
         .query_row(
             &format!(

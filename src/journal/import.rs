@@ -185,6 +185,7 @@ pub fn import_logs(
                 ttl: None,
                 peer: p.peer,
                 user_scoped: false,
+                warm_fetch: false,
                 warmed: false,
                 import_key: Some(key),
             };

@@ -27,6 +27,7 @@ pub mod report;
 mod row;
 #[cfg(feature = "duckdb")]
 mod schema;
+pub mod sequences;
 pub mod text;
 #[cfg(feature = "duckdb")]
 mod writer;
@@ -365,6 +366,30 @@ impl Journal {
             Err(_) => {
                 interrupt.interrupt();
                 Err(JournalError::Timeout(LIMIT))
+            }
+        }
+    }
+
+    /// Runs `f` on a read connection to the journal, on a blocking thread, for at most `limit`
+    /// (then the query is interrupted); after writing what is queued when `flush`.
+    #[cfg(feature = "duckdb")]
+    pub async fn read<T, F>(&self, flush: bool, limit: Duration, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&duckdb::Connection) -> Result<T, JournalError> + Send + 'static,
+    {
+        if flush {
+            self.flush(limit).await?;
+        }
+        let conn = self.clone_reader()?;
+        let interrupt = conn.interrupt_handle();
+        let ran = tokio::task::spawn_blocking(move || f(&conn));
+        match tokio::time::timeout(limit, ran).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) => Err(JournalError::Query("the query thread failed".into())),
+            Err(_) => {
+                interrupt.interrupt();
+                Err(JournalError::Timeout(limit))
             }
         }
     }

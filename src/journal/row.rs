@@ -40,6 +40,8 @@ pub struct Row {
     pub peer: Option<IpAddr>,
     /// The request carried a per-user scope value.
     pub user_scoped: bool,
+    /// The warmer's own fetch (outcome `warm`), not a client's request.
+    pub warm_fetch: bool,
     /// Served from an entry a warming job stored.
     pub warmed: bool,
     /// Imported from an access log (`tierd import-log`): which line; `None` for live requests.
@@ -244,7 +246,11 @@ impl Entry {
                 .saturating_add(u64::from(d.subsec_micros()))
                 .min(u64::from(u32::MAX - 1)) as u32
         };
-        let o = JournalOutcome::of(row.outcome, row.bypassed);
+        let o = if row.warm_fetch {
+            JournalOutcome::Warm
+        } else {
+            JournalOutcome::of(row.outcome, row.bypassed)
+        };
         let tier = match row.tier {
             Some(t) => t as u32 + 1,
             None if row.origin.is_some()
@@ -341,6 +347,7 @@ mod tests {
             ttl: Some(Duration::from_secs(60)),
             peer: Some(IpAddr::from([10, 0, 0, 1])),
             user_scoped: false,
+            warm_fetch: false,
             warmed: false,
             import_key: None,
         };

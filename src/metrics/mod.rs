@@ -39,6 +39,10 @@ pub struct Served {
     pub private: bool,
     /// Sent to the origin without looking in the cache (a rule's bypass, a body, a range).
     pub bypassed: bool,
+    /// The request was one of the warmer's fetches (not a client's).
+    pub warm_fetch: bool,
+    /// Served from an entry a warm fetch stored.
+    pub warmed: bool,
 }
 
 impl Served {
@@ -52,6 +56,8 @@ impl Served {
             ttl: None,
             private: false,
             bypassed: false,
+            warm_fetch: false,
+            warmed: false,
         }
     }
 }

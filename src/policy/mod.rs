@@ -37,7 +37,7 @@ pub use rule::{
     valid_tag, InvalidateConfig, KeyConfig, ParamPattern, QuotaConfig, Rule, RuleConfig,
     TtlByField, TtlByFieldConfig, UserScope, MAX_TEXT_BYTES,
 };
-pub use template::{expand, Params, Template, TemplateError};
+pub use template::{expand, placeholders, Params, Template, TemplateError};
 
 use crate::http::freshness;
 pub use crate::http::storable::LifetimeOverride;

@@ -76,6 +76,11 @@ pub trait QuotaSource: Send + Sync + 'static {
     fn limits(&self) -> &Limits;
     /// The rules in force now, with their quotas' buckets.
     fn rules(&self) -> arc_swap::Guard<Arc<RuleSet>>;
+    /// A request no client quota applies to (the warmer's own fetches, which have their own
+    /// budget).
+    fn exempt(&self, _req: &ServiceRequest) -> bool {
+        false
+    }
 }
 
 /// The middleware: client and rule quotas. Wrap it outside
@@ -138,7 +143,7 @@ where
         let limits = self.state.limits();
         let rules = self.state.rules();
         let rule_quotas = rules.has_limiters();
-        if limits.client.is_none() && !rule_quotas {
+        if (limits.client.is_none() && !rule_quotas) || self.state.exempt(&req) {
             return Either::Left(self.inner.call(req).map_ok(pass));
         }
         let id = limits.identity.of(req.request());

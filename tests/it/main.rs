@@ -25,3 +25,4 @@ mod rules;
 mod security;
 mod tiers;
 mod values;
+mod warm;

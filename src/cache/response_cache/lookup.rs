@@ -20,6 +20,10 @@ where
             Some(m) => Route::at(m.rules, m.index),
             None => Route::resolve(st.rules.load_full(), &method, req.path()),
         };
+        let warm_hook = st.warm.get();
+        if warm_hook.is_some() {
+            route.warm_fetch = req.extensions().contains::<super::super::WarmFetch>();
+        }
         {
             let keyed = route.rule().map_or(&[][..], |r| &r.key_headers[..]);
             let peer = req.peer_addr().map(|a| a.ip());
@@ -77,6 +81,11 @@ where
                 None => crate::journal::JournalUrl::NotSampled,
             };
         }
+        if let Some(h) = warm_hook {
+            if !route.warm_fetch && method == Method::GET {
+                h.requested(&key, route.counters.route());
+            }
+        }
         if route.private {
             // The origin sees the credential; the cache never shares the answer.
             facts.has_authorization = false;
@@ -123,12 +132,14 @@ where
         };
         let fwd = match (decide::decide(&facts, lookup, refresh), &found) {
             (Decision::ServeFresh, Some(Found { entry, tier })) => {
+                route.warmed = served_warmed(warm_hook, &route, &key);
                 let age = entry.age(now);
                 route.note_entry(req.request(), Outcome::Hit, Some(*tier), entry);
                 let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
                 return Ok(req.into_response(respond(entry, age, cs)));
             }
             (Decision::ServeStaleAndRefresh, Some(Found { entry, tier })) => {
+                route.warmed = served_warmed(warm_hook, &route, &key);
                 let age = entry.age(now);
                 route.note_entry(
                     req.request(),
@@ -240,5 +251,15 @@ pub(super) fn url_selector(rules: &RuleSet, host: &str, path: &str, query: &str)
         host: Some(host.to_owned()),
         path: path.to_owned(),
         query: Some(rules.key_query(path, query)),
+    }
+}
+
+/// Whether a client is being served an entry a warm fetch stored (the warmer counts its first
+/// use).
+#[inline]
+fn served_warmed(hook: Option<&Arc<dyn super::super::WarmHook>>, route: &Route, key: &str) -> bool {
+    match hook {
+        Some(h) if !route.warm_fetch => h.served_entry(key),
+        _ => false,
     }
 }

@@ -119,12 +119,20 @@ where
 
     forward_ready!(inner);
 
-    fn call(&self, req: ServiceRequest) -> Self::Future {
+    fn call(&self, mut req: ServiceRequest) -> Self::Future {
         let ctx = Ctx {
             state: self.state.clone(),
             inner: self.inner.clone(),
         };
-        Box::pin(ctx.handle(req))
+        if !take_warm_marker(&self.state, &mut req) {
+            return Box::pin(ctx.handle(req));
+        }
+        req.extensions_mut().insert(super::WarmFetch);
+        Box::pin(async move {
+            let mut res = ctx.handle(req).await?;
+            warm_result(&mut res);
+            Ok(res)
+        })
     }
 }
 
@@ -178,6 +186,49 @@ where
             tracing::error!("the inner service panicked; answered 500");
             Err(internal_error())
         }
+    }
+}
+
+/// Removes the warm marker from the request (neither the origin nor a handler sees it);
+/// true when it was this node's warmer's.
+#[inline]
+fn take_warm_marker(state: &CacheState, req: &mut ServiceRequest) -> bool {
+    if !req.headers().contains_key(super::WARM_HEADER) {
+        return false;
+    }
+    let own = state.is_warm_fetch(req.headers());
+    req.headers_mut().remove(super::WARM_HEADER);
+    if !own {
+        static FORGED: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
+        if let Some(occurrences) = FORGED.check() {
+            tracing::warn!(
+                occurrences,
+                "a request carried a tierd-warm header that is not this node's warmer's; removed, the request is served as a client's"
+            );
+        }
+    }
+    own
+}
+
+/// Tells the warmer what its fetch did, from what the cache noted.
+fn warm_result(res: &mut ServiceResponse<BoxBody>) {
+    use std::fmt::Write;
+    let mut v = String::with_capacity(48);
+    match res.request().extensions().get::<Served>() {
+        Some(s) => {
+            let _ = write!(v, "outcome={}", s.outcome.as_str());
+            if let Some(t) = s.tier {
+                let _ = write!(v, "; tier={}", t.as_str());
+            }
+            if let Some(ttl) = s.ttl {
+                let _ = write!(v, "; ttl={}", ttl.as_secs());
+            }
+        }
+        None => v.push_str("outcome=none"),
+    }
+    if let Ok(v) = HeaderValue::from_str(&v) {
+        res.headers_mut()
+            .insert(HeaderName::from_static(super::WARM_RESULT_HEADER), v);
     }
 }
 

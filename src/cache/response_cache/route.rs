@@ -21,6 +21,10 @@ pub(super) struct Route {
     pub(super) ttl: Option<Duration>,
     /// Sent to the origin without a lookup.
     pub(super) bypassed: bool,
+    /// The request is one of the warmer's fetches.
+    pub(super) warm_fetch: bool,
+    /// The entry served was stored by a warm fetch.
+    pub(super) warmed: bool,
 }
 
 impl Route {
@@ -47,6 +51,8 @@ impl Route {
             key: crate::journal::JournalUrl::NotKeyed,
             ttl: None,
             bypassed: false,
+            warm_fetch: false,
+            warmed: false,
         }
     }
 
@@ -95,6 +101,8 @@ impl Route {
                 ttl: self.ttl,
                 private: self.private,
                 bypassed: self.bypassed,
+                warm_fetch: self.warm_fetch,
+                warmed: self.warmed,
             });
         }
     }

@@ -80,6 +80,8 @@ pub struct CacheState {
     pub limits: Arc<Limits>,
     /// The access journal, when one records requests (the observe layer writes to it).
     pub journal: Option<Arc<crate::journal::Journal>>,
+    /// The warmer, once one is attached ([`CacheState::set_warm_hook`]).
+    pub warm: std::sync::OnceLock<Arc<dyn super::super::WarmHook>>,
 }
 
 impl crate::ratelimit::QuotaSource for CacheState {
@@ -89,6 +91,10 @@ impl crate::ratelimit::QuotaSource for CacheState {
 
     fn rules(&self) -> arc_swap::Guard<Arc<RuleSet>> {
         self.rules.load()
+    }
+
+    fn exempt(&self, req: &ServiceRequest) -> bool {
+        self.is_warm_fetch(req.headers())
     }
 }
 
@@ -136,6 +142,20 @@ impl CacheState {
             bus: None,
             limits,
             journal: None,
+            warm: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Attaches the warmer (once; a second call is ignored and returns false).
+    pub fn set_warm_hook(&self, hook: Arc<dyn super::super::WarmHook>) -> bool {
+        self.warm.set(hook).is_ok()
+    }
+
+    /// Whether `req` carries this node's warmer's marker (read-only: the cache removes it).
+    pub fn is_warm_fetch(&self, headers: &HeaderMap) -> bool {
+        match (self.warm.get(), headers.get(super::super::WARM_HEADER)) {
+            (Some(h), Some(v)) => h.is_own(v.as_bytes()),
+            _ => false,
         }
     }
 

@@ -1,0 +1,274 @@
+//! Predictive warming through a real gateway: the journal's popular URLs warmed by a pass
+//! (dry run, on demand, at start from the tiers), what follows a request fetched before the
+//! client asks, the privacy rules, the budget's backoff, and the used/wasted accounting.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tierd::clock::ManualClock;
+use tierd::config::Settings;
+use tierd::server::Gateway;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{self, eventually, metric_at, with_l3, Origin, Reply};
+
+const TOKEN: &str = "warm-token";
+const HOST: &str = "warm.test";
+
+fn origin_reply(req: &actix_web::HttpRequest, _: u64) -> Reply {
+    let p = req.path();
+    match p {
+        "/fail" => Reply::ok("down").status(503),
+        "/nostore" => Reply::ok("nostore").cc("no-store"),
+        p if p.starts_with("/private/") => Reply::ok("mine").cc("max-age=60"),
+        p if p.starts_with("/items/") => Reply::ok(format!("body of {p}")).cc("max-age=60"),
+        _ => Reply::ok("other").cc("max-age=60"),
+    }
+}
+
+fn settings(origin: &Origin, dir: &std::path::Path) -> Settings {
+    let mut s = common::settings_for(origin.addr);
+    with_l3(&mut s, &dir.join("l3.duckdb"));
+    s.admin.token = TOKEN.into();
+    s.rules = common::rules(
+        r#"
+        [[rules]]
+        path = "/items/{id}"
+        ttl_seconds = 60
+        [[rules]]
+        path = "/items/{id}/reviews"
+        ttl_seconds = 60
+        [[rules]]
+        path = "/private/{id}"
+        ttl_seconds = 60
+        key = { user = "authorization" }
+        "#,
+    );
+    s.warming.enabled = true;
+    s.warming.on_start = false;
+    s.warming.predict = false;
+    s.warming.model_refresh_seconds = 1;
+    s
+}
+
+/// A GET for `path` on the test host, from the loopback address `ip` (the journal tells
+/// clients apart by address); the raw answer.
+async fn get_from(ip: [u8; 4], addr: SocketAddr, path: &str, headers: &str) -> String {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(SocketAddr::from((ip, 0))).unwrap();
+    let mut s = sock.connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\n{headers}Connection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("answered")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn cache_status(raw: &str) -> String {
+    raw.lines()
+        .find_map(|l| {
+            let (n, v) = l.split_once(':')?;
+            n.eq_ignore_ascii_case("cache-status")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+async fn warm(gw: &Gateway, query: &str) -> (u16, Value) {
+    let r = common::admin_post_at(
+        gw.admin_addr,
+        &format!("/_tierd/warm{query}"),
+        Some(TOKEN),
+        "",
+    )
+    .await;
+    let v = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
+    (r.status, v)
+}
+
+async fn status(gw: &Gateway) -> Value {
+    let r = common::send(
+        common::client()
+            .get(format!("http://{}/_tierd/warm", gw.admin_addr))
+            .insert_header(("authorization", format!("Bearer {TOKEN}"))),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).unwrap()
+}
+
+fn origin_paths(origin: &Origin) -> Vec<String> {
+    origin
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, uri, _)| uri.clone())
+        .collect()
+}
+
+#[actix_web::test]
+async fn a_pass_warms_the_popular_shared_urls_and_nothing_private() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), origin_reply).await;
+    let s = settings(&origin, dir.path());
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    let c1 = [127, 0, 0, 2];
+    // /items/1 three times, /items/2 twice, /items/3 once (under min_requests = 2); a
+    // user-scoped URL and an uncacheable one, popular but never to be warmed.
+    for p in [
+        "/items/1", "/items/1", "/items/1", "/items/2", "/items/2", "/items/3",
+    ] {
+        get_from(c1, gw.addr, p, "").await;
+    }
+    for _ in 0..3 {
+        get_from(c1, gw.addr, "/private/7", "Authorization: Bearer alice\r\n").await;
+        get_from(c1, gw.addr, "/nostore", "").await;
+    }
+    // A client's forged marker is removed and the request served as a client's.
+    let forged = get_from(
+        c1,
+        gw.addr,
+        "/items/9",
+        "tierd-warm: 0123456789abcdef0123456789abcdef\r\n",
+    )
+    .await;
+    assert!(
+        !forged.to_ascii_lowercase().contains("tierd-warm-result"),
+        "{forged}"
+    );
+    assert!(
+        origin
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, _, h)| !h.contains_key("tierd-warm")),
+        "the origin never sees the marker"
+    );
+    let before = origin.hits();
+
+    // The plan: most requested first; nothing fetched.
+    let (st, plan) = warm(&gw, "?dry_run=true").await;
+    assert_eq!(st, 200, "{plan}");
+    let targets: Vec<&str> = plan["plan"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["target"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, ["/items/1", "/items/2"], "{plan}");
+    assert_eq!(plan["plan"][0]["host"], HOST);
+    assert_eq!(plan["plan"][0]["source"], "popular");
+    assert_eq!(origin.hits(), before, "a dry run fetches nothing");
+
+    // Everything expires; a pass on demand fetches the two again, and only them.
+    clock.advance(Duration::from_secs(120));
+    let requests_before = metric_at(gw.admin_addr, "tierd_requests_total", &[]).await;
+    let (st, summary) = warm(&gw, "?wait=true").await;
+    assert_eq!(st, 200, "{summary}");
+    assert_eq!(summary["planned"], 2, "{summary}");
+    assert_eq!(summary["fetched"], 2, "{summary}");
+    assert_eq!(summary["trigger"], "demand");
+    let fetched: Vec<String> = origin_paths(&origin)[before as usize..].to_vec();
+    assert_eq!(fetched, ["/items/1", "/items/2"]);
+    // The warm fetches replayed the URL and nothing of any client's.
+    for (_, _, h) in &origin.requests.lock().unwrap()[before as usize..] {
+        assert!(!h.contains_key("authorization") && !h.contains_key("cookie"));
+        assert!(!h.contains_key("tierd-warm"));
+    }
+    assert_eq!(
+        metric_at(gw.admin_addr, "tierd_requests_total", &[]).await,
+        requests_before,
+        "warm fetches are not client requests"
+    );
+    assert_eq!(
+        metric_at(
+            gw.admin_addr,
+            "tierd_warm_fetches_total",
+            &[("trigger", "demand"), ("outcome", "fetched")]
+        )
+        .await,
+        2.0
+    );
+
+    // A client now hits the warmed entry: used once, however often it is served.
+    let hit = get_from([127, 0, 0, 3], gw.addr, "/items/1", "").await;
+    assert!(cache_status(&hit).contains("hit"), "{hit}");
+    get_from([127, 0, 0, 3], gw.addr, "/items/1", "").await;
+    assert_eq!(
+        metric_at(gw.admin_addr, "tierd_warm_used_total", &[]).await,
+        1.0
+    );
+    // /items/2 expires unserved: wasted (the ledger is swept every second).
+    clock.advance(Duration::from_secs(61));
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            metric_at(gw.admin_addr, "tierd_warm_wasted_total", &[]).await == 1.0
+        })
+        .await
+    );
+    let shown = status(&gw).await;
+    assert_eq!(shown["accounting"]["used"], 1, "{shown}");
+    assert_eq!(shown["accounting"]["precision"], 0.5, "{shown}");
+    assert_eq!(shown["last_runs"][0]["fetched"], 2, "{shown}");
+
+    // The journal marks the warm fetches as such, and the request served from a warmed entry.
+    let warm_rows = common::admin_post_at(
+        gw.admin_addr,
+        "/_tierd/analytics/sql",
+        Some(TOKEN),
+        r#"{"sql": "SELECT outcome, warmed, count(*) AS n FROM journal WHERE target = '/items/1' GROUP BY ALL ORDER BY ALL"}"#,
+    )
+    .await;
+    let rows: Value = serde_json::from_slice(&warm_rows.body).unwrap();
+    // Before warming: a miss and two hits; the warm fetch; the two hits on the warmed entry.
+    assert_eq!(
+        rows["rows"],
+        serde_json::json!([
+            ["hit", "false", "2"],
+            ["hit", "true", "2"],
+            ["miss", "false", "1"],
+            ["warm", "false", "1"]
+        ]),
+        "{rows}"
+    );
+
+    // Without the token, no pass.
+    let r = common::admin_post_at(gw.admin_addr, "/_tierd/warm", None, "").await;
+    assert_eq!(r.status, 401);
+
+    // Warm both again, then restart: the pass at start finds them fresh in L3 and promotes
+    // them into L1 without asking the origin.
+    let (_, again) = warm(&gw, "?wait=true").await;
+    assert_eq!(again["fetched"], 2, "{again}");
+    gw.stop(true).await;
+    let mut s2 = s.clone();
+    s2.warming.on_start = true;
+    let hits = origin.hits();
+    let gw = Gateway::start(&s2, clock.clone(), None).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            status(&gw).await["last_runs"][0]["trigger"] == "start"
+        })
+        .await
+    );
+    let run = status(&gw).await["last_runs"][0].clone();
+    assert_eq!(
+        (run["planned"].as_u64(), run["from_tiers"].as_u64()),
+        (Some(2), Some(2)),
+        "{run}"
+    );
+    assert_eq!(origin.hits(), hits, "from the tiers: no origin request");
+    let hit = get_from([127, 0, 0, 4], gw.addr, "/items/2", "").await;
+    assert!(cache_status(&hit).contains("hit"), "{hit}");
+    assert!(cache_status(&hit).contains("l1"), "promoted into L1: {hit}");
+    gw.stop(true).await;
+    origin.stop().await;
+}
