@@ -124,22 +124,25 @@ impl Budget {
                 tokio::time::sleep(Duration::from_millis(50).min(deadline - now)).await;
                 continue;
             }
-            break;
-        }
-        let at = {
-            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-            let at = (*next).max(Instant::now());
-            *next = at + jitter(self.interval());
-            at
-        };
-        if at >= deadline {
-            return Err(Skip::Deadline);
-        }
-        tokio::time::sleep_until(at.into()).await;
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, self.sem.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(p),
-            _ => Err(Skip::Deadline),
+            let at = {
+                let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+                let at = (*next).max(now);
+                *next = at + jitter(self.interval());
+                at
+            };
+            if at >= deadline {
+                return Err(Skip::Deadline);
+            }
+            tokio::time::sleep_until(at.into()).await;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let permit = match tokio::time::timeout(left, self.sem.clone().acquire_owned()).await {
+                Ok(Ok(p)) => p,
+                _ => return Err(Skip::Deadline),
+            };
+            // A fetch that ended while this one waited for its slot may have started a backoff.
+            if self.backing_off(Instant::now()).is_none() {
+                return Ok(permit);
+            }
         }
     }
 
@@ -155,16 +158,18 @@ impl Budget {
         if !self.share_allows() {
             return Err(Skip::Budget);
         }
+        // Paced as a bucket of `concurrency` turns refilled at the rate (GCRA).
+        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+        let burst = self.interval() * (self.opts.concurrency.max(1) as u32 - 1);
+        if *next > now + burst {
+            return Err(Skip::Budget);
+        }
         let permit = self
             .sem
             .clone()
             .try_acquire_owned()
             .map_err(|_| Skip::Budget)?;
-        let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
-        if *next > now + self.interval() {
-            return Err(Skip::Budget);
-        }
-        *next = (*next).max(now) + jitter(self.interval());
+        *next = (*next).max(now) + self.interval();
         Ok(permit)
     }
 
@@ -234,9 +239,9 @@ mod tests {
         assert_eq!(b.in_flight(), 2);
         assert_eq!(b.try_acquire(0).err(), Some(Skip::Budget));
         drop(p1);
-        // Paced at 1/s: the first turn is free, the next is a second away.
-        let slow = budget(1.0, 4);
-        let _a = slow.try_acquire(0).unwrap();
+        // Paced at 1/s with one slot: the first turn is free, the next is a second away.
+        let slow = budget(1.0, 1);
+        drop(slow.try_acquire(0).unwrap());
         assert_eq!(slow.try_acquire(0).err(), Some(Skip::Budget));
     }
 
@@ -247,6 +252,7 @@ mod tests {
         assert_eq!(b.try_acquire(3).err(), Some(Skip::Busy));
         let deadline = Instant::now() + Duration::from_millis(200);
         assert_eq!(b.acquire(deadline, || 3).await.err(), Some(Skip::Deadline));
+        let deadline = Instant::now() + Duration::from_millis(200);
         assert!(b.acquire(deadline, || 2).await.is_ok());
     }
 

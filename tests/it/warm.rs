@@ -272,3 +272,112 @@ async fn a_pass_warms_the_popular_shared_urls_and_nothing_private() {
     gw.stop(true).await;
     origin.stop().await;
 }
+
+#[actix_web::test]
+async fn what_usually_follows_a_request_is_fetched_before_the_client_asks() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), origin_reply).await;
+    let mut s = settings(&origin, dir.path());
+    s.warming.predict = true;
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    // Eight clients each read an item, then its reviews (a route habit); five of them start
+    // at /home and go to /items/1 first (a URL habit).
+    for i in 1..=8u8 {
+        let ip = [127, 0, 0, 10 + i];
+        if i <= 5 {
+            get_from(ip, gw.addr, "/home", "").await;
+            get_from(ip, gw.addr, "/items/1", "").await;
+        }
+        get_from(ip, gw.addr, &format!("/items/{i}"), "").await;
+        get_from(ip, gw.addr, &format!("/items/{i}/reviews"), "").await;
+    }
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            status(&gw).await["model"]["predictions"].as_u64() >= Some(2)
+        })
+        .await,
+        "{}",
+        status(&gw).await
+    );
+    let strongest = status(&gw).await["model"]["strongest"].clone();
+    assert!(
+        strongest.as_array().unwrap().iter().any(|p| p["by"] == "template"
+            && p["from"] == "/items/{id}"
+            && p["to"] == "/items/{id}/reviews"),
+        "{strongest}"
+    );
+    // An item no one has read yet: its reviews are fetched as soon as it is asked for.
+    let client = [127, 0, 0, 50];
+    get_from(client, gw.addr, "/items/99", "").await;
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            origin_paths(&origin).iter().any(|p| p == "/items/99/reviews")
+        })
+        .await,
+        "{:?}",
+        origin_paths(&origin)
+    );
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            metric_at(gw.admin_addr, "tierd_warm_fetches_total", &[("trigger", "predict"), ("outcome", "fetched")]).await == 1.0
+        })
+        .await
+    );
+    let next = get_from(client, gw.addr, "/items/99/reviews", "").await;
+    assert!(cache_status(&next).contains("hit"), "{next}");
+    assert_eq!(metric_at(gw.admin_addr, "tierd_warm_used_total", &[]).await, 1.0);
+    // By URL: once everything has expired, /home brings /items/1 back before it is asked for.
+    clock.advance(Duration::from_secs(120));
+    let before = origin.hits();
+    get_from([127, 0, 0, 51], gw.addr, "/home", "").await;
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            origin_paths(&origin)[before as usize..].iter().any(|p| p == "/items/1")
+        })
+        .await,
+        "{:?} {}",
+        origin_paths(&origin),
+        status(&gw).await
+    );
+    // A prediction that is fresh in cache costs nothing: /items/1 again fetches nothing more.
+    let fetches = metric_at(gw.admin_addr, "tierd_warm_fetches_total", &[("trigger", "predict")]).await;
+    get_from([127, 0, 0, 52], gw.addr, "/home", "").await;
+    get_from([127, 0, 0, 52], gw.addr, "/items/1", "").await;
+    assert_eq!(
+        metric_at(gw.admin_addr, "tierd_warm_fetches_total", &[("trigger", "predict")]).await,
+        fetches
+    );
+    gw.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn a_failing_origin_makes_warming_back_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), origin_reply).await;
+    let mut s = settings(&origin, dir.path());
+    s.warming.urls = vec![
+        format!("http://{HOST}/fail"),
+        format!("http://{HOST}/items/1"),
+    ];
+    // One at a time, so the second waits for the first's answer.
+    s.warming.concurrency = 1;
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    let (st, summary) = warm(&gw, "?wait=true").await;
+    assert_eq!(st, 200, "{summary}");
+    assert_eq!(summary["failed"], 1, "{summary}");
+    // The 503 started a backoff: the next fetch waited for it to end (at least half a second,
+    // the first step jittered) before it went.
+    assert_eq!(summary["fetched"], 1, "{summary}");
+    assert!(summary["duration_ms"].as_u64() >= Some(500), "{summary}");
+    let shown = status(&gw).await;
+    assert_eq!(shown["settings"]["urls"][0], format!("{HOST}/fail"), "{shown}");
+    assert_eq!(
+        metric_at(gw.admin_addr, "tierd_warm_fetches_total", &[("outcome", "failed")]).await,
+        1.0
+    );
+    gw.stop(true).await;
+    origin.stop().await;
+}
