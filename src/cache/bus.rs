@@ -41,6 +41,8 @@ struct Wire {
 pub struct Bus {
     node: String,
     channel: String,
+    /// `<key_prefix>:warm-lease:`, before a key's hash.
+    lease_prefix: String,
     redis: Arc<RedisTier>,
     rt: tokio::runtime::Handle,
 }
@@ -58,6 +60,7 @@ impl Bus {
         Bus {
             node: format!("{:016x}", fastrand::u64(..)),
             channel: format!("{key_prefix}:invalidate"),
+            lease_prefix: format!("{key_prefix}:warm-lease:"),
             redis,
             rt,
         }
@@ -66,6 +69,25 @@ impl Bus {
     /// This node's random identity (its own messages come back and are skipped).
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// Takes the warm lease of `key` for `ttl` unless another node holds it: `Some(true)` taken,
+    /// `Some(false)` held elsewhere, `None` when Redis did not answer (the caller decides).
+    pub async fn lease(&self, key: &str, ttl: Duration) -> Option<bool> {
+        let name = format!(
+            "{}{:016x}",
+            self.lease_prefix,
+            xxhash_rust::xxh3::xxh3_64(key.as_bytes())
+        );
+        let (redis, node) = (self.redis.clone(), self.node.clone());
+        match self
+            .rt
+            .spawn(async move { redis.lease(&name, &node, ttl).await })
+            .await
+        {
+            Ok(Ok(taken)) => Some(taken),
+            _ => None,
+        }
     }
 
     /// Publishes `selector` to the other nodes.

@@ -27,6 +27,6 @@ pub use response_cache::{
     ResponseCacheService, UpstreamFailure,
 };
 pub use values::{ValueCache, ValueOptions};
-pub use warm_hook::{WarmFetch, WarmHook, WARM_HEADER, WARM_RESULT_HEADER};
+pub use warm_hook::{parse_marker, WarmFetch, WarmHook, WARM_HEADER, WARM_RESULT_HEADER};
 
 pub use crate::http::response::opaque;

@@ -8,7 +8,8 @@
 //! exempts a genuine one from client rate limits and request metrics, journals it as outcome
 //! `warm`, and answers it with [`WARM_RESULT_HEADER`] saying what it did.
 
-/// The request header a warm fetch carries, with the warmer's per-process secret.
+/// The request header a warm fetch carries: the warmer's per-process secret, then
+/// `; refresh` when the fetch must go to the origin even for a fresh entry (refresh-ahead).
 pub const WARM_HEADER: &str = "tierd-warm";
 /// The response header that tells the warmer what its fetch did:
 /// `outcome=<cache status>; tier=<tier>; ttl=<seconds>` (tier and ttl when known).
@@ -16,7 +17,36 @@ pub const WARM_RESULT_HEADER: &str = "tierd-warm-result";
 
 /// In a request's extensions: the request is one of the warmer's fetches.
 #[derive(Debug, Clone, Copy)]
-pub struct WarmFetch;
+pub struct WarmFetch {
+    /// Revalidate (or fetch) even a fresh entry.
+    pub refresh: bool,
+}
+
+/// A [`WARM_HEADER`] value: the secret, and whether it asks for a refresh.
+pub fn parse_marker(value: &[u8]) -> (&[u8], bool) {
+    match value.iter().position(|&b| b == b';') {
+        Some(i) => {
+            let rest = &value[i + 1..];
+            (
+                trim(&value[..i]),
+                trim(rest).eq_ignore_ascii_case(b"refresh"),
+            )
+        }
+        None => (trim(value), false),
+    }
+}
+
+fn trim(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
 
 /// The warmer, as the cache calls it. Every method runs on the request path: it must not block.
 pub trait WarmHook: Send + Sync + 'static {
@@ -28,4 +58,7 @@ pub trait WarmHook: Send + Sync + 'static {
     /// A client was served `key` from a stored entry: true when a warm fetch stored that entry
     /// (the journal marks the request; the first one counts the warm fetch as used).
     fn served_entry(&self, key: &str) -> bool;
+    /// Something was purged on this node: rules with `warm_after_purge` have their hot URLs
+    /// fetched again.
+    fn purged(&self) {}
 }

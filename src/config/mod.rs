@@ -116,7 +116,9 @@ impl Settings {
             .try_parsing(true)
             .list_separator(",")
             .with_list_parse_key("rate_limit.trusted_proxies")
-            .with_list_parse_key("cache.strip_request_headers");
+            .with_list_parse_key("cache.strip_request_headers")
+            .with_list_parse_key("warming.urls")
+            .with_list_parse_key("warming.schedules");
         if let Some(vars) = env {
             environment = environment.source(Some(vars));
         }

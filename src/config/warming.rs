@@ -8,7 +8,7 @@ use super::{ConfigError, Settings};
 use crate::warm::{
     BudgetOptions, WarmOptions, DEFAULT_HALF_LIFE_HOURS, DEFAULT_MIN_REQUESTS,
     DEFAULT_MODEL_REFRESH_SECONDS, DEFAULT_PREDICT_MAX, DEFAULT_PREDICT_THRESHOLD,
-    DEFAULT_SESSION_GAP_SECONDS, DEFAULT_TOP, DEFAULT_WINDOW_HOURS,
+    DEFAULT_REFRESH_THRESHOLD, DEFAULT_SESSION_GAP_SECONDS, DEFAULT_TOP, DEFAULT_WINDOW_HOURS,
 };
 
 /// `[warming]`: put the hot set in cache before clients ask. `enabled = true` alone warms the
@@ -20,6 +20,9 @@ pub struct WarmingConfig {
     pub enabled: bool,
     /// A pass when tierd starts (tier-first: what L2/L3 hold costs the origin nothing).
     pub on_start: bool,
+    /// A pass each time one of these cron expressions comes due (UTC; five fields, or six
+    /// with seconds first), e.g. `["0 */6 * * *"]`.
+    pub schedules: Vec<String>,
     /// Popular URLs per pass.
     pub top: usize,
     /// How far back the journal is read for popularity and sequences.
@@ -36,6 +39,11 @@ pub struct WarmingConfig {
     pub predict_threshold: f64,
     /// Most predictions fetched per client request.
     pub predict_max: usize,
+    /// Revalidate hot entries shortly before they expire, so they never expire under clients.
+    pub refresh_ahead: bool,
+    /// Least probability (0-1] that a hot entry is asked for again within its lifetime for it
+    /// to be refreshed ahead.
+    pub refresh_threshold: f64,
     /// Requests of one client further apart than this are different sessions.
     pub session_gap_seconds: u64,
     /// How often predictions are relearned from the journal.
@@ -59,6 +67,7 @@ impl Default for WarmingConfig {
         WarmingConfig {
             enabled: false,
             on_start: o.on_start,
+            schedules: Vec::new(),
             top: DEFAULT_TOP,
             window_hours: DEFAULT_WINDOW_HOURS,
             half_life_hours: DEFAULT_HALF_LIFE_HOURS,
@@ -67,6 +76,8 @@ impl Default for WarmingConfig {
             predict: o.predict,
             predict_threshold: DEFAULT_PREDICT_THRESHOLD,
             predict_max: DEFAULT_PREDICT_MAX,
+            refresh_ahead: o.refresh_ahead,
+            refresh_threshold: DEFAULT_REFRESH_THRESHOLD,
             session_gap_seconds: DEFAULT_SESSION_GAP_SECONDS,
             model_refresh_seconds: DEFAULT_MODEL_REFRESH_SECONDS,
             rate_per_second: b.rate_per_second,
@@ -87,6 +98,11 @@ impl Settings {
         }
         Some(WarmOptions {
             on_start: w.on_start,
+            schedules: w
+                .schedules
+                .iter()
+                .filter_map(|e| crate::warm::schedule::Schedule::parse(e).ok())
+                .collect(),
             top: w.top,
             window: Duration::from_secs(w.window_hours.saturating_mul(3600)),
             half_life: Duration::from_secs_f64(w.half_life_hours * 3600.0),
@@ -99,6 +115,8 @@ impl Settings {
             predict: w.predict,
             predict_threshold: w.predict_threshold,
             predict_max: w.predict_max,
+            refresh_ahead: w.refresh_ahead,
+            refresh_threshold: w.refresh_threshold,
             session_gap: Duration::from_secs(w.session_gap_seconds),
             model_refresh: Duration::from_secs(w.model_refresh_seconds),
             pass_deadline: Duration::from_secs(600),
@@ -145,6 +163,15 @@ impl Settings {
                 ),
             );
         }
+        if !(w.refresh_threshold > 0.0 && w.refresh_threshold <= 1.0) {
+            return err(
+                "refresh_threshold",
+                format!(
+                    "{} is not a probability; use a number above 0 and at most 1, e.g. 0.5",
+                    w.refresh_threshold
+                ),
+            );
+        }
         if w.predict_max == 0 || w.predict_max > 16 {
             return err(
                 "predict_max",
@@ -180,6 +207,11 @@ impl Settings {
         }
         if w.slow_ms == 0 {
             return err("slow_ms", "must be at least 1 (milliseconds)".into());
+        }
+        for e in &w.schedules {
+            if let Err(why) = crate::warm::schedule::Schedule::parse(e) {
+                return err("schedules", format!("'{e}' is not a cron expression ({why}); write minute hour day-of-month month day-of-week, e.g. \"0 */6 * * *\" (UTC)"));
+            }
         }
         for u in &w.urls {
             if crate::warm::plan::parse_url(u).is_none() {
@@ -224,6 +256,7 @@ mod tests {
         bad(&|w| w.rate_per_second = 0.0, "rate_per_second");
         bad(&|w| w.urls = vec!["/no-host".into()], "urls");
         bad(&|w| w.window_hours = 0, "window_hours");
+        bad(&|w| w.schedules = vec!["61 * * * *".into()], "schedules");
         s.journal.enabled = Some(false);
         assert_eq!(s.warming_warnings().len(), 1);
     }

@@ -47,6 +47,9 @@ pub struct RuleConfig {
     pub tiers: Option<Vec<String>>,
     /// A per-client quota on the requests this rule matches, on top of `[rate_limit]`.
     pub rate_limit: Option<QuotaConfig>,
+    /// With `[warming]` on: after a purge, the rule's hot URLs that were purged are fetched
+    /// again at once (so the next client finds them fresh).
+    pub warm_after_purge: bool,
 }
 
 /// A rate and a burst: `{ requests_per_second = 5, burst = 10 }`, optionally
@@ -171,6 +174,8 @@ pub struct Rule {
     pub tiers: Option<Vec<TierName>>,
     /// The rule's per-client quota, validated.
     pub rate_limit: Option<QuotaConfig>,
+    /// Rewarm its hot URLs after a purge.
+    pub warm_after_purge: bool,
 }
 
 const KNOWN_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
@@ -403,6 +408,7 @@ impl RuleConfig {
             invalidate_prefixes: inv.prefixes,
             tiers,
             rate_limit: self.rate_limit,
+            warm_after_purge: self.warm_after_purge,
         })
     }
 }

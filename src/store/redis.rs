@@ -187,6 +187,26 @@ impl RedisTier {
         });
     }
 
+    /// Takes the lease `name` for `ttl` as `holder` unless someone holds it (`SET NX PX`):
+    /// true when taken. The warmer's: one node fetches a key, the others find it in L2.
+    pub async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, TierError> {
+        let (name, holder) = (name.to_owned(), holder.to_owned());
+        let ms = ttl.as_millis().clamp(1, u128::from(u32::MAX)) as u64;
+        self.inner
+            .guarded(|mut c| async move {
+                let set: Option<String> = redis::cmd("SET")
+                    .arg(&name)
+                    .arg(&holder)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ms)
+                    .query_async(&mut c)
+                    .await?;
+                Ok(set.is_some())
+            })
+            .await
+    }
+
     pub async fn ping(&self) -> Result<(), TierError> {
         self.inner
             .guarded(|mut c| async move {

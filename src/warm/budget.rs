@@ -46,11 +46,12 @@ struct Backoff {
     step: Duration,
 }
 
-/// Per-second deltas of origin fetches over the last minute: (clients', the warmer's).
+/// Per-second deltas of origin fetches over the last minute: (clients', the warmer's that
+/// follow traffic).
 struct Window {
     slots: [(u64, u64); 60],
     at: usize,
-    last: Option<(u64, u64)>,
+    last: Option<(u64, u64, u64)>,
 }
 
 /// The shared budget.
@@ -194,17 +195,19 @@ impl Budget {
         self.backing_off(now).map(|u| u - now)
     }
 
-    /// Once a second: the origin fetch counters (all, and the warmer's).
-    pub fn sample(&self, origin_total: u64, warm_total: u64) {
+    /// Once a second: the origin fetch counters: all of them, the warmer's, and the warmer's
+    /// for the triggers that follow traffic (prediction, refresh-ahead), which the share
+    /// bounds (a pass is bounded by its size and the pace).
+    pub fn sample(&self, origin_total: u64, warm_total: u64, following_total: u64) {
         let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((o, m)) = w.last {
+        if let Some((o, m, f)) = w.last {
             let warm = warm_total.saturating_sub(m);
             let clients = origin_total.saturating_sub(o).saturating_sub(warm);
             let at = w.at;
-            w.slots[at] = (clients, warm);
+            w.slots[at] = (clients, following_total.saturating_sub(f));
             w.at = (at + 1) % 60;
         }
-        w.last = Some((origin_total, warm_total));
+        w.last = Some((origin_total, warm_total, following_total));
     }
 
     fn share_allows(&self) -> bool {
@@ -278,12 +281,15 @@ mod tests {
             origin_share: 0.5,
             ..BudgetOptions::default()
         });
-        b.sample(0, 0);
-        // 10 client fetches, 5 warm ones (counted in the origin total too): 5 < 0.5 * 10 + 1.
-        b.sample(15, 5);
+        b.sample(0, 0, 0);
+        // 10 client fetches, 5 predictions (counted in the origin total too): 5 < 0.5 * 10 + 1.
+        b.sample(15, 5, 5);
         assert!(b.share_allows());
-        b.sample(17, 7);
-        // 12 client fetches, 7 warm: 7 >= 0.5 * 12 + 1.
+        // A pass of 100 does not count against predictions.
+        b.sample(115, 105, 5);
+        assert!(b.share_allows());
+        b.sample(117, 107, 7);
+        // 12 client fetches, 7 predictions: 7 >= 0.5 * 12 + 1.
         assert!(!b.share_allows());
     }
 }

@@ -102,9 +102,9 @@ impl WarmMetrics {
         self.skipped.with_label_values(&[s.as_str()]).inc();
     }
 
-    /// Fetches sent to the origin by the warmer so far (fetched or revalidated).
-    pub(super) fn origin_fetches(&self) -> u64 {
-        Trigger::ALL
+    /// Fetches the warmer sent to the origin so far (fetched or revalidated) for `triggers`.
+    pub(super) fn origin_fetches(&self, triggers: &[Trigger]) -> u64 {
+        triggers
             .iter()
             .map(|t| {
                 self.fetches

@@ -12,8 +12,10 @@
 //!   a recency decay (`half_life`), at least `min_requests` each; and next-request predictions
 //!   (see [`predict`]): when a client is answered for A and `P(B | A)` passes the threshold, B
 //!   is fetched ahead (at most `predict_max` per request).
-//! - **Triggers**: at start (after the model loads); on demand (`POST /_tierd/warm`); on every
-//!   client request (prediction).
+//! - **Triggers**: at start; on `schedules` (cron); on demand (`POST /_tierd/warm`); on every
+//!   client request (prediction); after a purge, for rules with `warm_after_purge`; and
+//!   refresh-ahead (a hot entry about to expire is
+//!   revalidated first, so it never expires under its clients).
 //! - **Through the front door**: a warm fetch is a GET to tierd's own listener carrying a
 //!   per-process secret ([`crate::cache::warm_hook`]). It goes through the same rules, key and
 //!   tiers as a client's request, so a key fresh in L2/L3 is promoted into L1 at no origin cost
@@ -33,6 +35,7 @@ pub mod metrics;
 pub mod plan;
 pub mod predict;
 mod run;
+pub mod schedule;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -64,6 +67,8 @@ pub const DEFAULT_MIN_REQUESTS: u64 = 2;
 pub const DEFAULT_PREDICT_THRESHOLD: f64 = 0.4;
 /// Default `[warming] predict_max`.
 pub const DEFAULT_PREDICT_MAX: usize = 2;
+/// Default `[warming] refresh_threshold`.
+pub const DEFAULT_REFRESH_THRESHOLD: f64 = 0.5;
 /// Default `[warming] session_gap_seconds`.
 pub const DEFAULT_SESSION_GAP_SECONDS: u64 = 1800;
 /// Default `[warming] model_refresh_seconds`.
@@ -188,6 +193,8 @@ impl Skip {
 pub struct WarmOptions {
     /// Run a pass when the warmer starts.
     pub on_start: bool,
+    /// A pass each time one of these comes due.
+    pub schedules: Vec<schedule::Schedule>,
     /// Popular URLs per pass.
     pub top: usize,
     /// How far back popularity and sequences are read.
@@ -204,6 +211,11 @@ pub struct WarmOptions {
     pub predict_threshold: f64,
     /// Most predictions fetched per request.
     pub predict_max: usize,
+    /// Revalidate hot entries shortly before they expire.
+    pub refresh_ahead: bool,
+    /// Least probability that a hot entry is asked for again within its lifetime for it to be
+    /// refreshed ahead.
+    pub refresh_threshold: f64,
     /// Requests further apart than this are different sessions.
     pub session_gap: Duration,
     /// How often the model is rebuilt from the journal.
@@ -219,6 +231,7 @@ impl Default for WarmOptions {
     fn default() -> Self {
         WarmOptions {
             on_start: true,
+            schedules: Vec::new(),
             top: DEFAULT_TOP,
             window: Duration::from_secs(DEFAULT_WINDOW_HOURS * 3600),
             half_life: Duration::from_secs_f64(DEFAULT_HALF_LIFE_HOURS * 3600.0),
@@ -227,6 +240,8 @@ impl Default for WarmOptions {
             predict: true,
             predict_threshold: DEFAULT_PREDICT_THRESHOLD,
             predict_max: DEFAULT_PREDICT_MAX,
+            refresh_ahead: true,
+            refresh_threshold: DEFAULT_REFRESH_THRESHOLD,
             session_gap: Duration::from_secs(DEFAULT_SESSION_GAP_SECONDS),
             model_refresh: Duration::from_secs(DEFAULT_MODEL_REFRESH_SECONDS),
             pass_deadline: Duration::from_secs(600),
@@ -257,6 +272,15 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// Counts a fetch task's result (a task that panicked counts as failed).
+    fn tally(&mut self, done: Result<Result<WarmOutcome, Skip>, tokio::task::JoinError>) {
+        match done {
+            Ok(Ok(o)) => self.count(o),
+            Ok(Err(skip)) => *self.skipped.entry(skip.as_str()).or_default() += 1,
+            Err(_) => self.count(WarmOutcome::Failed),
+        }
+    }
+
     fn count(&mut self, o: WarmOutcome) {
         *match o {
             WarmOutcome::Fetched => &mut self.fetched,
@@ -308,6 +332,10 @@ struct Status {
     model_built_ms: Option<u64>,
     model_error: Option<String>,
     addr: Option<SocketAddr>,
+    /// Each schedule and when it is next due (Unix ms).
+    schedule: Vec<(String, Option<u64>)>,
+    /// The clock's time at the warmer's last tick (Unix ms): its loop is alive.
+    last_tick_ms: u64,
 }
 
 /// What the request path, the runner and the admin share.
@@ -322,9 +350,20 @@ pub(crate) struct Shared {
     model: ArcSwap<Model>,
     recent: Recent,
     ledger: Ledger,
+    /// The last hour's most requested URLs and their rates (refresh-ahead).
+    hot: Mutex<Vec<Hot>>,
+    /// A purge happened since the last tick.
+    purged: std::sync::atomic::AtomicBool,
     budget: budget::Budget,
     predict_tx: mpsc::Sender<Arc<str>>,
     status: Mutex<Status>,
+}
+
+/// A hot URL: its key and its request rate (per second) over the last hour.
+#[derive(Debug, Clone)]
+struct Hot {
+    key: String,
+    rate: f64,
 }
 
 fn unix_secs(t: SystemTime) -> u64 {
@@ -382,6 +421,11 @@ impl WarmHook for Shared {
     fn served_entry(&self, key: &str) -> bool {
         self.ledger.served(key, &self.metrics)
     }
+
+    fn purged(&self) {
+        self.purged
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// What the warmer's thread takes when it starts: commands, and predicted keys.
@@ -414,6 +458,8 @@ impl Warmer {
             model: ArcSwap::from_pointee(Model::default()),
             recent: Recent::new(16_384),
             ledger: Ledger::default(),
+            hot: Mutex::new(Vec::new()),
+            purged: std::sync::atomic::AtomicBool::new(false),
             budget: budget::Budget::new(opts.budget.clone()),
             predict_tx,
             status: Mutex::new(Status::default()),
@@ -491,6 +537,7 @@ impl Warmer {
         serde_json::json!({
             "enabled": true,
             "running": st.running,
+            "last_tick_ms": st.last_tick_ms,
             "listener": st.addr.map(|a| a.to_string()),
             "settings": {
                 "on_start": o.on_start,
@@ -502,10 +549,14 @@ impl Warmer {
                 "predict": o.predict,
                 "predict_threshold": o.predict_threshold,
                 "predict_max": o.predict_max,
+                "refresh_ahead": o.refresh_ahead,
+                "refresh_threshold": o.refresh_threshold,
+                "schedules": o.schedules.iter().map(|s| s.expression.clone()).collect::<Vec<_>>(),
                 "rate_per_second": o.budget.rate_per_second,
                 "concurrency": o.budget.concurrency,
                 "origin_share": o.budget.origin_share,
             },
+            "schedule": st.schedule.iter().map(|(e, next)| serde_json::json!({"cron": e, "next_ms": next})).collect::<Vec<_>>(),
             "model": {
                 "predictions": model.len(),
                 "built_ms": st.model_built_ms,
@@ -513,6 +564,7 @@ impl Warmer {
                 "strongest": model.strongest(10),
             },
             "last_runs": st.runs.iter().rev().collect::<Vec<_>>(),
+            "hot_urls": s.hot.lock().map_or(0, |h| h.len()),
             "accounting": {
                 "used": used,
                 "wasted": wasted,

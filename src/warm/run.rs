@@ -14,8 +14,13 @@ use super::client::{self, Reply};
 use super::plan::{self, Candidate};
 #[cfg(feature = "duckdb")]
 use super::predict::Model;
+use super::Skip;
 use super::{unix_ms, Command, PassReply, Shared, Summary, Trigger, WarmOutcome, RUNS_KEPT};
 use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
+
+/// How long a node holds a key's warm lease (its fetch is done well before).
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+const LEASE: Duration = Duration::from_secs(10);
 
 pub(super) fn thread(
     shared: Arc<Shared>,
@@ -49,6 +54,7 @@ async fn run(
     if shared.opts.on_start {
         start_pass(&shared, addr, &running, Trigger::Start, None);
     }
+    let mut schedules = shared.opts.schedules.clone();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -85,8 +91,36 @@ async fn run(
             }
             _ = tick.tick() => {
                 shared.tick();
-                if last_model.elapsed() >= shared.opts.model_refresh
-                    && !reloading.swap(true, Ordering::AcqRel)
+                shared.refresh_ahead(addr);
+                if shared.purged.swap(false, Ordering::AcqRel) {
+                    let s = shared.clone();
+                    tokio::spawn(async move { s.rewarm_purged(addr).await });
+                }
+                let now = shared.clock.now();
+                let mut due = false;
+                for s in &mut schedules {
+                    due |= s.due(now);
+                }
+                {
+                    let mut st = shared.status();
+                    st.schedule = schedules
+                        .iter()
+                        .map(|s| (s.expression.clone(), s.next().map(unix_ms)))
+                        .collect();
+                    st.last_tick_ms = unix_ms(now);
+                }
+                if due {
+                    if running.load(Ordering::Acquire) {
+                        tracing::info!("a scheduled warm pass came due while a pass runs; skipped");
+                    } else {
+                        start_pass(&shared, addr, &running, Trigger::Schedule, None);
+                    }
+                }
+                // Until a first model is built (the journal opens in the background), every
+                // second.
+                let due = last_model.elapsed() >= shared.opts.model_refresh
+                    || (shared.opts.predict && shared.status().model_built_ms.is_none());
+                if due && !reloading.swap(true, Ordering::AcqRel)
                 {
                     last_model = Instant::now();
                     let (s, flag) = (shared.clone(), reloading.clone());
@@ -209,7 +243,7 @@ impl Shared {
         summary.planned = plan.len() as u64;
         summary.journal_error = error;
         let deadline = started + self.opts.pass_deadline;
-        let mut tasks = JoinSet::new();
+        let mut tasks: JoinSet<Result<WarmOutcome, Skip>> = JoinSet::new();
         for c in plan {
             let flights = || self.state.upgrade().map_or(0, |s| s.flights.len());
             match self.budget.acquire(deadline, flights).await {
@@ -227,15 +261,11 @@ impl Shared {
                 }
             }
             while let Some(done) = tasks.try_join_next() {
-                if let Ok(o) = done {
-                    summary.count(o);
-                }
+                summary.tally(done);
             }
         }
         while let Some(done) = tasks.join_next().await {
-            if let Ok(o) = done {
-                summary.count(o);
-            }
+            summary.tally(done);
         }
         summary.duration_ms = started.elapsed().as_millis() as u64;
         self.metrics.last_pass.set(self.now_secs() as i64);
@@ -283,8 +313,25 @@ impl Shared {
         if !plan::sendable(host) || !plan::sendable(target) {
             return;
         }
-        self.fetch(addr, host, target, Trigger::Predict).await;
+        let _ = self.fetch(addr, host, target, Trigger::Predict).await;
         drop(permit);
+    }
+
+    /// Whether this node may fetch `key` now: with L2 on, it takes the key's lease in Redis
+    /// first (another node holding it fetches it, and this one finds it in L2 later). Redis
+    /// not answering does not stop warming: the node fetches on its own.
+    async fn take_lease(&self, key: &str) -> bool {
+        #[cfg(feature = "redis")]
+        {
+            let Some(state) = self.state.upgrade() else {
+                return false;
+            };
+            if let Some(bus) = &state.bus {
+                return bus.lease(key, LEASE).await != Some(false);
+            }
+        }
+        let _ = key;
+        true
     }
 
     async fn fetch(
@@ -293,9 +340,18 @@ impl Shared {
         host: &str,
         target: &str,
         trigger: Trigger,
-    ) -> WarmOutcome {
+    ) -> Result<WarmOutcome, Skip> {
+        if !self.take_lease(&format!("{host}{target}")).await {
+            self.metrics.skipped(Skip::Leased);
+            return Err(Skip::Leased);
+        }
         let started = Instant::now();
-        let got = client::get(addr, host, target, &self.secret, self.opts.fetch_timeout).await;
+        let marker = if trigger == Trigger::Refresh {
+            format!("{}; refresh", self.secret)
+        } else {
+            self.secret.clone()
+        };
+        let got = client::get(addr, host, target, &marker, self.opts.fetch_timeout).await;
         let (outcome, left) = match &got {
             Ok(reply) => classify(reply),
             Err(e) => {
@@ -320,7 +376,7 @@ impl Shared {
                 self.recent.mark(&key, until);
             }
         }
-        outcome
+        Ok(outcome)
     }
 
     /// Once a second: forget warmed entries no longer fresh (counting the unused as wasted),
@@ -330,27 +386,149 @@ impl Shared {
         if let Some(state) = self.state.upgrade() {
             self.budget.sample(
                 state.metrics.cache.origin_requests.get(),
-                self.metrics.origin_fetches(),
+                self.metrics.origin_fetches(&Trigger::ALL),
+                self.metrics
+                    .origin_fetches(&[Trigger::Predict, Trigger::Refresh]),
             );
+        }
+    }
+
+    /// Refresh-ahead: a hot entry about to expire (within a tenth of its lifetime, at least
+    /// 2 s) that clients are likely to ask for again before a new copy would expire
+    /// (`1 - e^(-rate * lifetime)` at least `refresh_threshold`) is revalidated now, so it
+    /// never expires under them. Never waits for the budget.
+    fn refresh_ahead(self: &Arc<Self>, addr: SocketAddr) {
+        if !self.opts.refresh_ahead {
+            return;
+        }
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let now = state.clock.now();
+        let now_s = super::unix_secs(now);
+        let hot = self.hot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let empty = actix_web::http::header::HeaderMap::new();
+        for h in hot.iter() {
+            let Some(slot) = state.store.get_l1(&h.key) else {
+                continue;
+            };
+            let Some(e) = slot.select(&empty) else {
+                continue;
+            };
+            let (age, lifetime) = (e.age(now), e.lifetime);
+            if age >= lifetime || lifetime == 0 {
+                continue;
+            }
+            let left = lifetime - age;
+            let lead = (lifetime / 10).max(2);
+            let again = 1.0 - (-h.rate * lifetime as f64).exp();
+            if left > lead || again < self.opts.refresh_threshold {
+                continue;
+            }
+            // Once per entry: claimed until it would have expired.
+            if !self
+                .recent
+                .claim(&format!("refresh {}", h.key), now_s, now_s + left)
+            {
+                continue;
+            }
+            let permit = match self.budget.try_acquire(state.flights.len()) {
+                Ok(p) => p,
+                Err(skip) => {
+                    self.metrics.skipped(skip);
+                    continue;
+                }
+            };
+            let (s, key) = (self.clone(), h.key.clone());
+            tokio::spawn(async move {
+                let slash = key.find('/').unwrap_or(key.len());
+                let (host, target) = key.split_at(slash);
+                let _ = s.fetch(addr, host, target, Trigger::Refresh).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// After a purge (debounced to the tick): the hot URLs of rules with `warm_after_purge`
+    /// that are no longer in L1 are fetched again, waiting for the budget up to a minute.
+    async fn rewarm_purged(self: &Arc<Self>, addr: SocketAddr) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        let rules = state.rules.load_full();
+        let hot = self.hot.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let gone: Vec<String> = hot
+            .into_iter()
+            .map(|h| h.key)
+            .filter(|key| {
+                let path = key[key.find('/').unwrap_or(key.len())..]
+                    .split('?')
+                    .next()
+                    .unwrap_or("/");
+                let wanted = rules
+                    .find(&actix_web::http::Method::GET, path)
+                    .is_some_and(|m| m.rule().warm_after_purge);
+                wanted && state.store.get_l1(key).is_none()
+            })
+            .collect();
+        drop(state);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for key in gone {
+            let flights = || self.state.upgrade().map_or(0, |s| s.flights.len());
+            match self.budget.acquire(deadline, flights).await {
+                Ok(permit) => {
+                    let s = self.clone();
+                    tokio::spawn(async move {
+                        let slash = key.find('/').unwrap_or(key.len());
+                        let (host, target) = key.split_at(slash);
+                        let _ = s.fetch(addr, host, target, Trigger::Purge).await;
+                        drop(permit);
+                    });
+                }
+                Err(skip) => self.metrics.skipped(skip),
+            }
         }
     }
 
     /// Rebuilds the next-request model from the journal.
     #[cfg(feature = "duckdb")]
     pub(super) async fn reload_model(&self) {
-        let Some(j) = self.journal.as_ref().filter(|_| self.opts.predict) else {
+        let Some(j) = self
+            .journal
+            .as_ref()
+            .filter(|_| self.opts.predict || self.opts.refresh_ahead)
+        else {
             return;
         };
         let (now, window, gap) = (self.clock.now(), self.opts.window, self.opts.session_gap);
+        let (predict, top) = (self.opts.predict, self.opts.top);
         let read = j
             .read(false, Duration::from_secs(30), move |c| {
-                let t = crate::journal::sequences::transitions(c, now, window, gap, 200_000)?;
-                let r = crate::journal::sequences::route_counts(c, now, window)?;
-                Ok((t, r))
+                use crate::journal::sequences as seq;
+                let (t, r) = if predict {
+                    (
+                        seq::transitions(c, now, window, gap, 200_000)?,
+                        seq::route_counts(c, now, window)?,
+                    )
+                } else {
+                    Default::default()
+                };
+                // The last hour's request rates, for refresh-ahead.
+                let hour = Duration::from_secs(3600);
+                let hot = seq::popular(c, now, hour, hour, 2, top)?;
+                Ok((t, r, hot))
             })
             .await;
         match read {
-            Ok((transitions, routes)) => {
+            Ok((transitions, routes, hot)) => {
+                *self.hot.lock().unwrap_or_else(|p| p.into_inner()) = hot
+                    .into_iter()
+                    .filter(|p| plan::sendable(&p.host) && plan::sendable(&p.target))
+                    .map(|p| super::Hot {
+                        key: format!("{}{}", p.host, p.target),
+                        rate: p.requests as f64 / 3600.0,
+                    })
+                    .collect();
                 let model = Model::build(
                     &transitions,
                     &routes,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use tierd::clock::ManualClock;
+use tierd::clock::{Clock, ManualClock};
 use tierd::config::Settings;
 use tierd::server::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -302,9 +302,13 @@ async fn what_usually_follows_a_request_is_fetched_before_the_client_asks() {
     );
     let strongest = status(&gw).await["model"]["strongest"].clone();
     assert!(
-        strongest.as_array().unwrap().iter().any(|p| p["by"] == "template"
-            && p["from"] == "/items/{id}"
-            && p["to"] == "/items/{id}/reviews"),
+        strongest
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["by"] == "template"
+                && p["from"] == "/items/{id}"
+                && p["to"] == "/items/{id}/reviews"),
         "{strongest}"
     );
     // An item no one has read yet: its reviews are fetched as soon as it is asked for.
@@ -312,7 +316,9 @@ async fn what_usually_follows_a_request_is_fetched_before_the_client_asks() {
     get_from(client, gw.addr, "/items/99", "").await;
     assert!(
         eventually(Duration::from_secs(5), async || {
-            origin_paths(&origin).iter().any(|p| p == "/items/99/reviews")
+            origin_paths(&origin)
+                .iter()
+                .any(|p| p == "/items/99/reviews")
         })
         .await,
         "{:?}",
@@ -320,20 +326,31 @@ async fn what_usually_follows_a_request_is_fetched_before_the_client_asks() {
     );
     assert!(
         eventually(Duration::from_secs(5), async || {
-            metric_at(gw.admin_addr, "tierd_warm_fetches_total", &[("trigger", "predict"), ("outcome", "fetched")]).await == 1.0
+            metric_at(
+                gw.admin_addr,
+                "tierd_warm_fetches_total",
+                &[("trigger", "predict"), ("outcome", "fetched")],
+            )
+            .await
+                == 1.0
         })
         .await
     );
     let next = get_from(client, gw.addr, "/items/99/reviews", "").await;
     assert!(cache_status(&next).contains("hit"), "{next}");
-    assert_eq!(metric_at(gw.admin_addr, "tierd_warm_used_total", &[]).await, 1.0);
+    assert_eq!(
+        metric_at(gw.admin_addr, "tierd_warm_used_total", &[]).await,
+        1.0
+    );
     // By URL: once everything has expired, /home brings /items/1 back before it is asked for.
     clock.advance(Duration::from_secs(120));
     let before = origin.hits();
     get_from([127, 0, 0, 51], gw.addr, "/home", "").await;
     assert!(
         eventually(Duration::from_secs(5), async || {
-            origin_paths(&origin)[before as usize..].iter().any(|p| p == "/items/1")
+            origin_paths(&origin)[before as usize..]
+                .iter()
+                .any(|p| p == "/items/1")
         })
         .await,
         "{:?} {}",
@@ -341,11 +358,21 @@ async fn what_usually_follows_a_request_is_fetched_before_the_client_asks() {
         status(&gw).await
     );
     // A prediction that is fresh in cache costs nothing: /items/1 again fetches nothing more.
-    let fetches = metric_at(gw.admin_addr, "tierd_warm_fetches_total", &[("trigger", "predict")]).await;
+    let fetches = metric_at(
+        gw.admin_addr,
+        "tierd_warm_fetches_total",
+        &[("trigger", "predict")],
+    )
+    .await;
     get_from([127, 0, 0, 52], gw.addr, "/home", "").await;
     get_from([127, 0, 0, 52], gw.addr, "/items/1", "").await;
     assert_eq!(
-        metric_at(gw.admin_addr, "tierd_warm_fetches_total", &[("trigger", "predict")]).await,
+        metric_at(
+            gw.admin_addr,
+            "tierd_warm_fetches_total",
+            &[("trigger", "predict")]
+        )
+        .await,
         fetches
     );
     gw.stop(true).await;
@@ -373,10 +400,170 @@ async fn a_failing_origin_makes_warming_back_off() {
     assert_eq!(summary["fetched"], 1, "{summary}");
     assert!(summary["duration_ms"].as_u64() >= Some(500), "{summary}");
     let shown = status(&gw).await;
-    assert_eq!(shown["settings"]["urls"][0], format!("{HOST}/fail"), "{shown}");
     assert_eq!(
-        metric_at(gw.admin_addr, "tierd_warm_fetches_total", &[("outcome", "failed")]).await,
+        shown["settings"]["urls"][0],
+        format!("{HOST}/fail"),
+        "{shown}"
+    );
+    assert_eq!(
+        metric_at(
+            gw.admin_addr,
+            "tierd_warm_fetches_total",
+            &[("outcome", "failed")]
+        )
+        .await,
         1.0
+    );
+    gw.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn two_nodes_on_one_redis_fetch_each_key_once() {
+    let redis = common::redis::RedisServer::start();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), origin_reply).await;
+    let node = |dir: &std::path::Path| {
+        let mut s = settings(&origin, dir);
+        common::with_l2(&mut s, format!("redis://127.0.0.1:{}", redis.port));
+        s.warming.urls = (1..=5)
+            .map(|i| format!("http://{HOST}/items/{i}"))
+            .collect();
+        s
+    };
+    let a = Gateway::start(&node(dir_a.path()), clock.clone(), None)
+        .await
+        .unwrap();
+    let b = Gateway::start(&node(dir_b.path()), clock.clone(), None)
+        .await
+        .unwrap();
+    let ((sa, ra), (sb, rb)) = tokio::join!(warm(&a, "?wait=true"), warm(&b, "?wait=true"));
+    assert_eq!((sa, sb), (200, 200), "{ra} {rb}");
+    let paths = origin_paths(&origin);
+    for i in 1..=5 {
+        let p = format!("/items/{i}");
+        assert_eq!(
+            paths.iter().filter(|x| **x == p).count(),
+            1,
+            "{p} fetched once: {paths:?} {ra} {rb}"
+        );
+    }
+    let n = |r: &Value, k: &str| r[k].as_u64().unwrap_or(0);
+    let leased = |r: &Value| r["skipped"]["leased"].as_u64().unwrap_or(0);
+    assert_eq!(n(&ra, "fetched") + n(&rb, "fetched"), 5, "{ra} {rb}");
+    assert_eq!(leased(&ra) + leased(&rb), 5, "{ra} {rb}");
+    // Each node finds the other's in L2.
+    for gw in [&a, &b] {
+        for i in 1..=5 {
+            let r = get_from([127, 0, 0, 9], gw.addr, &format!("/items/{i}"), "").await;
+            assert!(cache_status(&r).contains("hit"), "{r}");
+        }
+    }
+    assert_eq!(origin.hits(), 5);
+    a.stop(true).await;
+    b.stop(true).await;
+    origin.stop().await;
+}
+
+#[actix_web::test]
+async fn schedules_refresh_ahead_and_purges_warm_on_their_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new());
+    let origin = Origin::start(clock.clone(), origin_reply).await;
+    let mut s = settings(&origin, dir.path());
+    s.warming.schedules = vec!["0 * * * *".into()];
+    s.warming.refresh_threshold = 0.1;
+    s.rules[0].warm_after_purge = true;
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    // /items/1 ten times in the hour: asked again within its 60 s lifetime with probability
+    // 1 - e^(-10/3600 * 60) = 0.15, over the 0.1 threshold. /items/2 once: not hot.
+    for _ in 0..10 {
+        get_from([127, 0, 0, 2], gw.addr, "/items/1", "").await;
+    }
+    get_from([127, 0, 0, 2], gw.addr, "/items/2", "").await;
+    assert!(
+        eventually(Duration::from_secs(10), async || status(&gw).await
+            ["hot_urls"]
+            == 1)
+        .await,
+        "{}",
+        status(&gw).await
+    );
+    let refreshes = async || {
+        metric_at(
+            gw.admin_addr,
+            "tierd_warm_fetches_total",
+            &[("trigger", "refresh")],
+        )
+        .await
+    };
+    // Refresh-ahead: nothing while the entry has more than a tenth of its lifetime left ...
+    // (Two ticks seen after the move: a refresh the first had started would have landed.)
+    for step in [50, 1] {
+        clock.advance(Duration::from_secs(step));
+        let now_ms = clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(
+            eventually(Duration::from_secs(5), async || {
+                status(&gw).await["last_tick_ms"].as_u64() >= Some(now_ms)
+            })
+            .await
+        );
+    }
+    assert_eq!(refreshes().await, 0.0);
+    // ... then, 5 s before it expires, it is fetched again.
+    clock.advance(Duration::from_secs(4));
+    assert!(eventually(Duration::from_secs(5), async || refreshes().await == 1.0).await);
+    let hits = origin.hits();
+    clock.advance(Duration::from_secs(10));
+    let r = get_from([127, 0, 0, 3], gw.addr, "/items/1", "").await;
+    assert!(
+        cache_status(&r).contains("hit"),
+        "past its first lifetime, still fresh: {r}"
+    );
+    assert_eq!(origin.hits(), hits);
+    // /items/2 (not hot) was left to expire.
+    let r = get_from([127, 0, 0, 3], gw.addr, "/items/2", "").await;
+    assert!(!cache_status(&r).contains("hit"), "{r}");
+
+    // A purge of /items/1: its rule says warm it again at once.
+    let purged = common::admin_post_at(
+        gw.admin_addr,
+        "/_tierd/purge",
+        Some(TOKEN),
+        &format!(r#"{{"url": "http://{HOST}/items/1"}}"#),
+    )
+    .await;
+    assert_eq!(purged.status, 200, "{}", purged.text());
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            metric_at(
+                gw.admin_addr,
+                "tierd_warm_fetches_total",
+                &[("trigger", "purge"), ("outcome", "fetched")],
+            )
+            .await
+                == 1.0
+        })
+        .await
+    );
+    let r = get_from([127, 0, 0, 3], gw.addr, "/items/1", "").await;
+    assert!(cache_status(&r).contains("hit"), "{r}");
+
+    // The hourly schedule: due once the clock crosses the hour.
+    assert!(status(&gw).await["schedule"][0]["next_ms"].is_u64());
+    clock.advance(Duration::from_secs(3600));
+    assert!(
+        eventually(Duration::from_secs(10), async || {
+            status(&gw).await["last_runs"][0]["trigger"] == "schedule"
+        })
+        .await,
+        "{}",
+        status(&gw).await
     );
     gw.stop(true).await;
     origin.stop().await;

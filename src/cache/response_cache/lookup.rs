@@ -21,8 +21,12 @@ where
             None => Route::resolve(st.rules.load_full(), &method, req.path()),
         };
         let warm_hook = st.warm.get();
+        let mut warm_refresh = false;
         if warm_hook.is_some() {
-            route.warm_fetch = req.extensions().contains::<super::super::WarmFetch>();
+            if let Some(w) = req.extensions().get::<super::super::WarmFetch>() {
+                route.warm_fetch = true;
+                warm_refresh = w.refresh;
+            }
         }
         {
             let keyed = route.rule().map_or(&[][..], |r| &r.key_headers[..]);
@@ -75,6 +79,8 @@ where
             None => key::for_request(req.request()),
         };
         route.private = private;
+        // Refresh-ahead: the warmer revalidates an entry about to expire under its clients.
+        refresh |= warm_refresh;
         if let Some(j) = &st.journal {
             route.key = match j.url(&key) {
                 Some(u) => crate::journal::JournalUrl::Url(u),

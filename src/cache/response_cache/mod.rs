@@ -124,10 +124,10 @@ where
             state: self.state.clone(),
             inner: self.inner.clone(),
         };
-        if !take_warm_marker(&self.state, &mut req) {
+        let Some(warm) = take_warm_marker(&self.state, &mut req) else {
             return Box::pin(ctx.handle(req));
-        }
-        req.extensions_mut().insert(super::WarmFetch);
+        };
+        req.extensions_mut().insert(warm);
         Box::pin(async move {
             let mut res = ctx.handle(req).await?;
             warm_result(&mut res);
@@ -190,15 +190,15 @@ where
 }
 
 /// Removes the warm marker from the request (neither the origin nor a handler sees it);
-/// true when it was this node's warmer's.
+/// the warm fetch it is when it was this node's warmer's.
 #[inline]
-fn take_warm_marker(state: &CacheState, req: &mut ServiceRequest) -> bool {
+fn take_warm_marker(state: &CacheState, req: &mut ServiceRequest) -> Option<super::WarmFetch> {
     if !req.headers().contains_key(super::WARM_HEADER) {
-        return false;
+        return None;
     }
-    let own = state.is_warm_fetch(req.headers());
+    let own = state.warm_fetch(req.headers());
     req.headers_mut().remove(super::WARM_HEADER);
-    if !own {
+    if own.is_none() {
         static FORGED: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
         if let Some(occurrences) = FORGED.check() {
             tracing::warn!(

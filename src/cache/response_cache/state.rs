@@ -94,7 +94,7 @@ impl crate::ratelimit::QuotaSource for CacheState {
     }
 
     fn exempt(&self, req: &ServiceRequest) -> bool {
-        self.is_warm_fetch(req.headers())
+        self.warm_fetch(req.headers()).is_some()
     }
 }
 
@@ -151,11 +151,16 @@ impl CacheState {
         self.warm.set(hook).is_ok()
     }
 
-    /// Whether `req` carries this node's warmer's marker (read-only: the cache removes it).
-    pub fn is_warm_fetch(&self, headers: &HeaderMap) -> bool {
+    /// The warm fetch `req` is, when it carries this node's warmer's marker (read-only: the
+    /// cache removes it).
+    pub fn warm_fetch(&self, headers: &HeaderMap) -> Option<super::super::WarmFetch> {
         match (self.warm.get(), headers.get(super::super::WARM_HEADER)) {
-            (Some(h), Some(v)) => h.is_own(v.as_bytes()),
-            _ => false,
+            (Some(h), Some(v)) => {
+                let (secret, refresh) = super::super::parse_marker(v.as_bytes());
+                h.is_own(secret)
+                    .then_some(super::super::WarmFetch { refresh })
+            }
+            _ => None,
         }
     }
 
@@ -211,6 +216,9 @@ impl CacheState {
             .with_label_values(&[selector.kind(), source.as_str()])
             .inc();
         let out = self.store.purge(selector).await;
+        if let Some(h) = self.warm.get() {
+            h.purged();
+        }
         #[cfg(feature = "redis")]
         if let Some(bus) = &self.bus {
             let direction = if bus.publish(selector).await {
