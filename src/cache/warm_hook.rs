@@ -62,3 +62,19 @@ pub trait WarmHook: Send + Sync + 'static {
     /// fetched again.
     fn purged(&self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marker_is_a_secret_and_maybe_a_refresh() {
+        assert_eq!(parse_marker(b"abc"), (&b"abc"[..], false));
+        assert_eq!(parse_marker(b" abc ; refresh "), (&b"abc"[..], true));
+        assert_eq!(parse_marker(b"abc;REFRESH"), (&b"abc"[..], true));
+        assert_eq!(parse_marker(b"abc; refresh; more"), (&b"abc"[..], false));
+        assert_eq!(parse_marker(b";"), (&b""[..], false));
+        assert_eq!(parse_marker(b""), (&b""[..], false));
+        assert_eq!(parse_marker(b"   "), (&b""[..], false));
+    }
+}

@@ -1,7 +1,7 @@
 //! Whether warming paid: every entry a warm fetch stored is remembered until it expires;
 //! the first client served from it counts it used, one that expires unserved counts wasted.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use dashmap::DashMap;
 
@@ -10,7 +10,8 @@ use super::metrics::WarmMetrics;
 struct Warmed {
     /// Unix seconds the entry stops being fresh.
     until: u64,
-    used: bool,
+    /// Set by the first client served (under the map's read lock: hits do not serialise).
+    used: AtomicBool,
 }
 
 /// The warmed entries of this node.
@@ -27,9 +28,15 @@ fn hash(key: &str) -> u64 {
 impl Ledger {
     /// A warm fetch stored `key`, fresh until `until`. An unused entry it replaces is wasted.
     pub fn add(&self, key: &str, until: u64, metrics: &WarmMetrics) {
-        let old = self.map.insert(hash(key), Warmed { until, used: false });
+        let old = self.map.insert(
+            hash(key),
+            Warmed {
+                until,
+                used: AtomicBool::new(false),
+            },
+        );
         match old {
-            Some(w) if !w.used => metrics.wasted.inc(),
+            Some(w) if !w.used.load(Ordering::Relaxed) => metrics.wasted.inc(),
             Some(_) => {}
             None => {
                 self.len.fetch_add(1, Ordering::Relaxed);
@@ -43,10 +50,9 @@ impl Ledger {
         if self.len.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        match self.map.get_mut(&hash(key)) {
-            Some(mut w) => {
-                if !w.used {
-                    w.used = true;
+        match self.map.get(&hash(key)) {
+            Some(w) => {
+                if !w.used.swap(true, Ordering::Relaxed) {
                     metrics.used.inc();
                 }
                 true
@@ -62,7 +68,7 @@ impl Ledger {
             if w.until > now {
                 return true;
             }
-            if !w.used {
+            if !w.used.load(Ordering::Relaxed) {
                 metrics.wasted.inc();
             }
             removed += 1;

@@ -405,8 +405,9 @@ impl WarmHook for Shared {
         if model.is_empty() {
             return;
         }
-        let now = self.now_secs();
+        let mut now = None;
         model.predict(key, route, self.opts.predict_max, |next, _p| {
+            let now = *now.get_or_insert_with(|| self.now_secs());
             // Claimed for a few seconds: the warmer checks it and marks it for as long as it
             // stays fresh.
             if self.recent.claim(next, now, now + 5)

@@ -119,7 +119,7 @@ async fn run(
                 // Until a first model is built (the journal opens in the background), every
                 // second.
                 let due = last_model.elapsed() >= shared.opts.model_refresh
-                    || (shared.opts.predict && shared.status().model_built_ms.is_none());
+                    || (shared.journal.is_some() && shared.status().model_built_ms.is_none());
                 if due && !reloading.swap(true, Ordering::AcqRel)
                 {
                     last_model = Instant::now();

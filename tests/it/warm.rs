@@ -120,16 +120,18 @@ async fn a_pass_warms_the_popular_shared_urls_and_nothing_private() {
     let s = settings(&origin, dir.path());
     let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
     let c1 = [127, 0, 0, 2];
-    // /items/1 three times, /items/2 twice, /items/3 once (under min_requests = 2); a
-    // user-scoped URL and an uncacheable one, popular but never to be warmed.
+    // /items/1 three times, /items/2 twice, /items/3 once (under min_requests = 2).
     for p in [
         "/items/1", "/items/1", "/items/1", "/items/2", "/items/2", "/items/3",
     ] {
         get_from(c1, gw.addr, p, "").await;
     }
+    // A user-scoped URL, an uncacheable one, and one only ever asked for with credentials
+    // (a shared cache does not store those): popular, never to be warmed.
     for _ in 0..3 {
         get_from(c1, gw.addr, "/private/7", "Authorization: Bearer alice\r\n").await;
         get_from(c1, gw.addr, "/nostore", "").await;
+        get_from(c1, gw.addr, "/account", "Authorization: Bearer bob\r\n").await;
     }
     // A client's forged marker is removed and the request served as a client's.
     let forged = get_from(
@@ -567,4 +569,71 @@ async fn schedules_refresh_ahead_and_purges_warm_on_their_own() {
     );
     gw.stop(true).await;
     origin.stop().await;
+}
+
+/// The library: an application with routes warms itself through its own listener.
+#[actix_web::test]
+async fn an_app_embedding_the_cache_warms_its_own_routes() {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let calls = Arc::new(AtomicU64::new(0));
+    let cache = tierd::Cache::builder()
+        .duckdb(dir.path().join("l3.duckdb"))
+        .admin_token(TOKEN)
+        .warming(tierd::WarmingConfig {
+            enabled: true,
+            on_start: false,
+            urls: vec![format!("http://{HOST}/items/7")],
+            ..Default::default()
+        })
+        .build()
+        .unwrap();
+    let (app_cache, counted) = (cache.clone(), calls.clone());
+    let srv = HttpServer::new(move || {
+        let c = counted.clone();
+        App::new()
+            .wrap(app_cache.middleware())
+            .service(web::scope("/_tierd").configure(app_cache.admin()))
+            .route(
+                "/items/{id}",
+                web::get().to(move || {
+                    let c = c.clone();
+                    async move {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        HttpResponse::Ok()
+                            .insert_header(("cache-control", "max-age=60"))
+                            .body("item")
+                    }
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let addr = srv.addrs()[0];
+    let server = srv.run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    cache.start_warming(addr).unwrap();
+    let r = common::send(
+        common::client()
+            .post(format!("http://{addr}/_tierd/warm?wait=true"))
+            .insert_header(("authorization", format!("Bearer {TOKEN}"))),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let summary: Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(summary["fetched"], 1, "{summary}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let hit = get_from([127, 0, 0, 2], addr, "/items/7", "").await;
+    assert!(cache_status(&hit).contains("hit"), "{hit}");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the handler ran once, for the warm fetch"
+    );
+    handle.stop(true).await;
+    cache.shutdown().await;
 }

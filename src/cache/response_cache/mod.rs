@@ -189,11 +189,12 @@ where
     }
 }
 
-/// Removes the warm marker from the request (neither the origin nor a handler sees it);
-/// the warm fetch it is when it was this node's warmer's.
+/// With a warmer attached, removes the warm marker from the request (neither the origin nor a
+/// handler sees it); the warm fetch it is when it was this node's warmer's.
 #[inline]
 fn take_warm_marker(state: &CacheState, req: &mut ServiceRequest) -> Option<super::WarmFetch> {
-    if !req.headers().contains_key(super::WARM_HEADER) {
+    // Without a warmer the header means nothing to tierd: no lookup on the request path.
+    if state.warm.get().is_none() || !req.headers().contains_key(super::WARM_HEADER) {
         return None;
     }
     let own = state.warm_fetch(req.headers());
