@@ -335,7 +335,7 @@ async fn prometheus_scrapes_tierd_and_every_panel_and_alert_evaluates() {
             seen.push(name);
         }
     }
-    assert_eq!(seen.len(), 18, "{seen:?}");
+    assert_eq!(seen.len(), 22, "{seen:?}");
 
     // The rejected reload fires its alert for node B, and nothing else fires.
     let firing = || async {
