@@ -502,8 +502,11 @@ impl Shared {
         };
         let (now, window, gap) = (self.clock.now(), self.opts.window, self.opts.session_gap);
         let (predict, top) = (self.opts.predict, self.opts.top);
+        // The first time, after the journal's writer has answered (it opens the file first):
+        // at startup the file may not be open yet.
+        let first = self.status().model_built_ms.is_none();
         let read = j
-            .read(false, Duration::from_secs(30), move |c| {
+            .read(first, Duration::from_secs(30), move |c| {
                 use crate::journal::sequences as seq;
                 let (t, r) = if predict {
                     (
