@@ -55,6 +55,19 @@ fn q(e: duckdb::Error) -> JournalError {
     JournalError::Query(e.to_string())
 }
 
+/// Runs `sql` with `params` and maps every row.
+#[cfg(feature = "duckdb")]
+fn all<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl duckdb::Params,
+    map: impl FnMut(&duckdb::Row<'_>) -> duckdb::Result<T>,
+) -> Result<Vec<T>, JournalError> {
+    let mut st = conn.prepare(sql).map_err(q)?;
+    let rows = st.query_map(params, map).map_err(q)?;
+    rows.collect::<Result<_, _>>().map_err(q)
+}
+
 #[cfg(feature = "duckdb")]
 fn us(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
@@ -102,29 +115,27 @@ pub fn popular(
         shared = codes::sql(codes::SHARED),
         user = codes::sql(codes::USER_SCOPED),
     );
-    let mut st = conn.prepare(&sql).map_err(q)?;
-    let rows = st
-        .query_map(
-            params![
-                until as f64,
-                us(half_life).max(1) as f64,
-                since,
-                until,
-                min_requests.max(1),
-                top as u64
-            ],
-            |r| {
-                Ok(Popular {
-                    host: r.get(0)?,
-                    target: r.get(1)?,
-                    route: r.get(2)?,
-                    requests: r.get(3)?,
-                    score: r.get(4)?,
-                })
-            },
-        )
-        .map_err(q)?;
-    rows.collect::<Result<_, _>>().map_err(q)
+    all(
+        conn,
+        &sql,
+        params![
+            until as f64,
+            us(half_life).max(1) as f64,
+            since,
+            until,
+            min_requests.max(1),
+            top as u64
+        ],
+        |r| {
+            Ok(Popular {
+                host: r.get(0)?,
+                target: r.get(1)?,
+                route: r.get(2)?,
+                requests: r.get(3)?,
+                score: r.get(4)?,
+            })
+        },
+    )
 }
 
 #[cfg(feature = "duckdb")]
@@ -168,9 +179,11 @@ pub fn transitions(
         clients = client_rows(),
         user = codes::sql(codes::USER_SCOPED),
     );
-    let mut st = conn.prepare(&sql).map_err(q)?;
-    let rows = st
-        .query_map(params![since, until, us(session_gap), limit as u64], |r| {
+    all(
+        conn,
+        &sql,
+        params![since, until, us(session_gap), limit as u64],
+        |r| {
             Ok(Transition {
                 from: r.get(0)?,
                 from_host: r.get(1)?,
@@ -182,9 +195,8 @@ pub fn transitions(
                 count: r.get(7)?,
                 from_count: r.get(8)?,
             })
-        })
-        .map_err(q)?;
-    rows.collect::<Result<_, _>>().map_err(q)
+        },
+    )
 }
 
 #[cfg(feature = "duckdb")]
@@ -208,9 +220,9 @@ pub fn route_counts(
         clients = client_rows(),
         user = codes::sql(codes::USER_SCOPED),
     );
-    let mut st = conn.prepare(&sql).map_err(q)?;
-    let rows = st
-        .query_map(params![since, until], |r| Ok((r.get(0)?, r.get(1)?)))
-        .map_err(q)?;
-    rows.collect::<Result<_, _>>().map_err(q)
+    Ok(all(conn, &sql, params![since, until], |r| {
+        Ok((r.get(0)?, r.get(1)?))
+    })?
+    .into_iter()
+    .collect())
 }

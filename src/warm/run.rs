@@ -16,6 +16,7 @@ use super::plan::{self, Candidate};
 use super::predict::Model;
 use super::Skip;
 use super::{unix_ms, Command, PassReply, Shared, Summary, Trigger, WarmOutcome, RUNS_KEPT};
+use crate::journal::split_key;
 use crate::log_limit::{LogLimit, DEFAULT_LOG_INTERVAL};
 
 /// How long a node holds a key's warm lease (its fetch is done well before).
@@ -308,8 +309,7 @@ impl Shared {
             }
         };
         drop(state);
-        let slash = key.find('/').unwrap_or(key.len());
-        let (host, target) = key.split_at(slash);
+        let (host, target, _) = split_key(&key);
         if !plan::sendable(host) || !plan::sendable(target) {
             return;
         }
@@ -441,8 +441,7 @@ impl Shared {
             };
             let (s, key) = (self.clone(), h.key.clone());
             tokio::spawn(async move {
-                let slash = key.find('/').unwrap_or(key.len());
-                let (host, target) = key.split_at(slash);
+                let (host, target, _) = split_key(&key);
                 let _ = s.fetch(addr, host, target, Trigger::Refresh).await;
                 drop(permit);
             });
@@ -461,10 +460,8 @@ impl Shared {
             .into_iter()
             .map(|h| h.key)
             .filter(|key| {
-                let path = key[key.find('/').unwrap_or(key.len())..]
-                    .split('?')
-                    .next()
-                    .unwrap_or("/");
+                let (_, target, _) = split_key(key);
+                let path = target.split('?').next().unwrap_or("/");
                 let wanted = rules
                     .find(&actix_web::http::Method::GET, path)
                     .is_some_and(|m| m.rule().warm_after_purge);
@@ -479,8 +476,7 @@ impl Shared {
                 Ok(permit) => {
                     let s = self.clone();
                     tokio::spawn(async move {
-                        let slash = key.find('/').unwrap_or(key.len());
-                        let (host, target) = key.split_at(slash);
+                        let (host, target, _) = split_key(&key);
                         let _ = s.fetch(addr, host, target, Trigger::Purge).await;
                         drop(permit);
                     });
