@@ -17,9 +17,11 @@ For warming off and on, in turn, in fresh directories, tierd (L3 and the journal
   and new users (seed 2) click with the same popularity and links.
 
 Prints, for today: the hit ratio overall and by click index, origin requests, warm fetches and
-their precision (warmed entries a client was served / warmed entries), and the compulsory-miss
-figure (1 - distinct URLs / requests: what a cache that starts empty can at best reach). Exits 0
-whatever the figures are: it measures, it does not judge.
+their precision (warmed entries a client was served / warmed entries), the compulsory-miss
+figure (1 - distinct URLs / requests: what a cache that starts empty can at best reach), and the
+ceiling of any warmer: a URL's first request can only hit if a warm fetch put it there, so the hit
+ratio is at most the compulsory figure plus warm fetches / requests (every warm fetch used before
+its URL's first request). Exits 0 whatever the figures are: it measures, it does not judge.
 """
 
 import argparse
@@ -304,6 +306,15 @@ def run(binary, cat, args, warming):
         shutil.rmtree(d, ignore_errors=True)
 
 
+def ceiling(r, fetches):
+    """The best hit ratio any warmer reaches with `fetches` warm fetches: each one a URL asked for
+    later that day, fetched before its first request (a first request hits only then)."""
+    if not r["requests"]:
+        return 0.0
+    distinct = round((1 - r["compulsory"]) * r["requests"])
+    return 1 - (distinct - min(fetches, distinct)) / r["requests"]
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", required=True)
@@ -327,6 +338,8 @@ def main():
         ("hit ratio", lambda r: f"{r['hit_ratio']:.3f}"),
         *[(f"  click {i + 1}", (lambda i: lambda r: f"{r['by_click'][i]:.3f}")(i)) for i in range(args.clicks)],
         ("compulsory-miss figure", lambda r: f"{r['compulsory']:.3f}"),
+        ("ceiling, these fetches", lambda r: f"{ceiling(r, r['warm_fetches']):.3f}"),
+        ("ceiling, 15% fetches", lambda r: f"{ceiling(r, 0.15 * r['requests']):.3f}"),
         ("origin requests", lambda r: f"{r['origin_requests']:.0f}"),
         ("warm fetches", lambda r: f"{r['warm_fetches']:.0f}"),
         ("  per request", lambda r: f"{r['warm_fetches'] / r['requests']:.3f}" if r["requests"] else "-"),

@@ -68,6 +68,7 @@ promtool check config prometheus.yml
 promtool check rules alerts/tierd.rules.yml
 promtool test rules alerts/tierd.rules.test.yml
 amtool check-config alerts/alertmanager.yml
+python3 scripts/dashboards.py --check
 python3 -m check_jsonschema --schemafile dashboards/schema/grafana-dashboard.schema.json dashboards/*.json
 python3 -m check_jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 

@@ -106,6 +106,8 @@ where
 
     fn call(&self, req: ServiceRequest) -> Self::Future {
         let started = Instant::now();
+        // Dropped with the future: answered, failed, or the client went away.
+        let in_flight = self.cfg.metrics.begin_request();
         let method = MethodLabel::of(req.method());
         let bodiless = *req.method() == Method::HEAD;
         // The request every log line inside names: a thread-local context where tierd's
@@ -122,7 +124,9 @@ where
         let fut = logging::with_request(&request, || span.in_scope(|| self.inner.call(req)));
         let cfg = self.cfg.clone();
         Box::pin(InRequest::new(request, async move {
-            let res = match fut.instrument(span.clone()).await {
+            let res = fut.instrument(span.clone()).await;
+            drop(in_flight);
+            let res = match res {
                 Ok(res) => res.map_into_boxed_body(),
                 Err(e) => {
                     let status = e.as_response_error().status_code();
@@ -175,7 +179,8 @@ impl Observe {
             None => (Outcome::Pass, None, &self.other),
         };
         counters.count(outcome, method, StatusClass::of(status.as_u16()));
-        self.metrics.observe_request(outcome, started, body_bytes);
+        self.metrics
+            .observe_request(outcome, counters, started, body_bytes);
         tracing::debug!(
             target: "tierd::access",
             parent: span,

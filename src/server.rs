@@ -146,7 +146,24 @@ impl Gateway {
             target,
             draining: draining.clone(),
         };
+        let conn_metrics = state.metrics.clone();
+        let workers = match settings.server.workers {
+            0 => std::thread::available_parallelism().map_or(1, usize::from),
+            n => n,
+        };
+        state
+            .metrics
+            .set_connections_max(settings.server.max_connections.saturating_mul(workers) as i64);
+        state
+            .metrics
+            .cache
+            .origin_connections_max
+            .set(settings.upstream.max_connections.saturating_mul(workers) as i64);
         let mut server = HttpServer::new(move || gateway_app(&parts))
+            // The guard lives in the connection's extensions, dropped when it closes.
+            .on_connect(move |_, ext| {
+                ext.insert(conn_metrics.open_connection());
+            })
             .keep_alive(Duration::from_secs(settings.server.keep_alive_seconds))
             .client_request_timeout(Duration::from_millis(
                 settings.server.client_request_timeout_ms,
@@ -156,9 +173,7 @@ impl Gateway {
             .backlog(4096)
             // tierd handles the signals itself (see `stop_on_signals`).
             .disable_signals();
-        if settings.server.workers > 0 {
-            server = server.workers(settings.server.workers);
-        }
+        server = server.workers(workers);
         let server = server.bind(&settings.server.listen)?;
         let addr = server
             .addrs()

@@ -174,6 +174,8 @@ impl Upstream {
         };
         self.metrics.cache.origin_requests.inc();
         let started = Instant::now();
+        let in_flight =
+            crate::metrics::GaugeGuard::new(self.metrics.cache.origin_in_flight.clone());
         let sent = match body {
             None => creq.send().await,
             Some(RequestBody::Whole(bytes)) => creq.send_body(bytes).await,
@@ -182,6 +184,7 @@ impl Upstream {
                 creq.send_stream(head.chain(rest)).await
             }
         };
+        drop(in_flight);
         self.metrics
             .cache
             .origin_latency

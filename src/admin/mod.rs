@@ -224,7 +224,12 @@ async fn metrics(state: web::Data<CacheState>) -> HttpResponse {
     let l1 = state.store.l1().clone();
     // Exact counts need moka's pending maintenance; it is cheap but off the runtime thread.
     let _ = web::block(move || l1.sync()).await;
-    for t in state.store.stats() {
+    let reports = state.store.stats();
+    state
+        .metrics
+        .store
+        .report(&reports, state.store.failed_tiers());
+    for t in reports {
         let tm = state.metrics.tier(t.name);
         match t.stats {
             Some(s) => {
@@ -662,16 +667,12 @@ pub fn reload_rules(state: &CacheState, file: Option<&Path>) -> Result<usize, St
             let n = rules.len();
             state.set_rules(rules);
             state.metrics.rules.reloads.with_label_values(&["ok"]).inc();
+            state.metrics.rules.loaded_ok();
             tracing::info!(rules = n, config = ?file, "rules reloaded (other sections apply at the next restart)");
             Ok(n)
         }
         Err(e) => {
-            state
-                .metrics
-                .rules
-                .reloads
-                .with_label_values(&["rejected"])
-                .inc();
+            state.metrics.rules.reload_rejected();
             tracing::error!(error = %e, config = ?file, "rules reload rejected; the previous rules stay in force");
             Err(e)
         }

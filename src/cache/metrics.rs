@@ -3,7 +3,7 @@
 //! stored, invalidations by unsafe methods), its forwards to the origin, and purges on every
 //! node (`tierd_purges_total`, the pub/sub bus's lag and messages, L1 resyncs).
 
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::metrics::{reg, OriginError, LATENCY_BUCKETS};
 use crate::types::TierName;
@@ -17,6 +17,13 @@ pub struct CacheMetrics {
     origin_errors: Vec<IntCounter>,
     /// Time from sending a request to the origin to its response head.
     pub origin_latency: Histogram,
+    /// The gateway's requests sent to the origin and not yet answered (to the response head).
+    pub origin_in_flight: IntGauge,
+    /// Pooled origin connections the gateway may hold (per worker, times workers).
+    pub origin_connections_max: IntGauge,
+    /// Background refreshes that did not store a fresh response (origin failure, an answer
+    /// that may not be stored).
+    pub background_refresh_failures: IntCounter,
     /// Requests that waited on another request's origin fetch.
     pub coalesced_waiters: IntCounter,
     /// Waiters whose leader's fetch outlasted their wait, by result (stale, gateway_timeout).
@@ -67,6 +74,32 @@ impl CacheMetrics {
                         "Time from sending a request to the origin to its response head",
                     )
                     .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .expect("static metric definition"),
+            ),
+            origin_in_flight: reg(
+                r,
+                IntGauge::new(
+                    "tierd_origin_requests_in_flight",
+                    "Requests the gateway sent to the origin and has no response head for yet",
+                )
+                .expect("static metric definition"),
+            ),
+            origin_connections_max: reg(
+                r,
+                IntGauge::new(
+                    "tierd_origin_connections_max",
+                    "Origin connections the gateway may hold (upstream.max_connections per \
+                     worker, times workers); 0 in the library",
+                )
+                .expect("static metric definition"),
+            ),
+            background_refresh_failures: reg(
+                r,
+                IntCounter::new(
+                    "tierd_background_refresh_failures_total",
+                    "Background refreshes (stale-while-revalidate) that stored nothing: the \
+                     origin failed or answered what may not be stored",
                 )
                 .expect("static metric definition"),
             ),

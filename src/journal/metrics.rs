@@ -11,6 +11,8 @@ pub struct JournalMetrics {
     dropped: IntCounter,
     /// Rows queued for the writer.
     pub queue_depth: IntGauge,
+    /// Rows the queue holds at most (`journal.queue_capacity`; 0 while the journal is off).
+    pub queue_capacity: IntGauge,
     /// Time to append one batch.
     pub write_seconds: Histogram,
     /// Rows deleted, by reason (retention, size).
@@ -59,6 +61,15 @@ impl JournalMetrics {
                 IntGauge::new(
                     "tierd_journal_queue_depth",
                     "Journal rows waiting for the writer",
+                )
+                .expect("static metric definition"),
+            ),
+            queue_capacity: reg(
+                r,
+                IntGauge::new(
+                    "tierd_journal_queue_capacity",
+                    "Journal rows the queue holds at most (journal.queue_capacity); rows past it \
+                     are dropped",
                 )
                 .expect("static metric definition"),
             ),

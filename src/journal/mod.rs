@@ -197,6 +197,9 @@ impl Journal {
         metrics: Arc<JournalMetrics>,
     ) -> Result<Arc<Journal>, JournalError> {
         let (tx, rx) = crossbeam_channel::bounded(options.queue_capacity.max(1));
+        metrics
+            .queue_capacity
+            .set(i64::try_from(options.queue_capacity.max(1)).unwrap_or(i64::MAX));
         let salt = match writer::salt(&options.path) {
             Ok(s) => s,
             Err(e) => {

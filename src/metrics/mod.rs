@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use actix_web::http::Method;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::types::TierName;
@@ -67,6 +67,23 @@ impl Served {
 #[derive(Clone, Copy, Debug)]
 pub struct OriginTime(pub std::time::Duration);
 
+/// A gauge incremented while this guard lives (a request in flight, an open connection).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    /// Increments `g` until the guard is dropped.
+    pub fn new(g: IntGauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// The `route` label of requests no rule matched.
 pub const OTHER_ROUTE: &str = "other";
 
@@ -76,7 +93,12 @@ pub struct Metrics {
     enabled: bool,
     registry: Registry,
     requests_vec: IntCounterVec,
-    request_seconds: Vec<Histogram>,
+    request_seconds: HistogramVec,
+    /// Requests the observe layer has begun and not yet answered (to the response head).
+    in_flight: IntGauge,
+    /// Client connections open on the gateway's listener.
+    connections: IntGauge,
+    connections_max: IntGauge,
     /// Body bytes sent to clients: `[from cache, from the origin]`.
     response_bytes: [IntCounter; 2],
     stale_served: [IntCounter; 3],
@@ -119,22 +141,44 @@ impl Metrics {
             )
             .expect("static metric definition"),
         );
-        let request_vec = reg(
+        let request_seconds = reg(
             &r,
             HistogramVec::new(
                 HistogramOpts::new(
                     "tierd_request_duration_seconds",
-                    "Time from a request's arrival to its response head, by cache status",
+                    "Time from a request's arrival to its response head, by route template and \
+                     cache status",
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
-                &["cache_status"],
+                &["route", "cache_status"],
             )
             .expect("static metric definition"),
         );
-        let request_seconds = Outcome::ALL
-            .iter()
-            .map(|o| request_vec.with_label_values(&[o.as_str()]))
-            .collect();
+        let in_flight = reg(
+            &r,
+            IntGauge::new(
+                "tierd_requests_in_flight",
+                "Requests received and not yet answered (to the response head)",
+            )
+            .expect("static metric definition"),
+        );
+        let connections_max = reg(
+            &r,
+            IntGauge::new(
+                "tierd_connections_max",
+                "Client connections the gateway's listener accepts at most (server.max_connections \
+                 per worker, times workers)",
+            )
+            .expect("static metric definition"),
+        );
+        let connections = reg(
+            &r,
+            IntGauge::new(
+                "tierd_connections_open",
+                "Client connections open on the gateway's listener (the library's app counts none)",
+            )
+            .expect("static metric definition"),
+        );
         let bytes_vec = reg(
             &r,
             IntCounterVec::new(
@@ -175,13 +219,14 @@ impl Metrics {
                     "tierd_build_info",
                     "Always 1; the labels say which tierd build is running",
                 ),
-                &["version", "rustc", "duckdb"],
+                &["version", "revision", "rustc", "duckdb"],
             )
             .expect("static metric definition"),
         );
         build_info
             .with_label_values(&[
                 env!("CARGO_PKG_VERSION"),
+                env!("TIERD_GIT_REVISION"),
                 env!("TIERD_RUSTC_VERSION"),
                 env!("TIERD_DUCKDB_VERSION"),
             ])
@@ -196,6 +241,9 @@ impl Metrics {
             enabled,
             requests_vec,
             request_seconds,
+            in_flight,
+            connections,
+            connections_max,
             response_bytes,
             stale_served,
             store: crate::store::StoreMetrics::register(&r, enabled),
@@ -224,16 +272,25 @@ impl Metrics {
             children: (0..Outcome::COUNT * MethodLabel::COUNT * StatusClass::COUNT)
                 .map(|_| OnceLock::new())
                 .collect(),
+            seconds_vec: self.request_seconds.clone(),
+            seconds: (0..Outcome::COUNT).map(|_| OnceLock::new()).collect(),
         }
     }
 
-    /// Records one answered request: its latency to the response head and the body bytes sent.
+    /// Records one answered request of `route`: its latency to the response head and the body
+    /// bytes sent.
     #[inline]
-    pub fn observe_request(&self, o: Outcome, started: Instant, body_bytes: u64) {
+    pub fn observe_request(
+        &self,
+        o: Outcome,
+        route: &RouteCounters,
+        started: Instant,
+        body_bytes: u64,
+    ) {
         if !self.enabled {
             return;
         }
-        self.request_seconds[o as usize].observe(started.elapsed().as_secs_f64());
+        route.seconds(o).observe(started.elapsed().as_secs_f64());
         self.response_bytes[usize::from(!o.from_cache())].inc_by(body_bytes);
         match o {
             Outcome::StaleWhileRevalidate => self.stale_served[0].inc(),
@@ -243,9 +300,38 @@ impl Metrics {
         }
     }
 
-    /// Requests answered with `o` since start (0 with per-request metrics off).
+    /// Requests answered with `o` since start, over every route (0 with per-request metrics
+    /// off). Reads every route's histogram: for `/_tierd/stats`, not the request path.
     pub fn answered(&self, o: Outcome) -> u64 {
-        self.request_seconds[o as usize].get_sample_count()
+        use prometheus::core::Collector;
+        self.request_seconds
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter(|m| {
+                m.get_label()
+                    .iter()
+                    .any(|l| l.name() == "cache_status" && l.value() == o.as_str())
+            })
+            .map(|m| m.get_histogram().get_sample_count())
+            .sum()
+    }
+
+    /// Counts a request begun; the guard counts it answered when dropped.
+    #[inline]
+    pub fn begin_request(&self) -> Option<GaugeGuard> {
+        self.enabled
+            .then(|| GaugeGuard::new(self.in_flight.clone()))
+    }
+
+    /// Sets the gateway's connection capacity.
+    pub fn set_connections_max(&self, n: i64) {
+        self.connections_max.set(n);
+    }
+
+    /// Counts a client connection opened; the guard counts it closed when dropped.
+    pub fn open_connection(&self) -> GaugeGuard {
+        GaugeGuard::new(self.connections.clone())
     }
 
     /// Counts body bytes sent after the response head (streamed bodies).

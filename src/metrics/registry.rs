@@ -2,11 +2,12 @@
 
 use prometheus::Registry;
 
-/// Histogram buckets for operations that can take from tens of microseconds (an L1 hit) to
-/// seconds (a slow origin).
-pub const LATENCY_BUCKETS: [f64; 16] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-    2.5, 10.0,
+/// Histogram buckets for operations that can take from microseconds (an L1 hit answers in
+/// 10-50 µs) to seconds (a slow origin, up to the default 10 s upstream timeout), so neither end
+/// falls into one bucket.
+pub const LATENCY_BUCKETS: [f64; 19] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Registers `c` in `r` and returns it.

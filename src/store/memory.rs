@@ -240,6 +240,11 @@ impl MemoryTier {
         }
     }
 
+    /// The weighted size it evicts to stay under (`tiers.l1.max_bytes`).
+    pub fn max_bytes(&self) -> Option<u64> {
+        self.cache.policy().max_capacity()
+    }
+
     /// Distinct tags indexed (for stats).
     pub fn indexed_tags(&self) -> usize {
         self.index.tags()

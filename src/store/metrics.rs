@@ -87,6 +87,13 @@ impl TierMetrics {
 pub struct StoreMetrics {
     tiers: [TierMetrics; 3],
     size_vecs: [IntGaugeVec; 2],
+    /// Set at each scrape, for configured tiers only (see [`StoreMetrics::report`]).
+    up: IntGaugeVec,
+    max_bytes: IntGaugeVec,
+    queue_capacity: IntGaugeVec,
+    connections: IntGaugeVec,
+    connections_max: IntGaugeVec,
+    in_flight: IntGaugeVec,
     /// L3 files rewritten to reclaim the space of deleted rows.
     pub l3_compactions: IntCounter,
 }
@@ -223,6 +230,41 @@ impl StoreMetrics {
             )
             .expect("static metric definition"),
         );
+        let gauge = |name: &str, help: &str| {
+            reg(
+                r,
+                IntGaugeVec::new(Opts::new(name, help), &["tier"])
+                    .expect("static metric definition"),
+            )
+        };
+        let up = gauge(
+            "tierd_tier_up",
+            "1 while a configured tier serves; 0 while it is failed (could not start, or is \
+             being reopened), unreachable, or its circuit breaker is open. Tiers not configured \
+             are not exported",
+        );
+        let max_bytes = gauge(
+            "tierd_tier_max_bytes",
+            "The size a tier evicts to stay under (tiers.l1.max_bytes, tiers.l3.max_bytes); \
+             compare with tierd_tier_bytes",
+        );
+        let queue_capacity = gauge(
+            "tierd_tier_queue_capacity",
+            "Writes a tier's queue holds at most (tiers.*.queue_capacity); compare with \
+             tierd_tier_queue_depth",
+        );
+        let connections = gauge(
+            "tierd_tier_connections",
+            "Connections a tier holds open to its server (L2: Redis)",
+        );
+        let connections_max = gauge(
+            "tierd_tier_connections_max",
+            "Connections a tier may open to its server (tiers.l2.pool_size)",
+        );
+        let in_flight = gauge(
+            "tierd_tier_operations_in_flight",
+            "Operations sent to a tier's server and not yet answered or timed out",
+        );
         let tier = |t: TierName| {
             let n = t.as_str();
             TierMetrics {
@@ -257,6 +299,12 @@ impl StoreMetrics {
         };
         StoreMetrics {
             size_vecs: [entries.clone(), bytes.clone()],
+            up,
+            max_bytes,
+            queue_capacity,
+            connections,
+            connections_max,
+            in_flight,
             tiers: [tier(TierName::L1), tier(TierName::L2), tier(TierName::L3)],
             l3_compactions: reg(
                 r,
@@ -274,6 +322,33 @@ impl StoreMetrics {
     #[inline]
     pub fn tier(&self, t: TierName) -> &TierMetrics {
         &self.tiers[t as usize]
+    }
+
+    /// Sets the gauges read at a scrape from the tiers' reports (`failed`: configured tiers
+    /// that could not start).
+    pub fn report(&self, reports: &[crate::store::TierReport], failed: &[(TierName, String)]) {
+        let set = |v: &IntGaugeVec, t: TierName, n: u64| {
+            v.with_label_values(&[t.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        for r in reports {
+            let open = r.circuit == Some(crate::store::CircuitState::Open);
+            set(&self.up, r.name, u64::from(r.healthy && !open));
+            if let Some(m) = r.max_bytes {
+                set(&self.max_bytes, r.name, m);
+            }
+            if r.queue_capacity > 0 {
+                set(&self.queue_capacity, r.name, r.queue_capacity as u64);
+            }
+            if let Some(p) = r.pool {
+                set(&self.connections, r.name, p.open as u64);
+                set(&self.connections_max, r.name, p.max as u64);
+                set(&self.in_flight, r.name, p.in_flight as u64);
+            }
+        }
+        for (t, _) in failed {
+            set(&self.up, *t, 0);
+        }
     }
 
     /// Stops exporting `t`'s entries and bytes.

@@ -71,13 +71,30 @@ pub struct TierStats {
     pub bytes: u64,
 }
 
+/// A tier's connections to its server (Redis).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    /// Connections open.
+    pub open: usize,
+    /// Connections the pool may open.
+    pub max: usize,
+    /// Operations sent and not yet answered (or timed out).
+    pub in_flight: usize,
+}
+
 /// What `/_tierd/stats` and `/metrics` report about one tier.
 #[derive(Debug, Clone, Copy)]
 pub struct TierReport {
     pub name: TierName,
     /// `None` for a tier that cannot count (Redis is shared with other nodes).
     pub stats: Option<TierStats>,
+    /// The size the tier evicts to stay under, when it has one.
+    pub max_bytes: Option<u64>,
     pub queue_depth: usize,
+    /// Operations the write queue holds at most (0: no queue).
+    pub queue_capacity: usize,
+    /// Its connections, for a tier on a server.
+    pub pool: Option<PoolStatus>,
     pub circuit: Option<CircuitState>,
     /// See [`Tier::healthy`].
     pub healthy: bool,
@@ -102,6 +119,16 @@ pub trait Tier: Send + Sync + 'static {
     fn stats(&self) -> Option<TierStats>;
     /// Writes accepted and not yet taken by the writer.
     fn queue_depth(&self) -> usize;
+    /// Operations the write queue holds at most.
+    fn queue_capacity(&self) -> usize;
+    /// The size the tier evicts to stay under, if it has one.
+    fn max_bytes(&self) -> Option<u64> {
+        None
+    }
+    /// Its connections, for a tier on a server.
+    fn pool(&self) -> Option<PoolStatus> {
+        None
+    }
     /// The circuit breaker's state, for tiers that have one.
     fn circuit(&self) -> Option<CircuitState> {
         None

@@ -167,6 +167,11 @@ impl WriteQueue {
         self.held.load(Ordering::Relaxed)
     }
 
+    /// Operations the queue holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Operations accepted and not yet taken by the worker.
     pub fn depth(&self) -> usize {
         self.sender()

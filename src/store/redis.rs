@@ -70,11 +70,29 @@ struct Inner {
     /// `DOWN`. A Redis that was never reached (down at startup, no traffic yet) would otherwise
     /// show as healthy: the breaker only opens on failures.
     reach: std::sync::atomic::AtomicU8,
+    /// Commands sent and not yet answered or timed out.
+    in_flight: std::sync::atomic::AtomicUsize,
 }
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
+
+/// Counts a command in flight while it lives (so a cancelled one is counted out too).
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
+        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(n)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 /// The Redis tier.
 pub struct RedisTier {
@@ -145,6 +163,7 @@ impl RedisTier {
             breaker: Breaker::new(opts.failure_threshold, opts.open_for),
             metrics,
             reach: std::sync::atomic::AtomicU8::new(UNKNOWN),
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
         });
         let (queue, rx, finished) = WriteQueue::new(opts.queue_capacity, opts.queue_max_bytes);
         rt.spawn(inner.clone().write_worker(rx, finished));
@@ -336,7 +355,10 @@ impl Inner {
         };
         // Whether Redis answered (an error reply is an answer; a dropped connection is not).
         let mut answered = false;
-        let result = match tokio::time::timeout(self.command_timeout, work).await {
+        let counted = InFlight::new(&self.in_flight);
+        let timed = tokio::time::timeout(self.command_timeout, work).await;
+        drop(counted);
+        let result = match timed {
             Ok(Ok(v)) => {
                 answered = true;
                 Ok(v)
@@ -668,6 +690,25 @@ impl Tier for RedisTier {
 
     fn queue_depth(&self) -> usize {
         self.queue.depth()
+    }
+
+    fn queue_capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
+    fn pool(&self) -> Option<super::PoolStatus> {
+        let status = match &self.inner.pool {
+            Pool::Single(p) => p.status(),
+            Pool::Cluster(p) => p.status(),
+        };
+        Some(super::PoolStatus {
+            open: status.size,
+            max: status.max_size,
+            in_flight: self
+                .inner
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed),
+        })
     }
 
     fn circuit(&self) -> Option<CircuitState> {

@@ -452,14 +452,20 @@ impl TieredStore {
         std::iter::once(TierReport {
             name: TierName::L1,
             stats: Some(self.l1.stats()),
+            max_bytes: self.l1.max_bytes(),
             queue_depth: 0,
+            queue_capacity: 0,
+            pool: None,
             circuit: None,
             healthy: true,
         })
         .chain(self.lower.iter().map(|l| TierReport {
             name: l.tier.name(),
             stats: l.tier.stats(),
+            max_bytes: l.tier.max_bytes(),
             queue_depth: l.tier.queue_depth(),
+            queue_capacity: l.tier.queue_capacity(),
+            pool: l.tier.pool(),
             circuit: l.tier.circuit(),
             healthy: l.tier.healthy(),
         }))

@@ -242,6 +242,12 @@ async fn every_metric_family_moves_with_the_traffic_that_causes_it() {
 
     let dur = "tierd_request_duration_seconds_count";
     assert_eq!(m.sum(dur, &[("cache_status", "hit")]), 4.0);
+    // Latency by route: the four hits are the item route's (l3, l2, l1 and the 304).
+    assert_eq!(
+        m.sum(dur, &[("route", route), ("cache_status", "hit")]),
+        4.0
+    );
+    assert_eq!(m.label_values(dur, "route"), ["/api/items/{id}", "other"]);
     assert_eq!(m.sum(dur, &[("cache_status", "miss")]), 3.0);
     assert_eq!(m.sum(dur, &[]), 10.0);
     // Cumulative buckets: never decreasing, the last one is the count.
@@ -391,6 +397,46 @@ async fn every_metric_family_moves_with_the_traffic_that_causes_it() {
             &[("version", env!("CARGO_PKG_VERSION"))]
         ),
         1.0
+    );
+    let revision = m.label_values("tierd_build_info", "revision");
+    assert_eq!(revision.len(), 1, "{revision:?}");
+    assert!(!revision[0].is_empty());
+
+    // Saturation and state: every configured tier up, its capacities, Redis's connections.
+    for tier in ["l1", "l2", "l3"] {
+        assert_eq!(m.sum("tierd_tier_up", &[("tier", tier)]), 1.0, "{tier}");
+    }
+    assert!(m.sum("tierd_tier_max_bytes", &[("tier", "l1")]) > 0.0);
+    assert!(m.sum("tierd_tier_max_bytes", &[("tier", "l3")]) > 0.0);
+    assert!(
+        !text.contains("tierd_tier_max_bytes{tier=\"l2\"}"),
+        "Redis has no cap of tierd's"
+    );
+    for tier in ["l2", "l3"] {
+        assert!(m.sum("tierd_tier_queue_capacity", &[("tier", tier)]) > 0.0);
+    }
+    assert!(m.sum("tierd_tier_connections", &[("tier", "l2")]) >= 1.0);
+    assert!(
+        m.sum("tierd_tier_connections", &[("tier", "l2")])
+            <= m.sum("tierd_tier_connections_max", &[("tier", "l2")])
+    );
+    // A background PING or refresh may be under way: these are only exported here (the test
+    // below follows the in-flight gauges through a held request).
+    for family in [
+        "tierd_tier_operations_in_flight{tier=\"l2\"}",
+        "tierd_origin_requests_in_flight",
+    ] {
+        assert!(text.contains(family), "{family}");
+    }
+    assert_eq!(m.sum("tierd_requests_in_flight", &[]), 0.0);
+    assert!(m.sum("tierd_connections_max", &[]) > 0.0);
+    assert!(m.sum("tierd_origin_connections_max", &[]) > 0.0);
+    assert_eq!(m.sum("tierd_config_last_reload_successful", &[]), 1.0);
+    assert!(m.sum("tierd_config_last_reload_success_timestamp_seconds", &[]) > 1.7e9);
+    assert_eq!(
+        m.sum("tierd_background_refresh_failures_total", &[]),
+        0.0,
+        "the refresh stored its response"
     );
     assert!(m.sum("process_resident_memory_bytes", &[]) > 0.0);
     assert!(m.sum("process_open_fds", &[]) > 0.0);
@@ -654,4 +700,73 @@ fn label_values_are_the_ones_dashboards_and_alerts_use() {
     for (got, want) in cases {
         assert_eq!(got, want);
     }
+}
+
+/// The saturation gauges follow what is open right now: a client connection while it is open,
+/// and a request (and its origin fetch) while the origin holds its answer.
+#[actix_web::test]
+async fn in_flight_and_open_connection_gauges_follow_the_traffic() {
+    let clock = Arc::new(ManualClock::new());
+    let gate = common::Gate::new();
+    let held = gate.clone();
+    let origin = Origin::start(clock.clone(), move |_, n| {
+        Reply::ok(format!("#{n}")).cc("no-store").held_by(&held)
+    })
+    .await;
+    let s = settings_for(origin.addr);
+    let gw = Gateway::start(&s, clock.clone(), None).await.unwrap();
+    let admin = gw.admin_addr;
+    let gauge = |name: &'static str| async move { common::metric_at(admin, name, &[]).await };
+    assert_eq!(gauge("tierd_connections_open").await, 0.0);
+
+    let conn = std::net::TcpStream::connect(gw.addr).unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), async || gauge(
+            "tierd_connections_open"
+        )
+        .await
+            == 1.0)
+        .await,
+        "an open client connection is counted"
+    );
+    drop(conn);
+    assert!(
+        eventually(Duration::from_secs(5), async || gauge(
+            "tierd_connections_open"
+        )
+        .await
+            == 0.0)
+        .await,
+        "and counted out once closed"
+    );
+
+    let addr = gw.addr;
+    let slow = actix_web::rt::spawn(async move {
+        send(
+            client()
+                .get(format!("http://{addr}/slow"))
+                .insert_header(("host", HOST)),
+        )
+        .await
+    });
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            gauge("tierd_requests_in_flight").await == 1.0
+                && gauge("tierd_origin_requests_in_flight").await == 1.0
+        })
+        .await,
+        "the request waiting on the origin is in flight, and so is its origin fetch"
+    );
+    gate.open();
+    assert_eq!(slow.await.unwrap().status, 200);
+    assert!(
+        eventually(Duration::from_secs(5), async || {
+            gauge("tierd_requests_in_flight").await == 0.0
+                && gauge("tierd_origin_requests_in_flight").await == 0.0
+        })
+        .await,
+        "both answered"
+    );
+    gw.stop(true).await;
+    origin.stop().await;
 }

@@ -129,6 +129,20 @@ async fn wait_for(port: u16, expr: &str, secs: u64, ok: impl Fn(f64) -> bool) {
     );
 }
 
+/// Every datasource uid the dashboard names (panels, targets, variables, annotations).
+fn collect_uids(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(u)) = m.get("datasource").and_then(|d| d.get("uid")) {
+                out.push(u.clone());
+            }
+            m.values().for_each(|x| collect_uids(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| collect_uids(x, out)),
+        _ => {}
+    }
+}
+
 fn node(origin: &Origin, redis: &RedisServer, l3: Option<&Path>) -> Settings {
     let mut s = settings_for(origin.addr);
     s.rules = rules(RULES);
@@ -262,6 +276,16 @@ async fn prometheus_scrapes_tierd_and_every_panel_and_alert_evaluates() {
     wait_for(
         port,
         &format!(
+            r#"tierd_config_last_reload_successful{{instance="{}"}}"#,
+            b.admin_addr
+        ),
+        20,
+        |v| v == 0.0,
+    )
+    .await;
+    wait_for(
+        port,
+        &format!(
             r#"sum(tierd_requests_total{{instance="{}"}})"#,
             a.admin_addr
         ),
@@ -281,32 +305,70 @@ async fn prometheus_scrapes_tierd_and_every_panel_and_alert_evaluates() {
     dashboards.sort();
     assert_eq!(dashboards.len(), 3, "{dashboards:?}");
     for path in &dashboards {
-        let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        let d: Value = serde_json::from_str(&text).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        assert_eq!(
-            d["templating"]["list"][0]["query"],
-            "label_values(tierd_build_info, instance)"
+        // Importable anywhere: the datasource is a variable, and so are the job and instances.
+        let vars: Vec<&str> = d["templating"]["list"]
+            .as_array()
+            .expect("variables")
+            .iter()
+            .filter_map(|v| v["name"].as_str())
+            .collect();
+        assert_eq!(vars[..3], ["datasource", "job", "instance"], "{name}");
+        assert_eq!(d["templating"]["list"][0]["type"], "datasource", "{name}");
+        assert_eq!(d["templating"]["list"][0]["query"], "prometheus", "{name}");
+        let mut uids = Vec::new();
+        collect_uids(&d, &mut uids);
+        assert!(!uids.is_empty(), "{name}");
+        assert!(
+            uids.iter().all(|u| u == "${datasource}"),
+            "{name}: a hard-coded datasource uid: {uids:?}"
         );
         let panels = d["panels"].as_array().expect("panels");
         assert!(panels.len() >= 10, "{name}: {} panels", panels.len());
-        for p in panels {
-            assert_eq!(p["datasource"]["uid"], "tierd-prometheus", "{name}");
+        let mut exprs = Vec::new();
+        for p in panels.iter().filter(|p| p["type"] != "row") {
+            let title = p["title"].as_str().unwrap_or_default().to_owned();
             for t in p["targets"].as_array().expect("targets") {
-                let expr = t["expr"]
-                    .as_str()
-                    .expect("expr")
-                    .replace("$instance", ".*")
-                    .replace("$__rate_interval", "30s");
-                checked += 1;
-                let v = query(port, &expr).await;
-                let title = p["title"].as_str().unwrap_or_default();
-                if v["status"] != "success" {
-                    failures.push(format!("{name} / {title}: {expr}: {v}"));
-                } else if v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
-                    failures.push(format!("{name} / {title}: {expr}: no data"));
-                } else if !expr.contains("tierd_") && !expr.contains("process_") {
-                    failures.push(format!("{name} / {title}: queries no tierd metric"));
-                }
+                exprs.push((
+                    title.clone(),
+                    t["expr"].as_str().expect("expr").to_owned(),
+                    true,
+                ));
+            }
+        }
+        for a in d["annotations"]["list"].as_array().expect("annotations") {
+            let title = a["name"].as_str().unwrap_or_default().to_owned();
+            exprs.push((title, a["expr"].as_str().expect("expr").to_owned(), false));
+        }
+        for (title, expr, needs_data) in exprs {
+            // Every metric selector names the variables, and no job.
+            assert!(
+                !expr.contains("job=\"")
+                    && !expr.contains("job!=")
+                    && !expr.contains("job=~\"tierd"),
+                "{name} / {title}: a hard-coded job: {expr}"
+            );
+            assert_eq!(
+                expr.matches("{").count(),
+                expr.matches("job=~\"$job\",instance=~\"$instance\"")
+                    .count(),
+                "{name} / {title}: a selector without $job and $instance: {expr}"
+            );
+            let expr = expr
+                .replace("$job", ".*")
+                .replace("$instance", ".*")
+                .replace("$route", ".*")
+                .replace("$__rate_interval", "30s");
+            checked += 1;
+            let v = query(port, &expr).await;
+            if v["status"] != "success" {
+                failures.push(format!("{name} / {title}: {expr}: {v}"));
+            } else if needs_data && v["data"]["result"].as_array().is_none_or(|r| r.is_empty()) {
+                failures.push(format!("{name} / {title}: {expr}: no data"));
+            } else if !expr.contains("tierd_") && !expr.contains("process_") {
+                failures.push(format!("{name} / {title}: queries no tierd metric"));
             }
         }
     }
@@ -335,7 +397,7 @@ async fn prometheus_scrapes_tierd_and_every_panel_and_alert_evaluates() {
             seen.push(name);
         }
     }
-    assert_eq!(seen.len(), 22, "{seen:?}");
+    assert_eq!(seen.len(), 35, "{seen:?}");
 
     // The rejected reload fires its alert for node B, and nothing else fires.
     let firing = || async {
@@ -356,7 +418,7 @@ async fn prometheus_scrapes_tierd_and_every_panel_and_alert_evaluates() {
             })
             .unwrap_or_default()
     };
-    let expected = vec![format!("TierdRuleReloadRejected {}", b.admin_addr)];
+    let expected = vec![format!("TierdConfigReloadFailed {}", b.admin_addr)];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut now_firing = firing().await;
     while now_firing != expected && tokio::time::Instant::now() < deadline {

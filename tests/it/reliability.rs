@@ -626,6 +626,8 @@ async fn a_database_duckdb_invalidated_is_reopened_once_the_disk_has_room() {
     assert!(invalidated, "a failed checkpoint puts L3 in 'reopening'");
     let failed = common::metric_at(admin_addr, "tierd_tier_failed", &[("tier", "l3")]).await;
     assert_eq!(failed, 1.0);
+    let up = common::metric_at(admin_addr, "tierd_tier_up", &[("tier", "l3")]).await;
+    assert_eq!(up, 0.0, "tierd_tier_up says L3 is down while it reopens");
     // Misses while L3 is out reach the origin and are answered; nothing blocks.
     for j in 0..50 {
         let r = get(port, &format!("/outage/{j}")).await;
@@ -655,6 +657,10 @@ async fn a_database_duckdb_invalidated_is_reopened_once_the_disk_has_room() {
     assert_eq!(
         common::metric_at(admin_addr, "tierd_tier_failed", &[("tier", "l3")]).await,
         0.0
+    );
+    assert_eq!(
+        common::metric_at(admin_addr, "tierd_tier_up", &[("tier", "l3")]).await,
+        1.0
     );
     assert_eq!(get(port, "/after/1").await.status, 200);
     // The journal writes again now.
@@ -996,10 +1002,15 @@ async fn readyz_reports_an_unreachable_redis_without_traffic_and_its_return() {
         .await
         .text();
     assert!(status.contains("\"status\":\"degraded\""), "{status}");
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin));
+    let up =
+        |addr| async move { common::metric_at(addr, "tierd_tier_up", &[("tier", "l2")]).await };
+    assert_eq!(up(admin_addr).await, 0.0, "tierd_tier_up says L2 is down");
     redis.restart();
     assert!(
         until_state(admin, "l2", "ok", Duration::from_secs(15)).await,
         "L2 never came back: {}",
         tier_state(admin, "l2").await
     );
+    assert_eq!(up(admin_addr).await, 1.0, "and up again");
 }

@@ -195,6 +195,7 @@ where
             return None;
         }
         self.state.metrics.cache.background_refreshes.inc();
+        let metrics = self.state.metrics.clone();
         strip_body(&mut req);
         let mut route = route;
         route.background = true;
@@ -215,7 +216,13 @@ where
         actix_web::rt::spawn(crate::logging::InRequest::current(
             async move {
                 let _ = opened.await;
-                let _ = job.run().await;
+                let failed = match job.run().await {
+                    Ok(res) => res.status().is_server_error(),
+                    Err(_) => true,
+                };
+                if failed {
+                    metrics.cache.background_refresh_failures.inc();
+                }
             }
             .instrument(tracing::Span::current()),
         ));

@@ -189,6 +189,7 @@ pub struct DuckTier {
     clock: Arc<dyn Clock>,
     read_timeout: Duration,
     write_timeout: Duration,
+    max_bytes: u64,
 }
 
 /// The hash rows are keyed by.
@@ -362,6 +363,7 @@ impl DuckTier {
             clock,
             read_timeout: opts.read_timeout,
             write_timeout: opts.write_timeout,
+            max_bytes: opts.max_bytes,
         })
     }
 }
@@ -453,6 +455,14 @@ impl Tier for DuckTier {
 
     fn queue_depth(&self) -> usize {
         self.queue.depth()
+    }
+
+    fn queue_capacity(&self) -> usize {
+        self.queue.capacity()
+    }
+
+    fn max_bytes(&self) -> Option<u64> {
+        Some(self.max_bytes)
     }
 
     fn healthy(&self) -> bool {
