@@ -83,7 +83,7 @@ print(f"median ratio tierd/floor = {floor:.2f}")
 print(f"median ratio tierd/nginx-cache = {nginx:.2f}")
 minimum = float(sys.argv[2])
 if floor < minimum:
-    print(f"FAIL: tierd/floor {floor:.2f} is below {minimum}: the hit path regressed (profile it: see README, Performance)")
+    print(f"FAIL: tierd/floor {floor:.2f} is below {minimum}: the hit path regressed (profile it: see docs/src/operations/performance.md)")
     sys.exit(1)
 print(f"ok: tierd/floor {floor:.2f} >= {minimum}")
 PY

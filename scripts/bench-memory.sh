@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Resident memory under a flood of distinct keys, against the formula in the README
+# Resident memory under a flood of distinct keys, against the formula in docs/src/operations/memory.md
 # ("Memory"), and the L3 file size against its cap. A benchmark, not a test: it prints figures.
 #
 #   scripts/bench-memory.sh [--keys N] [--body BYTES] [--l1 BYTES] [--l3 on|off]
@@ -67,7 +67,7 @@ import sys
 keys, body, l1, l3, l3max, base, peak, idle, l1b, rows, file, wal, secs, dropped = sys.argv[1:]
 MiB = 1 << 20
 l1, base, peak, idle, l3max = int(l1), int(base), int(peak), int(idle), int(l3max)
-# The README's formula (see "Memory"): the process, L1 with its allocator overhead, and with L3
+# The formula of docs/src/operations/memory.md: the process, L1 with its allocator overhead, and with L3
 # on DuckDB's memory limit, the L3 write queue's byte cap and 180 MiB of batches and DuckDB
 # allocations outside its buffer pool (defaults: 256 MiB, 64 MiB).
 duck = 256 * MiB + 64 * MiB + 180 * MiB if l3 == "on" else 0

@@ -159,18 +159,23 @@ OVERVIEW = [
     P("CPU", "CPU seconds per second used by each tierd process (1 = one core).", "percentunit",
       q("sum by (instance) (rate(process_cpu_seconds_total{SEL}" + RATE + "))", "{{instance}}"),
       w=12, lo=0),
-    ROW("Rate limiting"),
+    ROW("Rate limiting and hardening"),
     P("Refused requests", "429s by quota (client, rule, origin), requests refused by hardening, by "
       "reason, and requests a dry-run quota would have refused (let through)", "reqps",
       q("sum by (quota) (rate(tierd_rate_limited_total{SEL}" + RATE + "))", "429 {{quota}}"),
       q("sum by (reason) (rate(tierd_requests_rejected_total{SEL}" + RATE + "))", "{{reason}}"),
       q("sum by (quota) (rate(tierd_rate_limit_dry_run_total{SEL}" + RATE + "))",
-        "dry run: would be 429 {{quota}}"), lo=0),
+        "dry run: would be 429 {{quota}}"), w=8, lo=0),
     P("Rate-limit clients", "Clients with a bucket per quota (bounded by rate_limit.max_clients), "
       "and requests sent to the shared overflow bucket", "short",
       q("sum by (quota) (tierd_rate_limit_clients{SEL})", "{{quota}} clients"),
       q("sum by (quota) (rate(tierd_rate_limit_overflow_total{SEL}" + RATE + "))",
-        "{{quota}} overflow/s"), lo=0),
+        "{{quota}} overflow/s"), w=8, lo=0),
+    P("Request headers stripped", "Request headers removed before forwarding, by reason: listed in "
+      "cache.strip_request_headers, an underscore in the name, or a forwarding claim from a peer "
+      "that is not a trusted proxy.", "ops",
+      q("sum by (reason) (rate(tierd_request_headers_stripped_total{SEL}" + RATE + "))", "{{reason}}"),
+      w=8, lo=0),
     ROW("Warming"),
     P("Warm fetches", "Fetches by the warmer, by trigger (start, schedule, predict, refresh, purge, "
       "demand) and outcome (fetched, revalidated, from_tier, fresh, not_stored, failed)", "reqps",
@@ -188,6 +193,13 @@ OVERVIEW = [
       "slots or share of origin traffic), backoff (the origin failed or slowed), busy (clients' "
       "fetches in flight), leased (another node fetches it), queue_full, deadline", "reqps",
       q("sum by (reason) (rate(tierd_warm_skipped_total{SEL}" + RATE + "))", "{{reason}}"), w=8, lo=0),
+    P("Warming model", "Predictions the model holds, relearned from the journal every "
+      "warming.model_refresh_seconds.", "short",
+      q("max by (instance) (tierd_warm_model_transitions{SEL})", "{{instance}} predictions"),
+      w=12, h=6, lo=0),
+    P("Last warm pass", "When each node's last warm pass ended (1970: none yet).", "dateTimeFromNow",
+      q("max by (instance) (tierd_warm_last_pass_timestamp_seconds{SEL}) * 1000", "{{instance}}"),
+      kind="stat", w=12, h=6),
 ]
 
 TIERS = [
@@ -209,7 +221,9 @@ TIERS = [
     ROW("Health"),
     P("Tier up", "1 while a configured tier serves; 0 while it failed to start, is being reopened, "
       "is unreachable or its circuit is open.", "short",
-      q("min by (instance, tier) (tierd_tier_up{SEL})", "{{instance}} {{tier}}"), w=8, lo=0, hi=1,
+      q("min by (instance, tier) (tierd_tier_up{SEL})", "{{instance}} {{tier}} up"),
+      q("max by (instance, tier) (tierd_tier_failed{SEL})", "{{instance}} {{tier}} failed"),
+      w=8, lo=0, hi=1,
       thresholds=[(None, "red"), (1, "green")]),
     P("Circuit breaker open", "1 while a tier's circuit is open and the tier is skipped.", "short",
       q("max by (tier) (tierd_tier_circuit_open{SEL})", "{{tier}}"), w=8, lo=0, hi=1),
@@ -223,11 +237,17 @@ TIERS = [
     P("Bytes against the cap", "Bytes held by L1 and L3, and the cap each evicts to stay under "
       "(tiers.*.max_bytes).", "bytes",
       q("sum by (tier) (tierd_tier_bytes{SEL})", "{{tier}} held"),
-      q("sum by (tier) (tierd_tier_max_bytes{SEL})", "{{tier}} cap"), w=8),
+      q("sum by (tier) (tierd_tier_max_bytes{SEL})", "{{tier}} cap"),
+      q("sum by (tier) (tierd_tier_file_bytes{SEL,tier=\"l3\"})", "{{tier}} on disk"), w=8),
     P("Evictions by cause", "Entries leaving a tier: expired, size (capacity), explicit (purge), "
       "replaced.", "ops",
       q("sum by (tier, cause) (rate(tierd_tier_evictions_total{SEL}" + RATE + "))", "{{tier}} {{cause}}"),
       w=8),
+    P("Resyncs and compactions", "Whole-L1 clears because cross-node purges may have been missed "
+      "(0 while the Redis subscription is healthy), and L3 files rewritten to reclaim deleted "
+      "rows' space, in the last hour.", "short",
+      q("sum by (reason) (increase(tierd_l1_resyncs_total{SEL}[1h]))", "L1 resyncs: {{reason}}"),
+      q("sum(increase(tierd_l3_compactions_total{SEL}[1h]))", "L3 compactions"), w=24, h=6, lo=0),
     ROW("Writes"),
     P("Write queue depth", "Writes accepted for L2/L3 and not yet applied, against the queue's "
       "capacity (tiers.*.queue_capacity).", "short",
@@ -254,7 +274,9 @@ TIERS = [
     ROW("Journal"),
     P("Journal rows", "Access journal rows written to its DuckDB file, and dropped (queue full, "
       "file unwritable): dropped rows are requests analytics and warming never see.", "ops",
-      q("sum by (outcome) (rate(tierd_journal_rows_total{SEL}" + RATE + "))", "{{outcome}}"), w=8),
+      q("sum by (outcome) (rate(tierd_journal_rows_total{SEL}" + RATE + "))", "{{outcome}}"),
+      q("sum by (reason) (rate(tierd_journal_deleted_rows_total{SEL}" + RATE + "))",
+        "deleted: {{reason}}"), w=8),
     P("Journal queue and writes", "Rows waiting for the journal's writer against the queue's "
       "capacity, and the p99 time to append one batch.", "short",
       q("sum(tierd_journal_queue_depth{SEL})", "queued rows"),

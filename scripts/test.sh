@@ -43,6 +43,16 @@ if ! python3 -m check_jsonschema --version >/dev/null 2>&1; then
   python3 -m pip install -q check-jsonschema 2>/dev/null \
     || python3 -m pip install -q --break-system-packages check-jsonschema
 fi
+# The book (docs/): mdbook has no Debian package in bookworm; built from crates.io, without its
+# server and watcher, into a directory of its own (about two minutes, once per machine).
+MDBOOK_VERSION=0.4.52
+MDBOOK_ROOT="${TIERD_TOOLS_DIR:-/var/tmp/tierd-tools}/mdbook-$MDBOOK_VERSION"
+if [ ! -x "$MDBOOK_ROOT/bin/mdbook" ]; then
+  echo "== installing mdbook $MDBOOK_VERSION"
+  CARGO_TARGET_DIR="$MDBOOK_ROOT/target" cargo install -q --locked --no-default-features \
+    --version "$MDBOOK_VERSION" --root "$MDBOOK_ROOT" mdbook
+  rm -rf "$MDBOOK_ROOT/target"
+fi
 if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
   echo "== installing rustfmt and clippy"
   rustup component add rustfmt clippy
@@ -71,6 +81,8 @@ amtool check-config alerts/alertmanager.yml
 python3 scripts/dashboards.py --check
 python3 -m check_jsonschema --schemafile dashboards/schema/grafana-dashboard.schema.json dashboards/*.json
 python3 -m check_jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
+echo "== the book: mdbook build docs"
+"$MDBOOK_ROOT/bin/mdbook" build docs >/dev/null
 
 if [ $lint = 1 ]; then
   echo "== cargo fmt --check"

@@ -35,7 +35,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! `examples/embed.rs` is a complete application; the README walks through it.
+//! `examples/embed.rs` is a complete application; docs/src/guide/library.md walks through it.
 //!
 //! The caching rules are those of an RFC 9111 shared cache. The modules below the root are the
 //! gateway's and the tests' door into the internals: hidden from these docs, and not part of

@@ -19,8 +19,9 @@ const QUICKSTART_CONFIG: &str = "config/tierd.toml";
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
-    /// Config file (TOML). Without a subcommand, defaults to config/tierd.toml when present.
-    #[arg(long, short, global = true)]
+    /// Config file (TOML), for every subcommand. Without a subcommand, defaults to
+    /// config/tierd.toml when present.
+    #[arg(long, short, global = true, env = "TIERD_CONFIG")]
     config: Option<PathBuf>,
 }
 
@@ -30,8 +31,24 @@ enum Command {
     Serve,
     /// Validate a config file (and the environment) and exit: 0 if valid, 2 if not.
     CheckConfig {
-        /// The file to check.
-        file: PathBuf,
+        /// The file to check (default: --config / TIERD_CONFIG).
+        file: Option<PathBuf>,
+    },
+    /// The effective configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Exit 0 if the node answers ready on its admin listener, 1 if not: a container's
+    /// HEALTHCHECK (no curl in the image needed).
+    Healthcheck {
+        /// The admin address to ask (default: the config's admin.listen; an unspecified address
+        /// such as 0.0.0.0 is asked on loopback).
+        #[arg(long)]
+        admin: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 2)]
+        timeout: u64,
     },
     /// Run only the built-in demo origin.
     DemoOrigin {
@@ -112,15 +129,40 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective configuration (built-in defaults < --config file < TIERD__*
+    /// environment) as TOML, secrets redacted.
+    Show,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::CheckConfig { file }) => match Settings::load(Some(&file)) {
-            Ok(settings) => {
-                for w in settings.warnings() {
-                    eprintln!("tierd: warning: {w}");
+        Some(Command::CheckConfig { file }) => {
+            let Some(file) = file.or(cli.config) else {
+                eprintln!("tierd: check-config needs a file: tierd check-config FILE, or --config FILE, or TIERD_CONFIG=FILE");
+                return ExitCode::from(2);
+            };
+            match Settings::load(Some(&file)) {
+                Ok(settings) => {
+                    for w in settings.warnings() {
+                        eprintln!("tierd: warning: {w}");
+                    }
+                    println!("{}: ok", file.display());
+                    ExitCode::SUCCESS
                 }
-                println!("{}: ok", file.display());
+                Err(e) => {
+                    eprintln!("tierd: invalid configuration: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Some(Command::Config {
+            command: ConfigCommand::Show,
+        }) => match Settings::load(cli.config.as_deref()).and_then(|s| s.redacted_toml()) {
+            Ok(text) => {
+                print!("{text}");
                 ExitCode::SUCCESS
             }
             Err(e) => {
@@ -128,6 +170,9 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
+        Some(Command::Healthcheck { admin, timeout }) => {
+            healthcheck(cli.config.as_deref(), admin, timeout)
+        }
         Some(Command::DemoOrigin { listen }) => {
             tierd::logging::init(LogFormat::Text, "info");
             match run_demo(&listen) {
@@ -300,6 +345,54 @@ fn report(
         print!("{}", tierd::journal::report::render(&summary));
     }
     Ok(())
+}
+
+/// `tierd healthcheck`: GET /readyz on the admin listener, within `timeout` seconds.
+fn healthcheck(config: Option<&Path>, admin: Option<String>, timeout: u64) -> ExitCode {
+    let addr = match admin {
+        Some(a) => a,
+        None => match Settings::load(config) {
+            Ok(s) => match s.admin.listen.parse::<std::net::SocketAddr>() {
+                Ok(mut a) => {
+                    if a.ip().is_unspecified() {
+                        a.set_ip(if a.is_ipv4() {
+                            std::net::Ipv4Addr::LOCALHOST.into()
+                        } else {
+                            std::net::Ipv6Addr::LOCALHOST.into()
+                        });
+                    }
+                    a.to_string()
+                }
+                Err(_) => s.admin.listen,
+            },
+            Err(e) => {
+                eprintln!("tierd: invalid configuration: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    let base = if addr.contains("://") {
+        addr
+    } else {
+        format!("http://{addr}")
+    };
+    let url = format!("{}/readyz", base.trim_end_matches('/'));
+    let wait = std::time::Duration::from_secs(timeout.max(1));
+    let answer = actix_web::rt::System::new().block_on(async move {
+        let client = awc::Client::builder().timeout(wait).finish();
+        client.get(&url).send().await.map(|r| r.status())
+    });
+    match answer {
+        Ok(status) if status.is_success() => ExitCode::SUCCESS,
+        Ok(status) => {
+            eprintln!("tierd: not ready: /readyz answered {status}");
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("tierd: not ready: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A GET (or, with a body, a JSON POST) to a running node's admin API; the body of a 2xx.

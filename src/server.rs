@@ -31,6 +31,8 @@ pub struct Gateway {
     drain: Duration,
     /// The config file rules are reloaded from on SIGHUP.
     file: Option<PathBuf>,
+    /// The settings it started with (a reload names the changed keys that need a restart).
+    running: Arc<Settings>,
     /// The warmer, when warming is on.
     pub warmer: Option<Arc<crate::warm::Warmer>>,
 }
@@ -101,10 +103,12 @@ impl Gateway {
         // On the system's runtime, which lives as long as the process.
         cache.start_housekeeping();
         let state = cache.state().clone();
+        let running = Arc::new(settings.clone());
         let admin_opts = crate::admin::AdminOptions {
             token: settings.admin.token.clone(),
             config_file: file.clone(),
             warmer: cache.warmer().cloned(),
+            running: Some(running.clone()),
         };
         let mut others = Vec::new();
 
@@ -193,6 +197,7 @@ impl Gateway {
             main_task,
             drain: Duration::from_millis(settings.server.drain_ms),
             file,
+            running,
             warmer: cache.warmer().cloned(),
         })
     }
@@ -205,12 +210,13 @@ impl Gateway {
         #[cfg(unix)]
         {
             let (weak, file) = (Arc::downgrade(&self.state), self.file.clone());
+            let running = self.running.clone();
             let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
             actix_web::rt::spawn(async move {
                 while hup.recv().await.is_some() {
                     let Some(st) = weak.upgrade() else { break };
                     tracing::info!("SIGHUP: reloading rules");
-                    let _ = crate::admin::reload_rules(&st, file.as_deref());
+                    let _ = crate::admin::reload_rules(&st, file.as_deref(), Some(&running));
                 }
             });
         }

@@ -39,6 +39,9 @@ pub struct AdminOptions {
     pub config_file: Option<PathBuf>,
     /// The warmer, when warming is on.
     pub warmer: Option<Arc<crate::warm::Warmer>>,
+    /// The settings the node started with: a reload names the keys it changed that apply only
+    /// at the next start.
+    pub running: Option<Arc<Settings>>,
 }
 
 /// Registers the admin routes of the gateway's admin listener: `/metrics`, `/healthz`,
@@ -643,11 +646,16 @@ async fn reload(
         return res;
     }
     let file = opts.config_file.clone();
+    let running = opts.running.clone();
     let st = state.into_inner();
     // Reading and parsing the file is blocking work.
-    let result = web::block(move || reload_rules(&st, file.as_deref())).await;
+    let result = web::block(move || reload_rules(&st, file.as_deref(), running.as_deref())).await;
     match result {
-        Ok(Ok(n)) => HttpResponse::Ok().json(json!({"reloaded": true, "rules": n})),
+        Ok(Ok(r)) => HttpResponse::Ok().json(json!({
+            "reloaded": true,
+            "rules": r.rules,
+            "restart_required": r.restart_required,
+        })),
         Ok(Err(e)) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("{e}; the previous rules stay in force"),
@@ -656,20 +664,47 @@ async fn reload(
     }
 }
 
+/// What a reload applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reloaded {
+    /// Rules now in force.
+    pub rules: usize,
+    /// Keys outside `[[rules]]` whose value differs from the running one: they apply at the
+    /// next start (`server.workers`, `tiers.l2.url`, ...).
+    pub restart_required: Vec<String>,
+}
+
 /// Reloads `[[rules]]` from the config file (and the environment). A file that does not load
-/// or validate changes nothing; the error names the rule and the key.
-pub fn reload_rules(state: &CacheState, file: Option<&Path>) -> Result<usize, String> {
+/// or validate changes nothing; the error names the rule and the key. `running`: the settings
+/// the node started with, to name the changed keys a reload cannot apply.
+pub fn reload_rules(
+    state: &CacheState,
+    file: Option<&Path>,
+    running: Option<&Settings>,
+) -> Result<Reloaded, String> {
     let outcome = Settings::load(file)
         .map_err(|e| e.to_string())
-        .and_then(|s| RuleSet::compile(&s.rules, &state.metrics));
+        .and_then(|s| {
+            let rules = RuleSet::compile(&s.rules, &state.metrics)?;
+            let restart_required = running.map(|r| r.changed_keys(&s)).unwrap_or_default();
+            Ok((rules, restart_required))
+        });
     match outcome {
-        Ok(rules) => {
+        Ok((rules, restart_required)) => {
             let n = rules.len();
             state.set_rules(rules);
             state.metrics.rules.reloads.with_label_values(&["ok"]).inc();
             state.metrics.rules.loaded_ok();
-            tracing::info!(rules = n, config = ?file, "rules reloaded (other sections apply at the next restart)");
-            Ok(n)
+            if restart_required.is_empty() {
+                tracing::info!(rules = n, config = ?file, "rules reloaded");
+            } else {
+                tracing::warn!(rules = n, config = ?file, restart_required = %restart_required.join(", "),
+                    "rules reloaded; the other changed keys apply only at the next restart");
+            }
+            Ok(Reloaded {
+                rules: n,
+                restart_required,
+            })
         }
         Err(e) => {
             state.metrics.rules.reload_rejected();

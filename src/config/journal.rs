@@ -11,7 +11,7 @@ use crate::journal::{
 };
 
 /// `[journal]`: every answered request as a row in a DuckDB file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JournalConfig {
     /// Unset: on when the L3 tier is on (its DuckDB is there anyway) in a build with DuckDB.

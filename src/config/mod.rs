@@ -3,6 +3,7 @@
 //! Unknown keys and bad values fail at startup with a message that names the key and says what
 //! to change. These key names are a public interface: extend them, never rename them.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use crate::http::target::Target;
 
 mod journal;
 mod sections;
+pub mod units;
 mod warming;
 
 pub use journal::JournalConfig;
@@ -71,7 +73,7 @@ pub struct ConfigError(pub String);
 
 /// The gateway's configuration, as `tierd.toml` and the `TIERD__*` environment describe it
 /// ([`Settings::load`]); [`CacheBuilder::settings`](crate::CacheBuilder::settings) takes it too.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub server: ServerConfig,
@@ -123,12 +125,86 @@ impl Settings {
             environment = environment.source(Some(vars));
         }
         b = b.add_source(environment);
-        let raw = b.build().map_err(|e| ConfigError(describe(e)))?;
-        let settings: Settings = raw
+        let mut raw = b.build().map_err(|e| ConfigError(describe(e)))?;
+        // "10s", "256MiB": converted into the unit the key's name gives, then read as numbers.
+        let converted = units::conversions(
+            &config::Source::collect(&raw).map_err(|e| ConfigError(describe(e)))?,
+        )?;
+        if !converted.is_empty() {
+            let mut b = config::Config::builder().add_source(raw);
+            for (path, v) in converted {
+                b = b
+                    .set_override(path.as_str(), config::Value::new(None, v))
+                    .map_err(|e| ConfigError(describe(e)))?;
+            }
+            raw = b.build().map_err(|e| ConfigError(describe(e)))?;
+        }
+        let mut settings: Settings = raw
             .try_deserialize()
             .map_err(|e| ConfigError(describe(e)))?;
+        settings.admin.read_token_file()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// The settings as TOML (`tierd config show`), with `admin.token` and every password in a
+    /// URL (`redis://:secret@host`) replaced by `<redacted>`: safe to paste into a ticket.
+    pub fn redacted_toml(&self) -> Result<String, ConfigError> {
+        let mut table = toml::Table::try_from(self)
+            .map_err(|e| ConfigError(format!("the config cannot be shown as TOML: {e}")))?;
+        if let Some(toml::Value::Table(admin)) = table.get_mut("admin") {
+            if let Some(toml::Value::String(t)) = admin.get_mut("token") {
+                if !t.is_empty() {
+                    *t = REDACTED.into();
+                }
+            }
+        }
+        for (_, v) in table.iter_mut() {
+            redact_urls(v);
+        }
+        toml::to_string(&table)
+            .map_err(|e| ConfigError(format!("the config cannot be shown as TOML: {e}")))
+    }
+
+    /// The keys outside `[[rules]]` whose values differ between `self` and `other`, as dotted
+    /// paths (`tiers.l2.url`): what a reload, which applies the rules only, leaves for the next
+    /// start.
+    pub fn changed_keys(&self, other: &Settings) -> Vec<String> {
+        fn flat(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+            match v {
+                toml::Value::Table(t) => {
+                    for (k, v) in t {
+                        let path = if prefix.is_empty() {
+                            k.clone()
+                        } else {
+                            format!("{prefix}.{k}")
+                        };
+                        flat(&path, v, out);
+                    }
+                }
+                other => {
+                    out.insert(prefix.to_owned(), other.clone());
+                }
+            }
+        }
+        let table = |s: &Settings| {
+            let mut out = BTreeMap::new();
+            if let Ok(mut t) = toml::Table::try_from(s) {
+                t.remove("rules");
+                flat("", &toml::Value::Table(t), &mut out);
+            }
+            out
+        };
+        let (a, b) = (table(self), table(other));
+        let mut keys: Vec<String> = a
+            .keys()
+            .chain(b.keys())
+            .filter(|k| a.get(*k) != b.get(*k))
+            .cloned()
+            .collect();
+        keys.sort();
+        keys.dedup();
+        keys
     }
 
     /// Settings that are valid but probably not what the operator meant; `check-config` prints
@@ -453,6 +529,33 @@ impl Settings {
 }
 
 /// Turns the config crate's errors into a message that names the key and the fix.
+const REDACTED: &str = "<redacted>";
+
+/// Replaces the password of every URL in `v` (`scheme://user:password@host`).
+fn redact_urls(v: &mut toml::Value) {
+    match v {
+        toml::Value::String(s) => {
+            if let Some(r) = redact_url(s) {
+                *s = r;
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(redact_urls),
+        toml::Value::Table(t) => t.iter_mut().for_each(|(_, v)| redact_urls(v)),
+        _ => {}
+    }
+}
+
+/// `s` with its URL password redacted, if it is a URL with one.
+fn redact_url(s: &str) -> Option<String> {
+    let start = s.find("://")? + 3;
+    let authority_end = s[start..]
+        .find(['/', '?', '#'])
+        .map_or(s.len(), |i| start + i);
+    let at = s[start..authority_end].rfind('@')? + start;
+    let colon = s[start..at].find(':')? + start;
+    Some(format!("{}{REDACTED}{}", &s[..=colon], &s[at..]))
+}
+
 pub(crate) fn describe(e: config::ConfigError) -> String {
     // The config crate writes nested keys of array items as `rules[1]ttl_by_field`.
     let mut text = String::new();
@@ -467,11 +570,11 @@ pub(crate) fn describe(e: config::ConfigError) -> String {
     }
     if let Some(rest) = text.strip_prefix("unknown field ") {
         return format!(
-            "unknown key {rest}. Check the spelling against the config reference in README.md \
+            "unknown key {rest}. Check the spelling against the config reference (docs/src/reference/config.md) \
              (environment variables are TIERD__<SECTION>__<KEY>)"
         );
     }
-    format!("{text}. See the config reference in README.md")
+    format!("{text}. See the config reference in docs/src/reference/config.md")
 }
 
 #[cfg(test)]
@@ -498,5 +601,136 @@ mod tests {
         assert!(s.rate_limit.dry_run && s.rate_limit.origin.dry_run);
         let e = with_env(&[("TIERD__RATE_LIMIT__DRY_RUN", "maybe")]).unwrap_err();
         assert!(e.to_string().contains("dry_run"), "{e}");
+    }
+
+    fn from_file(text: &str) -> Result<Settings, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tierd.toml");
+        std::fs::write(&path, text).unwrap();
+        Settings::load_with_env(Some(&path), Some(Default::default()))
+    }
+
+    #[test]
+    fn durations_and_sizes_take_units_in_the_file_and_the_environment() {
+        let s = from_file(
+            r#"
+[upstream]
+timeout_ms = "2.5s"
+connect_timeout_ms = 300
+[tiers.l1]
+max_bytes = "64MiB"
+[journal]
+retention_days = "2w"
+[[rules]]
+path = "/a/{id}"
+ttl_seconds = "5m"
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.upstream.timeout_ms, 2_500);
+        assert_eq!(s.upstream.connect_timeout_ms, 300);
+        assert_eq!(s.tiers.l1.max_bytes, 64 * 1024 * 1024);
+        assert_eq!(s.journal.retention_days, 14);
+        assert_eq!(s.rules[0].ttl_seconds, Some(300));
+        let s = with_env(&[("TIERD__UPSTREAM__TIMEOUT_MS", "1m")]).unwrap();
+        assert_eq!(s.upstream.timeout_ms, 60_000);
+        let e = from_file("[upstream]\ntimeout_ms = \"soon\"\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("upstream.timeout_ms: 'soon' is not a duration"),
+            "{e}"
+        );
+        let e = from_file("[[rules]]\npath = \"/a\"\nttl_seconds = \"90ms\"\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("rules[0].ttl_seconds: '90ms' is not a whole number of seconds"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_admin_token_comes_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("token");
+        std::fs::write(&secret, "s3cret\n").unwrap();
+        let s = from_file(&format!("[admin]\ntoken_file = {:?}\n", secret)).unwrap();
+        assert_eq!(s.admin.token, "s3cret");
+        let e = from_file(&format!(
+            "[admin]\ntoken = \"x\"\ntoken_file = {:?}\n",
+            secret
+        ))
+        .unwrap_err()
+        .0;
+        assert!(
+            e.starts_with("admin.token_file: admin.token is set too"),
+            "{e}"
+        );
+        let e = from_file("[admin]\ntoken_file = \"/nonexistent/token\"\n")
+            .unwrap_err()
+            .0;
+        assert!(
+            e.starts_with("admin.token_file: cannot read /nonexistent/token"),
+            "{e}"
+        );
+        std::fs::write(&secret, " \n").unwrap();
+        let e = from_file(&format!("[admin]\ntoken_file = {:?}\n", secret))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("is empty"), "{e}");
+    }
+
+    #[test]
+    fn the_shown_config_reads_back_the_same_and_hides_secrets() {
+        let s = from_file(
+            r#"
+[admin]
+token = "hunter2"
+[upstream]
+url = "http://origin.test:8080/api"
+[tiers.l2]
+enabled = true
+url = "redis://:pa55@redis.test:6379/0"
+[[rules]]
+path = "/a/{id}"
+ttl_seconds = 60
+tags = ["a:{id}"]
+"#,
+        )
+        .unwrap();
+        let shown = s.redacted_toml().unwrap();
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("pa55"),
+            "{shown}"
+        );
+        assert!(shown.contains("token = \"<redacted>\""), "{shown}");
+        assert!(
+            shown.contains("redis://:<redacted>@redis.test:6379/0"),
+            "{shown}"
+        );
+        // What it prints is a config file tierd reads, and reads as the same settings.
+        let back = from_file(&shown.replace("<redacted>", "x")).unwrap();
+        let again = back.redacted_toml().unwrap();
+        assert_eq!(again, shown);
+        assert_eq!(redact_url("http://u@h/p"), None);
+        assert_eq!(
+            redact_url("https://user:pw@h:1/p@x").as_deref(),
+            Some("https://user:<redacted>@h:1/p@x")
+        );
+    }
+
+    #[test]
+    fn a_reload_names_the_changed_keys_outside_the_rules() {
+        let a = from_file("[server]\nworkers = 2\n[[rules]]\npath = \"/a\"\n").unwrap();
+        let b = from_file(
+            "[server]\nworkers = 4\n[tiers.l2]\nurl = \"redis://other:6379\"\n[[rules]]\npath = \"/b\"\n",
+        )
+        .unwrap();
+        assert_eq!(a.changed_keys(&b), ["server.workers", "tiers.l2.url"]);
+        assert!(a.changed_keys(&a).is_empty());
+        // Rules are what a reload applies: never listed.
+        let c = from_file("[server]\nworkers = 2\n[[rules]]\npath = \"/c\"\n").unwrap();
+        assert!(a.changed_keys(&c).is_empty());
     }
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     /// Address of the gateway listener.
@@ -66,13 +66,16 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Address of the admin listener (metrics, health, `/_tierd/...`).
     pub listen: String,
     /// Bearer token for mutating admin calls; empty refuses them.
     pub token: String,
+    /// A file holding the token (a mounted secret), read at start; its
+    /// surrounding whitespace is ignored. Exclusive with `token`.
+    pub token_file: Option<std::path::PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -80,11 +83,41 @@ impl Default for AdminConfig {
         AdminConfig {
             listen: DEFAULT_ADMIN_LISTEN.into(),
             token: String::new(),
+            token_file: None,
         }
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+impl AdminConfig {
+    /// Sets `token` from `token_file`, when one is given.
+    pub(super) fn read_token_file(&mut self) -> Result<(), ConfigError> {
+        let Some(path) = &self.token_file else {
+            return Ok(());
+        };
+        if !self.token.is_empty() {
+            return Err(ConfigError(
+                "admin.token_file: admin.token is set too; keep one of them".into(),
+            ));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "admin.token_file: cannot read {}: {e}; point it at a readable file holding the token",
+                path.display()
+            ))
+        })?;
+        let token = text.trim();
+        if token.is_empty() {
+            return Err(ConfigError(format!(
+                "admin.token_file: {} is empty; write the token into it",
+                path.display()
+            )));
+        }
+        self.token = token.to_owned();
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
     /// The origin, `http://host:port[/prefix]`.
@@ -129,7 +162,7 @@ impl Default for UpstreamConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
     pub enabled: bool,
@@ -185,7 +218,7 @@ impl Default for CacheConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TiersConfig {
     pub l1: L1Config,
@@ -193,7 +226,7 @@ pub struct TiersConfig {
     pub l3: L3Config,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct L2Config {
     pub enabled: bool,
@@ -267,7 +300,7 @@ impl L2Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct L3Config {
     pub enabled: bool,
@@ -337,7 +370,7 @@ impl L3Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct L1Config {
     /// Memory bound of the in-process tier (keys, headers and bodies).
@@ -352,7 +385,7 @@ impl Default for L1Config {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DemoOriginConfig {
     /// Start the built-in demo API in the same process.
@@ -371,7 +404,7 @@ impl Default for DemoOriginConfig {
 
 pub use crate::logging::LogFormat;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -389,7 +422,7 @@ impl Default for LogConfig {
 }
 
 /// `[metrics]`: Prometheus metrics on the admin listener's `/metrics`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MetricsConfig {
     /// Record per-request metrics. Off, `/metrics` answers 404 and the hot path records
@@ -404,7 +437,7 @@ impl Default for MetricsConfig {
 }
 
 /// `[rate_limit]`: per-client quotas (429 past them) and the origin quota.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RateLimitConfig {
     /// The per-client quota on every request. Rule quotas and the origin quota work without it.
@@ -492,7 +525,7 @@ impl Default for RateLimitConfig {
 }
 
 /// Who shares an origin bucket.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, serde::Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum OriginQuotaKey {
     /// One bucket per client: no client can spend the origin's capacity for the others.
@@ -504,7 +537,7 @@ pub enum OriginQuotaKey {
 
 /// `[rate_limit.origin]`: limits only requests that would reach the origin (misses, passes,
 /// revalidations, mutations); hits never spend it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OriginQuotaConfig {
     pub enabled: bool,

@@ -14,7 +14,7 @@ use crate::warm::{
 /// `[warming]`: put the hot set in cache before clients ask. `enabled = true` alone warms the
 /// journal's 100 most requested URLs of the last day at start, and what usually follows each
 /// client request.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WarmingConfig {
     pub enabled: bool,

@@ -324,6 +324,7 @@ impl CacheBuilder {
                 token: self.settings.admin.token.clone(),
                 config_file: None,
                 warmer: warmer.clone(),
+                running: None,
             },
             housekeeping: Arc::new(Once::new()),
             warmer,

@@ -10,7 +10,7 @@ use super::template::{placeholders, Template};
 use crate::types::TierName;
 
 /// One `[[rules]]` table as written in the config file.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuleConfig {
     /// Shown in logs and errors; defaults to `rules[<index>]`.
@@ -54,7 +54,7 @@ pub struct RuleConfig {
 
 /// A rate and a burst: `{ requests_per_second = 5, burst = 10 }`, optionally
 /// `dry_run = true` (measured and counted, never enforced).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Copy, serde::Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct QuotaConfig {
     pub requests_per_second: f64,
@@ -63,7 +63,7 @@ pub struct QuotaConfig {
     pub dry_run: bool,
 }
 
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TtlByFieldConfig {
     /// RFC 6901 JSON pointer, e.g. `/status`.
@@ -75,7 +75,7 @@ pub struct TtlByFieldConfig {
     pub default: Option<i64>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KeyConfig {
     /// Query parameters left out of the key (`utm_*` matches a prefix).
@@ -89,7 +89,7 @@ pub struct KeyConfig {
     pub user: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct InvalidateConfig {
     pub tags: Vec<String>,

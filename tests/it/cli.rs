@@ -127,9 +127,132 @@ fn check_config_warns_about_contradictory_timeouts() {
 fn help_lists_the_commands() {
     let out = bin().arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in ["serve", "check-config", "demo-origin"] {
+    for cmd in [
+        "serve",
+        "check-config",
+        "demo-origin",
+        "config",
+        "healthcheck",
+    ] {
         assert!(text.contains(cmd), "{text}");
     }
+}
+
+/// `check-config` finds its file like every other subcommand: an argument, `--config`, or
+/// `TIERD_CONFIG`; without any it says how to give one.
+#[test]
+fn check_config_takes_the_file_as_every_subcommand_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "[upstream]\ntimeout_ms = \"3s\"\n").unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[upstream]\ntimeout_ms = \"3 fortnights\"\n").unwrap();
+    let run = |args: &[&str], env: Option<&std::path::Path>| {
+        let mut c = bin();
+        c.args(args).env_remove("TIERD_CONFIG");
+        if let Some(f) = env {
+            c.env("TIERD_CONFIG", f);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let g = good.to_str().unwrap();
+    let b = bad.to_str().unwrap();
+    assert_eq!(run(&["check-config", g], None).0, Some(0));
+    assert_eq!(run(&["check-config", "--config", g], None).0, Some(0));
+    assert_eq!(run(&["--config", g, "check-config"], None).0, Some(0));
+    assert_eq!(run(&["check-config"], Some(&good)).0, Some(0));
+    let (code, err) = run(&["check-config", "--config", b], None);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("upstream.timeout_ms: '3 fortnights' is not a duration"),
+        "{err}"
+    );
+    let (code, err) = run(&["check-config"], Some(&bad));
+    assert_eq!(code, Some(2), "{err}");
+    let (code, err) = run(&["check-config"], None);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("--config FILE"), "{err}");
+}
+
+/// `config show` prints the effective config (file < environment) with the token and URL
+/// passwords hidden, and what it prints is a config file that reads back the same.
+#[test]
+fn config_show_prints_the_effective_config_without_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("t.toml");
+    std::fs::write(
+        &f,
+        "[admin]\ntoken = \"hunter2\"\n[tiers.l2]\nurl = \"redis://:pa55@redis.test:6379\"\n[tiers.l1]\nmax_bytes = \"64MiB\"\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["config", "show", "--config"])
+        .arg(&f)
+        .env_remove("TIERD_CONFIG")
+        .env("TIERD__UPSTREAM__TIMEOUT_MS", "2s")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        !shown.contains("hunter2") && !shown.contains("pa55"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("timeout_ms = 2000"),
+        "the environment wins: {shown}"
+    );
+    assert!(shown.contains("max_bytes = 67108864"), "{shown}");
+    assert!(
+        shown.contains("[warming]") && shown.contains("[journal]"),
+        "defaults too: {shown}"
+    );
+    let again = dir.path().join("shown.toml");
+    std::fs::write(&again, &shown).unwrap();
+    let out = bin().arg("check-config").arg(&again).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `tierd healthcheck` exits 0 while the node answers on its admin listener, 1 once it is gone.
+#[test]
+fn healthcheck_follows_the_node() {
+    // The healthcheck reads admin.listen from its own config; 0.0.0.0 is asked on loopback.
+    let check = |admin: u16| {
+        bin()
+            .args(["healthcheck", "--timeout", "2"])
+            .env_remove("TIERD_CONFIG")
+            .env("TIERD__ADMIN__LISTEN", format!("0.0.0.0:{admin}"))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    };
+    let out = check(free_port());
+    assert_eq!(out.status.code(), Some(1), "nothing listens there");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not ready"));
+    let mut g = EnvGateway::start(&[]);
+    assert!(g.up, "listeners did not come up");
+    let out = check(g.admin_port);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    g.terminate();
+    let out = check(g.admin_port);
+    assert_eq!(out.status.code(), Some(1), "stopped");
 }
 
 fn http_get(port: u16, path: &str) -> String {
@@ -349,21 +472,21 @@ fn rate_limits_are_configured_from_the_environment() {
     );
 }
 
-/// The README's library section shows `examples/embed.rs` whole: its first code block is the
+/// The book's library page shows `examples/embed.rs` whole: its first code block is the
 /// file as it is compiled (and served by `embed::the_embed_example_serves_...`).
 #[test]
 fn the_readme_library_example_is_the_compiled_example() {
     let root = external::repo();
     let example = std::fs::read_to_string(root.join("examples/embed.rs")).unwrap();
-    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
-    let section = &readme[readme.find("## As a library").expect("library section")..];
+    let readme = std::fs::read_to_string(root.join("docs/src/guide/library.md")).unwrap();
+    let section = &readme[readme.find("# As a library").expect("library section")..];
     let block = &section[section.find("```rust").expect("code block")..];
     let block = &block[block.find('\n').unwrap() + 1..];
     let block = &block[..block.find("```").unwrap()];
     assert_eq!(
         block.lines().collect::<Vec<_>>(),
         example.lines().collect::<Vec<_>>(),
-        "README's library example and examples/embed.rs differ"
+        "the book's library example (docs/src/guide/library.md) and examples/embed.rs differ"
     );
 }
 

@@ -623,11 +623,30 @@ async fn a_broken_reload_keeps_the_old_rules_and_a_good_one_applies() {
     let r = reload().await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(json(&r)["rules"], 2);
+    assert_eq!(
+        json(&r)["restart_required"],
+        serde_json::json!([]),
+        "only rules changed"
+    );
     clock.advance(Duration::from_secs(100));
     get("/x").await;
     assert_eq!(get("/x").await.ttl(), Some(7));
     let y = get("/y").await;
     assert!(y.cache_status().contains("fwd=bypass"));
+
+    // Keys outside the rules are named: they apply at the next start, not now.
+    std::fs::write(
+        &file,
+        format!("{base}[cache]\nmax_body_bytes = \"1MiB\"\n[[rules]]\nname = \"short\"\npath = \"/x\"\nttl_seconds = 7\n"),
+    )
+    .unwrap();
+    let r = reload().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["rules"], 1);
+    assert_eq!(
+        json(&r)["restart_required"],
+        serde_json::json!(["cache.max_body_bytes"])
+    );
     gw.stop(true).await;
     origin.stop().await;
 }

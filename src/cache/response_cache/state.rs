@@ -7,7 +7,7 @@ use super::*;
 pub struct UpstreamFailure(pub OriginError);
 
 /// What happens to the body of a GET or HEAD (a "fat GET").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum GetWithBody {
     /// The body is not forwarded (as Varnish does): a response is stored and shared only when
