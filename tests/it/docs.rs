@@ -223,6 +223,27 @@ fn every_alert_has_a_runbook_page_and_a_runbook_url_to_it() {
     }
     assert!(current.is_none(), "{current:?} has no runbook_url");
     assert!(alerts.len() >= 20, "{alerts:?}");
+    // Every alert has promtool tests: at least one where it fires and one where it does not.
+    let tests = read("alerts/tierd.rules.test.yml");
+    let mut fires = BTreeSet::new();
+    let mut silent = BTreeSet::new();
+    let mut name = String::new();
+    for line in tests.lines().map(str::trim) {
+        if let Some(n) = line.strip_prefix("alertname: ") {
+            name = n.to_lowercase();
+        } else if line == "exp_alerts: []" {
+            silent.insert(name.clone());
+        } else if line == "exp_alerts:" {
+            fires.insert(name.clone());
+        }
+    }
+    for a in &alerts {
+        assert!(fires.contains(a), "{a}: no promtool test where it fires");
+        assert!(
+            silent.contains(a),
+            "{a}: no promtool test where it stays silent"
+        );
+    }
     // No page for an alert that is gone.
     for e in std::fs::read_dir(external::repo().join("docs/src/runbooks")).unwrap() {
         let name = e.unwrap().file_name().to_string_lossy().into_owned();
