@@ -48,6 +48,21 @@ def ROW(title):
 GOOD_HIGH = [(None, "red"), (0.5, "orange"), (0.8, "green")]
 BAD_HIGH = [(None, "green"), (0.8, "orange"), (0.95, "red")]
 
+# Panels on more than one dashboard.
+ORIGIN_CONNECTIONS = P(
+    "Origin connections", "Requests sent to the origin and not answered yet, against the pool's "
+    "limit (upstream.max_connections x workers): at the limit, misses queue for a connection.",
+    "short",
+    q("sum by (instance) (tierd_origin_requests_in_flight{SEL})", "{{instance}} in flight"),
+    q("sum by (instance) (tierd_origin_connections_max{SEL})", "{{instance}} limit"), w=8, lo=0)
+REDIS_CONNECTIONS = P(
+    "Redis connections", "Connections L2 holds open to Redis against tiers.l2.pool_size, and "
+    "commands waiting for Redis's answer.", "short",
+    q("sum by (instance) (tierd_tier_connections{SEL,tier=\"l2\"})", "{{instance}} open"),
+    q("sum by (instance) (tierd_tier_connections_max{SEL,tier=\"l2\"})", "{{instance}} pool size"),
+    q("sum by (instance) (tierd_tier_operations_in_flight{SEL,tier=\"l2\"})",
+      "{{instance}} commands in flight"), w=8, lo=0)
+
 OVERVIEW = [
     ROW("Requests"),
     P("Requests per second", "All requests answered by the gateways.", "reqps",
@@ -129,17 +144,8 @@ OVERVIEW = [
       q("sum by (instance) (tierd_connections_open{SEL})", "{{instance}} connections"),
       q("sum by (instance) (tierd_connections_max{SEL})", "{{instance}} connection limit"),
       w=8, lo=0),
-    P("Origin connections", "Requests sent to the origin and not answered yet, against the pool's "
-      "limit (upstream.max_connections x workers): at the limit, misses queue for a connection.",
-      "short",
-      q("sum by (instance) (tierd_origin_requests_in_flight{SEL})", "{{instance}} in flight"),
-      q("sum by (instance) (tierd_origin_connections_max{SEL})", "{{instance}} limit"), w=8, lo=0),
-    P("Redis connections", "Connections L2 holds open to Redis against tiers.l2.pool_size, and "
-      "commands waiting for Redis's answer.", "short",
-      q("sum by (instance) (tierd_tier_connections{SEL,tier=\"l2\"})", "{{instance}} open"),
-      q("sum by (instance) (tierd_tier_connections_max{SEL,tier=\"l2\"})", "{{instance}} pool size"),
-      q("sum by (instance) (tierd_tier_operations_in_flight{SEL,tier=\"l2\"})",
-        "{{instance}} commands in flight"), w=8, lo=0),
+    ORIGIN_CONNECTIONS,
+    REDIS_CONNECTIONS,
     P("Write queues", "Writes waiting for L2/L3 and journal rows waiting for the journal's writer, "
       "as a share of their queue's capacity: at 1, writes and rows are dropped.", "percentunit",
       q("max by (instance, tier) (tierd_tier_queue_depth{SEL} / tierd_tier_queue_capacity{SEL})",
@@ -260,12 +266,7 @@ TIERS = [
     P("Promotions", "Hits in L2/L3 copied into the faster tiers, by the tier that answered.", "ops",
       q("sum by (tier) (rate(tierd_tier_promotions_total{SEL}" + RATE + "))", "{{tier}}"), w=8),
     ROW("Redis (L2)"),
-    P("Redis connections", "Connections held open to Redis, the pool's size (tiers.l2.pool_size), "
-      "and commands waiting for an answer.", "short",
-      q("sum by (instance) (tierd_tier_connections{SEL,tier=\"l2\"})", "{{instance}} open"),
-      q("sum by (instance) (tierd_tier_connections_max{SEL,tier=\"l2\"})", "{{instance}} pool size"),
-      q("sum by (instance) (tierd_tier_operations_in_flight{SEL,tier=\"l2\"})",
-        "{{instance}} in flight"), lo=0),
+    dict(REDIS_CONNECTIONS, w=12),
     P("Redis latency", "p50 and p99 of one L2 lookup, and of one write batch.", "s",
       q("histogram_quantile(0.5, sum by (le, op) (rate(tierd_tier_operation_duration_seconds_bucket{SEL,tier=\"l2\"}"
         + RATE + ")))", "p50 {{op}}"),
@@ -299,10 +300,7 @@ ORIGIN = [
         + RATE + ")))", "p50"),
       q("histogram_quantile(0.99, sum by (le) (rate(tierd_origin_request_duration_seconds_bucket{SEL}"
         + RATE + ")))", "p99"), w=8),
-    P("Origin connections", "Requests sent to the origin and not answered yet, against the pool's "
-      "limit (upstream.max_connections x workers).", "short",
-      q("sum by (instance) (tierd_origin_requests_in_flight{SEL})", "{{instance}} in flight"),
-      q("sum by (instance) (tierd_origin_connections_max{SEL})", "{{instance}} limit"), w=8, lo=0),
+    ORIGIN_CONNECTIONS,
     P("Origin errors by kind", "Transport failures (connect, timeout, protocol, body) apart from "
       "the origin's own 5xx answers.", "ops",
       q("sum by (kind) (rate(tierd_origin_errors_total{SEL}" + RATE + "))", "{{kind}}")),

@@ -3,7 +3,7 @@
 //! `runbook_url` pointing at it; every link between pages lands on a page and a heading.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use crate::common::external;
 use tierd::config::Settings;
@@ -119,24 +119,11 @@ fn every_config_key_is_in_the_reference_and_every_documented_key_exists() {
     );
 }
 
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            rust_files(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
-}
-
 #[test]
 fn every_metric_is_in_the_reference_and_every_documented_metric_exists() {
     // Metric names are string literals where they are defined (`Opts::new("tierd_...")`).
-    let mut files = Vec::new();
-    rust_files(&external::repo().join("src"), &mut files);
     let mut code = BTreeSet::new();
-    for f in files {
+    for f in external::files(&external::repo().join("src"), "rs") {
         let text = std::fs::read_to_string(&f).unwrap();
         for (i, _) in text.match_indices("\"tierd_") {
             let rest = &text[i + 1..];
@@ -283,17 +270,7 @@ fn anchors(md: &str) -> BTreeSet<String> {
 fn every_link_between_pages_lands_on_a_page_and_a_heading() {
     let root = external::repo();
     let mut pages = vec![root.join("README.md"), root.join("CONTRIBUTING.md")];
-    fn md_files(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                md_files(&p, out);
-            } else if p.extension().is_some_and(|x| x == "md") {
-                out.push(p);
-            }
-        }
-    }
-    md_files(&root.join("docs/src"), &mut pages);
+    pages.extend(external::files(&root.join("docs/src"), "md"));
     let mut broken = Vec::new();
     let mut checked = 0;
     for page in &pages {

@@ -3,7 +3,7 @@
 //! file over 800 lines.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::common::external;
 
@@ -16,17 +16,6 @@ struct Source {
     modules: HashMap<Vec<String>, String>,
     /// Public item name to the files defining one.
     defs: HashMap<String, BTreeSet<String>>,
-}
-
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            walk(&p, out);
-        } else if p.extension().is_some_and(|x| x == "rs") {
-            out.push(p);
-        }
-    }
 }
 
 fn module_path(rel: &str) -> Vec<String> {
@@ -51,7 +40,7 @@ fn is_ident(c: char) -> bool {
 impl Source {
     fn read(src: &Path) -> Source {
         let mut paths = Vec::new();
-        walk(src, &mut paths);
+        paths.extend(external::files(src, "rs"));
         let mut files = BTreeMap::new();
         for p in paths {
             let rel = p

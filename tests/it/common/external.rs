@@ -37,6 +37,23 @@ pub fn free_port() -> u16 {
 /// The checkout under test. Read when the test runs (cargo sets it then too) rather than baked
 /// in at build time: with a target directory shared by two checkouts, a test binary built in one
 /// may be reused, unchanged, by the other.
+/// Every file under `dir` whose name ends in `.ext`, in no particular order.
+pub fn files(dir: &std::path::Path, ext: &str) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap_or_else(|e| panic!("{}: {e}", d.display())) {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == ext) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
 pub fn repo() -> std::path::PathBuf {
     std::env::var_os("CARGO_MANIFEST_DIR")
         .map(std::path::PathBuf::from)
