@@ -1,6 +1,7 @@
-//! The book (`docs/src`) against the code: every config key and every metric is documented in
-//! the reference and nothing documented is gone; every alert has a runbook page and a
-//! `runbook_url` pointing at it; every link between pages lands on a page and a heading.
+//! The book (`docs/src`) against the code: every config key, metric and command is documented
+//! in the reference and nothing documented is gone; every documented admin call answers; every
+//! alert has a runbook page, a `runbook_url` pointing at it and promtool cases; every metric is on
+//! a dashboard panel; every link between pages lands on a page and a heading.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -305,4 +306,74 @@ fn every_link_between_pages_lands_on_a_page_and_a_heading() {
     }
     assert!(checked > 50, "{checked} links");
     assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+/// The subcommands `tierd --help` lists, and those the reference's table shows, are the same.
+#[test]
+fn every_command_is_in_the_reference_and_every_documented_command_exists() {
+    let out = crate::common::tierd_command()
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let listed = help
+        .split_once("Commands:")
+        .expect("a Commands section")
+        .1
+        .split("\n\n")
+        .next()
+        .unwrap_or_default();
+    let code: BTreeSet<String> = listed
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|c| *c != "help")
+        .map(str::to_owned)
+        .collect();
+    let documented: BTreeSet<String> = table_keys(&read("docs/src/reference/cli.md"))
+        .into_iter()
+        .filter_map(|k| k.split_whitespace().nth(1).map(str::to_owned))
+        .filter(|c| !c.starts_with('-'))
+        .collect();
+    same("docs/src/reference/cli.md", &code, &documented);
+}
+
+/// Every call the admin API reference documents answers on a running node's admin listener
+/// (with the token): none is the listener's "no such route" or "method not allowed".
+#[actix_web::test]
+async fn every_documented_admin_call_exists() {
+    use crate::common::{client, send, settings_for, Origin, Reply};
+    use std::sync::Arc;
+    let clock = Arc::new(tierd::clock::ManualClock::new());
+    let origin = Origin::start(clock.clone(), |_, _| Reply::ok("x")).await;
+    let mut s = settings_for(origin.addr);
+    s.admin.token = "docs-token".into();
+    let gw = tierd::server::Gateway::start(&s, clock, None)
+        .await
+        .unwrap();
+    let mut calls = 0;
+    for call in table_keys(&read("docs/src/reference/admin-api.md")) {
+        let Some((method, target)) = call.split_once(' ') else {
+            continue;
+        };
+        let path = target.split('?').next().unwrap_or(target);
+        let url = format!("http://{}{path}", gw.admin_addr);
+        let req = match method {
+            "GET" => client().get(url),
+            "HEAD" => client().head(url),
+            "POST" => client().post(url),
+            other => panic!("{call}: method {other}"),
+        };
+        let r = send(req.insert_header(("authorization", "Bearer docs-token"))).await;
+        calls += 1;
+        let unknown = r.status == 404 && r.text().contains("no such admin endpoint");
+        assert!(
+            !unknown && r.status != 405,
+            "{call}: {} {}",
+            r.status,
+            r.text()
+        );
+    }
+    assert!(calls >= 12, "{calls} calls documented");
+    gw.stop(true).await;
+    origin.stop().await;
 }
