@@ -7,6 +7,9 @@ use std::sync::Arc;
 use clap::{Parser, Subcommand};
 use tierd::config::{LogFormat, Settings};
 
+/// How long `report` and `sql` wait for a running node's answer.
+const ADMIN_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The config file `tierd` with no subcommand uses when it exists (the quick start).
 const QUICKSTART_CONFIG: &str = "config/tierd.toml";
 
@@ -329,7 +332,7 @@ fn report(
     let summary: Summary = match admin {
         Some(base) => {
             let path = format!("/_tierd/analytics/summary?window={}", w.as_str());
-            let body = admin_call(&base, &path, token, None)?;
+            let body = admin_call(&base, &path, token, None, ADMIN_CALL_TIMEOUT)?;
             serde_json::from_slice(&body)
                 .map_err(|e| anyhow::anyhow!("{base}{path}: not a summary: {e}"))?
         }
@@ -376,18 +379,9 @@ fn healthcheck(config: Option<&Path>, admin: Option<String>, timeout: u64) -> Ex
     } else {
         format!("http://{addr}")
     };
-    let url = format!("{}/readyz", base.trim_end_matches('/'));
     let wait = std::time::Duration::from_secs(timeout.max(1));
-    let answer = actix_web::rt::System::new().block_on(async move {
-        let client = awc::Client::builder().timeout(wait).finish();
-        client.get(&url).send().await.map(|r| r.status())
-    });
-    match answer {
-        Ok(status) if status.is_success() => ExitCode::SUCCESS,
-        Ok(status) => {
-            eprintln!("tierd: not ready: /readyz answered {status}");
-            ExitCode::FAILURE
-        }
+    match admin_call(&base, "/readyz", None, None, wait) {
+        Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tierd: not ready: {e}");
             ExitCode::FAILURE
@@ -395,18 +389,18 @@ fn healthcheck(config: Option<&Path>, admin: Option<String>, timeout: u64) -> Ex
     }
 }
 
-/// A GET (or, with a body, a JSON POST) to a running node's admin API; the body of a 2xx.
+/// A GET (or, with a body, a JSON POST) to a running node's admin API, answered within
+/// `timeout`; the body of a 2xx.
 fn admin_call(
     base: &str,
     path: &str,
     token: Option<String>,
     json: Option<serde_json::Value>,
+    timeout: std::time::Duration,
 ) -> anyhow::Result<Vec<u8>> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
     actix_web::rt::System::new().block_on(async move {
-        let client = awc::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .finish();
+        let client = awc::Client::builder().timeout(timeout).finish();
         let mut req = match json {
             Some(_) => client.post(&url),
             None => client.get(&url),
@@ -454,6 +448,7 @@ fn sql(
                 "/_tierd/analytics/sql",
                 token,
                 Some(serde_json::json!({"sql": query, "limit": limit})),
+                ADMIN_CALL_TIMEOUT,
             )?;
             #[derive(serde::Deserialize)]
             struct Answer {

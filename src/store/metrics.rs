@@ -343,12 +343,16 @@ impl StoreMetrics {
             if let Some(p) = r.pool {
                 set(&self.connections, r.name, p.open as u64);
                 set(&self.connections_max, r.name, p.max as u64);
-                set(&self.in_flight, r.name, p.in_flight as u64);
             }
         }
         for (t, _) in failed {
             set(&self.up, *t, 0);
         }
+    }
+
+    /// The gauge of `t`'s operations waiting on its server, for the tier to count them itself.
+    pub fn operations_in_flight(&self, t: TierName) -> prometheus::IntGauge {
+        self.in_flight.with_label_values(&[t.as_str()])
     }
 
     /// Stops exporting `t`'s entries and bytes.

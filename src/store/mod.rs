@@ -78,8 +78,6 @@ pub struct PoolStatus {
     pub open: usize,
     /// Connections the pool may open.
     pub max: usize,
-    /// Operations sent and not yet answered (or timed out).
-    pub in_flight: usize,
 }
 
 /// What `/_tierd/stats` and `/metrics` report about one tier.

@@ -70,29 +70,13 @@ struct Inner {
     /// `DOWN`. A Redis that was never reached (down at startup, no traffic yet) would otherwise
     /// show as healthy: the breaker only opens on failures.
     reach: std::sync::atomic::AtomicU8,
-    /// Commands sent and not yet answered or timed out.
-    in_flight: std::sync::atomic::AtomicUsize,
+    /// Commands sent and not yet answered or timed out (`tierd_tier_operations_in_flight`).
+    in_flight: prometheus::IntGauge,
 }
 
 const UNKNOWN: u8 = 0;
 const UP: u8 = 1;
 const DOWN: u8 = 2;
-
-/// Counts a command in flight while it lives (so a cancelled one is counted out too).
-struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
-
-impl<'a> InFlight<'a> {
-    fn new(n: &'a std::sync::atomic::AtomicUsize) -> Self {
-        n.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        InFlight(n)
-    }
-}
-
-impl Drop for InFlight<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
 
 /// The Redis tier.
 pub struct RedisTier {
@@ -148,6 +132,7 @@ impl RedisTier {
                     .map_err(|e| bad(&e))?,
             )
         };
+        let in_flight = metrics.store.operations_in_flight(TierName::L2);
         let inner = Arc::new(Inner {
             pool,
             slots: (0..opts.pool_size.max(1))
@@ -163,7 +148,7 @@ impl RedisTier {
             breaker: Breaker::new(opts.failure_threshold, opts.open_for),
             metrics,
             reach: std::sync::atomic::AtomicU8::new(UNKNOWN),
-            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            in_flight,
         });
         let (queue, rx, finished) = WriteQueue::new(opts.queue_capacity, opts.queue_max_bytes);
         rt.spawn(inner.clone().write_worker(rx, finished));
@@ -355,7 +340,8 @@ impl Inner {
         };
         // Whether Redis answered (an error reply is an answer; a dropped connection is not).
         let mut answered = false;
-        let counted = InFlight::new(&self.in_flight);
+        // Counted out when dropped, so a cancelled command is too.
+        let counted = crate::metrics::GaugeGuard::new(self.in_flight.clone());
         let timed = tokio::time::timeout(self.command_timeout, work).await;
         drop(counted);
         let result = match timed {
@@ -704,10 +690,6 @@ impl Tier for RedisTier {
         Some(super::PoolStatus {
             open: status.size,
             max: status.max_size,
-            in_flight: self
-                .inner
-                .in_flight
-                .load(std::sync::atomic::Ordering::Relaxed),
         })
     }
 

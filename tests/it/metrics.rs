@@ -721,21 +721,25 @@ async fn in_flight_and_open_connection_gauges_follow_the_traffic() {
 
     let conn = std::net::TcpStream::connect(gw.addr).unwrap();
     assert!(
-        eventually(Duration::from_secs(5), async || gauge(
-            "tierd_connections_open"
+        common::metric_reaches(
+            admin,
+            "tierd_connections_open",
+            &[],
+            1.0,
+            Duration::from_secs(5)
         )
-        .await
-            == 1.0)
         .await,
         "an open client connection is counted"
     );
     drop(conn);
     assert!(
-        eventually(Duration::from_secs(5), async || gauge(
-            "tierd_connections_open"
+        common::metric_reaches(
+            admin,
+            "tierd_connections_open",
+            &[],
+            0.0,
+            Duration::from_secs(5)
         )
-        .await
-            == 0.0)
         .await,
         "and counted out once closed"
     );

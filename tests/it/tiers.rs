@@ -741,3 +741,47 @@ async fn with_redis_down_the_node_is_degraded_serves_and_a_purge_answers_502() {
     gw.stop(true).await;
     origin.stop().await;
 }
+
+/// `tierd_tier_operations_in_flight{tier="l2"}` counts the commands waiting on a hung Redis, and
+/// counts them out once they time out.
+#[actix_web::test]
+async fn redis_commands_waiting_on_a_hung_redis_are_in_flight_until_they_time_out() {
+    let redis = RedisServer::start();
+    let clock = Arc::new(ManualClock::new());
+    let origin = origin(&clock, "max-age=600").await;
+    let a = start(&origin, &clock, |s| {
+        l2(s, &redis);
+        s.tiers.l2.command_timeout_ms = 1_500;
+        s.tiers.l2.circuit_failure_threshold = 100;
+    })
+    .await;
+    assert_eq!(get(&a, "/warm").await.status, 200);
+    written(&a, "l2", 1).await;
+    let in_flight = || async {
+        metric_at(
+            a.admin_addr,
+            "tierd_tier_operations_in_flight",
+            &[("tier", "l2")],
+        )
+        .await
+    };
+    assert_eq!(in_flight().await, 0.0);
+
+    redis.pause();
+    let url = format!("http://{}/hung", a.addr);
+    let waiting = actix_web::rt::spawn(async move { send(client().get(url)).await });
+    assert!(
+        eventually(Duration::from_secs(5), async || in_flight().await >= 1.0).await,
+        "the lookup waiting on the paused Redis is in flight"
+    );
+    // The lookup times out, the origin answers; the write of its response times out too.
+    assert_eq!(waiting.await.unwrap().status, 200);
+    assert!(
+        eventually(Duration::from_secs(10), async || in_flight().await == 0.0).await,
+        "counted out after the timeouts: {}",
+        in_flight().await
+    );
+    redis.resume();
+    a.stop(true).await;
+    origin.stop().await;
+}

@@ -12,7 +12,7 @@ use tierd::config::Settings;
 use tierd::server::Gateway;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::common::{self, eventually, metric_at, with_l3, Origin, Reply};
+use crate::common::{self, eventually, metric_at, metric_reaches, with_l3, Origin, Reply};
 
 const TOKEN: &str = "warm-token";
 const HOST: &str = "warm.test";
@@ -211,9 +211,13 @@ async fn a_pass_warms_the_popular_shared_urls_and_nothing_private() {
     // /items/2 expires unserved: wasted (the ledger is swept every second).
     clock.advance(Duration::from_secs(61));
     assert!(
-        eventually(Duration::from_secs(5), async || {
-            metric_at(gw.admin_addr, "tierd_warm_wasted_total", &[]).await == 1.0
-        })
+        metric_reaches(
+            gw.admin_addr,
+            "tierd_warm_wasted_total",
+            &[],
+            1.0,
+            Duration::from_secs(5)
+        )
         .await
     );
     let shown = status(&gw).await;
@@ -335,15 +339,13 @@ async fn what_usually_follows_a_request_is_fetched_before_the_client_asks() {
         origin_paths(&origin)
     );
     assert!(
-        eventually(Duration::from_secs(5), async || {
-            metric_at(
-                gw.admin_addr,
-                "tierd_warm_fetches_total",
-                &[("trigger", "predict"), ("outcome", "fetched")],
-            )
-            .await
-                == 1.0
-        })
+        metric_reaches(
+            gw.admin_addr,
+            "tierd_warm_fetches_total",
+            &[("trigger", "predict"), ("outcome", "fetched")],
+            1.0,
+            Duration::from_secs(5)
+        )
         .await
     );
     let next = get_from(client, gw.addr, "/items/99/reviews", "").await;
@@ -370,15 +372,13 @@ async fn what_usually_follows_a_request_is_fetched_before_the_client_asks() {
     // Both predictions were fetched once, and the client that comes next is served the warm
     // copy.
     assert!(
-        eventually(Duration::from_secs(5), async || {
-            metric_at(
-                gw.admin_addr,
-                "tierd_warm_fetches_total",
-                &[("trigger", "predict"), ("outcome", "fetched")],
-            )
-            .await
-                == 2.0
-        })
+        metric_reaches(
+            gw.admin_addr,
+            "tierd_warm_fetches_total",
+            &[("trigger", "predict"), ("outcome", "fetched")],
+            2.0,
+            Duration::from_secs(5)
+        )
         .await
     );
     let r = get_from([127, 0, 0, 51], gw.addr, "/items/1", "").await;
@@ -552,15 +552,13 @@ async fn schedules_refresh_ahead_and_purges_warm_on_their_own() {
     .await;
     assert_eq!(purged.status, 200, "{}", purged.text());
     assert!(
-        eventually(Duration::from_secs(5), async || {
-            metric_at(
-                gw.admin_addr,
-                "tierd_warm_fetches_total",
-                &[("trigger", "purge"), ("outcome", "fetched")],
-            )
-            .await
-                == 1.0
-        })
+        metric_reaches(
+            gw.admin_addr,
+            "tierd_warm_fetches_total",
+            &[("trigger", "purge"), ("outcome", "fetched")],
+            1.0,
+            Duration::from_secs(5)
+        )
         .await
     );
     let r = get_from([127, 0, 0, 3], gw.addr, "/items/1", "").await;

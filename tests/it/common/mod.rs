@@ -19,7 +19,7 @@ pub mod redis;
 pub mod scrape;
 
 pub use external::free_port;
-pub use scrape::{metric_at, scrape};
+pub use scrape::{metric_at, metric_reaches, scrape};
 
 /// What the test origin answers.
 #[derive(Clone, Debug)]

@@ -100,3 +100,17 @@ pub async fn scrape(admin: SocketAddr) -> Scrape {
 pub async fn metric_at(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
     scrape(admin).await.sum(name, labels)
 }
+
+/// Whether that sum becomes `want` within `within` (polled, never slept on).
+pub async fn metric_reaches(
+    admin: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+    within: std::time::Duration,
+) -> bool {
+    super::eventually(within, async || {
+        metric_at(admin, name, labels).await == want
+    })
+    .await
+}
