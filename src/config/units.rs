@@ -95,6 +95,9 @@ fn convert(key: &str, unit: Unit, text: &str) -> Result<Option<ValueKind>, Confi
             let secs = parse_duration(text)
                 .ok_or_else(|| bad("a duration", "\"500ms\", \"10s\", \"2m\", \"1h\", \"7d\""))?;
             let n = secs / per;
+            if n >= i64::MAX as f64 {
+                return Err(too_large(key, text));
+            }
             if per >= 3600.0 && key.ends_with("_hours") && n.fract() != 0.0 {
                 // `half_life_hours` is fractional; whole hours elsewhere are checked by type.
                 return Ok(Some(ValueKind::Float(n)));
@@ -110,9 +113,18 @@ fn convert(key: &str, unit: Unit, text: &str) -> Result<Option<ValueKind>, Confi
         Unit::Bytes => {
             let n =
                 parse_size(text).ok_or_else(|| bad("a size", "\"64KiB\", \"256MiB\", \"1GB\""))?;
-            Ok(Some(ValueKind::I64(n.round().min(i64::MAX as f64) as i64)))
+            if n >= i64::MAX as f64 {
+                return Err(too_large(key, text));
+            }
+            Ok(Some(ValueKind::I64(n.round() as i64)))
         }
     }
+}
+
+fn too_large(key: &str, text: &str) -> ConfigError {
+    ConfigError(format!(
+        "{key}: '{text}' is too large; give a smaller value"
+    ))
 }
 
 /// Every string under a unit key, converted: `(path, value)` for `set_override`, e.g.
@@ -214,6 +226,21 @@ mod tests {
         );
         let e = c("ttl_seconds", "1500ms").unwrap_err().0;
         assert!(e.contains("not a whole number of seconds"), "{e}");
+        let e = c("tiers.l1.max_bytes", "99999999999999999999999999TiB")
+            .unwrap_err()
+            .0;
+        assert!(e.ends_with("is too large; give a smaller value"), "{e}");
+        let e = c("upstream.timeout_ms", "99999999999999999999w")
+            .unwrap_err()
+            .0;
+        assert!(e.ends_with("is too large; give a smaller value"), "{e}");
+        let e = c("upstream.timeout_ms", &format!("{}s", "9".repeat(400)))
+            .unwrap_err()
+            .0;
+        assert!(e.contains("is not a duration"), "an infinite number: {e}");
+        for hostile in ["1.2.3s", "\u{0661}\u{0662}s", "0x10s", "", "5s\0", "1e3s"] {
+            assert!(c("upstream.timeout_ms", hostile).is_err(), "{hostile:?}");
+        }
         let e = c("tiers.l1.max_bytes", "lots").unwrap_err().0;
         assert!(
             e.starts_with("tiers.l1.max_bytes: 'lots' is not a size"),
