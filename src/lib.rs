@@ -94,7 +94,7 @@ pub mod upstream;
 #[doc(hidden)]
 pub mod warm;
 
-pub use cache::{CacheDirective, ValueCache, ValueOptions};
+pub use cache::{CacheDirective, Lookup, ValueCache, ValueOptions};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Settings, WarmingConfig};
 pub use facade::{Cache, CacheBuilder, CacheMiddleware, CacheService, Error, Purged, Rules};

@@ -20,15 +20,16 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::cache::{CacheState, PurgeSource};
+use crate::cache::{CacheState, Lookup, PurgeSource};
 use crate::config::Settings;
-use crate::policy::{self, valid_tag, RuleSet, Selector, MAX_TEXT_BYTES};
+use crate::http::host;
+use crate::policy::{valid_tag, RuleSet, Selector, MAX_TEXT_BYTES};
+use crate::selector::parse_key_url;
 use crate::store::TierName;
 
 /// Largest purge request body accepted.
 pub const MAX_PURGE_BODY_BYTES: usize = 64 * 1024;
-/// Longest URL a purge or inspection may name.
-pub const MAX_URL_BYTES: usize = 8 * 1024;
+pub use crate::selector::MAX_URL_BYTES;
 
 /// What the admin API needs besides the cache state.
 #[derive(Debug, Clone, Default)]
@@ -82,6 +83,7 @@ fn routes(cfg: &mut web::ServiceConfig, state: Arc<CacheState>, opts: AdminOptio
         )
         .route(&format!("{api}/stats"), web::get().to(stats))
         .route(&format!("{api}/entry"), web::get().to(entry))
+        .route(&format!("{api}/entry"), web::head().to(entry))
         .route(&format!("{api}/purge"), web::post().to(purge))
         .route(&format!("{api}/warm"), web::post().to(warm::run))
         .route(&format!("{api}/warm"), web::get().to(warm::show))
@@ -105,12 +107,10 @@ async fn not_found(req: HttpRequest) -> HttpResponse {
     let allowed = match req.path() {
         "/_tierd/purge" | "/_tierd/reload" => Some("POST"),
         "/_tierd/warm" => Some("GET, POST"),
-        "/metrics"
-        | "/healthz"
-        | "/readyz"
-        | "/_tierd/stats"
-        | "/_tierd/entry"
-        | "/_tierd/analytics/summary" => Some("GET"),
+        "/metrics" | "/healthz" | "/readyz" | "/_tierd/stats" | "/_tierd/analytics/summary" => {
+            Some("GET")
+        }
+        "/_tierd/entry" => Some("GET, HEAD"),
         _ => None,
     };
     match allowed {
@@ -380,105 +380,54 @@ fn node(state: &CacheState) -> Option<String> {
     None
 }
 
-/// A URL given to the admin API, split for keys and selectors.
-struct AdminUrl {
-    host: Option<String>,
-    path: String,
-    query: Option<String>,
-}
-
-/// Parses `http://host/path?query` or `/path?query`.
-fn parse_url(text: &str, what: &str) -> Result<AdminUrl, String> {
-    if text.is_empty() {
-        return Err(format!(
-            "{what} is empty; give a path such as \"/api/items/1\" or an absolute URL"
-        ));
-    }
-    if text.len() > MAX_URL_BYTES {
-        return Err(format!(
-            "{what} is {} bytes; at most {MAX_URL_BYTES}",
-            text.len()
-        ));
-    }
-    if !text.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(format!(
-            "{what} must be printable ASCII without spaces (percent-encode the rest)"
-        ));
-    }
-    let (host, rest) = if let Some(after) = text
-        .strip_prefix("http://")
-        .or_else(|| text.strip_prefix("https://"))
-    {
-        let slash = after.find('/').unwrap_or(after.len());
-        let host = &after[..slash];
-        if host.is_empty() || host.contains(['@', '?', '#']) {
-            return Err(format!("{what}: '{text}' has no usable host"));
-        }
-        let rest = if slash == after.len() {
-            "/"
-        } else {
-            &after[slash..]
-        };
-        (Some(host.to_ascii_lowercase()), rest)
-    } else if text.starts_with('/') && !text.starts_with("//") {
-        (None, text)
-    } else {
-        return Err(format!(
-            "{what}: '{text}' is neither a path starting with '/' nor an http:// URL"
-        ));
-    };
-    let rest = rest.split('#').next().unwrap_or_default();
-    let (path, query) = match rest.split_once('?') {
-        Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
-        None => (rest.to_owned(), None),
-    };
-    Ok(AdminUrl { host, path, query })
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PurgeBody {
     url: Option<String>,
     prefix: Option<String>,
     tag: Option<String>,
+    user: Option<String>,
+    all: Option<bool>,
 }
+
+const PURGE_EXAMPLES: &str = "{\"tag\": \"assessment:42\"}, {\"url\": \"/api/x\"}, {\"prefix\": \"/api/\"}, {\"user\": \"<the value key.user reads>\"} or {\"all\": true}";
 
 /// The selector a purge body asks for.
 fn purge_selector(state: &CacheState, body: &[u8]) -> Result<Selector, String> {
     let b: PurgeBody = serde_json::from_slice(body).map_err(|e| {
-        format!("body is not a purge request ({e}); send JSON such as {{\"tag\": \"assessment:42\"}}, {{\"url\": \"/api/x\"}} or {{\"prefix\": \"/api/\"}}")
+        format!("body is not a purge request ({e}); send JSON such as {PURGE_EXAMPLES}")
     })?;
-    match (b.url, b.prefix, b.tag) {
-        (Some(url), None, None) => {
-            let u = parse_url(&url, "url")?;
+    match (b.url, b.prefix, b.tag, b.user, b.all) {
+        (Some(url), None, None, None, None) => {
+            let u = parse_key_url(&url, "url")?;
             // Without a query: the bare URL; with one: normalised as the GET rule keys it.
             let query = match &u.query {
                 Some(q) => state.rules.load().key_query(&u.path, q),
                 None => String::new(),
             };
             Ok(Selector::Url {
-                host: u.host,
+                host: u.host.map(|h| host::normalized(h.as_bytes())),
                 path: u.path,
                 query: Some(query),
             })
         }
-        (None, Some(prefix), None) => {
+        (None, Some(prefix), None, None, None) => {
             if prefix.len() > MAX_TEXT_BYTES {
                 return Err(format!(
                     "prefix is {} bytes; at most {MAX_TEXT_BYTES} (a prefix is a literal path start such as \"/api/\")",
                     prefix.len()
                 ));
             }
-            let u = parse_url(&prefix, "prefix")?;
+            let u = parse_key_url(&prefix, "prefix")?;
             if u.query.is_some() {
                 return Err("prefix: a prefix is a path start, without '?'".into());
             }
             Ok(Selector::Prefix {
-                host: u.host,
+                host: u.host.map(|h| host::normalized(h.as_bytes())),
                 prefix: u.path,
             })
         }
-        (None, None, Some(tag)) => {
+        (None, None, Some(tag), None, None) => {
             if !valid_tag(&tag) {
                 return Err(format!(
                     "tag: must be 1 to {MAX_TEXT_BYTES} printable ASCII characters without spaces"
@@ -486,7 +435,26 @@ fn purge_selector(state: &CacheState, body: &[u8]) -> Result<Selector, String> {
             }
             Ok(Selector::Tag(tag))
         }
-        _ => Err("give exactly one of \"url\", \"prefix\" or \"tag\"".into()),
+        (None, None, None, Some(user), None) => {
+            // As a request carries it: a header value, without the whitespace around it.
+            let value = user.trim_matches([' ', '\t']);
+            if value.is_empty() || value.len() > MAX_URL_BYTES {
+                return Err(format!(
+                    "user: give the value the rules' key.user reads (the whole Authorization value, or the header's), 1 to {MAX_URL_BYTES} bytes"
+                ));
+            }
+            if header::HeaderValue::from_str(value).is_err() {
+                return Err("user: not a valid header value (visible ASCII, spaces and tabs)".into());
+            }
+            Ok(Selector::user(value))
+        }
+        (None, None, None, None, Some(true)) => Ok(Selector::All),
+        (None, None, None, None, Some(false)) => {
+            Err("all: send {\"all\": true} to purge every entry, or another selector".into())
+        }
+        _ => Err(format!(
+            "give exactly one of \"url\", \"prefix\", \"tag\", \"user\" or \"all\", e.g. {PURGE_EXAMPLES}"
+        )),
     }
 }
 
@@ -556,52 +524,83 @@ async fn purge(
     }))
 }
 
-#[derive(Debug, Deserialize)]
-struct EntryQuery {
-    url: Option<String>,
+/// `GET /_tierd/entry`'s query: `url`, and for routes whose key holds them, `user` (the value
+/// `key.user` reads) and `header` (`name: value`, repeatable, for `key.headers`).
+fn entry_lookup(query: &str) -> Result<Lookup, String> {
+    let pairs = web::Query::<Vec<(String, String)>>::from_query(query)
+        .map_err(|e| format!("query unreadable ({e}); percent-encode the values"))?
+        .into_inner();
+    let mut url = None;
+    let mut user = None;
+    let mut headers = Vec::new();
+    for (name, value) in pairs {
+        match name.as_str() {
+            "url" if url.is_none() => url = Some(value),
+            "user" if user.is_none() => user = Some(value),
+            "header" => {
+                let Some((n, v)) = value.split_once(':') else {
+                    return Err(format!(
+                        "header={value}: give name: value, e.g. header=accept-language:fr"
+                    ));
+                };
+                headers.push((n.to_owned(), v.to_owned()));
+            }
+            "url" | "user" => return Err(format!("give {name} once")),
+            other => {
+                return Err(format!(
+                    "unknown parameter '{other}'; give url=, and user= or header=name:value for variants"
+                ))
+            }
+        }
+    }
+    let Some(url) = url else {
+        return Err("give ?url=http://<host as clients send it>/path".into());
+    };
+    let mut lookup = Lookup::new(url);
+    if let Some(u) = user {
+        lookup = lookup.user(u);
+    }
+    for (n, v) in headers {
+        lookup = lookup.header(n, v);
+    }
+    Ok(lookup)
 }
 
-/// Where an entry is held: per tier, its variants with status, TTL, age, size and tags.
+/// Where an entry is held: per tier, its variants with status, TTL, age, size and tags. 200
+/// when some tier holds it, 404 when none does, 502 when none does and some tier could not
+/// answer. `HEAD` answers the same status without the body.
 async fn entry(
     req: HttpRequest,
     state: web::Data<CacheState>,
     opts: web::Data<AdminOptions>,
-    q: web::Query<EntryQuery>,
 ) -> HttpResponse {
     if let Some(res) = refuse_read(&req, &opts) {
         return res;
     }
-    let Some(url) = q.url.as_deref() else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "give ?url=http://<host as clients send it>/path",
-        );
+    let inspected = match entry_lookup(req.query_string()) {
+        Ok(lookup) => state.inspect(&lookup).await,
+        Err(e) => Err(e),
     };
-    let u = match parse_url(url, "url") {
-        Ok(u) => u,
+    let inspected = match inspected {
+        Ok(i) => i,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let Some(host) = u.host else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "url must be absolute (http://<host as clients send it>/path): keys include the host",
-        );
+    let status = if inspected.cached() {
+        StatusCode::OK
+    } else if inspected.unknown() {
+        StatusCode::BAD_GATEWAY
+    } else {
+        StatusCode::NOT_FOUND
     };
-    let query = u.query.unwrap_or_default();
-    let rules = state.rules.load();
-    let matched = rules.find(&Method::GET, &u.path);
-    let key = match &matched {
-        Some(m) => policy::compose_key(&host, &u.path, &query, m.rule(), &header::HeaderMap::new()),
-        None if query.is_empty() => format!("{host}{}", u.path),
-        None => format!("{host}{}?{query}", u.path),
-    };
+    if req.method() == Method::HEAD {
+        return HttpResponse::build(status)
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .finish();
+    }
     let now = state.clock.now();
     let mut tiers = serde_json::Map::new();
-    for name in TierName::ALL {
-        if name != TierName::L1 && state.store.tier(name).is_none() {
-            continue;
-        }
-        let v = match state.store.peek(name, &key).await {
+    for (name, r) in &inspected.tiers {
+        let v = match r {
             Ok(Some(d)) => Value::Array(
                 d.slot
                     .variants
@@ -623,18 +622,14 @@ async fn entry(
         };
         tiers.insert(name.as_str().into(), v);
     }
-    let cached = tiers.values().any(Value::is_array);
-    let body = json!({
-        "key": key,
-        "route": matched.as_ref().map(|m| m.rule().template.as_str()),
-        "cached": cached,
-        "tiers": tiers,
-    });
-    if cached {
-        HttpResponse::Ok().json(body)
-    } else {
-        HttpResponse::NotFound().json(body)
-    }
+    HttpResponse::build(status)
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(json!({
+            "key": inspected.key,
+            "route": inspected.route,
+            "cached": inspected.cached(),
+            "tiers": tiers,
+        }))
 }
 
 async fn reload(
@@ -717,19 +712,6 @@ pub fn reload_rules(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn urls() {
-        let u = parse_url("http://API.test:8080/a/b?x=1#f", "url").unwrap();
-        assert_eq!(u.host.as_deref(), Some("api.test:8080"));
-        assert_eq!((u.path.as_str(), u.query.as_deref()), ("/a/b", Some("x=1")));
-        let p = parse_url("/a", "url").unwrap();
-        assert_eq!((p.host, p.path.as_str(), p.query), (None, "/a", None));
-        assert_eq!(parse_url("http://h", "url").unwrap().path, "/");
-        for bad in ["", "a/b", "//evil/a", "http:///a", "/a b", "ftp://h/a"] {
-            assert!(parse_url(bad, "url").is_err(), "{bad}");
-        }
-    }
 
     #[test]
     fn token_comparison() {

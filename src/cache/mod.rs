@@ -10,6 +10,7 @@ mod cache_headers;
 pub mod codec;
 mod directive;
 pub mod entry;
+mod inspect;
 pub mod key;
 mod metrics;
 mod response_cache;
@@ -21,6 +22,7 @@ pub mod warm_hook;
 pub use bus::Bus;
 pub use cache_headers::{CacheHeaders, CacheHeadersService};
 pub use directive::CacheDirective;
+pub use inspect::{Inspected, Lookup};
 pub use metrics::{CacheMetrics, InvalidationMetrics};
 pub use response_cache::{
     cache_status_header, CachePolicy, CacheState, GetWithBody, PurgeSource, ResponseCache,

@@ -6,7 +6,7 @@ use crate::store::TierName;
 /// What can go wrong building or driving a [`Cache`](crate::Cache).
 ///
 /// Lookups never fail: a tier that does not answer is a miss (counted and logged), so only
-/// construction and purges report errors.
+/// construction, purges and [`Cache::contains`](crate::Cache::contains) report errors.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -26,6 +26,19 @@ pub enum Error {
     #[error("the purge failed on {tier}: {message}")]
     Purge {
         /// The tier that failed (`l2` or `l3`).
+        tier: &'static str,
+        /// Why.
+        message: String,
+    },
+    /// A [`Lookup`](crate::Lookup) names no entry (a relative URL, a bad header); the message
+    /// says what to change.
+    #[error("invalid lookup: {0}")]
+    Lookup(String),
+    /// No tier holds the entry and this one could not answer, so whether it is cached is not
+    /// known.
+    #[error("{tier} could not answer the lookup: {message}")]
+    Unknown {
+        /// The tier that could not answer (`l2` or `l3`).
         tier: &'static str,
         /// Why.
         message: String,

@@ -54,7 +54,7 @@ pub use rules::Rules;
 use crate::admin::AdminOptions;
 #[cfg(feature = "redis")]
 use crate::cache::Bus;
-use crate::cache::{CacheState, PurgeSource, ValueCache, ValueOptions};
+use crate::cache::{CacheState, Lookup, PurgeSource, ValueCache, ValueOptions};
 use crate::clock::{Clock, SystemClock};
 use crate::config::{ConfigError, Settings};
 use crate::guard::RequestLimits;
@@ -120,7 +120,8 @@ impl Cache {
 
     /// The admin endpoints, to mount where the application wants them, e.g.
     /// `web::scope("/_tierd").configure(cache.admin())`: `GET metrics`, `GET healthz`,
-    /// `GET readyz`, `GET stats`, `GET entry?url=...`, and `POST purge` (which needs
+    /// `GET readyz`, `GET stats`, `GET`/`HEAD entry?url=...[&user=...][&header=name:value]`,
+    /// and `POST purge` (which needs
     /// `Authorization: Bearer <token>` with [`CacheBuilder::admin_token`]; refused without one).
     /// Keep the scope off the public internet or behind the application's own authentication.
     pub fn admin(&self) -> impl FnOnce(&mut web::ServiceConfig) + Clone {
@@ -179,6 +180,55 @@ impl Cache {
             }
         }
         Ok(purged)
+    }
+
+    /// Removes every entry scoped to one user, on every route and variant, from every tier of
+    /// this node and of the others (as [`invalidate`](Self::invalidate)): `value` is what the
+    /// rules' `key.user` reads from that user's requests (the whole `Authorization` value, or
+    /// the `header:<name>` header's). Only its digest is used, as in the keys; values are not
+    /// user-scoped and stay.
+    pub async fn purge_user(&self, value: impl AsRef<[u8]>) -> Result<Purged, Error> {
+        self.invalidate(Selector::user(value)).await
+    }
+
+    /// Removes every entry (responses and values) from every tier of this node and of the
+    /// others (as [`invalidate`](Self::invalidate)).
+    pub async fn purge_all(&self) -> Result<Purged, Error> {
+        self.invalidate(Selector::All).await
+    }
+
+    /// Whether a response for `lookup` (a URL with its host, and for routes that key by them,
+    /// the user and header values: see [`Lookup`]) is held by some tier, without serving or
+    /// promoting it. An error when the lookup names no entry, or when no tier holds it and one
+    /// could not answer.
+    ///
+    /// ```no_run
+    /// # async fn f(cache: tierd::Cache) -> Result<(), tierd::Error> {
+    /// use tierd::Lookup;
+    /// let shared = cache.contains("http://api.test/catalog").await?;
+    /// let mine = cache.contains(Lookup::new("http://api.test/me").user("Bearer abc")).await?;
+    /// # let _ = (shared, mine); Ok(()) }
+    /// ```
+    pub async fn contains(&self, lookup: impl Into<Lookup>) -> Result<bool, Error> {
+        let inspected = self
+            .state
+            .inspect(&lookup.into())
+            .await
+            .map_err(Error::Lookup)?;
+        if inspected.cached() {
+            return Ok(true);
+        }
+        match inspected
+            .tiers
+            .into_iter()
+            .find_map(|(t, r)| r.err().map(|e| (t, e)))
+        {
+            Some((tier, e)) => Err(Error::Unknown {
+                tier: tier.as_str(),
+                message: e.to_string(),
+            }),
+            None => Ok(false),
+        }
     }
 
     /// The Prometheus registry `/metrics` renders: register the application's own metrics here

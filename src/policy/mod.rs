@@ -28,9 +28,8 @@ mod template;
 
 use std::sync::Arc;
 
-use actix_web::http::header::HeaderMap;
+use actix_web::http::header::{HeaderMap, HeaderName};
 use actix_web::http::Method;
-use sha2::{Digest, Sha256};
 
 pub use metrics::RuleMetrics;
 pub use rule::{
@@ -43,7 +42,7 @@ use crate::http::freshness;
 pub use crate::http::storable::LifetimeOverride;
 use crate::metrics::{Metrics, RouteCounters};
 use crate::ratelimit::Limiter;
-pub use crate::selector::{path_tag, KeyParts, Selector};
+pub use crate::selector::{path_tag, user_digest, user_tag, KeyParts, Selector};
 use crate::types::TierName;
 
 /// Validates and compiles `configs`; the error names the rule and the key, and says what to
@@ -363,12 +362,17 @@ impl Rule {
         any_param(query, &self.refresh_query)
     }
 
-    /// The per-user scope value of a request, when the rule keys by user and the request has one.
-    pub fn user_value<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
-        let name = match self.user.as_ref()? {
+    /// The header the rule's `key.user` reads, when it keys by user.
+    pub fn user_header(&self) -> Option<&HeaderName> {
+        Some(match self.user.as_ref()? {
             UserScope::Authorization => &actix_web::http::header::AUTHORIZATION,
             UserScope::Header(h) => h,
-        };
+        })
+    }
+
+    /// The per-user scope value of a request, when the rule keys by user and the request has one.
+    pub fn user_value<'h>(&self, headers: &'h HeaderMap) -> Option<&'h [u8]> {
+        let name = self.user_header()?;
         headers
             .get(name)
             .map(|v| v.as_bytes())
@@ -432,17 +436,6 @@ impl Rule {
     pub fn uses_tier(&self, tier: TierName) -> bool {
         self.tiers.as_ref().is_none_or(|t| t.contains(&tier))
     }
-}
-
-/// A stable, non-reversible identifier for a per-user scope value (SHA-256, 128 bits, hex).
-pub fn user_digest(value: &[u8]) -> String {
-    let d = Sha256::digest(value);
-    let mut out = String::with_capacity(32);
-    for b in &d[..16] {
-        out.push(char::from(b"0123456789abcdef"[usize::from(b >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(b & 15)]));
-    }
-    out
 }
 
 /// The cache key for a request a rule matched: `host` + path + the rule's key query, then

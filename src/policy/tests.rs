@@ -181,9 +181,15 @@ fn user_scope_and_header_keys() {
         KeyParts {
             host: "h",
             path: "/me",
-            query: ""
+            query: "",
+            user: Some(user_digest(b"Bearer alice").as_str()),
         }
     );
+    // The selector a user purge builds selects exactly that user's key, on every route.
+    assert!(Selector::user("Bearer alice").matches_key(&a));
+    assert!(!Selector::user("Bearer alice").matches_key(&b));
+    assert!(!Selector::user("Bearer alice").matches_key(&anon));
+    assert!(Selector::All.matches_key(&anon));
     let hdr = compile("path = \"/me\"\nkey = { user = \"header:X-User-Id\" }").unwrap();
     let r = hdr.find(&Method::GET, "/me").unwrap().rule();
     assert_eq!(
@@ -218,6 +224,13 @@ fn selectors_match_keys() {
     assert!(prefix.matches_key("h/api/x?y"));
     assert!(!prefix.matches_key("h/apix"));
     assert!(!prefix.matches_key("garbage"));
+    let user = Selector::User("ff".into());
+    assert_eq!(user.index_tag().as_deref(), Some("user:ff"));
+    assert!(user.matches_key("h/a?x=1 h:accept=%20x u:ff"));
+    assert!(!user.matches_key("h/a?x=1 u:ffa"));
+    assert!(!user.matches_key("h/u:ff"), "a path is not a user scope");
+    assert!(!user.matches_key("h/a h:x-u=u:ff"), "nor a header value");
+    assert_eq!(Selector::All.index_tag(), None);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use moka::Expiry;
 use super::TierStats;
 use crate::cache::entry::Slot;
 use crate::metrics::{EvictionCause, Metrics};
-use crate::selector::{path_tag, KeyParts, Selector};
+use crate::selector::{path_tag, user_tag, KeyParts, Selector};
 
 struct SlotExpiry;
 
@@ -83,11 +83,15 @@ impl TagIndex {
     }
 }
 
-/// The tags an entry stored under `key` is indexed by: its variants' tags and its path tag.
+/// The tags an entry stored under `key` is indexed by: its variants' tags, its path tag and,
+/// when the key is scoped to a user, its user tag.
 pub fn slot_tags(key: &str, slot: &Slot) -> Vec<String> {
     let mut tags: Vec<String> = Vec::new();
     if let Some(parts) = KeyParts::parse(key) {
         tags.push(path_tag(parts.path));
+        if let Some(user) = parts.user {
+            tags.push(user_tag(user));
+        }
     }
     for v in slot.variants.iter() {
         for t in v.tags.iter() {
@@ -105,10 +109,11 @@ const KEY_OVERHEAD_BYTES: u64 = 160;
 const INDEX_ENTRY_OVERHEAD_BYTES: u64 = 64;
 
 /// Everything an entry holds in L1: its variants (bodies, headers, `Vary` values, tags), its
-/// key, and its copies in the tag index (the key once per tag, the path tag included).
+/// key, and its copies in the tag index (the key once per tag, the implicit ones included).
 fn weigh(key: &str, slot: &Slot) -> u32 {
     let key_len = key.len() as u64;
-    let tags = u64::from(slot.tag_count) + 1;
+    let user_scoped = KeyParts::parse(key).is_some_and(|p| p.user.is_some());
+    let tags = u64::from(slot.tag_count) + 1 + u64::from(user_scoped);
     let index = tags * (key_len + INDEX_ENTRY_OVERHEAD_BYTES) + u64::from(slot.tag_bytes) + key_len;
     let total = u64::from(slot.weight) + key_len + KEY_OVERHEAD_BYTES + index;
     u32::try_from(total).unwrap_or(u32::MAX)
@@ -189,6 +194,12 @@ impl MemoryTier {
 
     /// Removes every entry `selector` selects; the number removed.
     pub fn purge(&self, selector: &Selector) -> u64 {
+        if *selector == Selector::All {
+            self.cache.run_pending_tasks();
+            let held = self.cache.entry_count();
+            self.clear();
+            return held;
+        }
         let mut removed = 0;
         match selector.index_tag() {
             Some(tag) => {

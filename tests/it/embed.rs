@@ -236,3 +236,143 @@ fn the_builder_reports_bad_rules_and_needs_nothing_else() {
         .expect("cache");
     assert!(cache.render_metrics().contains("tierd_build_info"));
 }
+
+async fn me(req: actix_web::HttpRequest, what: web::Path<String>) -> HttpResponse {
+    let who = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous")
+        .to_owned();
+    HttpResponse::Ok().body(format!("{what} of {who}"))
+}
+
+async fn catalog() -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header(("cache-control", "max-age=300"))
+        .body("catalog")
+}
+
+/// The management calls from the library, in an application with routes on a real socket and
+/// with Redis and DuckDB behind it: `contains` finds a user's entry only with that user's
+/// value, `purge_user` removes that user's entries from every tier and leaves the others,
+/// `purge_all` empties every tier; the mounted admin scope answers `HEAD entry` the same.
+#[actix_web::test]
+async fn purge_user_purge_all_and_contains_from_an_app_with_routes() {
+    use tierd::Lookup;
+    let redis = common::redis::RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let rules = Rules::from_toml_str(
+        "[[rules]]\npath = \"/me/{what}\"\nkey = { user = \"authorization\" }\nttl_seconds = 600\n",
+    )
+    .expect("rules");
+    let cache = Cache::builder()
+        .rules(rules)
+        .redis(redis.url())
+        .duckdb(dir.path().join("app.duckdb"))
+        .admin_token("app-token")
+        .build()
+        .expect("cache");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let c = cache.clone();
+    let server = actix_web::HttpServer::new(move || {
+        App::new()
+            .service(web::scope("/_tierd").configure(c.admin()))
+            .service(
+                web::scope("")
+                    .wrap(c.middleware())
+                    .route("/me/{what}", web::get().to(me))
+                    .route("/catalog", web::get().to(catalog)),
+            )
+    })
+    .workers(1)
+    .bind(&addr)
+    .expect("bind")
+    .run();
+    let handle = server.handle();
+    actix_web::rt::spawn(server);
+    let as_user = |path: &str, user: &str| {
+        common::send(
+            common::client()
+                .get(format!("http://{addr}{path}"))
+                .insert_header(("authorization", user.to_owned())),
+        )
+    };
+    for (path, user) in [
+        ("/me/profile", "Bearer alice"),
+        ("/me/orders", "Bearer alice"),
+        ("/me/profile", "Bearer bob"),
+    ] {
+        let r = as_user(path, user).await;
+        assert_eq!(r.text(), format!("{} of {user}", &path[4..]));
+    }
+    assert_eq!(get(&addr, "/catalog").await.text(), "catalog");
+    let written = async |tier: &str| {
+        common::eventually(std::time::Duration::from_secs(10), async || {
+            common::scrape::Scrape::from_text(cache.render_metrics()).sum(
+                "tierd_tier_writes_total",
+                &[("tier", tier), ("outcome", "written")],
+            ) >= 4.0
+        })
+        .await
+    };
+    assert!(
+        written("l2").await && written("l3").await,
+        "four writes to L2 and L3"
+    );
+
+    let url = |path: &str| format!("http://{addr}{path}");
+    let contains = async |lookup: Lookup| cache.contains(lookup).await.expect("contains");
+    assert!(contains(Lookup::new(url("/me/profile")).user("Bearer alice")).await);
+    assert!(contains(Lookup::new(url("/me/profile")).user(" Bearer bob ")).await);
+    assert!(!contains(Lookup::new(url("/me/profile")).user("Bearer carol")).await);
+    assert!(!contains(Lookup::new(url("/me/profile"))).await);
+    assert!(contains(url("/catalog").into()).await);
+    assert!(!contains(url("/nothing").into()).await);
+    let err = cache.contains("/catalog").await.unwrap_err();
+    assert!(err.to_string().contains("must be absolute"), "{err}");
+    let err = cache
+        .contains(Lookup::new(url("/catalog")).user("Bearer alice"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("no rule matches"), "{err}");
+    let head = async |query: String| {
+        common::send(
+            common::client()
+                .head(format!("http://{addr}/_tierd/entry?{query}"))
+                .insert_header(("authorization", "Bearer app-token")),
+        )
+        .await
+        .status
+    };
+    let alice_profile = format!("url=http://{addr}/me/profile&user=Bearer%20alice");
+    assert_eq!(head(alice_profile.clone()).await, 200);
+
+    let purged = cache.purge_user("Bearer alice").await.expect("purge_user");
+    assert_eq!(
+        (purged.l1, purged.l2, purged.l3),
+        (2, Some(2), Some(2)),
+        "{purged:?}"
+    );
+    assert!(!contains(Lookup::new(url("/me/profile")).user("Bearer alice")).await);
+    assert!(!contains(Lookup::new(url("/me/orders")).user("Bearer alice")).await);
+    assert!(contains(Lookup::new(url("/me/profile")).user("Bearer bob")).await);
+    assert!(contains(url("/catalog").into()).await);
+    assert_eq!(head(alice_profile).await, 404);
+    assert_eq!(redis.records(), 2);
+
+    let purged = cache.purge_all().await.expect("purge_all");
+    assert_eq!(
+        (purged.l1, purged.l2, purged.l3),
+        (2, Some(2), Some(2)),
+        "{purged:?}"
+    );
+    assert!(!contains(Lookup::new(url("/me/profile")).user("Bearer bob")).await);
+    assert!(!contains(url("/catalog").into()).await);
+    assert_eq!(redis.records(), 0);
+    // The application goes on: served again from its handler, and stored again.
+    let r = as_user("/me/profile", "Bearer bob").await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    handle.stop(true).await;
+    cache.shutdown().await;
+}

@@ -14,6 +14,7 @@ mod embed;
 mod hardening;
 mod house;
 mod journal;
+mod manage;
 mod metrics;
 mod nodes;
 mod page;

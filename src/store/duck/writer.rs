@@ -400,21 +400,31 @@ impl Writer {
         )
     }
 
-    /// Deletes the rows `selector` selects: candidates by SQL (the tag index, or the prefix
-    /// anywhere in the key), then the exact match on the parsed key.
+    /// Deletes the rows `selector` selects: candidates by SQL (the tag index, or the prefix or
+    /// user scope in the key), then the exact match on the parsed key.
     pub(super) fn purge(&mut self, selector: &Selector) -> duckdb::Result<u64> {
+        if *selector == Selector::All {
+            let n = self.conn.execute("DELETE FROM entries", [])?;
+            return Ok(n as u64);
+        }
         let candidates: Vec<(u64, String)> = {
-            let (sql, arg) = match selector.index_tag() {
-                Some(tag) => (
-                    "SELECT key_hash, cache_key FROM entries WHERE contains(tags, ?)",
-                    format!("\n{tag}\n"),
+            let (sql, arg) = match selector {
+                // By the key rather than the tags, so rows written before keys' user scopes
+                // were indexed as tags are found too (the scan costs the same).
+                Selector::User(digest) => (
+                    "SELECT key_hash, cache_key FROM entries WHERE contains(cache_key, ?)",
+                    format!(" u:{digest}"),
                 ),
-                None => match selector {
-                    Selector::Prefix { prefix, .. } => (
-                        "SELECT key_hash, cache_key FROM entries WHERE contains(cache_key, ?)",
-                        prefix.clone(),
+                Selector::Prefix { prefix, .. } => (
+                    "SELECT key_hash, cache_key FROM entries WHERE contains(cache_key, ?)",
+                    prefix.clone(),
+                ),
+                _ => match selector.index_tag() {
+                    Some(tag) => (
+                        "SELECT key_hash, cache_key FROM entries WHERE contains(tags, ?)",
+                        format!("\n{tag}\n"),
                     ),
-                    _ => return Ok(0),
+                    None => return Ok(0),
                 },
             };
             let mut st = self.conn.prepare(sql)?;
