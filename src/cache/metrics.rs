@@ -260,7 +260,7 @@ impl InvalidationMetrics {
                 .expect("static metric definition"),
             ),
         };
-        for kind in ["tag", "url", "prefix"] {
+        for kind in ["tag", "url", "prefix", "user", "all"] {
             for source in ["admin", "rule", "method", "value", "remote"] {
                 m.purges.with_label_values(&[kind, source]);
             }
