@@ -96,6 +96,19 @@ impl<'a> KeyParts<'a> {
     }
 }
 
+/// `value` without the spaces and tabs around it (a header value never has them, RFC 9110 §5.5).
+pub fn trim_ows(value: &[u8]) -> &[u8] {
+    let start = value
+        .iter()
+        .position(|b| !matches!(b, b' ' | b'\t'))
+        .unwrap_or(value.len());
+    let end = value
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t'))
+        .map_or(start, |i| i + 1);
+    &value[start..end]
+}
+
 /// A stable, non-reversible identifier for a per-user scope value (SHA-256, 128 bits, hex): what
 /// a user-scoped key holds instead of the value.
 pub fn user_digest(value: &[u8]) -> String {
@@ -178,9 +191,10 @@ impl Selector {
 
     /// Entries scoped to the user whose `key.user` header holds `value` (`Bearer ...` for
     /// `authorization`, the header's value for `header:<name>`): on every route and variant.
-    /// Only the value's digest is kept, so the value itself never reaches a log or a message.
+    /// Only the value's digest is kept, so the value itself never reaches a log or a message;
+    /// spaces and tabs around it are not part of it, as they are not of a header value.
     pub fn user(value: impl AsRef<[u8]>) -> Selector {
-        Selector::User(user_digest(value.as_ref()))
+        Selector::User(user_digest(trim_ows(value.as_ref())))
     }
 
     /// Whether an entry stored under `key` is selected (tags aside: a tag selector matches the
@@ -229,6 +243,14 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn surrounding_whitespace_is_not_part_of_a_header_value() {
+        assert_eq!(trim_ows(b" \tBearer a b\t "), b"Bearer a b");
+        assert_eq!(trim_ows(b"   "), b"");
+        assert_eq!(trim_ows(b"7"), b"7");
+        assert_eq!(Selector::user(" Bearer a "), Selector::user("Bearer a"));
+    }
 
     #[test]
     fn urls() {

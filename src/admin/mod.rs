@@ -24,7 +24,7 @@ use crate::cache::{CacheState, Lookup, PurgeSource};
 use crate::config::Settings;
 use crate::http::host;
 use crate::policy::{valid_tag, RuleSet, Selector, MAX_TEXT_BYTES};
-use crate::selector::parse_key_url;
+use crate::selector::{parse_key_url, trim_ows};
 use crate::store::TierName;
 
 /// Largest purge request body accepted.
@@ -437,13 +437,13 @@ fn purge_selector(state: &CacheState, body: &[u8]) -> Result<Selector, String> {
         }
         (None, None, None, Some(user), None) => {
             // As a request carries it: a header value, without the whitespace around it.
-            let value = user.trim_matches([' ', '\t']);
+            let value = trim_ows(user.as_bytes());
             if value.is_empty() || value.len() > MAX_URL_BYTES {
                 return Err(format!(
                     "user: give the value the rules' key.user reads (the whole Authorization value, or the header's), 1 to {MAX_URL_BYTES} bytes"
                 ));
             }
-            if header::HeaderValue::from_str(value).is_err() {
+            if header::HeaderValue::from_bytes(value).is_err() {
                 return Err("user: not a valid header value (visible ASCII, spaces and tabs)".into());
             }
             Ok(Selector::user(value))

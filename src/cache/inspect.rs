@@ -6,10 +6,11 @@ use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::Method;
 
 use super::codec::Decoded;
+use super::key;
 use super::CacheState;
 use crate::http::host;
 use crate::policy;
-use crate::selector::{parse_key_url, MAX_URL_BYTES};
+use crate::selector::{parse_key_url, trim_ows, MAX_URL_BYTES};
 use crate::store::{TierError, TierName};
 
 /// The entry a client's `GET` of a URL would be served from: the URL as clients send it
@@ -120,12 +121,12 @@ impl CacheState {
                     u.path
                 ));
             }
-            let key = if query.is_empty() {
-                format!("{host}{}", u.path)
+            let target = if query.is_empty() {
+                u.path
             } else {
-                format!("{host}{}?{query}", u.path)
+                format!("{}?{query}", u.path)
             };
-            return Ok((key, None));
+            return Ok((key::for_path(&host, &target), None));
         };
         let rule = m.rule();
         if let Some(user) = &lookup.user {
@@ -159,30 +160,5 @@ impl CacheState {
             tiers.push((name, self.store.peek(name, &key).await));
         }
         Ok(Inspected { key, route, tiers })
-    }
-}
-
-/// `value` without the spaces and tabs around it (a header value never has them, RFC 9110 §5.5).
-fn trim_ows(value: &[u8]) -> &[u8] {
-    let start = value
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(value.len());
-    let end = value
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |i| i + 1);
-    &value[start..end]
-}
-
-#[cfg(test)]
-mod tests {
-    use super::trim_ows;
-
-    #[test]
-    fn surrounding_whitespace_is_not_part_of_a_header_value() {
-        assert_eq!(trim_ows(b" \tBearer a b\t "), b"Bearer a b");
-        assert_eq!(trim_ows(b"   "), b"");
-        assert_eq!(trim_ows(b"7"), b"7");
     }
 }
