@@ -146,7 +146,10 @@ impl Gateway {
         let draining = Draining::new();
         let parts = GatewayParts {
             cache: cache.clone(),
-            upstream: settings.upstream.options(),
+            upstream: settings
+                .upstream
+                .options()
+                .map_err(|e| io::Error::other(e.to_string()))?,
             target,
             draining: draining.clone(),
         };

@@ -256,6 +256,10 @@ impl Settings {
         if let Err(e) = Target::parse(&self.upstream.url) {
             return err("upstream.url", format!("'{}' {e}", self.upstream.url));
         }
+        // An https:// origin's trust: the CA file is read and parsed now, not at the first
+        // request.
+        #[cfg(feature = "gateway")]
+        self.upstream.options()?;
         if self.tiers.l2.enabled && !cfg!(feature = "redis") {
             return err("tiers.l2.enabled", "this build of tierd has no Redis tier; build it with the `redis` feature, or set tiers.l2.enabled = false".into());
         }

@@ -120,8 +120,14 @@ impl AdminConfig {
 #[derive(Debug, Clone, serde::Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
-    /// The origin, `http://host:port[/prefix]`.
+    /// The origin, `http://host:port[/prefix]` or `https://...`.
     pub url: String,
+    /// PEM file of the CA(s) that sign an `https://` origin's certificate, trusted instead of
+    /// the system's roots. Empty: the system's roots.
+    pub ca_file: String,
+    /// The name checked in an `https://` origin's certificate and sent as SNI, instead of the
+    /// URL's host. Empty: the URL's host.
+    pub tls_server_name: String,
     pub connect_timeout_ms: u64,
     /// Total time for one origin exchange, body included.
     pub timeout_ms: u64,
@@ -136,16 +142,46 @@ pub struct UpstreamConfig {
 }
 
 impl UpstreamConfig {
-    /// The proxy's options this section sets.
+    /// The proxy's options this section sets. For an `https://` origin this reads the trusted
+    /// roots (`ca_file` or the system's); the error names the key to change.
     #[cfg(feature = "gateway")]
-    pub fn options(&self) -> crate::upstream::UpstreamOptions {
-        crate::upstream::UpstreamOptions {
+    pub fn options(&self) -> Result<crate::upstream::UpstreamOptions, ConfigError> {
+        use crate::upstream::tls;
+        let https = self
+            .url
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("https:");
+        let tls = if https {
+            let ca_file = (!self.ca_file.is_empty()).then(|| std::path::Path::new(&self.ca_file));
+            let roots =
+                tls::roots(ca_file).map_err(|e| ConfigError(format!("upstream.ca_file: {e}")))?;
+            let name = (!self.tls_server_name.is_empty())
+                .then(|| tls::server_name(&self.tls_server_name))
+                .transpose()
+                .map_err(|e| ConfigError(format!("upstream.tls_server_name: {e}")))?;
+            tls::options(roots, name).map_err(|e| ConfigError(format!("upstream.url: {e}")))?
+        } else {
+            if !self.ca_file.is_empty() || !self.tls_server_name.is_empty() {
+                let key = if self.ca_file.is_empty() {
+                    "upstream.tls_server_name"
+                } else {
+                    "upstream.ca_file"
+                };
+                return Err(ConfigError(format!(
+                    "{key}: set for an http:// upstream.url; it applies to https:// origins only (remove it or use https://)"
+                )));
+            }
+            tls::unused().map_err(|e| ConfigError(format!("upstream.url: {e}")))?
+        };
+        Ok(crate::upstream::UpstreamOptions {
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             timeout: Duration::from_millis(self.timeout_ms),
             max_connections: self.max_connections,
             preserve_host: self.preserve_host,
             request_buffer_bytes: usize::try_from(self.request_buffer_bytes).unwrap_or(usize::MAX),
-        }
+            tls,
+        })
     }
 }
 
@@ -153,6 +189,8 @@ impl Default for UpstreamConfig {
     fn default() -> Self {
         UpstreamConfig {
             url: DEFAULT_UPSTREAM_URL.into(),
+            ca_file: String::new(),
+            tls_server_name: String::new(),
             connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             timeout_ms: DEFAULT_TIMEOUT_MS,
             max_connections: DEFAULT_UPSTREAM_MAX_CONNECTIONS,

@@ -174,17 +174,20 @@ pub enum OriginError {
     Timeout,
     Protocol,
     Body,
+    /// The TLS handshake with an `https://` origin failed (its certificate, most often).
+    Tls,
     /// The origin answered with a 5xx status.
     #[strum(serialize = "5xx")]
     Status5xx,
 }
 
 impl OriginError {
-    pub const ALL: [OriginError; 5] = [
+    pub const ALL: [OriginError; 6] = [
         OriginError::Connect,
         OriginError::Timeout,
         OriginError::Protocol,
         OriginError::Body,
+        OriginError::Tls,
         OriginError::Status5xx,
     ];
     pub fn as_str(self) -> &'static str {
@@ -198,6 +201,7 @@ impl OriginError {
             OriginError::Timeout => "origin-timeout",
             OriginError::Protocol => "origin-protocol-error",
             OriginError::Body => "origin-body-error",
+            OriginError::Tls => "origin-tls-error",
             OriginError::Status5xx => "origin-error",
         }
     }

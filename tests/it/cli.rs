@@ -18,6 +18,18 @@ fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
         ("[server]\nlissten = \"0.0.0.0:1\"\n", "lissten"),
         ("[upstream]\nurl = \"ftp://x\"\n", "upstream.url"),
         ("[upstream]\ntimeout_ms = -5\n", "timeout_ms"),
+        (
+            "[upstream]\nurl = \"https://127.0.0.1:1\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            "upstream.ca_file: cannot read /nonexistent/ca.pem",
+        ),
+        (
+            "[upstream]\nurl = \"https://127.0.0.1:1\"\ntls_server_name = \"bad name!\"\n",
+            "upstream.tls_server_name: 'bad name!' is not a DNS name",
+        ),
+        (
+            "[upstream]\nurl = \"http://127.0.0.1:1\"\nca_file = \"/etc/hosts\"\n",
+            "upstream.ca_file: set for an http:// upstream.url",
+        ),
         ("[server]\nlisten = \"nope\"\n", "server.listen"),
         ("[tiers.l1]\nmax_bytes = 10\n", "tiers.l1.max_bytes"),
         ("[cache\n", "TOML"),

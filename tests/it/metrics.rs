@@ -348,7 +348,7 @@ async fn every_metric_family_moves_with_the_traffic_that_causes_it() {
     assert_eq!(m.sum("tierd_origin_errors_total", &[]), 1.0);
     assert_eq!(
         m.label_values("tierd_origin_errors_total", "kind"),
-        ["5xx", "body", "connect", "protocol", "timeout"]
+        ["5xx", "body", "connect", "protocol", "timeout", "tls"]
     );
     assert_eq!(
         m.sum(
