@@ -68,7 +68,14 @@ fn slot(i: usize, now: SystemTime) -> Slot {
         vary: Box::new([]),
         tags: Box::new([]),
     };
-    Slot::single(Arc::new(entry), now, Duration::from_secs(3600))
+    Slot::single(
+        Arc::new(entry),
+        now,
+        tierd::cache::entry::Retention {
+            keep_stale: Duration::from_secs(3600),
+            stale_on_error: Duration::from_secs(60),
+        },
+    )
 }
 
 fn record(i: usize, now: SystemTime) -> Record {

@@ -240,18 +240,51 @@ impl CachedResponse {
         vary::captured_bytes(&self.vary)
     }
 
-    /// How long storage should keep this entry: its remaining freshness, plus the stale windows,
-    /// plus `keep_stale` when it can be revalidated (a 304 then saves the body transfer).
-    pub fn keep_for(&self, now: SystemTime, keep_stale: Duration) -> Duration {
+    /// Whether the origin's directives allow serving this entry stale when the origin cannot be
+    /// reached: not with `must-revalidate`, `proxy-revalidate`, `s-maxage` or `no-cache`
+    /// (RFC 9111 §4.2.4).
+    pub fn may_serve_stale_on_origin_failure(&self) -> bool {
+        !self.no_stale && !self.no_cache
+    }
+
+    /// How long past its expiry this entry may be served for an origin error: its own
+    /// `stale-if-error` (or a rule's), else, when the origin could not be reached at all,
+    /// `stale_on_error` if its directives allow serving it stale.
+    pub fn stale_on_error_window(&self, unreachable: bool, stale_on_error: Duration) -> u64 {
+        if self.stale_if_error > 0 {
+            self.stale_if_error
+        } else if unreachable && self.may_serve_stale_on_origin_failure() {
+            stale_on_error.as_secs()
+        } else {
+            0
+        }
+    }
+
+    /// How long storage should keep this entry: its remaining freshness, plus the stale windows
+    /// (its own, or `stale_on_error` when it may be served stale), plus `keep_stale` when it can
+    /// be revalidated (a 304 then saves the body transfer).
+    pub fn keep_for(&self, now: SystemTime, retention: Retention) -> Duration {
         let ttl = self.ttl(now).max(0) as u64;
-        let window = self.stale_while_revalidate.max(self.stale_if_error);
+        let mut window = self.stale_while_revalidate.max(self.stale_if_error);
+        if self.may_serve_stale_on_origin_failure() {
+            window = window.max(retention.stale_on_error.as_secs());
+        }
         let keep = if self.has_origin_validator() {
-            keep_stale.as_secs()
+            retention.keep_stale.as_secs()
         } else {
             0
         };
         Duration::from_secs(ttl.saturating_add(window).saturating_add(keep).max(1))
     }
+}
+
+/// How long storage keeps entries past their freshness, beyond what their own headers ask.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Kept this long for revalidation when the entry has validators (`cache.keep_stale_seconds`).
+    pub keep_stale: Duration,
+    /// Served stale this long when the origin cannot be reached (`cache.stale_on_error_seconds`).
+    pub stale_on_error: Duration,
 }
 
 /// All stored variants of one URI (several when the origin sends `Vary`), newest first.
@@ -269,18 +302,14 @@ pub struct Slot {
 
 impl Slot {
     /// A slot holding one response.
-    pub fn single(entry: Arc<CachedResponse>, now: SystemTime, keep_stale: Duration) -> Self {
-        Slot::from_variants(vec![entry], now, keep_stale)
+    pub fn single(entry: Arc<CachedResponse>, now: SystemTime, keep: Retention) -> Self {
+        Slot::from_variants(vec![entry], now, keep)
     }
 
-    fn from_variants(
-        variants: Vec<Arc<CachedResponse>>,
-        now: SystemTime,
-        keep_stale: Duration,
-    ) -> Self {
+    fn from_variants(variants: Vec<Arc<CachedResponse>>, now: SystemTime, keep: Retention) -> Self {
         let keep_for = variants
             .iter()
-            .map(|v| v.keep_for(now, keep_stale))
+            .map(|v| v.keep_for(now, keep))
             .max()
             .unwrap_or(Duration::from_secs(1));
         Slot::kept_for(variants, keep_for)
@@ -317,7 +346,7 @@ impl Slot {
         entry: Arc<CachedResponse>,
         max_variants: usize,
         now: SystemTime,
-        keep_stale: Duration,
+        keep: Retention,
     ) -> Slot {
         let mut variants = Vec::with_capacity(self.variants.len() + 1);
         if !entry.vary.is_empty() {
@@ -330,7 +359,7 @@ impl Slot {
         }
         variants.insert(0, entry);
         variants.truncate(max_variants.max(1));
-        Slot::from_variants(variants, now, keep_stale)
+        Slot::from_variants(variants, now, keep)
     }
 
     /// This slot without the variants that `request` selects; `None` when nothing is left.
@@ -338,7 +367,7 @@ impl Slot {
         &self,
         request: &HeaderMap,
         now: SystemTime,
-        keep_stale: Duration,
+        keep: Retention,
     ) -> Option<Slot> {
         let rest: Vec<_> = self
             .variants
@@ -346,6 +375,6 @@ impl Slot {
             .filter(|v| !v.vary_matches(request))
             .cloned()
             .collect();
-        (!rest.is_empty()).then(|| Slot::from_variants(rest, now, keep_stale))
+        (!rest.is_empty()).then(|| Slot::from_variants(rest, now, keep))
     }
 }

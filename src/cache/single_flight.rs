@@ -21,8 +21,14 @@ pub enum FlightOutcome {
     /// the origin on its own, at once.
     Uncacheable,
     /// The origin could not be reached or answered with an error; waiters may serve stale.
-    /// `detail` is the `Cache-Status` detail of the failure (`origin-timeout`, ...).
-    Failed { status: u16, detail: &'static str },
+    /// `detail` is the `Cache-Status` detail of the failure (`origin-timeout`, ...);
+    /// `unreachable` when no response came from the origin at all (refused, reset, closed,
+    /// timed out), which `cache.stale_on_error_seconds` covers.
+    Failed {
+        status: u16,
+        detail: &'static str,
+        unreachable: bool,
+    },
     /// The leader went away without an outcome (its task was cancelled or panicked): waiters
     /// join again, so exactly one of them fetches next.
     Abandoned,
@@ -144,6 +150,7 @@ mod tests {
         g.complete(FlightOutcome::Failed {
             status: 502,
             detail: "origin-unreachable",
+            unreachable: true,
         });
         assert!(!f.in_flight("k"), "completed flight is removed");
         for mut rx in waiters {

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::entry::{CachedResponse, Slot};
+use super::entry::{CachedResponse, Retention, Slot};
 use super::response_cache::{CacheState, PurgeSource};
 use crate::metrics::Lookup;
 use crate::selector::{path_tag, Selector};
@@ -284,7 +284,7 @@ impl ValueCache {
             vary: Box::new([]),
             tags: tags.into_boxed_slice(),
         };
-        let slot = Slot::single(Arc::new(entry), now, Duration::ZERO);
+        let slot = Slot::single(Arc::new(entry), now, Retention::default());
         self.state
             .store
             .update(key, TierSet::ALL, |_| Some(Arc::new(slot)));

@@ -36,6 +36,10 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 pub const DEFAULT_L1_MAX_BYTES: u64 = 256 * 1024 * 1024;
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
 pub const DEFAULT_KEEP_STALE_SECONDS: u64 = 3_600;
+/// `cache.stale_on_error_seconds`: a minute of stale content rather than errors while the
+/// origin is down (nginx's `proxy_cache_use_stale error timeout` has no bound; Varnish's
+/// default grace is 10 s).
+pub const DEFAULT_STALE_ON_ERROR_SECONDS: u64 = 60;
 pub const DEFAULT_MAX_VARY_BYTES: usize = 4096;
 pub const DEFAULT_L2_URL: &str = "redis://127.0.0.1:6379";
 pub const DEFAULT_L2_POOL_SIZE: usize = 8;
@@ -509,6 +513,7 @@ impl Settings {
                 ..Default::default()
             },
             keep_stale: Duration::from_secs(self.cache.keep_stale_seconds),
+            stale_on_error: Duration::from_secs(self.cache.stale_on_error_seconds),
             max_variants: self.cache.max_variants,
             max_vary_bytes: self.cache.max_vary_bytes,
             get_with_body: self.cache.get_with_body,

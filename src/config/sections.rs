@@ -216,6 +216,11 @@ pub struct CacheConfig {
     pub heuristic_max_seconds: u64,
     /// How long a stale entry with validators is kept for revalidation.
     pub keep_stale_seconds: u64,
+    /// How long past its expiry an entry is served when the origin cannot be reached (refused,
+    /// reset, closed without a response, timed out, a failed TLS handshake). The response's
+    /// own `stale-if-error` (or a rule's `stale_if_error_seconds`) replaces it;
+    /// `must-revalidate`, `proxy-revalidate`, `s-maxage` and `no-cache` forbid it. 0: never.
+    pub stale_on_error_seconds: u64,
     /// Store responses that carry `Set-Cookie` (off: such responses are never shared).
     pub store_set_cookie: bool,
     /// Stored variants per URI when the origin sends `Vary`.
@@ -243,6 +248,7 @@ impl Default for CacheConfig {
             heuristic_percent: 10,
             heuristic_max_seconds: 86_400,
             keep_stale_seconds: DEFAULT_KEEP_STALE_SECONDS,
+            stale_on_error_seconds: DEFAULT_STALE_ON_ERROR_SECONDS,
             store_set_cookie: false,
             max_variants: 16,
             max_vary_bytes: DEFAULT_MAX_VARY_BYTES,

@@ -159,6 +159,28 @@ pub fn parse_age(v: &[u8]) -> Option<u64> {
     }
 }
 
+/// A response's `Age` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgeField {
+    Absent,
+    Valid(u64),
+    /// Not a non-negative integer (`old`, `-5`, `1.5`, empty).
+    Invalid,
+}
+
+/// Reads `Age` from its field lines (§5.1): a list, on one line or several, counts by its
+/// first member; a first member that is not a non-negative integer makes the field invalid.
+pub fn age_field<'a>(mut lines: impl Iterator<Item = &'a [u8]>) -> AgeField {
+    let Some(first) = lines.next() else {
+        return AgeField::Absent;
+    };
+    let member = first.split(|&b| b == b',').next().unwrap_or(first);
+    match parse_age(member) {
+        Some(secs) => AgeField::Valid(secs),
+        None => AgeField::Invalid,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -293,5 +315,17 @@ mod tests {
         assert_eq!(parse_age(b" 30 "), Some(30));
         assert_eq!(parse_age(b"-1"), None);
         assert_eq!(parse_age(b"x"), None);
+        let field = |lines: &[&str]| age_field(lines.iter().map(|l| l.as_bytes()));
+        assert_eq!(field(&[]), AgeField::Absent);
+        assert_eq!(field(&["0, 7200"]), AgeField::Valid(0), "the first member");
+        assert_eq!(field(&["7200,0"]), AgeField::Valid(7200));
+        assert_eq!(
+            field(&["10", "7200"]),
+            AgeField::Valid(10),
+            "the first line"
+        );
+        for bad in ["old, 0", "-7200", "7200.0", "abc", "", " , 5"] {
+            assert_eq!(field(&[bad]), AgeField::Invalid, "{bad:?}");
+        }
     }
 }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 use actix_web::http::header::{self, HeaderMap, HeaderName};
 
 use super::cache_control::{CacheControl, Delta, FieldList};
-use super::freshness::{self, Expires, FreshnessInputs, Heuristic, Lifetime};
+use super::freshness::{self, AgeField, Expires, FreshnessInputs, Heuristic, Lifetime};
 use super::vary::Vary;
 
 /// Why a response was not stored. The string feeds logs and metric labels.
@@ -250,12 +250,24 @@ pub fn plan_store(
     if !deferred && !usable(lifetime.secs(), no_cache, has_validator(h), stale_if_error) {
         return Err(NotStorable::NoFreshness);
     }
-    let age = h
-        .get(header::AGE)
-        .and_then(|v| freshness::parse_age(v.as_bytes()));
+    let age = freshness::age_field(h.get_all(header::AGE).map(|v| v.as_bytes()));
+    let mut initial_age = freshness::corrected_initial_age(
+        match age {
+            AgeField::Valid(secs) => Some(secs),
+            AgeField::Absent | AgeField::Invalid => None,
+        },
+        date,
+        request_time,
+        response_time,
+    );
+    if age == AgeField::Invalid {
+        // How long another cache held it is unknown: stale on arrival, so it is validated
+        // before any reuse (its stale windows start now).
+        initial_age = initial_age.max(lifetime.secs());
+    }
     Ok(StorePlan {
         lifetime,
-        initial_age: freshness::corrected_initial_age(age, date, request_time, response_time),
+        initial_age,
         stale_while_revalidate: opts.stale_while_revalidate.unwrap_or_else(|| {
             cc.stale_while_revalidate
                 .map(Delta::secs_or_zero)

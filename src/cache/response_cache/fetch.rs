@@ -153,6 +153,7 @@ where
                 self.complete(FlightOutcome::Failed {
                     status,
                     detail: "application-error",
+                    unreachable: false,
                 });
                 return Err(e);
             }
@@ -202,6 +203,7 @@ where
                 self.complete(FlightOutcome::Failed {
                     status: status.as_u16(),
                     detail,
+                    unreachable: true,
                 });
                 self.route.note(http_req, Outcome::Error, None);
                 let mut res = res;
@@ -329,6 +331,7 @@ where
                 self.complete(FlightOutcome::Failed {
                     status: 502,
                     detail,
+                    unreachable: true,
                 });
                 self.route.note(http_req, Outcome::Error, None);
                 with_status(opaque(StatusCode::BAD_GATEWAY), self.failed_status(detail))
@@ -399,8 +402,9 @@ where
         }
     }
 
-    /// Serves the stale entry for an origin error when its `stale-if-error` window allows; for a
-    /// `must-revalidate` entry with the origin unreachable, answers 504 (§4.2.4).
+    /// Serves the stale entry for an origin error when its `stale-if-error` window allows (or,
+    /// with the origin unreachable, `cache.stale_on_error_seconds`); for a `must-revalidate`
+    /// entry with the origin unreachable, answers 504 (§4.2.4).
     pub(super) fn stale_on_error(
         &mut self,
         http_req: &HttpRequest,
@@ -409,10 +413,12 @@ where
         now: SystemTime,
     ) -> Option<HttpResponse> {
         let (entry, tier) = self.stale.clone()?;
-        if let Some(res) = stale_for_error(&entry, tier, status, now) {
+        let window = entry.stale_on_error_window(unreachable, self.ctx.state.policy.stale_on_error);
+        if let Some(res) = stale_for_error(&entry, tier, status, now, window) {
             self.complete(FlightOutcome::Failed {
                 status,
                 detail: "origin-error",
+                unreachable,
             });
             self.route.note(http_req, Outcome::StaleIfError, Some(tier));
             return Some(res);
@@ -422,6 +428,7 @@ where
             self.complete(FlightOutcome::Failed {
                 status: 504,
                 detail,
+                unreachable,
             });
             self.route.note(http_req, Outcome::Error, None);
             let res = with_status(

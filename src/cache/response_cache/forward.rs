@@ -75,12 +75,16 @@ where
                 // Another variant was stored, or the leader went away: join again, so that
                 // one request leads the next fetch and the rest wait for it.
                 Ok(FlightOutcome::Stored(_)) | Ok(FlightOutcome::Abandoned) => continue,
-                Ok(FlightOutcome::Failed { status, detail }) => {
+                Ok(FlightOutcome::Failed {
+                    status,
+                    detail,
+                    unreachable,
+                }) => {
                     let now = st.clock.now();
-                    if let Some(res) = stale
-                        .as_ref()
-                        .and_then(|(e, t)| stale_for_error(e, *t, status, now))
-                    {
+                    if let Some(res) = stale.as_ref().and_then(|(e, t)| {
+                        let window = e.stale_on_error_window(unreachable, st.policy.stale_on_error);
+                        stale_for_error(e, *t, status, now, window)
+                    }) {
                         route.note(req.request(), Outcome::StaleIfError, stale.map(|s| s.1));
                         return Ok(req.into_response(res));
                     }
@@ -377,16 +381,18 @@ pub(super) fn upstream_conditionals(h: &mut HeaderMap, stale: Option<&CachedResp
     }
 }
 
-/// The stale response for an origin error, when the entry's `stale-if-error` window allows it
-/// (RFC 5861 §4; never for `must-revalidate`).
+/// The stale response for an origin error, when `window` (the entry's
+/// [`stale_on_error_window`](CachedResponse::stale_on_error_window): `stale-if-error`, RFC 5861
+/// §4, or `cache.stale_on_error_seconds`) allows it; never for `must-revalidate`.
 pub(super) fn stale_for_error(
     entry: &CachedResponse,
     tier: TierName,
     status: u16,
     now: SystemTime,
+    window: u64,
 ) -> Option<HttpResponse> {
     let age = entry.age(now);
-    storable::may_serve_stale_on_error(entry.stale_if_error, entry.no_stale, entry.lifetime, age)
+    storable::may_serve_stale_on_error(window, entry.no_stale, entry.lifetime, age)
         .then(|| respond(entry, age, stale_if_error_status(entry, age, status, tier)))
 }
 

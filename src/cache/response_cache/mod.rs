@@ -27,7 +27,7 @@ use tracing::Instrument;
 #[cfg(feature = "redis")]
 use super::bus::Bus;
 use super::directive::CacheDirective;
-use super::entry::{CachedResponse, Slot};
+use super::entry::{CachedResponse, Retention, Slot};
 use super::key;
 use super::single_flight::{self, FlightGuard, FlightOutcome, Flights, Join};
 use crate::clock::Clock;

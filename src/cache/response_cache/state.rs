@@ -36,6 +36,10 @@ pub struct CachePolicy {
     pub store: StoreOptions,
     /// How long past its stale windows an entry with validators is kept for revalidation.
     pub keep_stale: Duration,
+    /// How long past its expiry an entry is served when the origin cannot be reached (refused,
+    /// reset, closed without a response, timed out), unless its own `stale-if-error` or its
+    /// directives (`must-revalidate`, `proxy-revalidate`, `s-maxage`, `no-cache`) say otherwise.
+    pub stale_on_error: Duration,
     /// Variants kept per URI when the origin sends `Vary`.
     pub max_variants: usize,
     /// Most bytes of request header values a variant may be selected by (`Vary`); a response
@@ -47,6 +51,16 @@ pub struct CachePolicy {
     pub hygiene: Hygiene,
 }
 
+impl CachePolicy {
+    /// How long storage keeps entries past their freshness.
+    pub fn retention(&self) -> Retention {
+        Retention {
+            keep_stale: self.keep_stale,
+            stale_on_error: self.stale_on_error,
+        }
+    }
+}
+
 impl Default for CachePolicy {
     fn default() -> Self {
         CachePolicy {
@@ -56,6 +70,8 @@ impl Default for CachePolicy {
             fetch_timeout: Duration::from_secs(30),
             store: StoreOptions::default(),
             keep_stale: Duration::from_secs(3600),
+            // `cache.stale_on_error_seconds`' default (the config's DEFAULT_STALE_ON_ERROR_SECONDS).
+            stale_on_error: Duration::from_secs(60),
             max_variants: 16,
             max_vary_bytes: 4096,
             get_with_body: GetWithBody::Strip,
@@ -238,7 +254,7 @@ impl CacheState {
     /// Stores `entry` in its URI's slot, next to the variants it does not replace.
     pub(super) fn store_entry(&self, key: &str, tiers: TierSet, entry: Arc<CachedResponse>) {
         let now = self.clock.now();
-        let (max, keep) = (self.policy.max_variants, self.policy.keep_stale);
+        let (max, keep) = (self.policy.max_variants, self.policy.retention());
         self.store.update(key, tiers, |current| {
             Some(Arc::new(match current {
                 Some(slot) => slot.with(entry, max, now, keep),
@@ -250,7 +266,7 @@ impl CacheState {
     /// Removes the variant `request` selects from the slot under `key`.
     pub(super) fn remove_selected(&self, key: &str, tiers: TierSet, request: &HeaderMap) {
         let now = self.clock.now();
-        let keep = self.policy.keep_stale;
+        let keep = self.policy.retention();
         self.store.update(key, tiers, |current| {
             current.and_then(|slot| slot.without_selected(request, now, keep).map(Arc::new))
         });
