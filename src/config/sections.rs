@@ -139,6 +139,9 @@ pub struct UpstreamConfig {
     /// (nginx's `proxy_request_buffering`); larger ones stream once this much has arrived.
     /// 0 streams every body.
     pub request_buffer_bytes: u64,
+    /// Send the origin a `Forwarded` header (RFC 7239) with this hop appended (`for`, `host`,
+    /// `proto`). Off: a trusted proxy's `Forwarded` passes unchanged, and tierd adds none.
+    pub forwarded_header: bool,
 }
 
 impl UpstreamConfig {
@@ -180,6 +183,7 @@ impl UpstreamConfig {
             max_connections: self.max_connections,
             preserve_host: self.preserve_host,
             request_buffer_bytes: usize::try_from(self.request_buffer_bytes).unwrap_or(usize::MAX),
+            forwarded_header: self.forwarded_header,
             tls,
         })
     }
@@ -196,6 +200,7 @@ impl Default for UpstreamConfig {
             max_connections: DEFAULT_UPSTREAM_MAX_CONNECTIONS,
             preserve_host: false,
             request_buffer_bytes: DEFAULT_REQUEST_BUFFER_BYTES,
+            forwarded_header: false,
         }
     }
 }
@@ -490,8 +495,11 @@ pub struct RateLimitConfig {
     pub requests_per_second: f64,
     /// Requests a client may send at once after a quiet period.
     pub burst: u32,
-    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` names the client.
+    /// Proxies (CIDRs or addresses) whose `X-Forwarded-For` (or `Forwarded`) names the client.
     pub trusted_proxies: Vec<String>,
+    /// The header the trusted proxies name the client in: `x-forwarded-for` or `forwarded`
+    /// (RFC 7239's `for=`).
+    pub client_header: crate::ratelimit::ClientHeader,
     /// A request header that names the client (an API key) instead of its address; empty: off.
     pub api_key_header: String,
     /// IPv6 clients are keyed by this prefix of their address (one /64 is one subscriber).
@@ -527,7 +535,10 @@ impl RateLimitConfig {
             .transpose()
             .map_err(|_| format!("rate_limit.api_key_header: '{}'", self.api_key_header))?;
         let mut limits = Limits::disabled(clock, metrics.rate_limit.clone())
-            .with_identity(Identity::new(trusted, api_key, self.ipv6_prefix_bits))
+            .with_identity(
+                Identity::new(trusted, api_key, self.ipv6_prefix_bits)
+                    .with_client_header(self.client_header),
+            )
             .with_clients(
                 self.max_clients,
                 Duration::from_secs(self.cleanup_interval_seconds),
@@ -558,6 +569,7 @@ impl Default for RateLimitConfig {
             requests_per_second: DEFAULT_RATE_LIMIT_RPS,
             burst: DEFAULT_RATE_LIMIT_BURST,
             trusted_proxies: Vec::new(),
+            client_header: crate::ratelimit::ClientHeader::default(),
             api_key_header: String::new(),
             ipv6_prefix_bits: DEFAULT_IPV6_PREFIX_BITS,
             max_clients: DEFAULT_RATE_LIMIT_MAX_CLIENTS,

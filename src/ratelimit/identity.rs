@@ -1,7 +1,8 @@
 //! Who a request comes from: the key its buckets are found under.
 //!
-//! The peer address by default; the client named in `X-Forwarded-For` when the peer is a
-//! trusted proxy; the value of an API-key header when one is configured and present.
+//! The peer address by default; the client named in `X-Forwarded-For` (or `Forwarded`, RFC
+//! 7239, when the proxies write that) when the peer is a trusted proxy; the value of an
+//! API-key header when one is configured and present.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -11,9 +12,23 @@ use actix_web::HttpRequest;
 
 use crate::http::cidr::mask;
 pub use crate::http::cidr::Cidr;
+use crate::http::forwarded;
 
 /// Longest `X-Forwarded-For` chain walked; a longer one is cut at this many hops from the right.
 const MAX_FORWARDED_HOPS: usize = 32;
+
+/// The header trusted proxies name the client in (`rate_limit.client_header`). One only: a
+/// proxy that writes one passes the other through as the client sent it, so reading both
+/// would let a client choose its own identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub enum ClientHeader {
+    #[default]
+    #[serde(rename = "x-forwarded-for")]
+    XForwardedFor,
+    /// RFC 7239's `for=` parameters.
+    #[serde(rename = "forwarded")]
+    Forwarded,
+}
 
 /// How a client was identified; the `key_kind` metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr)]
@@ -21,7 +36,7 @@ const MAX_FORWARDED_HOPS: usize = 32;
 pub enum KeyKind {
     /// The TCP peer's address.
     Ip,
-    /// An address from `X-Forwarded-For`, given by a trusted proxy.
+    /// An address from `X-Forwarded-For` or `Forwarded`, given by a trusted proxy.
     Forwarded,
     /// The API-key header.
     ApiKey,
@@ -67,6 +82,7 @@ pub struct ClientId {
 #[derive(Debug, Clone)]
 pub struct Identity {
     trusted: Vec<Cidr>,
+    header: ClientHeader,
     api_key: Option<HeaderName>,
     ipv6_prefix_bits: u8,
     seed: u64,
@@ -82,11 +98,18 @@ impl Identity {
     pub fn new(trusted: Vec<Cidr>, api_key: Option<HeaderName>, ipv6_prefix_bits: u8) -> Self {
         Identity {
             trusted,
+            header: ClientHeader::default(),
             api_key,
             ipv6_prefix_bits: ipv6_prefix_bits.clamp(1, 128),
             // Per process, so nobody can pick API keys that collide with someone else's.
             seed: fastrand::u64(..),
         }
+    }
+
+    /// Reads the client from `header` when the peer is a trusted proxy.
+    pub fn with_client_header(mut self, header: ClientHeader) -> Self {
+        self.header = header;
+        self
     }
 
     /// The client `req` comes from.
@@ -126,23 +149,42 @@ impl Identity {
         self.trusted.iter().any(|c| c.contains(ip))
     }
 
-    /// Walks `X-Forwarded-For` from the right (the hop nearest to us) past trusted proxies:
-    /// the first untrusted address is the client. Addresses left of it were written by the
-    /// client itself and prove nothing. A chain of trusted proxies only yields its left-most
-    /// address; an entry that does not parse ends the walk at the last good one.
+    /// Walks `X-Forwarded-For` (or `Forwarded`'s `for=`) from the right (the hop nearest to
+    /// us) past trusted proxies: the first untrusted address is the client. Addresses left of
+    /// it were written by the client itself and prove nothing. A chain of trusted proxies only
+    /// yields its left-most address; an entry that does not parse (or `for=unknown`, an
+    /// obfuscated `_name`) ends the walk at the last good one.
     fn forwarded_client(&self, headers: &HeaderMap) -> Option<IpAddr> {
-        let values: Vec<&[u8]> = headers
-            .get_all("x-forwarded-for")
-            .map(|v| v.as_bytes())
-            .collect();
+        match self.header {
+            ClientHeader::XForwardedFor => {
+                let values: Vec<&[u8]> = headers
+                    .get_all("x-forwarded-for")
+                    .map(|v| v.as_bytes())
+                    .collect();
+                self.walk(
+                    values
+                        .iter()
+                        .rev()
+                        .flat_map(|v| v.rsplit(|b| *b == b','))
+                        .map(parse_hop),
+                )
+            }
+            ClientHeader::Forwarded => {
+                let mut elements: Vec<Option<IpAddr>> = Vec::new();
+                for v in headers.get_all("forwarded") {
+                    forwarded::for_each_for(v.as_bytes(), |node| {
+                        elements.push(node.and_then(parse_forwarded_node))
+                    });
+                }
+                self.walk(elements.into_iter().rev())
+            }
+        }
+    }
+
+    fn walk(&self, hops: impl Iterator<Item = Option<IpAddr>>) -> Option<IpAddr> {
         let mut client = None;
-        let hops = values
-            .iter()
-            .rev()
-            .flat_map(|v| v.rsplit(|b| *b == b','))
-            .take(MAX_FORWARDED_HOPS);
-        for hop in hops {
-            let Some(ip) = parse_hop(hop) else { break };
+        for hop in hops.take(MAX_FORWARDED_HOPS) {
+            let Some(ip) = hop else { break };
             client = Some(ip);
             if !self.is_trusted(ip) {
                 break;
@@ -160,6 +202,22 @@ impl Identity {
             },
         }
     }
+}
+
+/// A `Forwarded` node (RFC 7239 §6), unquoted: `192.0.2.60`, `192.0.2.60:80`,
+/// `[2001:db8::1]`, `[2001:db8::1]:4711`. `unknown` and obfuscated names (`_hidden`) name no
+/// address.
+fn parse_forwarded_node(node: Vec<u8>) -> Option<IpAddr> {
+    let s = std::str::from_utf8(&node).ok()?;
+    if let Some(rest) = s.strip_prefix('[') {
+        let (ip, port) = rest.split_once(']')?;
+        if !(port.is_empty() || port.strip_prefix(':').is_some()) {
+            return None;
+        }
+        return ip.parse::<Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    let host = s.split_once(':').map_or(s, |(h, _)| h);
+    host.parse::<Ipv4Addr>().ok().map(IpAddr::V4)
 }
 
 /// One `X-Forwarded-For` entry: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1` or `[2001:db8::1]:80`.
@@ -251,6 +309,51 @@ mod tests {
             (got.kind, got.key),
             (KeyKind::Ip, ClientKey::V4(0x0A00_0002))
         );
+    }
+
+    #[test]
+    fn forwarded_names_the_client_when_the_proxies_write_it() {
+        let id = identity(&["10.0.0.0/8"]).with_client_header(ClientHeader::Forwarded);
+        let v4 = |a, b, c, d| ClientKey::V4(u32::from(Ipv4Addr::new(a, b, c, d)));
+        // The client's own element, then the proxies' (one with a port, quoted).
+        let h = headers(&[(
+            "forwarded",
+            r#"for=6.6.6.6, for=198.51.100.9;proto=https, for="10.2.2.2:8080";by=10.0.0.2"#,
+        )]);
+        let got = id.resolve(ip("10.0.0.2"), &h);
+        assert_eq!(
+            (got.kind, got.key),
+            (KeyKind::Forwarded, v4(198, 51, 100, 9))
+        );
+        // IPv6 in brackets, over two lines.
+        let h = headers(&[
+            ("forwarded", r#"for="[2001:db8::1]:4711""#),
+            ("forwarded", "for=10.3.3.3"),
+        ]);
+        assert_eq!(
+            id.resolve(ip("10.0.0.2"), &h).key,
+            ClientKey::V6(u128::from("2001:db8::".parse::<Ipv6Addr>().unwrap()))
+        );
+        // `unknown`, an obfuscated name or an element without `for` end the walk.
+        for stop in ["for=unknown", "for=_hidden", "proto=http"] {
+            let h = headers(&[(
+                "forwarded",
+                &format!("for=198.51.100.9, {stop}, for=10.4.4.4"),
+            )]);
+            assert_eq!(
+                id.resolve(ip("10.0.0.2"), &h).key,
+                v4(10, 4, 4, 4),
+                "{stop}"
+            );
+        }
+        // X-Forwarded-For is not read when the proxies write Forwarded: a client could set it.
+        let h = headers(&[("x-forwarded-for", "198.51.100.9")]);
+        let got = id.resolve(ip("10.0.0.2"), &h);
+        assert_eq!((got.kind, got.key), (KeyKind::Ip, v4(10, 0, 0, 2)));
+        // And the other way round.
+        let xff = identity(&["10.0.0.0/8"]);
+        let h = headers(&[("forwarded", "for=198.51.100.9")]);
+        assert_eq!(xff.resolve(ip("10.0.0.2"), &h).kind, KeyKind::Ip);
     }
 
     #[test]

@@ -50,7 +50,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse};
 use prometheus::IntCounterVec;
 
-pub use identity::{Cidr, ClientId, ClientKey, Identity, KeyKind};
+pub use identity::{Cidr, ClientHeader, ClientId, ClientKey, Identity, KeyKind};
 pub use limiter::{check_quota, Denial, Limiter, QuotaSpec};
 
 pub use metrics::RateLimitMetrics;

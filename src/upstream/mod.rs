@@ -51,6 +51,8 @@ pub struct UpstreamOptions {
     pub preserve_host: bool,
     /// Request bodies up to this size are read whole before an origin connection is taken.
     pub request_buffer_bytes: usize,
+    /// Append this hop to `Forwarded` (RFC 7239) for the origin.
+    pub forwarded_header: bool,
     /// Trust and SNI for an `https://` origin.
     pub tls: TlsOptions,
 }
@@ -63,6 +65,7 @@ pub struct Upstream {
     target: Target,
     preserve_host: bool,
     request_buffer_bytes: usize,
+    forwarded_header: bool,
     timeout: Duration,
     /// Bounds this worker's concurrent origin exchanges (`upstream.max_connections`).
     slots: Arc<Semaphore>,
@@ -106,6 +109,7 @@ impl Upstream {
             target,
             preserve_host: cfg.preserve_host,
             request_buffer_bytes: cfg.request_buffer_bytes,
+            forwarded_header: cfg.forwarded_header,
             timeout: cfg.timeout,
             slots: Arc::new(Semaphore::new(cfg.max_connections.max(1))),
             metrics,
@@ -169,19 +173,25 @@ impl Upstream {
                 h.insert(xfh, host);
             }
             // RFC 7239: what a trusted proxy in front wrote (the cache's hygiene removed the
-            // client's own), then this hop.
-            let mut fwd: Vec<u8> = Vec::new();
-            for prior in http_req.headers().get_all(&forwarded) {
-                fwd.extend_from_slice(prior.as_bytes());
-                fwd.extend_from_slice(b", ");
-            }
-            forwarded_element(
-                &mut fwd,
-                http_req.peer_addr().map(|a| a.ip()),
-                authority_bytes,
-            );
-            if let Ok(v) = HeaderValue::from_bytes(&fwd) {
-                h.insert(forwarded, v);
+            // client's own), then this hop when `upstream.forwarded_header` asks for it.
+            if self.forwarded_header {
+                let mut fwd: Vec<u8> = Vec::new();
+                for prior in http_req.headers().get_all(&forwarded) {
+                    fwd.extend_from_slice(prior.as_bytes());
+                    fwd.extend_from_slice(b", ");
+                }
+                forwarded_element(
+                    &mut fwd,
+                    http_req.peer_addr().map(|a| a.ip()),
+                    authority_bytes,
+                );
+                if let Ok(v) = HeaderValue::from_bytes(&fwd) {
+                    h.insert(forwarded, v);
+                }
+            } else {
+                for prior in http_req.headers().get_all(&forwarded) {
+                    h.append(forwarded.clone(), prior.clone());
+                }
             }
             h.append(header::VIA, HeaderValue::from_static("1.1 tierd"));
         }

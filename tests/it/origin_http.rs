@@ -325,3 +325,28 @@ async fn an_age_that_is_not_one_non_negative_integer_is_stale_on_arrival() {
     }
     gw.stop(false).await;
 }
+
+/// `upstream.forwarded_header`: off by default (as nginx and Varnish send none); on, the origin
+/// gets RFC 7239's element for this hop.
+#[actix_web::test]
+async fn forwarded_goes_to_the_origin_only_when_asked() {
+    let echo = |_, head: &str| {
+        let body = head.to_ascii_lowercase();
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let (addr, _) = keepalive_origin(echo).await;
+    for (on, expected) in [
+        (false, None),
+        (true, Some("forwarded: for=127.0.0.1;host=t;proto=http")),
+    ] {
+        let gw = gateway_for(addr, |s| s.upstream.forwarded_header = on).await;
+        let r = raw(gw.addr, &get("/f"), Duration::from_secs(5)).await;
+        let line = body_of(&r).lines().find(|l| l.starts_with("forwarded:"));
+        assert_eq!(line, expected, "{r}");
+        gw.stop(false).await;
+    }
+}

@@ -140,6 +140,64 @@ async fn x_forwarded_for_names_the_client_only_from_trusted_proxies() {
     h.stop().await;
 }
 
+/// `rate_limit.client_header = "forwarded"`: RFC 7239's `for=` from trusted proxies.
+#[actix_web::test]
+async fn forwarded_names_the_client_from_trusted_proxies_that_write_it() {
+    let h = cached_with(|s| {
+        client_quota(s, 1.0, 1);
+        s.rate_limit.trusted_proxies = vec!["127.0.0.2/32".into()];
+        s.rate_limit.client_header = tierd::ratelimit::ClientHeader::Forwarded;
+    })
+    .await;
+    let addr = h.gw.addr;
+    let fwd = |v: &'static str| [("forwarded", v)];
+    assert_eq!(
+        get_from(A, addr, "/x", &fwd("for=198.51.100.7"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get_from(
+            A,
+            addr,
+            "/x",
+            &fwd("for=\"[2001:db8::7]:4711\";proto=https")
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        get_from(A, addr, "/x", &fwd("for=198.51.100.7"))
+            .await
+            .status,
+        429
+    );
+    // What the client wrote left of the proxy's element does not change who it is.
+    let lie = get_from(A, addr, "/x", &fwd("for=203.0.113.99, for=198.51.100.7")).await;
+    assert_eq!(lie.status, 429);
+    // From an untrusted peer, Forwarded is nobody's word: two claims, one client.
+    assert_eq!(
+        get_from(B, addr, "/x", &fwd("for=198.51.100.1"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        get_from(B, addr, "/x", &fwd("for=198.51.100.2"))
+            .await
+            .status,
+        429
+    );
+    let m = [("quota", "client"), ("key_kind", "forwarded")];
+    assert_eq!(
+        metric_at(h.gw.admin_addr, "tierd_rate_limited_total", &m).await,
+        2.0
+    );
+    h.stop().await;
+}
+
 #[actix_web::test]
 async fn an_api_key_header_names_the_client() {
     let h = cached_with(|s| {

@@ -502,6 +502,7 @@ async fn headers_an_origin_honours_but_the_key_ignores_never_reach_it() {
             Reply::ok(format!("#{n} {}", seen.join(" "))).cc("max-age=600")
         },
         |s| {
+            s.upstream.forwarded_header = true;
             s.rules = common::rules(
                 r#"
                 [[rules]]
