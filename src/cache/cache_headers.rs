@@ -1,11 +1,12 @@
-//! The `CacheHeaders` middleware: strong ETags for in-memory bodies that lack one, and client
+//! The `CacheHeaders` middleware: strong ETags for in-memory bodies that lack one, client
 //! preconditions (`If-None-Match`, `If-Modified-Since`, `If-Match`, `If-Unmodified-Since`)
-//! answered with 304 or 412 (RFC 9110 §13).
+//! answered with 304 or 412 (RFC 9110 §13), and a single byte `Range` of a full 200 answered
+//! with 206 or 416 (§14), `If-Range` permitting.
 
 use std::future::{ready, Ready};
 use std::sync::Arc;
 
-use actix_web::body::{BoxBody, MessageBody};
+use actix_web::body::{BodySize, BoxBody, MessageBody};
 use actix_web::dev::{forward_ready, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use actix_web::http::{Method, StatusCode};
@@ -16,6 +17,7 @@ use super::response_cache::cache_status_header;
 use crate::clock::Clock;
 use crate::http::conditional::{self, ETag, Precondition, Validators};
 use crate::http::freshness::parse_http_date;
+use crate::http::range::{self, Ranged};
 use crate::metrics::Metrics;
 
 /// Headers a 304 carries (RFC 9110 §15.4.5), plus the cache's own `Age` and `Cache-Status`.
@@ -101,6 +103,11 @@ where
         let preconditions = (cacheable_method && conditional::has_preconditions(req.headers()))
             .then(|| conditional::preconditions_of(req.headers()));
         let generate = self.cfg.generate_etags && cacheable_method;
+        // A byte range of the full response; HEAD ignores Range (§14.2).
+        let range = (*req.method() == Method::GET)
+            .then(|| req.headers().get(header::RANGE))
+            .flatten()
+            .map(|r| (r.clone(), req.headers().get(header::IF_RANGE).cloned()));
         let clock = self.cfg.clock.clone();
         let metrics = self.cfg.metrics.clone();
         let fut = self.inner.call(req);
@@ -116,7 +123,10 @@ where
                 res = add_etag(res);
             }
             let Some(preconditions) = preconditions else {
-                return Ok(res);
+                return Ok(match range {
+                    Some((r, if_range)) => ranged(res, &r, if_range.as_ref()),
+                    None => res,
+                });
             };
             let outcome = {
                 let h = res.headers();
@@ -129,7 +139,10 @@ where
                 conditional::evaluate(&preconditions, v, clock.now())
             };
             Ok(match outcome {
-                Precondition::Proceed => res,
+                Precondition::Proceed => match range {
+                    Some((r, if_range)) => ranged(res, &r, if_range.as_ref()),
+                    None => res,
+                },
                 Precondition::NotModified => {
                     if let Some(m) = &metrics {
                         m.cache.not_modified();
@@ -139,6 +152,114 @@ where
                 Precondition::Failed => replace(res, |_| precondition_failed()),
             })
         })
+    }
+}
+
+/// A full 200 cut to the single byte range the client asked for (206 with `Content-Range`), or
+/// 416 when the range lies beyond it. Untouched: other statuses, a body of unknown length, an
+/// `If-Range` that does not hold, several ranges, a `Range` that does not parse (§14.2).
+fn ranged(
+    res: ServiceResponse<BoxBody>,
+    range: &HeaderValue,
+    if_range: Option<&HeaderValue>,
+) -> ServiceResponse<BoxBody> {
+    if res.status() != StatusCode::OK {
+        return res;
+    }
+    if let Some(if_range) = if_range {
+        let h = res.headers();
+        let holds = range::if_range_holds(
+            if_range.as_bytes(),
+            h.get(header::ETAG).map(|v| v.as_bytes()),
+            h.get(header::LAST_MODIFIED).map(|v| v.as_bytes()),
+        );
+        if !holds {
+            return res;
+        }
+    }
+    let BodySize::Sized(len) = res.response().body().size() else {
+        return res;
+    };
+    match range::evaluate(range.as_bytes(), len) {
+        Ranged::Ignore | Ranged::Whole => res,
+        Ranged::Unsatisfiable => replace(res, |r| {
+            let mut out = HttpResponse::RangeNotSatisfiable().finish();
+            let h = out.headers_mut();
+            for name in [cache_status_header(), header::AGE, header::ETAG] {
+                for v in r.headers().get_all(&name) {
+                    h.append(name.clone(), v.clone());
+                }
+            }
+            if let Ok(v) = HeaderValue::try_from(format!("bytes */{len}")) {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            out
+        }),
+        Ranged::Part { start, end } => {
+            let (req, response) = res.into_parts();
+            let (mut head, body) = response.into_parts();
+            head.head_mut().status = StatusCode::PARTIAL_CONTENT;
+            head.headers_mut().remove(header::CONTENT_LENGTH);
+            if let Ok(v) = HeaderValue::try_from(format!("bytes {start}-{end}/{len}")) {
+                head.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            let body = match body.try_into_bytes() {
+                // `start..=end` lies within the body's `len` bytes (evaluate clips to it).
+                Ok(bytes) => BoxBody::new(bytes.slice(start as usize..=end as usize)),
+                Err(body) => BoxBody::new(Slice {
+                    inner: body,
+                    skip: start,
+                    left: end - start + 1,
+                    len: end - start + 1,
+                }),
+            };
+            ServiceResponse::new(req, head.set_body(body))
+        }
+    }
+}
+
+/// Bytes `skip..skip + len` of a streamed body.
+struct Slice {
+    inner: BoxBody,
+    skip: u64,
+    left: u64,
+    len: u64,
+}
+
+impl MessageBody for Slice {
+    type Error = Box<dyn std::error::Error>;
+
+    fn size(&self) -> BodySize {
+        BodySize::Sized(self.len)
+    }
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<bytes::Bytes, Self::Error>>> {
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if this.left == 0 {
+                return Poll::Ready(None);
+            }
+            let chunk = match std::pin::Pin::new(&mut this.inner).poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => chunk,
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            };
+            let n = chunk.len() as u64;
+            if this.skip >= n {
+                this.skip -= n;
+                continue;
+            }
+            let from = this.skip as usize;
+            this.skip = 0;
+            let take = (n - from as u64).min(this.left) as usize;
+            this.left -= take as u64;
+            return Poll::Ready(Some(Ok(chunk.slice(from..from + take))));
+        }
     }
 }
 

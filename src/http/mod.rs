@@ -12,6 +12,7 @@ pub mod freshness;
 pub mod headers;
 pub mod host;
 pub mod hygiene;
+pub mod range;
 pub mod response;
 pub mod storable;
 pub mod target;

@@ -504,41 +504,111 @@ async fn a_stale_entry_without_etag_is_revalidated_with_if_modified_since() {
     h.stop().await;
 }
 
-/// A `Range` request goes to the origin as it is (with its `Range`), and the 206 comes back
-/// untouched and unstored; a later full GET is a miss, then stored as usual.
+/// RFC 9110 §14: a `Range` miss fetches the whole response (no `Range` to the origin), stores
+/// it and answers the range; hits answer ranges from the cache; `If-Range` must match strongly;
+/// 416 past the end; several ranges or a malformed one get the full 200.
 #[actix_web::test]
-async fn range_requests_pass_through_and_nothing_partial_is_stored() {
-    let h = Harness::new(
-        |req, n| match req.headers().get("range").and_then(|v| v.to_str().ok()) {
-            Some("bytes=0-3") => Reply::ok("0123")
-                .status(206)
-                .cc("max-age=600")
-                .header("content-range", "bytes 0-3/10"),
-            _ => Reply::ok(format!("0123456789 #{n}")).cc("max-age=600"),
-        },
-    )
+async fn range_requests_are_answered_from_the_stored_full_response() {
+    let h = Harness::new(|_, n| {
+        Reply::ok(format!("0123456789{n}"))
+            .cc("max-age=600")
+            .header("etag", "\"v1\"")
+            .header("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT")
+    })
     .await;
     let part = h.get_with("/file", &[("range", "bytes=0-3")]).await;
     assert_eq!((part.status, part.text().as_str()), (206, "0123"));
     assert_eq!(
         part.header("content-range").as_deref(),
-        Some("bytes 0-3/10")
+        Some("bytes 0-3/11")
     );
-    assert_eq!(part.cache_status(), "tierd; fwd=bypass; fwd-status=206");
-    let (_, _, headers) = h.origin.last_request();
-    assert_eq!(headers.get("range").unwrap(), "bytes=0-3");
-    let full = h.get("/file").await;
-    assert_eq!((full.status, full.text().as_str()), (200, "0123456789 #2"));
     assert!(
-        full.cache_status().contains("fwd=uri-miss"),
+        part.cache_status().contains("stored"),
         "{}",
-        full.cache_status()
+        part.cache_status()
     );
-    assert!(h.get("/file").await.cache_status().contains("hit"));
-    // A range request for a stored entry still goes to the origin.
-    let again = h.get_with("/file", &[("range", "bytes=0-3")]).await;
-    assert_eq!(again.status, 206);
-    assert_eq!(h.origin.hits(), 3);
+    let (_, _, seen) = h.origin.last_request();
+    assert!(
+        seen.get("range").is_none(),
+        "the whole response was fetched"
+    );
+    let lm = "Tue, 01 Dec 2026 10:00:00 GMT";
+    for (range, if_range, status, body, content_range) in [
+        ("bytes=5-", None, 206, "567891", Some("bytes 5-10/11")),
+        ("bytes=-3", None, 206, "891", Some("bytes 8-10/11")),
+        ("bytes=9-99", None, 206, "91", Some("bytes 9-10/11")),
+        ("bytes=11-", None, 416, "", Some("bytes */11")),
+        ("bytes=0-1,4-5", None, 200, "01234567891", None),
+        ("bytes=3-1", None, 200, "01234567891", None),
+        ("pages=1-2", None, 200, "01234567891", None),
+        ("bytes=0-1", Some("\"v1\""), 206, "01", Some("bytes 0-1/11")),
+        ("bytes=0-1", Some(lm), 206, "01", Some("bytes 0-1/11")),
+        ("bytes=0-1", Some("\"v0\""), 200, "01234567891", None),
+        ("bytes=0-1", Some("W/\"v1\""), 200, "01234567891", None),
+    ] {
+        let mut headers = vec![("range", range)];
+        if let Some(ir) = if_range {
+            headers.push(("if-range", ir));
+        }
+        let r = h.get_with("/file", &headers).await;
+        let what = format!("{range} {if_range:?}");
+        assert_eq!((r.status, r.text().as_str()), (status, body), "{what}");
+        assert_eq!(
+            r.header("content-range").as_deref(),
+            content_range,
+            "{what}"
+        );
+        assert!(
+            r.cache_status().contains("hit"),
+            "{what}: {}",
+            r.cache_status()
+        );
+        if status != 416 {
+            assert_eq!(r.header("etag").as_deref(), Some("\"v1\""), "{what}");
+        }
+    }
+    // HEAD ignores Range.
+    let head = h
+        .send(
+            h.client
+                .head(h.url("/file"))
+                .insert_header(("range", "bytes=0-3")),
+        )
+        .await;
+    assert_eq!(head.status, 200);
+    // A client's precondition is evaluated before its range: 304.
+    let cond = h
+        .get_with(
+            "/file",
+            &[("range", "bytes=0-3"), ("if-none-match", "\"v1\"")],
+        )
+        .await;
+    assert_eq!(cond.status, 304);
+    assert_eq!(h.origin.hits(), 1, "one fetch served every range");
+    h.stop().await;
+}
+
+/// A response too large to store streams through, and the range is cut from the stream.
+#[actix_web::test]
+async fn a_range_of_a_response_too_large_to_store_is_cut_from_the_stream() {
+    let body: String = (0..200)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    let b = body.clone();
+    let h = Harness::with(
+        move |_, _| Reply::ok(b.clone()).cc("max-age=600"),
+        |s| s.cache.max_body_bytes = 64,
+    )
+    .await;
+    let r = h.get_with("/big", &[("range", "bytes=150-159")]).await;
+    assert_eq!((r.status, r.text().as_str()), (206, &body[150..160]));
+    assert_eq!(
+        r.header("content-range").as_deref(),
+        Some("bytes 150-159/200")
+    );
+    let r = h.get_with("/big", &[("range", "bytes=-5")]).await;
+    assert_eq!((r.status, r.text().as_str()), (206, &body[195..]));
+    assert_eq!(h.origin.hits(), 2, "not stored");
     h.stop().await;
 }
 

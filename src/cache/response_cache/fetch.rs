@@ -251,6 +251,12 @@ where
         };
 
         let (head, body) = res.into_parts();
+        // The length the body declares (the proxy sets it from the origin's Content-Length,
+        // which is not among the headers).
+        let declared = match body.size() {
+            BodySize::Sized(n) => Some(n),
+            _ => crate::http::headers::content_length(head.headers()),
+        };
         match collect(body, st.policy.max_body_bytes).await {
             Collected::Full(bytes) => {
                 let mut plan = plan;
@@ -306,8 +312,7 @@ where
                 let chained =
                     stream::once(async move { Ok::<_, Box<dyn std::error::Error>>(prefix) })
                         .chain(BodyChunks(rest));
-                let size = crate::http::headers::content_length(head.headers());
-                let mut res = match size {
+                let mut res = match declared {
                     Some(n) => {
                         head.set_body(BoxBody::new(actix_web::body::SizedStream::new(n, chained)))
                     }

@@ -369,6 +369,9 @@ pub(super) fn upstream_conditionals(h: &mut HeaderMap, stale: Option<&CachedResp
     for name in CONDITIONALS {
         h.remove(name);
     }
+    // The full response is fetched and stored; the client's range is cut from it on the way
+    // out (CacheHeaders), as nginx's proxy_cache does.
+    h.remove(header::RANGE);
     if let Some(entry) = stale {
         if entry.origin_etag {
             if let Some(etag) = &entry.etag {

@@ -54,10 +54,6 @@ where
         if st.policy.get_with_body == GetWithBody::Pass && has_body(req.headers()) {
             return self.bypass(req, route, Some("request_body")).await;
         }
-        if req.headers().contains_key(header::RANGE) {
-            // Partial content is not stored; range requests go to the origin untouched.
-            return self.bypass(req, route, None).await;
-        }
         let mut facts = RequestFacts::from_headers(req.headers());
         let mut refresh = false;
         let mut private = false;
