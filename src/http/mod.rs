@@ -15,5 +15,6 @@ pub mod hygiene;
 pub mod range;
 pub mod response;
 pub mod storable;
+pub mod structured;
 pub mod target;
 pub mod vary;

@@ -108,14 +108,21 @@ pub struct StorePlan {
 }
 
 /// The directives that govern this cache: `Surrogate-Control`, then `CDN-Cache-Control`
-/// (RFC 9213), then `Cache-Control`, the first one present winning whole.
+/// (RFC 9213: a structured field, ignored whole when it does not parse), then
+/// `Cache-Control`, the first one present winning whole.
 pub fn effective_cache_control(h: &HeaderMap) -> CacheControl {
-    for name in ["surrogate-control", "cdn-cache-control"] {
-        if h.contains_key(name) {
-            let cc = CacheControl::parse(h.get_all(name).map(|v| v.as_bytes()));
-            if !cc.is_empty() {
-                return cc;
-            }
+    if h.contains_key("surrogate-control") {
+        let cc = CacheControl::parse(h.get_all("surrogate-control").map(|v| v.as_bytes()));
+        if !cc.is_empty() {
+            return cc;
+        }
+    }
+    if h.contains_key("cdn-cache-control") {
+        let targeted = super::structured::targeted_cache_control(
+            h.get_all("cdn-cache-control").map(|v| v.as_bytes()),
+        );
+        if let Some(cc) = targeted.filter(|cc| !cc.is_empty()) {
+            return cc;
         }
     }
     CacheControl::parse(h.get_all(header::CACHE_CONTROL).map(|v| v.as_bytes()))

@@ -897,6 +897,16 @@ async fn upstream_cache_status_is_kept_and_surrogate_headers_are_consumed() {
         match req.path() {
             "/sc" => r.cc("private").header("surrogate-control", "max-age=30"),
             "/cdn" => r.cc("no-store").header("cdn-cache-control", "max-age=40"),
+            // Not a valid structured field (a trailing comma): ignored whole (RFC 9213 §2.1),
+            // so Cache-Control decides.
+            "/cdn-bad" => r
+                .cc("max-age=10")
+                .header("cdn-cache-control", "max-age=40, no-store,"),
+            // Valid, over two lines, with a parameter (ignored).
+            "/cdn-sf" => r
+                .cc("no-store")
+                .header("cdn-cache-control", "max-age=50;ext=1")
+                .header("cdn-cache-control", "stale-if-error=5"),
             _ => r.cc("max-age=60"),
         }
     })
@@ -929,6 +939,16 @@ async fn upstream_cache_status_is_kept_and_surrogate_headers_are_consumed() {
         cdn.cache_status(),
         "tierd; hit; ttl=40; detail=l1",
         "CDN-Cache-Control overrides no-store"
+    );
+    h.get("/cdn-bad").await;
+    assert_eq!(
+        h.get("/cdn-bad").await.cache_status(),
+        "tierd; hit; ttl=10; detail=l1"
+    );
+    h.get("/cdn-sf").await;
+    assert_eq!(
+        h.get("/cdn-sf").await.cache_status(),
+        "tierd; hit; ttl=50; detail=l1"
     );
     h.stop().await;
 }
