@@ -67,6 +67,7 @@ fn slot(i: usize, now: SystemTime) -> Slot {
         last_modified: None,
         vary: Box::new([]),
         tags: Box::new([]),
+        encoded: None,
     };
     Slot::single(
         Arc::new(entry),

@@ -8,12 +8,17 @@
 //!            n:varint variant{n}
 //! variant  = status:u16le response_time_ms:varint initial_age:varint lifetime:varint
 //!            swr:varint sie:varint flags:u8 [etag:bytes] [last_modified:bytes]
+//!            [coding:u8 identity_len:varint]                 -- when the body is compressed
 //!            n:varint (name:bytes value:bytes){n}          -- headers
 //!            n:varint (name:bytes present:u8 [value:bytes]){n}  -- vary selection
 //!            n:varint tag:bytes{n}
-//!            body:bytes
+//!            body:bytes                                     -- compressed when flagged
 //! bytes    = len:varint data
 //! ```
+//!
+//! A compressed entry's record holds the compressed copy only (`[compression]`); decoding
+//! restores the identity body from it, checked against `identity_len`. Version 1 records (no
+//! compression) are read as they are.
 //!
 //! `tier_expires_ms` is when the tier holding the record must stop serving it (the entry's own
 //! keep time, capped by the tier's TTL cap); `keep_until_ms` is the entry's own keep time, which
@@ -27,12 +32,16 @@ use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use bytes::{BufMut, Bytes, BytesMut};
 
+use super::compress::{decompress, Encoded};
 use super::entry::{CachedResponse, Slot};
+use crate::http::encoding::Coding;
 
 const MAGIC: u8 = 0x74; // 't'
 /// The record format this build writes and reads. Bump it on any layout change; the Redis key
 /// prefix carries it too, so two versions sharing a Redis never read each other's records.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+/// Older versions this build still reads (their layout is a subset of this one's).
+const READS_VERSIONS: [u8; 2] = [1, FORMAT_VERSION];
 const HEADER_LEN: usize = 2 + 8 + 8;
 
 const F_NO_CACHE: u8 = 1;
@@ -40,6 +49,7 @@ const F_NO_STALE: u8 = 1 << 1;
 const F_ORIGIN_ETAG: u8 = 1 << 2;
 const F_ETAG: u8 = 1 << 3;
 const F_LAST_MODIFIED: u8 = 1 << 4;
+const F_ENCODED: u8 = 1 << 5;
 
 /// Why a record could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,12 +125,22 @@ fn encode_variant(out: &mut BytesMut, v: &CachedResponse) {
     if v.last_modified.is_some() {
         flags |= F_LAST_MODIFIED;
     }
+    if v.encoded.is_some() {
+        flags |= F_ENCODED;
+    }
     out.put_u8(flags);
     if let Some(e) = &v.etag {
         put_bytes(out, e.as_bytes());
     }
     if let Some(lm) = &v.last_modified {
         put_bytes(out, lm.as_bytes());
+    }
+    if let Some(enc) = &v.encoded {
+        out.put_u8(match enc.coding {
+            Coding::Gzip => 0,
+            Coding::Br => 1,
+        });
+        put_varint(out, v.body.len() as u64);
     }
     put_varint(out, v.headers.len() as u64);
     for (n, val) in v.headers.iter() {
@@ -142,7 +162,10 @@ fn encode_variant(out: &mut BytesMut, v: &CachedResponse) {
     for t in v.tags.iter() {
         put_bytes(out, t.as_bytes());
     }
-    put_bytes(out, &v.body);
+    match &v.encoded {
+        Some(enc) => put_bytes(out, &enc.body),
+        None => put_bytes(out, &v.body),
+    }
 }
 
 /// The tier expiry of a record, read without decoding the rest.
@@ -195,8 +218,8 @@ pub fn decode(record: Bytes, now: SystemTime) -> Result<Decoded, DecodeError> {
 
 fn check_header(record: &[u8]) -> Result<(), DecodeError> {
     match record {
-        [MAGIC, FORMAT_VERSION, ..] if record.len() >= HEADER_LEN => Ok(()),
-        [MAGIC, FORMAT_VERSION, ..] => Err(DecodeError::Truncated),
+        [MAGIC, v, ..] if READS_VERSIONS.contains(v) && record.len() >= HEADER_LEN => Ok(()),
+        [MAGIC, v, ..] if READS_VERSIONS.contains(v) => Err(DecodeError::Truncated),
         [MAGIC, v, ..] => Err(DecodeError::Version(*v)),
         _ => Err(DecodeError::Foreign),
     }
@@ -217,6 +240,17 @@ fn decode_variant(r: &mut Reader<'_>) -> Result<CachedResponse, DecodeError> {
     };
     let last_modified = if flags & F_LAST_MODIFIED != 0 {
         Some(r.header_value()?)
+    } else {
+        None
+    };
+    let coded = if flags & F_ENCODED != 0 {
+        let coding = match r.u8()? {
+            0 => Coding::Gzip,
+            1 => Coding::Br,
+            _ => return Err(DecodeError::Malformed("coding")),
+        };
+        let len = usize::try_from(r.varint()?).map_err(|_| DecodeError::Malformed("length"))?;
+        Some((coding, len))
     } else {
         None
     };
@@ -246,7 +280,16 @@ fn decode_variant(r: &mut Reader<'_>) -> Result<CachedResponse, DecodeError> {
                 .to_owned(),
         );
     }
-    let body = r.bytes()?;
+    let (body, encoded) = match coded {
+        None => (r.bytes()?, None),
+        Some((coding, len)) => {
+            let compressed = r.bytes()?;
+            let body = decompress(coding, &compressed, len)
+                .map_err(|_| DecodeError::Malformed("compressed body"))?;
+            let enc = Encoded::new(coding, compressed, etag.as_ref(), &headers);
+            (body, Some(enc))
+        }
+    };
     Ok(CachedResponse {
         status,
         headers: headers.into_boxed_slice(),
@@ -263,6 +306,7 @@ fn decode_variant(r: &mut Reader<'_>) -> Result<CachedResponse, DecodeError> {
         last_modified,
         vary: vary.into_boxed_slice(),
         tags: tags.into_boxed_slice(),
+        encoded,
     })
 }
 
@@ -400,6 +444,7 @@ mod tests {
                 None => Box::new([]),
             },
             tags: vec!["assessment:7".to_owned(), "all".to_owned()].into_boxed_slice(),
+            encoded: None,
         }
     }
 
@@ -448,6 +493,54 @@ mod tests {
             d.slot.weight as usize,
             a.weight() + d.slot.variants[1].weight()
         );
+    }
+
+    #[test]
+    fn a_compressed_entry_stores_only_its_compressed_copy_and_decodes_whole() {
+        let body = "{\"k\": \"vvvvvvvvvvvvvvvv\"}, ".repeat(100);
+        for coding in [Coding::Gzip, Coding::Br] {
+            let mut e = entry("", None);
+            e.body = Bytes::from(body.clone());
+            let z = crate::cache::compress::compress(coding, 5, body.as_bytes()).unwrap();
+            e.encoded = Some(Encoded::new(coding, z.clone(), e.etag.as_ref(), &e.headers));
+            let s = Slot::kept_for(vec![Arc::new(e)], Duration::from_secs(100));
+            let now = UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+            let bytes = encode(
+                &s,
+                now + Duration::from_secs(100),
+                now + Duration::from_secs(30),
+            );
+            assert!(
+                bytes.len() < z.len() + 300,
+                "{coding:?}: {} bytes",
+                bytes.len()
+            );
+            let d = decode(bytes.clone(), now).expect("decodes");
+            let v = &d.slot.variants[0];
+            assert_eq!(v.body, body.as_bytes(), "{coding:?}");
+            let enc = v.encoded.as_ref().expect("compressed copy kept");
+            assert_eq!((enc.coding, &enc.body), (coding, &z));
+            assert_eq!(
+                enc.etag.as_ref().map(|e| e.as_bytes().to_vec()),
+                Some(format!("\"v1-{}\"", coding.as_str()).into_bytes())
+            );
+            // A flipped byte in a gzip body fails its CRC-32: a malformed record, never a wrong
+            // body. (Brotli carries no checksum; the stores' own integrity covers it.)
+            if coding == Coding::Gzip {
+                let mut damaged = bytes.to_vec();
+                let at = damaged.len() - 10;
+                damaged[at] ^= 0xff;
+                assert!(decode(Bytes::from(damaged), now).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_700_000_010);
+        let mut bytes = encode(&slot(), now + Duration::from_secs(100), now).to_vec();
+        bytes[1] = 1;
+        assert!(decode(Bytes::from(bytes), now).is_ok());
     }
 
     fn tier_expires_of(b: &[u8]) -> SystemTime {

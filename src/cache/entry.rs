@@ -7,6 +7,7 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::StatusCode;
 use bytes::Bytes;
 
+pub use super::compress::Encoded;
 use crate::http::conditional::{ETag, Validators};
 use crate::http::freshness::{self, parse_http_date};
 use crate::http::headers::{is_surrogate_only, HopByHop};
@@ -39,6 +40,8 @@ pub struct CachedResponse {
     pub vary: VaryValues,
     /// Surrogate keys, from the origin's `Surrogate-Key` header.
     pub tags: Box<[String]>,
+    /// The body compressed (`[compression]`), served to clients that accept its coding.
+    pub encoded: Option<Encoded>,
 }
 
 /// Tags kept per response; more in `Surrogate-Key` are ignored.
@@ -116,6 +119,7 @@ impl CachedResponse {
             last_modified,
             vary: vary::capture(&plan.vary, request_headers),
             tags: tags.into_boxed_slice(),
+            encoded: None,
         }
     }
 
@@ -170,7 +174,7 @@ impl CachedResponse {
         } else {
             &self.tags
         };
-        Ok(CachedResponse::from_origin(
+        let mut updated = CachedResponse::from_origin(
             self.status,
             &merged,
             self.body.clone(),
@@ -178,7 +182,17 @@ impl CachedResponse {
             request_headers,
             response_time,
             keep_tags,
-        ))
+        );
+        // The body is the same, so is its compressed copy (its ETag follows the new one).
+        updated.encoded = self.encoded.as_ref().map(|enc| {
+            Encoded::new(
+                enc.coding,
+                enc.body.clone(),
+                updated.etag.as_ref(),
+                &updated.headers,
+            )
+        });
+        Ok(updated)
     }
 
     #[inline]
@@ -232,7 +246,8 @@ impl CachedResponse {
             .sum();
         let tags: usize = self.tags.iter().map(|t| t.len() + 24).sum();
         let vary = self.vary.len() * HEADER_OVERHEAD_BYTES + self.vary_bytes();
-        ENTRY_OVERHEAD_BYTES + headers + tags + vary + self.body.len()
+        let encoded = self.encoded.as_ref().map_or(0, |e| e.body.len());
+        ENTRY_OVERHEAD_BYTES + headers + tags + vary + self.body.len() + encoded
     }
 
     /// The bytes of the request header values this response was selected by (`Vary`).

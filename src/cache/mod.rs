@@ -8,6 +8,7 @@
 mod bus;
 mod cache_headers;
 pub mod codec;
+pub mod compress;
 mod directive;
 pub mod entry;
 mod inspect;

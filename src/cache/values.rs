@@ -276,6 +276,7 @@ impl ValueCache {
             lifetime: options.ttl.as_secs(),
             stale_while_revalidate: 0,
             stale_if_error: 0,
+            encoded: None,
             no_cache: false,
             no_stale: true,
             etag: None,

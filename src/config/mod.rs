@@ -91,6 +91,7 @@ pub struct Settings {
     pub rate_limit: RateLimitConfig,
     pub journal: JournalConfig,
     pub warming: WarmingConfig,
+    pub compression: CompressionConfig,
     /// `[[rules]]`, first match wins.
     pub rules: Vec<crate::policy::RuleConfig>,
 }
@@ -260,6 +261,7 @@ impl Settings {
         if let Err(e) = Target::parse(&self.upstream.url) {
             return err("upstream.url", format!("'{}' {e}", self.upstream.url));
         }
+        self.compression.compression()?;
         // An https:// origin's trust: the CA file is read and parsed now, not at the first
         // request.
         #[cfg(feature = "gateway")]
@@ -514,6 +516,13 @@ impl Settings {
             },
             keep_stale: Duration::from_secs(self.cache.keep_stale_seconds),
             stale_on_error: Duration::from_secs(self.cache.stale_on_error_seconds),
+            // Validated with the rest; an invalid section turns compression off here.
+            compression: self
+                .compression
+                .compression()
+                .ok()
+                .flatten()
+                .map(std::sync::Arc::new),
             max_variants: self.cache.max_variants,
             max_vary_bytes: self.cache.max_vary_bytes,
             get_with_body: self.cache.get_with_body,

@@ -619,3 +619,66 @@ impl Default for OriginQuotaConfig {
 }
 
 pub use crate::ratelimit::check_quota;
+
+/// `[compression]`: stored responses of compressible types are kept compressed once, and
+/// served compressed to clients that accept the coding.
+#[derive(Debug, Clone, serde::Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CompressionConfig {
+    pub enabled: bool,
+    /// The coding of the stored copy: `gzip` (every compressing client accepts it) or `br`.
+    pub encoding: crate::http::encoding::Coding,
+    /// Bodies smaller than this are stored as they are.
+    pub min_bytes: u64,
+    /// Media types compressed: exact (`application/json`), `type/*`, `type/*+suffix`.
+    pub types: Vec<String>,
+    /// The coding's level: gzip 1-9, br 0-11.
+    pub level: u32,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        CompressionConfig {
+            enabled: true,
+            encoding: crate::http::encoding::Coding::Gzip,
+            min_bytes: 1024,
+            types: crate::cache::compress::default_types(),
+            level: 6,
+        }
+    }
+}
+
+impl CompressionConfig {
+    /// What the cache compresses with; `None` when off. The error names the key.
+    pub fn compression(&self) -> Result<Option<crate::cache::compress::Compression>, ConfigError> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let levels = self.encoding.levels();
+        let level = self.level;
+        if !levels.contains(&level) {
+            return Err(ConfigError(format!(
+                "compression.level: {level} is out of range for {}; use {} to {}",
+                self.encoding.as_str(),
+                levels.start(),
+                levels.end()
+            )));
+        }
+        for (i, t) in self.types.iter().enumerate() {
+            let valid = t.split_once('/').is_some_and(|(ty, sub)| {
+                !ty.is_empty() && ty != "*" && !sub.is_empty() && !t.contains([' ', ';', ','])
+            });
+            if !valid {
+                return Err(ConfigError(format!(
+                    "compression.types[{i}]: '{t}' is not a media type; use type/subtype, type/* or type/*+suffix"
+                )));
+            }
+        }
+        Ok(Some(crate::cache::compress::Compression {
+            coding: self.encoding,
+            level,
+            min_bytes: usize::try_from(self.min_bytes).unwrap_or(usize::MAX),
+            types: self.types.clone(),
+        }))
+    }
+}

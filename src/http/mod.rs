@@ -7,6 +7,7 @@ pub mod cache_control;
 pub mod cache_status;
 pub mod cidr;
 pub mod conditional;
+pub mod encoding;
 pub mod forwarded;
 pub mod freshness;
 pub mod headers;

@@ -27,6 +27,15 @@ fn unknown_keys_and_bad_values_exit_2_naming_the_key() {
             "upstream.tls_server_name: 'bad name!' is not a DNS name",
         ),
         (
+            "[compression]\nencoding = \"gzip\"\nlevel = 10\n",
+            "compression.level: 10 is out of range for gzip; use 1 to 9",
+        ),
+        (
+            "[compression]\ntypes = [\"json\"]\n",
+            "compression.types[0]: 'json' is not a media type",
+        ),
+        ("[compression]\nencoding = \"zstd\"\n", "zstd"),
+        (
             "[upstream]\nurl = \"http://127.0.0.1:1\"\nca_file = \"/etc/hosts\"\n",
             "upstream.ca_file: set for an http:// upstream.url",
         ),

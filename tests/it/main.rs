@@ -8,6 +8,7 @@ mod common;
 
 mod cli;
 mod coalescing;
+mod compression;
 mod docs;
 mod duck;
 mod embed;

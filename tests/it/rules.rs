@@ -372,9 +372,9 @@ async fn a_purge_by_tag_removes_the_entry_from_l1_l2_and_l3() {
     );
     let entry = admin_get(&h, &format!("/_tierd/entry?url={url}")).await;
     assert_eq!(entry.status, 404, "{}", entry.text());
-    assert_eq!(redis.count("tierd:v1:*assessments/7"), 0);
+    assert_eq!(redis.count("tierd:v2:*assessments/7"), 0);
     assert_eq!(
-        redis.count("tierd:v1:*assessments/8"),
+        redis.count("tierd:v2:*assessments/8"),
         1,
         "the other assessment stays"
     );
@@ -409,7 +409,7 @@ async fn a_successful_mutation_invalidates_its_tags_paths_and_prefixes_everywher
     .await;
     assert_eq!(put.status, 200);
     // Gone from L2 (before anything refetches them); the others stay.
-    let in_l2 = |path: &str| redis.count(&format!("tierd:v1:*{path}"));
+    let in_l2 = |path: &str| redis.count(&format!("tierd:v2:*{path}"));
     let removed = common::eventually(Duration::from_secs(5), async || {
         [
             "/api/assessments/5",
@@ -764,12 +764,12 @@ async fn a_rule_keeps_its_entries_in_the_tiers_it_names() {
     written(&h, "l2", 2).await;
     written(&h, "l3", 1).await;
     assert_eq!(
-        redis.count("tierd:v1:*/volatile/1"),
+        redis.count("tierd:v2:*/volatile/1"),
         0,
         "l1 only: not in Redis"
     );
-    assert_eq!(redis.count("tierd:v1:*/shared/1"), 1);
-    assert_eq!(redis.count("tierd:v1:*/everywhere"), 1);
+    assert_eq!(redis.count("tierd:v2:*/shared/1"), 1);
+    assert_eq!(redis.count("tierd:v2:*/everywhere"), 1);
     let hr = &h;
     let entry = |p: &str| {
         let url = format!("/_tierd/entry?url=http://{}{p}", hr.gw.addr);

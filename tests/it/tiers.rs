@@ -153,8 +153,8 @@ async fn a_restarted_node_and_a_second_node_serve_from_shared_l2() {
     assert_eq!(origin.hits(), 1);
 
     // Redis keys carry the prefix, the format version and a TTL.
-    let keys = redis.cli(&["KEYS", "tierd:v1:*"]).unwrap();
-    assert!(keys.starts_with("tierd:v1:"), "{keys}");
+    let keys = redis.cli(&["KEYS", "tierd:v2:*"]).unwrap();
+    assert!(keys.starts_with("tierd:v2:"), "{keys}");
     let ttl: i64 = redis.cli(&["PTTL", &keys]).unwrap().parse().unwrap();
     assert!(ttl > 0, "every key expires in Redis too: {ttl}");
 
@@ -382,7 +382,7 @@ async fn foreign_bytes_in_redis_are_a_miss_not_an_error() {
     let a = start(&origin, &clock, |s| l2(s, &redis)).await;
     get(&a, "/victim").await;
     written(&a, "l2", 1).await;
-    let key = redis.cli(&["KEYS", "tierd:v1:*"]).unwrap();
+    let key = redis.cli(&["KEYS", "tierd:v2:*"]).unwrap();
     assert_eq!(
         redis.cli(&["SET", &key, "not a tierd record"]).as_deref(),
         Some("OK")
@@ -507,7 +507,7 @@ fn sigterm_drains_queued_writes_into_l2_and_l3() {
     assert!(!exited_early, "tierd exited with writes still queued");
     assert!(status.success(), "clean exit: {status}");
     for i in 0..n {
-        let key = format!("tierd:v1:127.0.0.1:{port}/drain/{i}");
+        let key = format!("tierd:v2:127.0.0.1:{port}/drain/{i}");
         let value = redis.cli(&["GET", &key]).unwrap_or_default();
         assert!(value.contains("round-2"), "{key} holds the queued version");
     }

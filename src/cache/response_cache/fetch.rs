@@ -268,7 +268,7 @@ where
                     });
                     refused = plan.finish(rule_ttl).err();
                 }
-                let entry = Arc::new(CachedResponse::from_origin(
+                let mut built = CachedResponse::from_origin(
                     status,
                     head.headers(),
                     bytes,
@@ -276,7 +276,13 @@ where
                     http_req.headers(),
                     response_time,
                     &self.route.tags,
-                ));
+                );
+                if let Some(c) = st.policy.compression.clone() {
+                    if c.applies(status, head.headers(), built.body.len()) {
+                        built.encoded = compressed(c, &built).await;
+                    }
+                }
+                let entry = Arc::new(built);
                 if refused.is_none() && entry.vary_bytes() > st.policy.max_vary_bytes {
                     refused = Some(NotStorable::VaryTooLarge);
                 }
@@ -295,13 +301,22 @@ where
                     }
                     self.complete(FlightOutcome::Uncacheable);
                     self.route.note(http_req, Outcome::Pass, None);
-                    return respond_uncached(&entry, self.forward_status(status, false));
+                    return respond_uncached(
+                        &entry,
+                        self.forward_status(status, false),
+                        http_req.headers(),
+                    );
                 }
                 st.store_entry(&self.key, self.route.tiers, entry.clone());
                 self.complete(FlightOutcome::Stored(entry.clone()));
                 self.route.note_entry(http_req, Outcome::Miss, None, &entry);
                 let age = entry.age(st.clock.now());
-                respond(&entry, age, self.forward_status(status, true))
+                respond(
+                    &entry,
+                    age,
+                    self.forward_status(status, true),
+                    http_req.headers(),
+                )
             }
             Collected::TooLarge(prefix, rest) => {
                 st.metrics
@@ -394,7 +409,12 @@ where
                 self.complete(FlightOutcome::Stored(updated.clone()));
                 self.route
                     .note_entry(http_req, Outcome::Revalidated, tier, &updated);
-                respond(&updated, updated.age(st.clock.now()), cs)
+                respond(
+                    &updated,
+                    updated.age(st.clock.now()),
+                    cs,
+                    http_req.headers(),
+                )
             }
             Err(reason) => {
                 // The 304 made the response unstorable: serve it this once, then forget it.
@@ -402,7 +422,7 @@ where
                 st.remove_selected(&self.key, self.route.tiers, http_req.headers());
                 self.complete(FlightOutcome::Uncacheable);
                 self.route.note(http_req, Outcome::Revalidated, tier);
-                respond(entry, 0, cs)
+                respond(entry, 0, cs, http_req.headers())
             }
         }
     }
@@ -419,7 +439,7 @@ where
     ) -> Option<HttpResponse> {
         let (entry, tier) = self.stale.clone()?;
         let window = entry.stale_on_error_window(unreachable, self.ctx.state.policy.stale_on_error);
-        if let Some(res) = stale_for_error(&entry, tier, status, now, window) {
+        if let Some(res) = stale_for_error(&entry, tier, status, now, window, http_req.headers()) {
             self.complete(FlightOutcome::Failed {
                 status,
                 detail: "origin-error",
@@ -444,4 +464,27 @@ where
         }
         None
     }
+}
+
+/// Bodies up to this size are compressed on the worker (tens of microseconds); larger ones on
+/// the blocking pool, so a megabyte of JSON never stalls the worker's other requests.
+const INLINE_COMPRESS_BYTES: usize = 64 * 1024;
+
+/// The compressed copy of `entry`'s body, when it is smaller.
+async fn compressed(
+    c: Arc<crate::cache::compress::Compression>,
+    entry: &CachedResponse,
+) -> Option<crate::cache::entry::Encoded> {
+    if entry.body.len() <= INLINE_COMPRESS_BYTES {
+        return c.encode(&entry.body, entry.etag.as_ref(), &entry.headers);
+    }
+    let (body, etag, headers) = (
+        entry.body.clone(),
+        entry.etag.clone(),
+        entry.headers.clone(),
+    );
+    actix_web::rt::task::spawn_blocking(move || c.encode(&body, etag.as_ref(), &headers))
+        .await
+        .ok()
+        .flatten()
 }

@@ -70,7 +70,8 @@ where
                         collapsed: true,
                         ..Default::default()
                     };
-                    return Ok(req.into_response(respond(&entry, age, cs)));
+                    let res = respond(&entry, age, cs, req.headers());
+                    return Ok(req.into_response(res));
                 }
                 // Another variant was stored, or the leader went away: join again, so that
                 // one request leads the next fetch and the rest wait for it.
@@ -83,7 +84,7 @@ where
                     let now = st.clock.now();
                     if let Some(res) = stale.as_ref().and_then(|(e, t)| {
                         let window = e.stale_on_error_window(unreachable, st.policy.stale_on_error);
-                        stale_for_error(e, *t, status, now, window)
+                        stale_for_error(e, *t, status, now, window, req.headers())
                     }) {
                         route.note(req.request(), Outcome::StaleIfError, stale.map(|s| s.1));
                         return Ok(req.into_response(res));
@@ -134,7 +135,8 @@ where
                             detail: Some("origin-slow"),
                             ..Default::default()
                         };
-                        return Ok(req.into_response(respond(&entry, age, cs)));
+                        let res = respond(&entry, age, cs, req.headers());
+                        return Ok(req.into_response(res));
                     }
                     static SLOW: LogLimit = LogLimit::new(DEFAULT_LOG_INTERVAL);
                     if let Some(occurrences) = SLOW.check() {
@@ -393,10 +395,17 @@ pub(super) fn stale_for_error(
     status: u16,
     now: SystemTime,
     window: u64,
+    request: &HeaderMap,
 ) -> Option<HttpResponse> {
     let age = entry.age(now);
-    storable::may_serve_stale_on_error(window, entry.no_stale, entry.lifetime, age)
-        .then(|| respond(entry, age, stale_if_error_status(entry, age, status, tier)))
+    storable::may_serve_stale_on_error(window, entry.no_stale, entry.lifetime, age).then(|| {
+        respond(
+            entry,
+            age,
+            stale_if_error_status(entry, age, status, tier),
+            request,
+        )
+    })
 }
 
 pub(super) fn stale_if_error_status(

@@ -138,7 +138,8 @@ where
                 let age = entry.age(now);
                 route.note_entry(req.request(), Outcome::Hit, Some(*tier), entry);
                 let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
-                return Ok(req.into_response(respond(entry, age, cs)));
+                let res = respond(entry, age, cs, req.headers());
+                return Ok(req.into_response(res));
             }
             (Decision::ServeStaleAndRefresh, Some(Found { entry, tier })) => {
                 route.warmed = served_warmed(warm_hook, &route, &key);
@@ -150,7 +151,7 @@ where
                     entry,
                 );
                 let cs = CacheStatus::hit(storable_ttl(entry, age), tier.as_str());
-                let mut res = respond(entry, age, cs);
+                let mut res = respond(entry, age, cs, req.headers());
                 if is_head {
                     return Ok(req.into_response(res));
                 }
@@ -217,7 +218,10 @@ where
                     detail: Some("origin-limited"),
                     ..Default::default()
                 };
-                req.into_response(respond(entry, age, cs))
+                {
+                    let res = respond(entry, age, cs, req.headers());
+                    req.into_response(res)
+                }
             }
             _ => self.refuse(req, route, denied),
         }

@@ -8,20 +8,59 @@ pub fn cache_status_header() -> HeaderName {
 }
 
 /// The response for an entry that was built but not stored.
-pub(super) fn respond_uncached(entry: &CachedResponse, status: CacheStatus) -> HttpResponse {
-    respond(entry, entry.initial_age, status)
+pub(super) fn respond_uncached(
+    entry: &CachedResponse,
+    status: CacheStatus,
+    request: &HeaderMap,
+) -> HttpResponse {
+    respond(entry, entry.initial_age, status, request)
 }
 
 pub(super) fn status_value(s: CacheStatus) -> HeaderValue {
     HeaderValue::try_from(s.render()).unwrap_or_else(|_| HeaderValue::from_static("tierd"))
 }
 
-/// Builds the response for a stored entry.
-pub(super) fn respond(entry: &CachedResponse, age: u64, status: CacheStatus) -> HttpResponse {
-    let mut res = HttpResponse::with_body(entry.status, entry.body.clone()).map_into_boxed_body();
+/// Builds the response for a stored entry: its compressed copy for a client whose
+/// `Accept-Encoding` admits its coding, the body as the origin sent it otherwise.
+pub(super) fn respond(
+    entry: &CachedResponse,
+    age: u64,
+    status: CacheStatus,
+    request: &HeaderMap,
+) -> HttpResponse {
+    let coded = entry
+        .encoded
+        .as_ref()
+        .filter(|enc| crate::http::encoding::accepts(request, enc.coding));
+    let body = coded.map_or_else(|| entry.body.clone(), |enc| enc.body.clone());
+    let mut res = HttpResponse::with_body(entry.status, body).map_into_boxed_body();
     let h = res.headers_mut();
-    for (n, v) in entry.headers.iter() {
-        h.append(n.clone(), v.clone());
+    match coded {
+        None => {
+            for (n, v) in entry.headers.iter() {
+                h.append(n.clone(), v.clone());
+            }
+        }
+        Some(enc) => {
+            for (n, v) in entry.headers.iter() {
+                if *n == header::ETAG {
+                    if let Some(tag) = &enc.etag {
+                        h.append(header::ETAG, tag.clone());
+                        continue;
+                    }
+                }
+                h.append(n.clone(), v.clone());
+            }
+            h.insert(
+                header::CONTENT_ENCODING,
+                HeaderValue::from_static(enc.coding.as_str()),
+            );
+        }
+    }
+    if let Some(enc) = &entry.encoded {
+        if !enc.vary_listed {
+            h.append(header::VARY, HeaderValue::from_static("accept-encoding"));
+        }
     }
     h.insert(header::AGE, age_value(age));
     h.append(cache_status_header(), status_value(status));

@@ -40,6 +40,8 @@ pub struct CachePolicy {
     /// reset, closed without a response, timed out), unless its own `stale-if-error` or its
     /// directives (`must-revalidate`, `proxy-revalidate`, `s-maxage`, `no-cache`) say otherwise.
     pub stale_on_error: Duration,
+    /// Stored bodies compressed once (`[compression]`); `None`: stored as they came.
+    pub compression: Option<Arc<crate::cache::compress::Compression>>,
     /// Variants kept per URI when the origin sends `Vary`.
     pub max_variants: usize,
     /// Most bytes of request header values a variant may be selected by (`Vary`); a response
@@ -72,6 +74,7 @@ impl Default for CachePolicy {
             keep_stale: Duration::from_secs(3600),
             // `cache.stale_on_error_seconds`' default (the config's DEFAULT_STALE_ON_ERROR_SECONDS).
             stale_on_error: Duration::from_secs(60),
+            compression: None,
             max_variants: 16,
             max_vary_bytes: 4096,
             get_with_body: GetWithBody::Strip,

@@ -109,7 +109,7 @@ impl RedisServer {
 
     /// Keys holding cache records (tag sets aside).
     pub fn records(&self) -> u64 {
-        self.count("tierd:v1:*")
+        self.count("tierd:v2:*")
     }
 
     /// Keys matching a glob `pattern`.
