@@ -122,6 +122,15 @@ where
             {
                 res = add_etag(res);
             }
+            // A full response of known length is one tierd can cut a range from (§14.3).
+            if cacheable_method
+                && res.status() == StatusCode::OK
+                && matches!(res.response().body().size(), BodySize::Sized(_))
+                && !res.headers().contains_key(header::ACCEPT_RANGES)
+            {
+                res.headers_mut()
+                    .insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            }
             let Some(preconditions) = preconditions else {
                 return Ok(match range {
                     Some((r, if_range)) => ranged(res, &r, if_range.as_ref()),

@@ -567,6 +567,12 @@ async fn range_requests_are_answered_from_the_stored_full_response() {
             assert_eq!(r.header("etag").as_deref(), Some("\"v1\""), "{what}");
         }
     }
+    let full = h.get("/file").await;
+    assert_eq!(
+        full.header("accept-ranges").as_deref(),
+        Some("bytes"),
+        "ranges are advertised on a full response of known length (§14.3)"
+    );
     // HEAD ignores Range.
     let head = h
         .send(
@@ -585,6 +591,55 @@ async fn range_requests_are_answered_from_the_stored_full_response() {
         .await;
     assert_eq!(cond.status, 304);
     assert_eq!(h.origin.hits(), 1, "one fetch served every range");
+    h.stop().await;
+}
+
+/// A range request for a stale entry revalidates the whole entry (no `Range` to the origin, the
+/// stored validator instead); the 304's headers replace the stored ones and the range is cut
+/// from the stored body, so the 206 carries the newer headers (RFC 9111 §4.3.4).
+#[actix_web::test]
+async fn a_range_request_for_a_stale_entry_revalidates_and_takes_the_newer_headers() {
+    let h = Harness::new(|req, n| {
+        if req
+            .headers()
+            .get("if-none-match")
+            .is_some_and(|v| v == "\"v1\"")
+        {
+            return Reply::ok("")
+                .status(304)
+                .header("etag", "\"v1\"")
+                .cc("max-age=100")
+                .header("x-gen", &n.to_string());
+        }
+        Reply::ok("0123456789")
+            .header("etag", "\"v1\"")
+            .cc("max-age=10")
+            .header("x-gen", "1")
+    })
+    .await;
+    h.get("/f").await;
+    h.advance(11);
+    let r = h.get_with("/f", &[("range", "bytes=2-4")]).await;
+    let (_, _, seen) = h.origin.last_request();
+    assert!(
+        seen.get("range").is_none(),
+        "the whole entry is revalidated"
+    );
+    assert_eq!(
+        seen.get("if-none-match").and_then(|v| v.to_str().ok()),
+        Some("\"v1\"")
+    );
+    assert_eq!((r.status, r.text().as_str()), (206, "234"));
+    assert_eq!(r.header("content-range").as_deref(), Some("bytes 2-4/10"));
+    assert_eq!(r.header("x-gen").as_deref(), Some("2"), "the 304's headers");
+    let hit = h.get_with("/f", &[("range", "bytes=-2")]).await;
+    assert_eq!((hit.status, hit.text().as_str()), (206, "89"));
+    assert_eq!(
+        hit.header("x-gen").as_deref(),
+        Some("2"),
+        "stored from the 304"
+    );
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
     h.stop().await;
 }
 
