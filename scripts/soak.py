@@ -13,6 +13,12 @@ later. Then:
 
 - every response was an answer (no connection error); no 5xx except while Redis was down, and none
   even then (L2 down means misses, never errors);
+- what each client got is what it can read: a third of the clients send no Accept-Encoding, a
+  third `gzip`, a third `br;q=1, gzip;q=0.5` (as browsers do); a coding is only ever sent to a
+  client that accepts it, every JSON body decodes (gunzipped when gzip) and parses, and the clients
+  that accept gzip got compressed answers (compression is on as shipped); one request in twenty
+  asks for `Range: bytes=0-15`, and a 206 carries exactly those 16 bytes with a matching
+  Content-Range;
 - L1 kept its entries: it was cleared at most once (on the one re-subscription after Redis came
   back) and holds entries at the end;
 - memory stayed bounded (RSS at the end within 1.5x of the middle, under 512 MiB);
@@ -38,6 +44,7 @@ import tempfile
 import threading
 import time
 import urllib.request
+import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN = "soak-token"
@@ -102,12 +109,16 @@ class Client(threading.Thread):
         self.statuses = {}
         self.errors = 0
         self.sock = None
+        self.accept = ["", "gzip", "br;q=1, gzip;q=0.5"][n % 3]
+        self.codings = {}  # Content-Encoding (or "identity") -> responses
+        self.partials = 0
+        self.bad = []  # what a client could not read, for the report
 
     def connect(self):
         self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=15, source_address=(self.src, 0))
 
-    def request(self, method, path, body=b""):
-        head = f"{method} {path} HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: soak\r\n"
+    def request(self, method, path, body=b"", extra=""):
+        head = f"{method} {path} HTTP/1.1\r\nHost: localhost:8080\r\nUser-Agent: soak\r\n{extra}"
         if method in ("PUT", "POST"):
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         data = (head + "\r\n").encode() + body
@@ -120,30 +131,56 @@ class Client(threading.Thread):
             raise ConnectionError("closed")
         status = int(status_line.split()[1])
         length, chunked, close = 0, False, False
+        headers = {}
         while True:
             line = f.readline()
             if line in (b"\r\n", b"\n", b""):
                 break
             k, _, v = line.decode("latin-1").partition(":")
             k, v = k.strip().lower(), v.strip()
+            headers[k] = v
             if k == "content-length":
                 length = int(v)
             elif k == "transfer-encoding" and "chunked" in v.lower():
                 chunked = True
             elif k == "connection" and v.lower() == "close":
                 close = True
+        data = b""
         if chunked:
             while True:
                 size = int(f.readline().split(b";")[0], 16)
-                f.read(size + 2)
+                data += f.read(size + 2)[:size]
                 if size == 0:
                     break
         elif method != "HEAD":
-            f.read(length)
+            data = f.read(length)
         if close:
             self.sock.close()
             self.sock = None
-        return status
+        return status, headers, data
+
+    def check(self, path, ranged, status, headers, data):
+        """What a client that sent self.accept (and maybe a Range) can read of this answer."""
+        coding = headers.get("content-encoding", "identity")
+        self.codings[coding] = self.codings.get(coding, 0) + 1
+        if coding != "identity" and coding not in self.accept:
+            self.bad.append(f"{path}: {coding} sent to a client accepting {self.accept!r}")
+            return
+        if status == 206:
+            self.partials += 1
+            want = "bytes 0-15/"
+            if not ranged or len(data) != 16 or not headers.get("content-range", "").startswith(want):
+                self.bad.append(f"{path}: 206 {headers.get('content-range')!r} with {len(data)} bytes")
+            return
+        if status != 200 or not headers.get("content-type", "").startswith("application/json"):
+            return
+        try:
+            if coding == "gzip":
+                data = zlib.decompress(data, 16 + zlib.MAX_WBITS)
+            if coding in ("identity", "gzip"):
+                json.loads(data)
+        except (zlib.error, ValueError) as e:
+            self.bad.append(f"{path}: {coding} body does not read: {e!r} {data[:60]!r}")
 
     def run(self):
         while not self.stop.is_set():
@@ -158,8 +195,14 @@ class Client(threading.Thread):
                 path, method = f"/api/assessments/{self.rng.randint(1, 60)}", "PUT"
             try:
                 body = b'{"status": "completed"}' if method == "PUT" else b""
-                s = self.request(method, path, body)
+                extra = f"Accept-Encoding: {self.accept}\r\n" if self.accept else ""
+                ranged = method == "GET" and self.rng.random() < 0.05
+                if ranged:
+                    extra += "Range: bytes=0-15\r\n"
+                s, headers, data = self.request(method, path, body, extra)
                 self.statuses[s] = self.statuses.get(s, 0) + 1
+                if method == "GET":
+                    self.check(path, ranged, s, headers, data)
             except (OSError, ValueError, IndexError) as e:
                 self.errors += 1
                 if self.errors <= 3:
@@ -280,8 +323,20 @@ def run(binary, work, procs, minutes):
     print(f"answered {answered} ({answered / duration:.0f}/s), statuses {dict(sorted(statuses.items()))}, "
           f"connection errors {errors}", flush=True)
 
+    codings, partials = {}, sum(c.partials for c in clients)
+    for c in clients:
+        for k, n in c.codings.items():
+            codings[f"{c.accept or 'none'} -> {k}"] = codings.get(f"{c.accept or 'none'} -> {k}", 0) + n
+    print(f"codings {dict(sorted(codings.items()))}, 206 answers {partials}", flush=True)
     if errors:
         fail(f"{errors} requests got no answer")
+    bad = [b for c in clients for b in c.bad]
+    if bad:
+        fail(f"{len(bad)} answers a client could not read, first: {bad[:3]}")
+    if not any(k.endswith("-> gzip") for k in codings):
+        fail("no client got a gzip answer (compression is on as shipped)")
+    if partials == 0:
+        fail("no Range request was answered 206")
     server_errors = sum(n for s, n in statuses.items() if s >= 500)
     if server_errors:
         fail(f"{server_errors} 5xx answers (L2 down must mean misses, not errors)")

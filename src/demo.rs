@@ -187,7 +187,16 @@ async fn recommendations(path: web::Path<u64>, q: web::Query<RecoQuery>) -> Http
     let items: Vec<_> = (0..12u64)
         .map(|i| {
             let score = ((id + i) * 53 % 100) as u32;
-            json!({"id": format!("rec-{id}-{i}"), "category": categories[(i % 4) as usize], "score": score})
+            let category = categories[(i % 4) as usize];
+            json!({
+                "id": format!("rec-{id}-{i}"),
+                "category": category,
+                "score": score,
+                "summary": format!(
+                    "Assessment {id}: the {category} review found item {i} worth acting on; apply the \
+                     change in the next maintenance window and run the assessment again to confirm."
+                ),
+            })
         })
         .filter(|r| q.category.as_deref().is_none_or(|c| r["category"] == c))
         .filter(|r| q.min_score.is_none_or(|m| r["score"].as_u64().unwrap_or(0) >= u64::from(m)))

@@ -105,6 +105,8 @@ pub struct StorePlan {
     pub vary: Vec<HeaderName>,
     /// The response carries `ETag` or `Last-Modified`.
     pub has_validator: bool,
+    /// Its `Age` was invalid: stale on arrival whatever lifetime it ends up with (§5.1).
+    pub age_invalid: bool,
 }
 
 /// The directives that govern this cache: `Surrogate-Control`, then `CDN-Cache-Control`
@@ -286,6 +288,7 @@ pub fn plan_store(
         strip_fields,
         vary,
         has_validator: has_validator(h),
+        age_invalid: age == AgeField::Invalid,
     })
 }
 
@@ -306,6 +309,9 @@ impl StorePlan {
                 self.no_cache = false;
             }
             None => {}
+        }
+        if self.age_invalid {
+            self.initial_age = self.initial_age.max(self.lifetime.secs());
         }
         if usable(
             self.lifetime.secs(),
@@ -632,6 +638,24 @@ mod tests {
             stripped.strip_fields,
             vec![HeaderName::from_static("x-user"), header::SET_COOKIE]
         );
+    }
+
+    // §5.1: an invalid Age leaves the response stale on arrival, also under a lifetime a rule
+    // reads from the body after the plan is made.
+    #[test]
+    fn an_invalid_age_is_stale_on_arrival_whatever_the_lifetime() {
+        let h = hm(&[("cache-control", "max-age=60"), ("age", "old, 0")]);
+        let req = RequestFacts::from_headers(&hm(&[]));
+        let opts = |lifetime| StoreOptions {
+            lifetime,
+            ..StoreOptions::default()
+        };
+        let p = plan_store(&req, 200, &h, t(0), t(0), opts(LifetimeOverride::Origin)).unwrap();
+        assert_eq!(p.initial_age, 60);
+        let mut d =
+            plan_store(&req, 200, &h, t(0), t(0), opts(LifetimeOverride::FromBody)).unwrap();
+        d.finish(Some(300)).unwrap();
+        assert_eq!((d.lifetime, d.initial_age), (Lifetime::Explicit(300), 300));
     }
 
     fn stored(lifetime: u64, age: u64) -> StoredFacts {
