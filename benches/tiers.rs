@@ -195,6 +195,7 @@ async fn bench_l2(full: bool) {
     let opts = RedisOptions {
         urls: vec![redis.url()],
         cluster: false,
+        ca_file: None,
         pool_size: 8,
         connect_timeout: Duration::from_secs(1),
         command_timeout: Duration::from_secs(1),

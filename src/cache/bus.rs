@@ -121,11 +121,11 @@ impl Bus {
 
     /// Starts the subscriber on the bus's runtime. It holds `state` weakly and stops when the
     /// state is dropped.
-    pub fn subscribe(&self, url: String, connect_timeout: Duration, state: Weak<CacheState>) {
+    pub fn subscribe(&self, connect_timeout: Duration, state: Weak<CacheState>) {
         let (tx, rx) = mpsc::channel(BACKLOG);
         self.rt.spawn(apply_loop(rx, state.clone()));
         self.rt.spawn(subscribe_loop(
-            url,
+            self.redis.subscribe_to(),
             self.channel.clone(),
             self.node.clone(),
             connect_timeout,
@@ -163,7 +163,7 @@ async fn apply_loop(mut rx: mpsc::Receiver<Received>, state: Weak<CacheState>) {
 }
 
 async fn subscribe_loop(
-    url: String,
+    server: redis::ConnectionInfo,
     channel: String,
     node: String,
     connect_timeout: Duration,
@@ -177,7 +177,7 @@ async fn subscribe_loop(
             return;
         }
         let connect = async {
-            let client = redis::Client::open(url.as_str())?;
+            let client = redis::Client::open(server.clone())?;
             let mut pubsub = client.get_async_pubsub().await?;
             pubsub.subscribe(&channel).await?;
             Ok::<_, redis::RedisError>(pubsub)

@@ -409,8 +409,45 @@ impl Settings {
                 } else {
                     "tiers.l2.urls"
                 };
-                if !(u.starts_with("redis://") || u.starts_with("unix://")) {
-                    return err(key, format!("'{u}' is not a Redis URL; use redis://host:port (TLS, rediss://, is not built in)"));
+                if !(u.starts_with("redis://")
+                    || u.starts_with("rediss://")
+                    || u.starts_with("unix://"))
+                {
+                    let u = redact_url(u).unwrap_or_else(|| u.clone());
+                    return err(key, format!("'{u}' is not a Redis URL; use redis://host:port, or rediss://host:port for TLS"));
+                }
+            }
+            if !l2.ca_file.is_empty() {
+                let tls = urls.iter().all(|u| u.starts_with("rediss://"));
+                if l2.cluster || !l2.urls.is_empty() {
+                    return err("tiers.l2.ca_file", "is for a single server; a Redis Cluster over rediss:// is verified against the system's roots (add the CA to them)".into());
+                }
+                if !tls {
+                    return err(
+                        "tiers.l2.ca_file",
+                        format!(
+                            "is set but tiers.l2.url '{}' is not TLS; use rediss://",
+                            redact_url(&l2.url).unwrap_or_else(|| l2.url.clone())
+                        ),
+                    );
+                }
+                match std::fs::read_to_string(&l2.ca_file) {
+                    Ok(pem) if pem.contains("-----BEGIN CERTIFICATE-----") => {}
+                    Ok(_) => {
+                        return err(
+                            "tiers.l2.ca_file",
+                            format!(
+                                "'{}' holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                                l2.ca_file
+                            ),
+                        )
+                    }
+                    Err(e) => {
+                        return err(
+                            "tiers.l2.ca_file",
+                            format!("'{}' cannot be read: {e}", l2.ca_file),
+                        )
+                    }
                 }
             }
             for (key, v) in [
@@ -564,7 +601,7 @@ fn redact_urls(v: &mut toml::Value) {
 }
 
 /// `s` with its URL password redacted, if it is a URL with one.
-fn redact_url(s: &str) -> Option<String> {
+pub(crate) fn redact_url(s: &str) -> Option<String> {
     let start = s.find("://")? + 3;
     let authority_end = s[start..]
         .find(['/', '?', '#'])

@@ -285,6 +285,9 @@ pub struct L2Config {
     pub urls: Vec<String>,
     /// Talk to a Redis Cluster, seeded from `urls` (or `url` when `urls` is empty).
     pub cluster: bool,
+    /// For `rediss://`: a PEM file of the CA certificate(s) to trust instead of the system's
+    /// roots (a single server only).
+    pub ca_file: String,
     pub pool_size: usize,
     pub connect_timeout_ms: u64,
     /// Per command; a slower Redis counts as a failure (and a miss).
@@ -310,6 +313,7 @@ impl Default for L2Config {
             url: DEFAULT_L2_URL.into(),
             urls: Vec::new(),
             cluster: false,
+            ca_file: String::new(),
             pool_size: DEFAULT_L2_POOL_SIZE,
             connect_timeout_ms: DEFAULT_L2_CONNECT_TIMEOUT_MS,
             command_timeout_ms: DEFAULT_L2_COMMAND_TIMEOUT_MS,
@@ -336,6 +340,7 @@ impl L2Config {
         crate::store::RedisOptions {
             urls,
             cluster,
+            ca_file: (!self.ca_file.is_empty()).then(|| self.ca_file.clone().into()),
             pool_size: self.pool_size,
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             command_timeout: Duration::from_millis(self.command_timeout_ms),

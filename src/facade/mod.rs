@@ -417,7 +417,13 @@ fn build_store(
         match RedisTier::new(&opts, metrics.clone(), &handle) {
             Ok(tier) => {
                 let tier = Arc::new(tier);
-                tier.watch(REDIS_WATCH_INTERVAL, opts.urls.join(","), &handle);
+                // Logged on every change of reachability: never with a password.
+                let shown: Vec<String> = opts
+                    .urls
+                    .iter()
+                    .map(|u| crate::config::redact_url(u).unwrap_or_else(|| u.clone()))
+                    .collect();
+                tier.watch(REDIS_WATCH_INTERVAL, shown.join(","), &handle);
                 bus = Some(Bus::new(tier.clone(), &l2.key_prefix, handle.clone()));
                 store = store.with_tier(tier, Duration::from_secs(l2.max_ttl_seconds));
             }
@@ -475,13 +481,10 @@ fn build_state(settings: &Settings, clock: Arc<dyn Clock>) -> Result<Arc<CacheSt
     #[cfg(feature = "redis")]
     if let Some(bus) = &state.bus {
         let l2 = settings.tiers.l2.options();
-        if let Some(url) = l2.urls.first() {
-            bus.subscribe(
-                url.clone(),
-                l2.connect_timeout.max(Duration::from_millis(500)),
-                Arc::downgrade(&state),
-            );
-        }
+        bus.subscribe(
+            l2.connect_timeout.max(Duration::from_millis(500)),
+            Arc::downgrade(&state),
+        );
     }
     Ok(state)
 }

@@ -30,8 +30,11 @@ const WRITE_BATCH: usize = 128;
 /// How to reach Redis and how hard to try.
 #[derive(Debug, Clone)]
 pub struct RedisOptions {
-    /// One URL for a single server; with `cluster`, the seed nodes.
+    /// One URL for a single server; with `cluster`, the seed nodes. `rediss://` is TLS.
     pub urls: Vec<String>,
+    /// A PEM file of the CA certificate(s) that sign a `rediss://` server's certificate, in
+    /// place of the system's roots (a single server only).
+    pub ca_file: Option<std::path::PathBuf>,
     pub cluster: bool,
     pub pool_size: usize,
     pub connect_timeout: Duration,
@@ -57,6 +60,8 @@ enum Pool {
 
 struct Inner {
     pool: Pool,
+    /// Where a subscriber connects: the first URL, with the TLS roots the pool uses.
+    subscribe_to: redis::ConnectionInfo,
     slots: Box<[tokio::sync::Mutex<Option<Held>>]>,
     next: std::sync::atomic::AtomicUsize,
     prefix: String,
@@ -84,6 +89,29 @@ pub struct RedisTier {
     queue: WriteQueue,
 }
 
+/// How to reach `url`: a `rediss://` server is verified against the system's roots, or against
+/// the CA certificates in `ca_file` when given.
+fn connection_info(
+    url: &str,
+    ca_file: Option<&std::path::Path>,
+) -> Result<redis::ConnectionInfo, TierError> {
+    use redis::IntoConnectionInfo;
+    let bad = |key: &str, e: &dyn std::fmt::Display| {
+        TierError::Unavailable(format!("tiers.l2.{key}: {e}"))
+    };
+    let Some(path) = ca_file else {
+        return url.into_connection_info().map_err(|e| bad("url", &e));
+    };
+    let pem =
+        std::fs::read(path).map_err(|e| bad("ca_file", &format!("{}: {e}", path.display())))?;
+    let certs = redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    let client = redis::Client::build_with_tls(url, certs).map_err(|e| bad("ca_file", &e))?;
+    Ok(client.get_connection_info().clone())
+}
+
 impl RedisTier {
     /// Builds the pool and starts the write worker on `rt`. Connections are made lazily, so this
     /// succeeds while Redis is down; only a malformed URL is an error.
@@ -103,6 +131,11 @@ impl RedisTier {
             ..Default::default()
         };
         let bad = |e: &dyn std::fmt::Display| TierError::Unavailable(format!("tiers.l2: {e}"));
+        let first = opts
+            .urls
+            .first()
+            .ok_or_else(|| TierError::Unavailable("tiers.l2.url is empty".into()))?;
+        let subscribe_to = connection_info(first, opts.ca_file.as_deref())?;
         let pool = if opts.cluster {
             // deadpool-redis' cluster manager keeps redis-rs' own timeouts (1 s to connect,
             // 500 ms per response); the command timeout below still bounds every operation.
@@ -113,17 +146,14 @@ impl RedisTier {
                     .map_err(|e| bad(&e))?,
             )
         } else {
-            let url = opts
-                .urls
-                .first()
-                .ok_or_else(|| TierError::Unavailable("tiers.l2.url is empty".into()))?;
             // redis-rs has its own response timeout (500 ms by default), which would cut a
             // longer configured command timeout short: set both to ours.
             let conn_config = redis::AsyncConnectionConfig::new()
                 .set_connection_timeout(Some(opts.connect_timeout))
                 .set_response_timeout(Some(opts.command_timeout));
-            let manager = deadpool_redis::Manager::new_with_config(url.as_str(), conn_config)
-                .map_err(|e| bad(&e))?;
+            let manager =
+                deadpool_redis::Manager::new_with_config(subscribe_to.clone(), conn_config)
+                    .map_err(|e| bad(&e))?;
             Pool::Single(
                 deadpool_redis::Pool::builder(manager)
                     .config(pool_config)
@@ -135,6 +165,7 @@ impl RedisTier {
         let in_flight = metrics.store.operations_in_flight(TierName::L2);
         let inner = Arc::new(Inner {
             pool,
+            subscribe_to,
             slots: (0..opts.pool_size.max(1))
                 .map(|_| tokio::sync::Mutex::new(None))
                 .collect(),
@@ -209,6 +240,11 @@ impl RedisTier {
                 Ok(set.is_some())
             })
             .await
+    }
+
+    /// Where a subscriber connects (the first URL, verified as the pool's connections are).
+    pub fn subscribe_to(&self) -> redis::ConnectionInfo {
+        self.inner.subscribe_to.clone()
     }
 
     pub async fn ping(&self) -> Result<(), TierError> {

@@ -21,6 +21,9 @@ use tierd::server::Gateway;
 struct Pki {
     _dir: tempfile::TempDir,
     ca_file: PathBuf,
+    /// The server's certificate and key as PEM files (for a redis-server).
+    cert_file: PathBuf,
+    key_file: PathBuf,
     server: Arc<rustls::ServerConfig>,
 }
 
@@ -48,6 +51,10 @@ fn pki(names: &[&str]) -> Pki {
         .unwrap()
         .write_all(ca_cert.pem().as_bytes())
         .unwrap();
+    let cert_file = dir.path().join("server.pem");
+    std::fs::write(&cert_file, leaf.pem()).unwrap();
+    let key_file = dir.path().join("server.key");
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -61,6 +68,8 @@ fn pki(names: &[&str]) -> Pki {
     Pki {
         _dir: dir,
         ca_file,
+        cert_file,
+        key_file,
         server: Arc::new(server),
     }
 }
@@ -239,4 +248,91 @@ fn an_origin_the_system_roots_do_not_trust_is_a_502_and_an_error_line() {
     // One line for three failures in a row (rate-limited), naming the keys to check.
     assert_eq!(errors.len(), 1, "{log}");
     assert!(errors[0].contains("upstream.ca_file"), "{log}");
+}
+
+/// L2 over TLS (`rediss://`) to a real redis-server whose certificate a private CA signed
+/// (`tiers.l2.ca_file`): one gateway writes the entry, a second answers it from L2, and both
+/// invalidation subscribers are connected, all through the TLS port only. Trusting the system's
+/// roots instead, the handshake fails: L2 errors and misses, never a plaintext fallback. A CA
+/// file with a `redis://` URL is a config error naming the key.
+#[actix_web::test]
+async fn l2_over_tls_trusts_tiers_l2_ca_file() {
+    use common::redis::RedisServer;
+    use tierd::clock::ManualClock;
+
+    let pki = pki(&["localhost"]);
+    let tls_port = common::free_port().to_string();
+    let path = |p: &PathBuf| p.display().to_string();
+    let (cert, key, ca) = (
+        path(&pki.cert_file),
+        path(&pki.key_file),
+        path(&pki.ca_file),
+    );
+    let redis = RedisServer::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ]);
+    let clock = Arc::new(ManualClock::new());
+    let origin = common::Origin::start(clock.clone(), |req, n| {
+        common::Reply::ok(format!("{} #{n}", req.path())).cc("max-age=600")
+    })
+    .await;
+    let settings = |ca_file: &str| {
+        let mut s = common::settings_for(origin.addr);
+        common::with_l2(&mut s, format!("rediss://localhost:{tls_port}"));
+        s.tiers.l2.ca_file = ca_file.into();
+        s
+    };
+    let start = async |s: tierd::config::Settings| {
+        s.validate().unwrap();
+        Gateway::start(&s, clock.clone(), None).await.unwrap()
+    };
+    let a = start(settings(&ca)).await;
+    let first = common::get_as(&a, "api.test", "/doc", &[]).await;
+    assert_eq!(first.text(), "/doc #1");
+    common::written_at(a.admin_addr, "l2", 1).await;
+    assert_eq!(redis.records(), 1, "the record reached Redis over TLS");
+    let b = start(settings(&ca)).await;
+    let r = common::get_as(&b, "api.test", "/doc", &[]).await;
+    assert_eq!((r.text().as_str(), r.detail().as_str()), ("/doc #1", "l2"));
+    let subscribed = common::eventually(Duration::from_secs(10), async || {
+        redis
+            .cli(&["PUBSUB", "NUMSUB", "tierd:invalidate"])
+            .is_some_and(|out| out.lines().last() == Some("2"))
+    })
+    .await;
+    assert!(subscribed, "both subscribers connected over TLS");
+
+    let c = start(settings("")).await;
+    let r = common::get_as(&c, "api.test", "/other", &[]).await;
+    assert_eq!(r.text(), "/other #2", "a miss, answered by the origin");
+    let failed = common::eventually(Duration::from_secs(10), async || {
+        common::metric_at(c.admin_addr, "tierd_tier_errors_total", &[("tier", "l2")]).await > 0.0
+    })
+    .await;
+    assert!(failed, "the system's roots do not trust the private CA");
+    assert_eq!(redis.records(), 1, "nothing written without verification");
+
+    let mut plain = settings(&ca);
+    plain.tiers.l2.url = format!("redis://default:hunter2@127.0.0.1:{}", redis.port);
+    let e = plain.validate().unwrap_err().to_string();
+    assert!(
+        !e.contains("hunter2"),
+        "the password stays out of the message: {e}"
+    );
+    assert!(
+        e.contains("tiers.l2.ca_file") && e.contains("rediss://"),
+        "{e}"
+    );
+    for gw in [a, b, c] {
+        gw.stop(true).await;
+    }
 }
