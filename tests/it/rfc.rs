@@ -414,9 +414,12 @@ async fn stale_must_revalidate_is_never_served_and_origin_down_gives_504() {
 
 // ---- Validation (§4.3; RFC 9110 §13) ----
 
-#[actix_web::test]
-async fn stale_entry_is_revalidated_and_the_304_updates_stored_headers() {
-    let h = Harness::new(|req, n| {
+/// An origin whose `body` (ETag `"v1"`, fresh 10 s, `x-gen: 1`) revalidates with a 304 that
+/// makes it fresh 100 s and numbers its `x-gen` by the request.
+fn revalidating(
+    body: &'static str,
+) -> impl Fn(&actix_web::HttpRequest, u64) -> Reply + Send + Sync + 'static {
+    move |req, n| {
         if req
             .headers()
             .get("if-none-match")
@@ -428,12 +431,16 @@ async fn stale_entry_is_revalidated_and_the_304_updates_stored_headers() {
                 .cc("max-age=100")
                 .header("x-gen", &n.to_string());
         }
-        Reply::ok("body-1")
+        Reply::ok(body)
             .header("etag", "\"v1\"")
             .cc("max-age=10")
             .header("x-gen", "1")
-    })
-    .await;
+    }
+}
+
+#[actix_web::test]
+async fn stale_entry_is_revalidated_and_the_304_updates_stored_headers() {
+    let h = Harness::new(revalidating("body-1")).await;
     h.get("/r").await;
     h.advance(11);
     let reval = h.get("/r").await;
@@ -599,24 +606,7 @@ async fn range_requests_are_answered_from_the_stored_full_response() {
 /// from the stored body, so the 206 carries the newer headers (RFC 9111 §4.3.4).
 #[actix_web::test]
 async fn a_range_request_for_a_stale_entry_revalidates_and_takes_the_newer_headers() {
-    let h = Harness::new(|req, n| {
-        if req
-            .headers()
-            .get("if-none-match")
-            .is_some_and(|v| v == "\"v1\"")
-        {
-            return Reply::ok("")
-                .status(304)
-                .header("etag", "\"v1\"")
-                .cc("max-age=100")
-                .header("x-gen", &n.to_string());
-        }
-        Reply::ok("0123456789")
-            .header("etag", "\"v1\"")
-            .cc("max-age=10")
-            .header("x-gen", "1")
-    })
-    .await;
+    let h = Harness::new(revalidating("0123456789")).await;
     h.get("/f").await;
     h.advance(11);
     let r = h.get_with("/f", &[("range", "bytes=2-4")]).await;
